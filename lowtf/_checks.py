@@ -1,0 +1,50 @@
+"""Argument checks shared by the library, each raising one actionable error."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def finite(name: str, value) -> None:
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(f"`{name}` ({value!r}) must be a finite number")
+
+
+def non_negative(name: str, value) -> None:
+    finite(name, value)
+    if value < 0:
+        raise ValueError(f"`{name}` ({value!r}) must be >= 0; use 0 to turn it off")
+
+
+def positive(name: str, value) -> None:
+    finite(name, value)
+    if value <= 0:
+        raise ValueError(f"`{name}` ({value!r}) must be > 0")
+
+
+def positive_int(name: str, value) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` ({value!r}) must be a positive integer")
+
+
+def non_negative_int(name: str, value) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"`{name}` ({value!r}) must be an integer >= 0")
+
+
+def rate(name: str, value) -> None:
+    """A probability in [0, 1): dropout rates and the like."""
+    finite(name, value)
+    if not 0 <= value < 1:
+        raise ValueError(f"`{name}` ({value!r}) must be in [0, 1); use 0 to turn it off")
+
+
+def one_of(name: str, value, choices) -> None:
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` ({value!r}) must be one of {options}")

@@ -1,0 +1,88 @@
+"""Max-norm and the assign ops that apply constraints after each step.
+
+Max-norm regularization (Srebro & Shraibman 2005; Srivastava et al. 2014,
+"Dropout", section 5.1) caps the L2 norm of each unit's *incoming* weight
+vector at ``r``. It is not a loss term: after every optimizer update the
+step runs ``var.assign(tf.clip_by_norm(var, r, axes=...))``.
+
+Which axes: a Dense kernel has shape ``[in, out]``, one column per unit, so
+the norm is taken over axis 0; a Conv2D kernel ``[h, w, in, out]`` takes it
+over axes ``[0, 1, 2]``. Code in the TF1 style often clips with ``axes=1``:
+on a ``[in, out]`` kernel that caps the *outgoing* weights of each input
+feature instead, a different (and much weaker) constraint. lowtf's default
+is "every axis but the last", which is right for both kernels.
+
+Units whose norm is already at most ``r`` are left bit-for-bit unchanged:
+``tf.clip_by_norm`` computes ``w * r / max(|w|, r)``, which can move such a
+unit by one rounding step, so only the units over the cap take its value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import tensorflow as tf
+
+from lowtf import _checks
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxNorm:
+    """Caps the L2 norm of each unit's incoming weights at ``max_value``.
+
+    Attributes:
+      max_value: the cap ``r`` (> 0).
+      axes: the axes the norm is taken over; None (default) means every axis
+        but the last, i.e. the incoming weights of each output unit.
+    """
+
+    max_value: float
+    axes: Sequence[int] | None = None
+
+    def __post_init__(self):
+        _checks.positive("max_value", self.max_value)
+
+    def norm_axes(self, rank: int) -> list[int]:
+        if self.axes is not None:
+            return list(self.axes)
+        return list(range(max(rank - 1, 1)))
+
+    def __call__(self, w: tf.Tensor) -> tf.Tensor:
+        """Returns ``w`` with every over-long unit clipped to norm ``max_value``."""
+        axes = self.norm_axes(w.shape.rank)
+        r = tf.cast(self.max_value, w.dtype)
+        clipped = tf.clip_by_norm(w, r, axes=axes)
+        norms = _norms(w, axes, keepdims=True)
+        return tf.where(norms > r, clipped, w)
+
+
+def max_norm(max_value: float, axes: Sequence[int] | None = None) -> MaxNorm:
+    """The max-norm constraint with cap ``max_value`` (see :class:`MaxNorm`)."""
+    return MaxNorm(max_value, axes)
+
+
+def constrained_weights(model) -> list[tuple[tf.Variable, MaxNorm]]:
+    """Every (variable, constraint) pair in a lowtf module tree."""
+    pairs = []
+    for m in (model, *model.submodules):
+        pairs.extend(getattr(m, "_lowtf_constraints", ()))
+    return pairs
+
+
+def apply_constraints(pairs) -> list:
+    """Runs ``var.assign(constraint(var))`` for each pair; returns the ops."""
+    return [var.assign(constraint(var)) for var, constraint in pairs]
+
+
+def unit_norms(w, axes: Sequence[int] | None = None) -> tf.Tensor:
+    """The incoming-weight norm of each unit (default axes as :class:`MaxNorm`)."""
+    w = tf.convert_to_tensor(w)
+    if axes is None:
+        axes = list(range(max(w.shape.rank - 1, 1)))
+    return _norms(w, list(axes))
+
+
+def _norms(w, axes, keepdims=False):
+    # tf.norm takes at most two axes; a Conv2D kernel needs three.
+    return tf.sqrt(tf.reduce_sum(tf.square(w), axis=axes, keepdims=keepdims))

@@ -1,0 +1,50 @@
+"""Per-example cross-entropy and accuracy from logits.
+
+Two heads: ``"softmax"`` (one logit per class, integer labels, the sparse
+softmax cross-entropy) and ``"sigmoid"`` (one logit, 0/1 labels, the
+sigmoid cross-entropy that the Higgs tutorial's ``BinaryCrossentropy(
+from_logits=True)`` computes). ``"auto"`` picks sigmoid for one logit.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from lowtf import _checks
+
+HEADS = ("auto", "softmax", "sigmoid")
+
+
+def resolve_head(head: str, logits_shape: tf.TensorShape) -> str:
+    """Resolves ``"auto"`` from the logits' static width."""
+    _checks.one_of("loss", head, HEADS)
+    width = logits_shape[-1]
+    if head == "auto":
+        if width is None:
+            raise ValueError("`loss='auto'` needs the logits' width to be static")
+        return "sigmoid" if width == 1 else "softmax"
+    if head == "sigmoid" and width != 1:
+        raise ValueError(f"`loss='sigmoid'` needs 1 logit, the model gives {width}")
+    return head
+
+
+def cross_entropy(head: str, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Per-example cross-entropy, shape ``[batch]``, for a resolved head."""
+    if head == "sigmoid":
+        return tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=tf.cast(tf.reshape(labels, [-1]), logits.dtype),
+            logits=tf.reshape(logits, [-1]),
+        )
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=logits
+    )
+
+
+def correct(head: str, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Per-example 0/1 correctness, shape ``[batch]``, in the logits' dtype."""
+    if head == "sigmoid":
+        predicted = tf.cast(tf.reshape(logits, [-1]) > 0, tf.int32)
+    else:
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    hits = tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int32))
+    return tf.cast(hits, logits.dtype)

@@ -1,0 +1,341 @@
+"""The compiled training step, one batch or N steps per call.
+
+One step, all inside one ``tf.function`` (XLA by default):
+
+1. forward pass in training mode (dropout on, batch statistics);
+2. cross-entropy from the logits, averaged over the *global* batch;
+3. the regularization losses gathered and added by hand, once per step;
+4. gradients and the optimizer update (any Keras optimizer or schedule);
+5. the max-norm assign ops, ``var.assign(clip_by_norm(var, r, axes))``.
+
+It returns ``cross_entropy``, ``regularization_loss``, ``total_loss`` and
+``accuracy`` as separate scalars, so monitoring can use the cross-entropy
+alone. :meth:`TrainStep.run` runs N steps in one compiled call (a
+``tf.range`` loop in the graph, N a tensor, batches sampled in the graph from
+an :class:`InMemoryBatches`), which removes the per-call Python overhead that
+dominates small models.
+
+Under ``tf.distribute`` the arithmetic is already right: the cross-entropy
+of each replica is summed and divided by the global batch size, and the
+regularization loss is divided by the number of replicas, so the all-reduced
+gradient is that of one global step with the penalty added once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from lowtf import _checks, constraints, losses, regularizers, rng
+
+METRICS = ("cross_entropy", "regularization_loss", "total_loss", "accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """Advanced knobs of :class:`TrainStep`.
+
+    Attributes:
+      jit_compile: compile the step with XLA (default True). False runs it
+        as a plain ``tf.function`` graph; both give the same numbers.
+      run_eagerly: no ``tf.function`` at all, for debugging (default False).
+      loss: ``"auto"`` (default: sigmoid for 1 logit, else softmax),
+        ``"softmax"`` or ``"sigmoid"``.
+      seed: seed of the per-step random keys (dropout masks), default 0.
+      require_regularization: raise if the model has no regularization loss
+        (set when the user asked for L1/L2, so that a model which drops them
+        never trains unregularized in silence). Default False.
+      require_constraints: raise if no variable carries a constraint.
+    """
+
+    jit_compile: bool = True
+    run_eagerly: bool = False
+    loss: str = "auto"
+    seed: int = 0
+    require_regularization: bool = False
+    require_constraints: bool = False
+
+    def __post_init__(self):
+        _checks.one_of("loss", self.loss, losses.HEADS)
+        _checks.non_negative_int("seed", self.seed)
+
+
+class InMemoryBatches(tf.Module):
+    """A training set held in memory, batched inside the compiled step.
+
+    Batches are drawn without replacement from a fresh permutation every
+    epoch (a stateless shuffle keyed by ``seed`` and the epoch number), the
+    incomplete tail of each epoch is dropped, and the position (epoch,
+    cursor) lives in variables, so a checkpoint resumes the exact stream.
+
+    Args:
+      x: features, ``[n, ...]``.
+      y: labels, ``[n]``.
+      batch_size: examples per global batch (<= n).
+      seed: seed of the per-epoch shuffles, default 0.
+    """
+
+    def __init__(self, x, y, batch_size: int, *, seed: int = 0, name=None):
+        super().__init__(name=name)
+        _checks.positive_int("batch_size", batch_size)
+        self.x = tf.convert_to_tensor(x)
+        self.y = tf.convert_to_tensor(y)
+        n = int(self.x.shape[0])
+        if int(self.y.shape[0]) != n:
+            raise ValueError(f"x has {n} rows but y has {int(self.y.shape[0])}")
+        if batch_size > n:
+            raise ValueError(f"`batch_size` ({batch_size}) exceeds the {n} examples")
+        self.size = n
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.cursor = tf.Variable(0, dtype=tf.int64, trainable=False, name="cursor")
+        self._offsets = tf.range(batch_size, dtype=tf.int64)
+        self.order = tf.Variable(
+            self._permutation(0), trainable=False, name="order"
+        )
+
+    def _permutation(self, epoch):
+        noise = tf.random.stateless_uniform(
+            [self.size], seed=rng.make_key(self.seed, epoch), alg=rng.GRAPH_ALG
+        )
+        return tf.argsort(noise, stable=True)
+
+    def next(self):
+        """The next ``(x, y)`` batch; advances the position variables."""
+        if self.cursor + self.batch_size > self.size:
+            self.epoch.assign_add(1)
+            self.cursor.assign(0)
+            self.order.assign(self._permutation(self.epoch))
+        # A gather, not tf.slice: XLA would take the slice's start as a
+        # compile-time constant and compile once per cursor value.
+        index = tf.gather(self.order, self.cursor + self._offsets)
+        self.cursor.assign_add(self.batch_size)
+        return tf.gather(self.x, index), tf.gather(self.y, index)
+
+
+class TrainStep(tf.Module):
+    """A compiled training step to call from your own loop.
+
+    >>> step = lowtf.TrainStep(model, tf.keras.optimizers.Adam(1e-3))
+    >>> for x, y in dataset:
+    ...     metrics = step(x, y)   # dict of scalar tensors, see METRICS
+
+    Args:
+      model: a lowtf module or any ``tf.Module``/Keras model called as
+        ``model(x, training=...)`` that returns logits.
+      optimizer: a Keras optimizer (with a learning-rate schedule or not).
+      data: optional :class:`InMemoryBatches`; required by :meth:`run`.
+      options: :class:`StepOptions`.
+    """
+
+    def __init__(self, model, optimizer, *, data=None, options=StepOptions()):
+        super().__init__(name="train_step")
+        self.model = model
+        self.optimizer = optimizer
+        self.data = data
+        self.options = options
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self._strategy = tf.distribute.get_strategy()
+        self._built = False
+        self._head = None
+        self._constrained = []
+        jit = options.jit_compile and not options.run_eagerly
+        self._alg = rng.XLA_ALG if jit else rng.GRAPH_ALG
+        if options.run_eagerly:
+            self._one, self._many = self._one_step, self._steps
+        else:
+            compile_ = dict(jit_compile=options.jit_compile, reduce_retracing=True)
+            self._one = tf.function(self._one_step, **compile_)
+            self._many = tf.function(self._steps, **compile_)
+
+    # -- public API ---------------------------------------------------------
+
+    def __call__(self, x, y) -> dict:
+        """Runs one step on one (global) batch; returns the METRICS."""
+        x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+        _check_batch(x, y)
+        self.build(x)
+        return self._one(x, y)
+
+    def run(self, num_steps) -> dict:
+        """Runs ``num_steps`` steps on batches from ``data`` in one call.
+
+        Returns the METRICS averaged over those steps. ``num_steps`` enters
+        as a tensor, so calling with another value does not retrace.
+        """
+        if self.data is None:
+            raise ValueError("`run` needs the step to be built with `data=`")
+        _checks.positive_int("num_steps", int(num_steps))
+        self.build(self.data.x[:1])
+        return self._many(tf.constant(num_steps, tf.int64))
+
+    @property
+    def trace_count(self) -> int:
+        """How many times the compiled functions were traced."""
+        if self.options.run_eagerly:
+            return 0
+        return sum(f.experimental_get_tracing_count() for f in (self._one, self._many))
+
+    @property
+    def head(self) -> str:
+        """The resolved loss head, ``"softmax"`` or ``"sigmoid"``."""
+        return self._head
+
+    def build(self, x) -> None:
+        """Makes the model's and optimizer's variables and checks the options."""
+        if self._built:
+            return
+        with self._strategy.scope():
+            logits = self.model(x[:1], training=False)
+            self._head = losses.resolve_head(self.options.loss, logits.shape)
+            trainable = self.model.trainable_variables
+            if not trainable:
+                raise ValueError("the model has no trainable variables")
+            self.optimizer.build(trainable)
+        self._constrained = _lowtf_constraints(self.model)
+        self._check_requirements()
+        self._built = True
+
+    # -- traced internals ---------------------------------------------------
+
+    def _steps(self, num_steps):
+        totals = {name: tf.zeros([]) for name in METRICS}
+        # A while loop on a counter, not `for _ in tf.range(n)`: XLA would take
+        # the range's length as a compile-time constant and recompile per n.
+        i = tf.constant(0, tf.int64)
+        while i < num_steps:
+            x, y = self.data.next()
+            metrics = self._one_step(x, y)
+            totals = {name: totals[name] + metrics[name] for name in METRICS}
+            i += 1
+        count = tf.cast(num_steps, tf.float32)
+        return {name: value / count for name, value in totals.items()}
+
+    def _one_step(self, x, y):
+        key = rng.make_key(self.options.seed, self.step)
+        per_replica = self._strategy.run(self._replica_step, args=(x, y, key))
+        metrics = {
+            name: self._strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for name, value in per_replica.items()
+        }
+        # Max-norm runs in cross-replica context, after the all-reduced update:
+        # every copy of a mirrored variable gets the same clipped value.
+        constraints.apply_constraints(self._constrained)
+        self.step.assign_add(1)
+        return metrics
+
+    def _replica_step(self, x, y, key):
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync
+        if replicas > 1:
+            x, y = _shard(x, y, context.replica_id_in_sync_group, replicas)
+            key = rng.fold_in(key, context.replica_id_in_sync_group)
+        global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            with rng.step_key(key, self._alg):
+                logits = self.model(x, training=True)
+            logits = tf.cast(logits, tf.float32)
+            per_example = losses.cross_entropy(self._head, logits, y)
+            cross_entropy = tf.reduce_sum(per_example) / global_batch
+            regularization = regularizers.total_regularization_loss(self.model)
+            # Added by hand, and scaled so that the replicas' sum adds it once.
+            loss = cross_entropy + regularization / replicas
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        accuracy = tf.reduce_sum(losses.correct(self._head, logits, y)) / global_batch
+        return {
+            "cross_entropy": cross_entropy,
+            "regularization_loss": regularization / replicas,
+            "total_loss": loss,
+            "accuracy": accuracy,
+        }
+
+    def _check_requirements(self):
+        if self.options.require_regularization and not regularizers.regularization_losses(
+            self.model
+        ):
+            raise ValueError(
+                "regularization was requested but the model has no regularization "
+                "loss: give its kernels a regularizer (e.g. lowtf.l2(1e-4)) or "
+                "turn regularization off"
+            )
+        if self.options.require_constraints and not (
+            self._constrained or _keras_constraints(self.model)
+        ):
+            raise ValueError(
+                "a constraint (max-norm) was requested but no variable of the model "
+                "carries one: give its kernels `kernel_constraint=lowtf.max_norm(r)`"
+            )
+
+
+class Evaluator:
+    """Cross-entropy and accuracy of a model on a data set, in inference mode.
+
+    Args:
+      model: the model (called with ``training=False``).
+      loss: the head, as in :class:`StepOptions`.
+      batch_size: examples per compiled call (default 4096).
+      jit_compile: XLA (default True).
+    """
+
+    def __init__(self, model, *, loss="auto", batch_size=4096, jit_compile=True):
+        _checks.positive_int("batch_size", batch_size)
+        self.model = model
+        self.loss = loss
+        self.batch_size = batch_size
+        self._fn = tf.function(self._sums, jit_compile=jit_compile, reduce_retracing=True)
+
+    def _sums(self, x, y):
+        logits = tf.cast(self.model(x, training=False), tf.float32)
+        head = losses.resolve_head(self.loss, logits.shape)
+        return (
+            tf.reduce_sum(losses.cross_entropy(head, logits, y)),
+            tf.reduce_sum(losses.correct(head, logits, y)),
+        )
+
+    def __call__(self, x, y) -> dict:
+        """Returns ``{"cross_entropy", "accuracy"}`` as Python floats."""
+        n = len(y)
+        ce_sum = correct = 0.0
+        for start in range(0, n, self.batch_size):
+            ce, hits = self._fn(x[start : start + self.batch_size], y[start : start + self.batch_size])
+            ce_sum += float(ce)
+            correct += float(hits)
+        return {"cross_entropy": ce_sum / n, "accuracy": correct / n}
+
+
+def _shard(x, y, replica_id, replicas):
+    """The replica's slice of a global batch given as one tensor."""
+    local = tf.shape(x)[0] // replicas
+    start = replica_id * local
+    return x[start : start + local], y[start : start + local]
+
+
+def _check_batch(x, y):
+    if x.shape.rank is not None and x.shape.rank < 2:
+        raise ValueError(f"x must be a batch [batch, features...]; got shape {x.shape}")
+    if y.shape.rank is not None and y.shape.rank != 1:
+        raise ValueError(f"y must be a vector of labels [batch]; got shape {y.shape}")
+    if x.shape[0] is not None and y.shape[0] is not None and x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+
+
+def _lowtf_constraints(model):
+    if isinstance(model, tf.keras.layers.Layer):
+        return []  # Keras optimizers apply a Keras variable's own constraint.
+    return constraints.constrained_weights(model)
+
+
+def _keras_constraints(model):
+    if not isinstance(model, tf.keras.layers.Layer):
+        return []
+    return [v for v in model.trainable_variables if getattr(v, "constraint", None)]
+
+
+def as_numpy(metrics: dict) -> dict:
+    """Converts a metrics dict of scalar tensors to Python floats."""
+    return {name: float(np.asarray(value)) for name, value in metrics.items()}
