@@ -148,6 +148,19 @@ class Dense(Layer):
             )
 
     def call(self, x, training):
+        # Checked here, at trace time, so a wrong batch fails with one readable
+        # error instead of an XLA/matmul shape or dtype trace from the graph.
+        fan_in = self.kernel.shape[0]
+        if x.shape[-1] is not None and x.shape[-1] != fan_in:
+            raise ValueError(
+                f"{self.name}: expects inputs with {fan_in} features (the width it "
+                f"was built with), got shape {x.shape}; feed every batch at that width"
+            )
+        if x.dtype != self.kernel.dtype:
+            raise ValueError(
+                f"{self.name}: input dtype {x.dtype.name} differs from the kernel's "
+                f"{self.kernel.dtype.name}; cast the input, e.g. x.astype(np.float32)"
+            )
         y = tf.matmul(x, self.kernel)
         if self.use_bias:
             y = tf.nn.bias_add(y, self.bias)

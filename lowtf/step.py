@@ -158,6 +158,7 @@ class TrainStep(tf.Module):
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
         _check_batch(x, y)
         self.build(x)
+        _check_features(x, self._x_spec)
         return self._one(x, y)
 
     def run(self, num_steps) -> dict:
@@ -197,6 +198,9 @@ class TrainStep(tf.Module):
             self.optimizer.build(trainable)
         self._constrained = _lowtf_constraints(self.model)
         self._check_requirements()
+        # Later batches must match the first, checked before the traced call:
+        # a relaxed retrace would otherwise fail deep inside the graph.
+        self._x_spec = tf.TensorSpec([None, *x.shape[1:]], x.dtype)
         self._built = True
 
     # -- traced internals ---------------------------------------------------
@@ -322,6 +326,15 @@ def _check_batch(x, y):
         raise ValueError(f"y must be a vector of labels [batch]; got shape {y.shape}")
     if x.shape[0] is not None and y.shape[0] is not None and x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+
+
+def _check_features(x, spec):
+    if not spec.is_compatible_with(x):
+        raise ValueError(
+            f"x has shape {x.shape} and dtype {x.dtype.name} but the model was built "
+            f"for [batch, {', '.join(str(d) for d in spec.shape[1:])}] "
+            f"{spec.dtype.name}; feed every batch at the same width and dtype"
+        )
 
 
 def _lowtf_constraints(model):
