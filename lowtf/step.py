@@ -19,6 +19,10 @@ Under ``tf.distribute`` the arithmetic is already right: the cross-entropy
 of each replica is summed and divided by the global batch size, and the
 regularization loss is divided by the number of replicas, so the all-reduced
 gradient is that of one global step with the penalty added once.
+XLA cannot compile a function that spans several devices (``strategy.run``,
+the all-reduce, mirrored variables), so under a strategy only each replica's
+forward and backward pass is compiled, once per device; the all-reduce, the
+optimizer update and max-norm run as ordinary graph ops around it.
 """
 
 from __future__ import annotations
@@ -139,17 +143,27 @@ class TrainStep(tf.Module):
         self.options = options
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self._strategy = tf.distribute.get_strategy()
+        _check_optimizer_strategy(optimizer, self._strategy)
         self._built = False
         self._head = None
         self._constrained = []
         jit = options.jit_compile and not options.run_eagerly
         self._alg = rng.XLA_ALG if jit else rng.GRAPH_ALG
+        # Under a tf.distribute strategy XLA compiles the replica's forward and
+        # backward pass only (see the module docstring); else the whole step.
+        distributed = tf.distribute.has_strategy()
+        self._gradients = self._forward_backward
         if options.run_eagerly:
             self._one, self._many = self._one_step, self._steps
         else:
-            compile_ = dict(jit_compile=options.jit_compile, reduce_retracing=True)
+            whole = options.jit_compile and not distributed
+            compile_ = dict(jit_compile=whole, reduce_retracing=True)
             self._one = tf.function(self._one_step, **compile_)
             self._many = tf.function(self._steps, **compile_)
+            if jit and distributed:
+                self._gradients = tf.function(
+                    self._forward_backward, jit_compile=True, reduce_retracing=True
+                )
 
     # -- public API ---------------------------------------------------------
 
@@ -157,6 +171,7 @@ class TrainStep(tf.Module):
         """Runs one step on one (global) batch; returns the METRICS."""
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
         _check_batch(x, y)
+        _check_shardable("the global batch", x.shape[0], self._strategy)
         self.build(x)
         _check_features(x, self._x_spec)
         return self._one(x, y)
@@ -170,6 +185,7 @@ class TrainStep(tf.Module):
         if self.data is None:
             raise ValueError("`run` needs the step to be built with `data=`")
         _checks.positive_int("num_steps", int(num_steps))
+        _check_shardable("`data.batch_size`", self.data.batch_size, self._strategy)
         self.build(self.data.x[:1])
         return self._many(tf.constant(num_steps, tf.int64))
 
@@ -236,7 +252,15 @@ class TrainStep(tf.Module):
         replicas = context.num_replicas_in_sync
         if replicas > 1:
             x, y = _shard(x, y, context.replica_id_in_sync_group, replicas)
+            # Each replica draws its own dropout masks.
             key = rng.fold_in(key, context.replica_id_in_sync_group)
+        grads, metrics = self._gradients(x, y, key, replicas)
+        # In replica context a Keras optimizer all-reduces (sums) the gradients
+        # and updates every copy of the mirrored variables identically.
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return metrics
+
+    def _forward_backward(self, x, y, key, replicas):
         global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
@@ -249,9 +273,8 @@ class TrainStep(tf.Module):
             # Added by hand, and scaled so that the replicas' sum adds it once.
             loss = cross_entropy + regularization / replicas
         grads = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
         accuracy = tf.reduce_sum(losses.correct(self._head, logits, y)) / global_batch
-        return {
+        return grads, {
             "cross_entropy": cross_entropy,
             "regularization_loss": regularization / replicas,
             "total_loss": loss,
@@ -279,6 +302,12 @@ class TrainStep(tf.Module):
 class Evaluator:
     """Cross-entropy and accuracy of a model on a data set, in inference mode.
 
+    Made inside a ``tf.distribute`` strategy's scope, it splits every chunk
+    across the replicas and sums their totals (an all-reduce), so the result
+    is that of the whole data set. Under ``MultiWorkerMirroredStrategy``
+    every worker must call it, with the same data. Batch-norm layers read
+    each replica's own moving statistics, as in Keras.
+
     Args:
       model: the model (called with ``training=False``).
       loss: the head, as in :class:`StepOptions`.
@@ -291,7 +320,26 @@ class Evaluator:
         self.model = model
         self.loss = loss
         self.batch_size = batch_size
-        self._fn = tf.function(self._sums, jit_compile=jit_compile, reduce_retracing=True)
+        self._strategy = tf.distribute.get_strategy()
+        sums = tf.function(self._sums, jit_compile=jit_compile, reduce_retracing=True)
+        if tf.distribute.has_strategy():
+            # XLA compiles the per-replica sums only, as in TrainStep.
+            self._replica_sums = sums
+            self._fn = tf.function(self._distributed_sums, reduce_retracing=True)
+        else:
+            self._fn = sums
+
+    def _distributed_sums(self, x, y):
+        per_replica = self._strategy.run(self._shard_sums, args=(x, y))
+        return tuple(
+            self._strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for value in per_replica
+        )
+
+    def _shard_sums(self, x, y):
+        context = tf.distribute.get_replica_context()
+        x, y = _shard(x, y, context.replica_id_in_sync_group, context.num_replicas_in_sync)
+        return self._replica_sums(x, y)
 
     def _sums(self, x, y):
         logits = tf.cast(self.model(x, training=False), tf.float32)
@@ -313,10 +361,38 @@ class Evaluator:
 
 
 def _shard(x, y, replica_id, replicas):
-    """The replica's slice of a global batch given as one tensor."""
-    local = tf.shape(x)[0] // replicas
-    start = replica_id * local
-    return x[start : start + local], y[start : start + local]
+    """The replica's slice of a global batch given as one tensor.
+
+    Slices are ``ceil(n / replicas)`` rows, the last ones shorter (or empty)
+    when ``n`` does not divide: the evaluator sums, so uneven is fine there;
+    the train step checks that its batches divide.
+    """
+    size = tf.shape(x)[0]
+    local = (size + replicas - 1) // replicas
+    start = tf.minimum(tf.cast(replica_id, size.dtype) * local, size)
+    end = tf.minimum(start + local, size)
+    return x[start:end], y[start:end]
+
+
+def _check_shardable(what, batch, strategy):
+    replicas = strategy.num_replicas_in_sync
+    if batch is not None and batch % replicas:
+        raise ValueError(
+            f"{what} ({batch}) must be divisible by the {replicas} replicas of "
+            f"the tf.distribute strategy; use a multiple of {replicas}"
+        )
+
+
+def _check_optimizer_strategy(optimizer, strategy):
+    # A Keras optimizer captures the strategy current when it is made and
+    # updates the variables through it: made outside the scope, it would
+    # treat mirrored variables as plain ones.
+    captured = getattr(optimizer, "_distribution_strategy", strategy)
+    if captured is not strategy:
+        raise ValueError(
+            "the optimizer was made outside the tf.distribute strategy scope the "
+            "TrainStep was made in; make both inside `with strategy.scope():`"
+        )
 
 
 def _check_batch(x, y):
