@@ -132,11 +132,23 @@ class TrainStep(tf.Module):
         ``model(x, training=...)`` that returns logits.
       optimizer: a Keras optimizer (with a learning-rate schedule or not).
       data: optional :class:`InMemoryBatches`; required by :meth:`run`.
+      augment: optional callable ``augment(x) -> x`` applied to every
+        training batch inside the compiled step (never at inference), e.g.
+        ``lowtf.augment.parse("translate:1,rotate:10")``. It runs under the
+        step's random key (:func:`lowtf.rng.step_key`), so its draws are
+        stateless: reproducible from ``options.seed``, new at every step.
+        Default None.
       options: :class:`StepOptions`.
     """
 
-    def __init__(self, model, optimizer, *, data=None, options=StepOptions()):
+    def __init__(self, model, optimizer, *, data=None, augment=None, options=StepOptions()):
         super().__init__(name="train_step")
+        if augment is not None and not callable(augment):
+            raise ValueError(
+                f"`augment` ({augment!r}) must be a callable x -> x, e.g. "
+                "lowtf.augment.parse('translate:1')"
+            )
+        self._augment = augment
         self.model = model
         self.optimizer = optimizer
         self.data = data
@@ -265,6 +277,8 @@ class TrainStep(tf.Module):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             with rng.step_key(key, self._alg):
+                if self._augment is not None:
+                    x = self._augment(x)
                 logits = self.model(x, training=True)
             logits = tf.cast(logits, tf.float32)
             per_example = losses.cross_entropy(self._head, logits, y)
