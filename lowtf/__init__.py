@@ -5,6 +5,7 @@ The public API is what this module exports; everything else may move.
 
 from lowtf import augment
 from lowtf.constraints import MaxNorm, apply_constraints, max_norm, unit_norms
+from lowtf.early_stopping import EarlyStopping, best_checkpoint
 from lowtf.layers import (
     AvgPool2D,
     BatchNorm,
@@ -28,19 +29,26 @@ from lowtf.regularizers import (
     total_regularization_loss,
 )
 from lowtf.step import METRICS, Evaluator, InMemoryBatches, StepOptions, TrainStep
+from lowtf.summaries import HISTORY_COLUMNS, read_history
+from lowtf.trainer import MONITORS, STOP_REASONS, FitResult, TrainConfig, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CNN_INPUTS",
+    "HISTORY_COLUMNS",
     "METRICS",
+    "MONITORS",
     "PRESETS",
+    "STOP_REASONS",
     "AvgPool2D",
     "BatchNorm",
     "Conv2D",
     "Dense",
     "Dropout",
+    "EarlyStopping",
     "Evaluator",
+    "FitResult",
     "Flatten",
     "InMemoryBatches",
     "Lambda",
@@ -51,15 +59,19 @@ __all__ = [
     "Reshape",
     "Sequential",
     "StepOptions",
+    "TrainConfig",
     "TrainStep",
     "apply_constraints",
     "augment",
+    "best_checkpoint",
     "cnn",
+    "fit",
     "l1",
     "l1_l2",
     "l2",
     "max_norm",
     "mlp",
+    "read_history",
     "regularization_losses",
     "total_regularization_loss",
     "unit_norms",

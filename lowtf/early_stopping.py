@@ -1,0 +1,295 @@
+"""Early stopping by steps, with a "best" tf.train.Checkpoint snapshot.
+
+The technique, as lowtf's source article describes it:
+
+1. evaluate the model on the validation set every N steps (e.g. 100);
+2. save a "best" snapshot whenever the monitored metric beats the best so far
+   (by more than ``min_delta``);
+3. once the steps since that best reach a patience limit (e.g. 4000 steps),
+   stop and go back to the best snapshot.
+
+:class:`EarlyStopping` is a small ``tf.Module``: its state (best value, best
+step, steps without progress) lives in variables, so it goes into the same
+checkpoint as the model and a resumed run keeps counting where it was.
+
+A snapshot is written so that a crash at any moment leaves a restorable one.
+Each is saved under a fresh prefix (``best-<step>-<n>``, never overwriting a
+file), and only after it is complete does the small pointer file
+``best.json`` move to it, by ``os.replace`` (atomic on POSIX). Older
+snapshots are deleted after that, or, with ``prune_on_save=False``, only
+when the caller says the new state is durable (:meth:`EarlyStopping.prune`,
+which the trainer calls after each "latest" checkpoint): a run resumed from
+an older checkpoint then still finds the snapshot its restored state names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import tensorflow as tf
+
+from lowtf import _checks
+
+MODES = ("auto", "min", "max")
+POINTER = "best.json"
+# A snapshot's files, and the temporary ones TensorFlow writes while saving.
+_SNAPSHOT = re.compile(r"^best-(\d+)-(\d+)([._].*)?$")
+
+
+def resolve_mode(monitor: str, mode: str) -> str:
+    """``"auto"`` is ``"max"`` for an accuracy, ``"min"`` for anything else."""
+    _checks.one_of("mode", mode, MODES)
+    if mode != "auto":
+        return mode
+    return "max" if "accuracy" in monitor else "min"
+
+
+class EarlyStopping(tf.Module):
+    """Step-based patience with a best snapshot; usable from any loop.
+
+    >>> ckpt = tf.train.Checkpoint(model=model)
+    >>> stopper = lowtf.EarlyStopping(patience=4000, best_dir="run/best", checkpoint=ckpt)
+    >>> while not done:
+    ...     ...  # train 100 steps
+    ...     if stopper.update(step, {"val_cross_entropy": evaluate()}):
+    ...         break
+    >>> stopper.restore_best()
+
+    Args:
+      monitor: key of the metrics dict to watch, default
+        ``"val_cross_entropy"`` (the validation cross-entropy, not the total
+        loss, which carries the regularization term).
+      mode: ``"min"``, ``"max"`` or ``"auto"`` (default: max when the name
+        contains "accuracy", else min).
+      patience: steps without improvement after which to stop, default 4000.
+        Training stops at the first update whose step is at least
+        ``best_step + patience``.
+      min_delta: an improvement must beat the best by more than this
+        (default 0.0: any improvement counts).
+      warmup: no stop is signalled at a step below this (default 0). The best
+        is tracked from the start all the same.
+      best_dir: directory of the best snapshot; None (default) tracks the best
+        without saving anything.
+      checkpoint: the ``tf.train.Checkpoint`` to snapshot (any other
+        trackable is wrapped as the root of one); required with ``best_dir``.
+      prune_on_save: delete the previous snapshot as soon as a new one is
+        complete (default True). Pass False when the early-stopping state
+        itself is checkpointed, and call :meth:`prune` after each checkpoint.
+      name: module name.
+    """
+
+    def __init__(
+        self,
+        *,
+        monitor: str = "val_cross_entropy",
+        mode: str = "auto",
+        patience: int = 4000,
+        min_delta: float = 0.0,
+        warmup: int = 0,
+        best_dir: str | None = None,
+        checkpoint=None,
+        prune_on_save: bool = True,
+        name: str | None = "early_stopping",
+    ):
+        super().__init__(name=name)
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"`monitor` ({monitor!r}) must be a metric name")
+        _checks.positive_int("patience", patience)
+        _checks.non_negative("min_delta", min_delta)
+        _checks.non_negative_int("warmup", warmup)
+        if best_dir is not None and checkpoint is None:
+            raise ValueError(
+                "`best_dir` needs `checkpoint=`, the tf.train.Checkpoint of what the "
+                "best snapshot holds (e.g. tf.train.Checkpoint(model=model))"
+            )
+        if checkpoint is not None and not isinstance(checkpoint, tf.train.Checkpoint):
+            checkpoint = tf.train.Checkpoint(root=checkpoint)
+        self.monitor = monitor
+        self.mode = resolve_mode(monitor, mode)
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.warmup = int(warmup)
+        self.best_dir = None if best_dir is None else os.fspath(best_dir)
+        self.prune_on_save = prune_on_save
+        self._checkpoint = checkpoint
+        worst = math.inf if self.mode == "min" else -math.inf
+        self.best_value = tf.Variable(worst, dtype=tf.float64, trainable=False, name="best_value")
+        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
+        self.last_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_step")
+        self.steps_without_progress = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="steps_without_progress"
+        )
+        # Number of the best snapshot's prefix; with best_step it names the
+        # snapshot, so a restored state always finds its own snapshot.
+        self.best_id = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_id")
+
+    # -- the technique ------------------------------------------------------
+
+    def improves(self, value: float) -> bool:
+        """Whether ``value`` beats the best by more than ``min_delta``.
+
+        A NaN never improves; the first finite value always does.
+        """
+        best = float(self.best_value.numpy())
+        if self.mode == "min":
+            return value < best - self.min_delta
+        return value > best + self.min_delta
+
+    def update(self, step: int, metrics: dict) -> bool:
+        """Records an evaluation at ``step``; returns True when training should stop.
+
+        On improvement the best snapshot is saved first and the state
+        variables move after it, so a crash in between leaves a consistent
+        state.
+
+        Args:
+          step: the global step of the evaluation (non-decreasing).
+          metrics: a dict holding ``monitor`` (a number or scalar tensor).
+        """
+        _checks.non_negative_int("step", int(step))
+        step = int(step)
+        if self.monitor not in metrics:
+            raise ValueError(
+                f"`monitor` ({self.monitor!r}) is not among the metrics: "
+                f"{', '.join(sorted(metrics))}; pick one of these"
+            )
+        if step < int(self.last_step.numpy()):
+            raise ValueError(
+                f"`step` ({step}) is before the last update's step "
+                f"({int(self.last_step.numpy())}); steps must not go back"
+            )
+        value = float(metrics[self.monitor])
+        if self.improves(value):
+            new_id = self._save_best(step, value) if self.best_dir else 0
+            self.best_value.assign(value)
+            self.best_step.assign(step)
+            self.best_id.assign(new_id)
+            if self.best_dir and self.prune_on_save:
+                self.prune()
+        self.last_step.assign(step)
+        self.steps_without_progress.assign(step - int(self.best_step.numpy()))
+        return self.stopped
+
+    @property
+    def stopped(self) -> bool:
+        """True once the patience is used up at a step at or past ``warmup``."""
+        return (
+            int(self.best_step.numpy()) >= 0
+            and int(self.last_step.numpy()) >= self.warmup
+            and int(self.steps_without_progress.numpy()) >= self.patience
+        )
+
+    @property
+    def has_best(self) -> bool:
+        return int(self.best_step.numpy()) >= 0
+
+    # -- the snapshot -------------------------------------------------------
+
+    @property
+    def best_prefix(self) -> str | None:
+        """The checkpoint prefix of the current best snapshot, or None."""
+        if not self.best_dir or not self.has_best:
+            return None
+        return os.path.join(
+            self.best_dir, f"best-{int(self.best_step.numpy())}-{int(self.best_id.numpy())}"
+        )
+
+    def restore_best(self) -> None:
+        """Restores the best snapshot into the checkpointed objects.
+
+        Raises:
+          ValueError: no best was recorded, no ``best_dir`` was given, or the
+            snapshot's files are gone.
+        """
+        if not self.best_dir:
+            raise ValueError("restore_best() needs `best_dir=` to have saved a snapshot")
+        prefix = self.best_prefix
+        if prefix is None:
+            raise ValueError("no best snapshot yet: call update() with a metric first")
+        if not tf.io.gfile.exists(prefix + ".index"):
+            raise ValueError(
+                f"the best snapshot {prefix} is missing; was {self.best_dir} "
+                "cleaned by hand? Start from a new directory"
+            )
+        self._checkpoint.read(prefix).assert_existing_objects_matched()
+
+    def prune(self) -> None:
+        """Deletes every snapshot but the current best and points ``best.json`` at it.
+
+        Snapshots of other steps are stale (superseded, half written by a
+        crash, or written by a run that was later resumed from an earlier
+        checkpoint). Safe to call at any time.
+        """
+        if not self.best_dir or not tf.io.gfile.isdir(self.best_dir):
+            return
+        keep = self.best_prefix
+        pointer_path = os.path.join(self.best_dir, POINTER)
+        if keep is None and tf.io.gfile.exists(pointer_path):
+            tf.io.gfile.remove(pointer_path)
+        if keep is not None and _read_pointer(self.best_dir).get("prefix") != os.path.basename(keep):
+            self._write_pointer(keep)
+        for name in tf.io.gfile.listdir(self.best_dir):
+            match = _SNAPSHOT.match(name)
+            if match and (keep is None or not name.startswith(os.path.basename(keep) + ".")):
+                path = os.path.join(self.best_dir, name)
+                if tf.io.gfile.isdir(path):
+                    tf.io.gfile.rmtree(path)
+                else:
+                    tf.io.gfile.remove(path)
+
+    def _save_best(self, step: int, value: float) -> int:
+        tf.io.gfile.makedirs(self.best_dir)
+        new_id = max(int(self.best_id.numpy()), _largest_id(self.best_dir)) + 1
+        prefix = os.path.join(self.best_dir, f"best-{step}-{new_id}")
+        # write() (not save()) adds no save counter and no state file of its own.
+        self._checkpoint.write(prefix)
+        self._write_pointer(prefix, step=step, value=value)
+        return new_id
+
+    def _write_pointer(self, prefix, *, step=None, value=None) -> None:
+        pointer = {
+            "prefix": os.path.basename(prefix),
+            "step": int(self.best_step.numpy()) if step is None else step,
+            "value": float(self.best_value.numpy()) if value is None else value,
+            "monitor": self.monitor,
+            "mode": self.mode,
+        }
+        path = os.path.join(self.best_dir, POINTER)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(pointer, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def best_checkpoint(best_dir: str) -> dict | None:
+    """The pointer of a best directory: prefix (full path), step, value, monitor, mode.
+
+    None when the directory holds no complete snapshot. Read it to load the
+    best weights without an :class:`EarlyStopping`, e.g.
+    ``tf.train.Checkpoint(model=m).read(best_checkpoint(d)["prefix"])``.
+    """
+    pointer = _read_pointer(best_dir)
+    if not pointer:
+        return None
+    pointer["prefix"] = os.path.join(best_dir, pointer["prefix"])
+    if not tf.io.gfile.exists(pointer["prefix"] + ".index"):
+        return None
+    return pointer
+
+
+def _read_pointer(best_dir) -> dict:
+    path = os.path.join(best_dir, POINTER)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _largest_id(best_dir) -> int:
+    ids = [int(m.group(2)) for m in map(_SNAPSHOT.match, tf.io.gfile.listdir(best_dir)) if m]
+    return max(ids, default=0)

@@ -1,0 +1,195 @@
+"""What the training loop leaves in the model directory: history and TensorBoard.
+
+* ``history.csv``: one row per evaluation, the columns of
+  :data:`HISTORY_COLUMNS`. Floats are written with ``repr``, so reading the
+  file back gives the very numbers the loop saw; a value that does not exist
+  (the training means at step 0, before any step) is an empty cell.
+* ``tensorboard/train`` and ``tensorboard/validation``: event files with the
+  same tags in both (``cross_entropy``, ``accuracy``, ``regularization_loss``,
+  ``total_loss``), so TensorBoard draws training and validation on one chart,
+  plus ``learning_rate`` and ``max_unit_norm/<layer>`` (the largest incoming
+  weight norm of any unit of the layer, where max-norm can be seen at work)
+  under train. Read them with TensorBoard or
+  ``tf.compat.v1.train.summary_iterator``.
+
+``tf.summary.scalar`` needs the ``tensorboard`` package, which lowtf does not
+depend on; :func:`scalar` writes the same record (a float32 scalar tensor
+tagged for TensorBoard's "scalars" plugin) with ``tf.summary.write`` alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from lowtf import constraints, layers
+
+HISTORY_COLUMNS = (
+    "step",
+    "train_cross_entropy",
+    "train_accuracy",
+    "val_cross_entropy",
+    "val_accuracy",
+    "regularization_loss",
+    "total_loss",
+    "learning_rate",
+)
+
+
+class History:
+    """``history.csv``, appended one row per evaluation and flushed at once.
+
+    Args:
+      path: the CSV file.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: list[dict] = []
+
+    def start(self, keep_upto: int | None) -> list[dict]:
+        """Keeps the rows with ``step <= keep_upto`` (none when None) and rewrites the file.
+
+        A run resumed from the checkpoint of step S drops the rows a killed
+        run wrote after S: the resumed run writes them again. The rewrite goes
+        through a temporary file and ``os.replace``, so a crash leaves either
+        the old file or the new one.
+        """
+        rows = []
+        if keep_upto is not None and os.path.exists(self.path):
+            rows = [r for r in read_history(self.path) if r["step"] <= keep_upto]
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(HISTORY_COLUMNS)
+            writer.writerows(_cells(r) for r in rows)
+        os.replace(tmp, self.path)
+        self.rows = rows
+        return rows
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow(_cells(row))
+        self.rows.append(dict(row))
+
+
+def read_history(path: str) -> list[dict]:
+    """Reads a ``history.csv``: a list of dicts, ``step`` an int, the rest floats or None.
+
+    Rows that do not parse (a line cut short by a crash) are skipped.
+    """
+    rows = []
+    with open(path, newline="") as f:
+        for record in csv.DictReader(f):
+            try:
+                row = {"step": int(record["step"])}
+                for name in HISTORY_COLUMNS[1:]:
+                    cell = record[name]
+                    row[name] = None if cell == "" else float(cell)
+            except (KeyError, TypeError, ValueError):
+                continue
+            rows.append(row)
+    return rows
+
+
+def _cells(row: dict) -> list[str]:
+    return [
+        "" if row.get(name) is None else repr(row[name]) for name in HISTORY_COLUMNS
+    ]
+
+
+# What tensorboard.summary.v2.scalar attaches: the scalars plugin, whose
+# (version 0) plugin content is empty.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR,
+)
+
+
+def scalar(tag: str, value: float, step: int) -> None:
+    """Writes one TensorBoard scalar to the default writer (no tensorboard import)."""
+    tf.summary.write(
+        tag, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA
+    )
+
+
+class Summaries:
+    """TensorBoard writers for ``<logdir>/train`` and ``<logdir>/validation``."""
+
+    _TRAIN = {
+        "cross_entropy": "train_cross_entropy",
+        "accuracy": "train_accuracy",
+        "regularization_loss": "regularization_loss",
+        "total_loss": "total_loss",
+        "learning_rate": "learning_rate",
+    }
+
+    def __init__(self, logdir: str):
+        self._train = tf.summary.create_file_writer(os.path.join(logdir, "train"))
+        self._validation = tf.summary.create_file_writer(os.path.join(logdir, "validation"))
+
+    def write(self, row: dict, unit_norms: dict | None = None) -> None:
+        """Writes one evaluation row (and the layers' max unit norms) at ``row["step"]``."""
+        step = int(row["step"])
+        with self._train.as_default():
+            for tag, name in self._TRAIN.items():
+                if row.get(name) is not None:
+                    scalar(tag, row[name], step)
+            for layer, norm in (unit_norms or {}).items():
+                scalar(f"max_unit_norm/{layer}", norm, step)
+        validation = {
+            "cross_entropy": row["val_cross_entropy"],
+            "accuracy": row["val_accuracy"],
+            "regularization_loss": row.get("regularization_loss"),
+        }
+        if row.get("regularization_loss") is not None:
+            # The objective on validation data: its cross-entropy plus the same penalty.
+            validation["total_loss"] = row["val_cross_entropy"] + row["regularization_loss"]
+        with self._validation.as_default():
+            for tag, value in validation.items():
+                if value is not None:
+                    scalar(tag, value, step)
+        # Flushed per evaluation, so a killed run loses no written point.
+        self._train.flush()
+        self._validation.flush()
+
+    def close(self) -> None:
+        self._train.close()
+        self._validation.close()
+
+
+def max_unit_norms(model) -> dict[str, float]:
+    """The largest incoming-weight norm of any unit, per Dense or constrained layer.
+
+    Works on lowtf module trees (Dense layers and any layer whose weights
+    carry a constraint) and on Keras models (layers with a ``kernel``).
+    Keys are layer names, made unique with a ``_<i>`` suffix if needed.
+    """
+    norms = {}
+    for layer in _layers(model):
+        kernels = [var for var, _ in getattr(layer, "_lowtf_constraints", ())]
+        kernel = getattr(layer, "kernel", None)
+        if not kernels and kernel is not None and (
+            isinstance(layer, layers.Dense) or isinstance(layer, tf.keras.layers.Layer)
+        ):
+            kernels = [kernel]
+        for i, var in enumerate(kernels):
+            if var.shape.rank is None or var.shape.rank < 2:
+                continue
+            name = layer.name if i == 0 else f"{layer.name}_{i}"
+            while name in norms:
+                name += "_"
+            norms[name] = float(tf.reduce_max(constraints.unit_norms(var)))
+    return norms
+
+
+def _layers(model):
+    if isinstance(model, tf.keras.layers.Layer):
+        flatten = getattr(model, "_flatten_layers", None)
+        return list(flatten(include_self=True)) if flatten else [model]
+    if isinstance(model, tf.Module):
+        return [model, *model.submodules]
+    return []
