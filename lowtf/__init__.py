@@ -5,6 +5,9 @@ The public API is what this module exports; everything else may move.
 
 from lowtf import augment
 from lowtf.constraints import MaxNorm, apply_constraints, max_norm, unit_norms
+from lowtf.datasets import DATASETS, DataError, Dataset
+from lowtf.datasets import load as load_dataset
+from lowtf.datasets import pipeline as input_pipeline
 from lowtf.early_stopping import EarlyStopping, best_checkpoint
 from lowtf.layers import (
     AvgPool2D,
@@ -20,6 +23,7 @@ from lowtf.layers import (
     Sequential,
 )
 from lowtf.models import CNN_INPUTS, PRESETS, cnn, mlp
+from lowtf.plot import write_png as plot_learning_curves
 from lowtf.regularizers import (
     Regularizer,
     l1,
@@ -36,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CNN_INPUTS",
+    "DATASETS",
     "HISTORY_COLUMNS",
     "METRICS",
     "MONITORS",
@@ -44,6 +49,8 @@ __all__ = [
     "AvgPool2D",
     "BatchNorm",
     "Conv2D",
+    "DataError",
+    "Dataset",
     "Dense",
     "Dropout",
     "EarlyStopping",
@@ -66,11 +73,14 @@ __all__ = [
     "best_checkpoint",
     "cnn",
     "fit",
+    "input_pipeline",
     "l1",
     "l1_l2",
     "l2",
+    "load_dataset",
     "max_norm",
     "mlp",
+    "plot_learning_curves",
     "read_history",
     "regularization_losses",
     "total_regularization_loss",

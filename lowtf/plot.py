@@ -109,7 +109,7 @@ def render(
 
     Args:
       history: one dict per evaluation with ``step`` and the two keys below
-        (a fit's ``history``); non-finite values leave a gap in the line.
+        (a fit's ``history``); None and non-finite values leave a gap.
       best_step: the step to mark with a dashed line and a dot on the
         validation curve; default none.
       title: a line of text above the plot; default none.
@@ -125,8 +125,9 @@ def render(
     if missing:
         raise ValueError(f"`history` rows lack {', '.join(sorted(missing))}")
     steps = np.array([row["step"] for row in history], np.float64)
+    # None (the training means at step 0, before any step) draws as a gap.
     series = [
-        (np.array([row[key] for row in history], np.float64), color)
+        (np.array([np.nan if row[key] is None else row[key] for row in history], np.float64), color)
         for key, color in ((train_key, TRAIN_COLOR), (validation_key, VALIDATION_COLOR))
     ]
     values = np.concatenate([v for v, _ in series])

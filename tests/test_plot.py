@@ -52,11 +52,14 @@ def test_png_round_trip(tmp_path):
 def test_gaps_for_non_finite_values():
     history = overfitting_history()
     history[-1]["val_cross_entropy"] = float("nan")  # the run diverged at the end
+    history[0]["train_cross_entropy"] = None  # no training mean before step 1
     image = plot.render(history)
     assert pixels(image, plot.BEST_COLOR)[0].size == 0  # no best step, no mark
     # The NaN is not drawn: no validation pixel in the last segment's columns.
     v_rows, v_cols = pixels(image, plot.VALIDATION_COLOR)
     assert v_cols[v_rows > 80].max() < 720 - 16 - 8
+    t_rows, t_cols = pixels(image, plot.TRAIN_COLOR)
+    assert t_cols[t_rows > 80].min() > 62 + 8  # nor the missing first training point
 
 
 def test_font_bitmaps():
