@@ -159,11 +159,13 @@ class TrainStep(tf.Module):
         self._built = False
         self._head = None
         self._constrained = []
+        self._averaged = []
+        self._distributed = tf.distribute.has_strategy()
         jit = options.jit_compile and not options.run_eagerly
         self._alg = rng.XLA_ALG if jit else rng.GRAPH_ALG
         # Under a tf.distribute strategy XLA compiles the replica's forward and
         # backward pass only (see the module docstring); else the whole step.
-        distributed = tf.distribute.has_strategy()
+        distributed = self._distributed
         self._gradients = self._forward_backward
         if options.run_eagerly:
             self._one, self._many = self._one_step, self._steps
@@ -226,6 +228,8 @@ class TrainStep(tf.Module):
             self.optimizer.build(trainable)
         self._constrained = _lowtf_constraints(self.model)
         self._check_requirements()
+        if self._distributed:
+            self._averaged = _replica_averaged(self.model)
         # Later batches must match the first, checked before the traced call:
         # a relaxed retrace would otherwise fail deep inside the graph.
         self._x_spec = tf.TensorSpec([None, *x.shape[1:]], x.dtype)
@@ -256,6 +260,11 @@ class TrainStep(tf.Module):
         # Max-norm runs in cross-replica context, after the all-reduced update:
         # every copy of a mirrored variable gets the same clipped value.
         constraints.apply_constraints(self._constrained)
+        # Batch-norm moving statistics are per-replica (ON_READ) variables;
+        # averaged after every step, every copy holds the replicas' mean, so
+        # evaluation, checkpoints and resumed runs all see the same values.
+        for var in self._averaged:
+            var.assign(var.read_value())
         self.step.assign_add(1)
         return metrics
 
@@ -431,6 +440,17 @@ def _lowtf_constraints(model):
     if isinstance(model, tf.keras.layers.Layer):
         return []  # Keras optimizers apply a Keras variable's own constraint.
     return constraints.constrained_weights(model)
+
+
+def _replica_averaged(model):
+    """The model's ON_READ variables with MEAN aggregation (moving statistics)."""
+    return [
+        v
+        for v in model.variables
+        if isinstance(v, tf.distribute.DistributedValues)
+        and v.synchronization == tf.VariableSynchronization.ON_READ
+        and v.aggregation == tf.VariableAggregation.MEAN
+    ]
 
 
 def _keras_constraints(model):
