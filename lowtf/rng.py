@@ -71,6 +71,91 @@ def uniform(shape, seed: int, dtype=tf.float32):
     return tf.random.stateless_uniform(shape, seed=fold_in(key, seed), dtype=dtype, alg=alg)
 
 
+def permutation(size: int, key) -> tf.Tensor:
+    """A pseudo-random permutation of ``[0, size)`` from ``key``, without a sort.
+
+    ``argsort`` of uniform noise is the textbook shuffle, but a sort is slow
+    under XLA on CPU (about 2.6 ms for 10,000 rows, more than the training
+    steps of that epoch). This is :func:`permute` of every position instead.
+
+    Args:
+      size: the length of the permutation, ``1 <= size < 2**31`` (static).
+      key: an int ``[2]`` key, e.g. :func:`make_key` of a seed and an epoch.
+
+    Returns:
+      An int64 vector holding each of ``0 .. size - 1`` once.
+    """
+    return permute(tf.range(size, dtype=tf.int64), size, key)
+
+
+def permute(position, size: int, key) -> tf.Tensor:
+    """The entries at ``position`` of :func:`permutation` ``(size, key)``.
+
+    Random access into a permutation, so a batch's rows cost a few
+    element-wise passes over the batch, never a pass over the data set. The
+    map is Kensler's hash permutation ("Correlated Multi-Jittered Sampling",
+    Pixar 2013, ``permute``): a bijection of ``[0, 2**b)`` made of odd
+    multiplications and masked xor-shifts, restricted to ``[0, size)`` by
+    cycle walking and rotated by the key's pattern. It is not a uniform draw
+    from all ``size!`` permutations, but positions, neighbours and
+    successive epochs are as uncorrelated as SGD needs, and it gives the same
+    numbers with or without XLA.
+
+    Args:
+      position: int tensor of positions in ``[0, size)``.
+      size: the permutation's length, ``1 <= size < 2**31`` (static).
+      key: an int ``[2]`` key.
+
+    Returns:
+      int64 tensor shaped like ``position``.
+    """
+    if not 1 <= size < 2**31:
+        raise ValueError(f"`size` ({size}) must be in [1, 2**31)")
+    # One 32-bit pattern per key selects the permutation; a philox draw, so
+    # that it is the same number in XLA and non-XLA graphs.
+    pattern = tf.random.stateless_uniform(
+        [], seed=key, minval=None, maxval=None, dtype=tf.uint32, alg=GRAPH_ALG
+    )
+    mask = _u32((1 << max((size - 1).bit_length(), 1)) - 1)
+    limit = _u32(size)
+    index = _kensler_round(tf.cast(position, tf.uint32), mask, pattern)
+
+    def walk(index):
+        # A value landing in [size, 2**b) takes more rounds until it lands
+        # inside; several rounds per loop iteration keep the loop short.
+        for _ in range(4):
+            index = tf.where(index >= limit, _kensler_round(index, mask, pattern), index)
+        return (index,)
+
+    (index,) = tf.while_loop(lambda i: tf.reduce_any(i >= limit), walk, (index,))
+    return tf.cast(tf.math.floormod(index + pattern % limit, limit), tf.int64)
+
+
+def _u32(value) -> tf.Tensor:
+    return tf.constant(value, tf.uint32)
+
+
+def _kensler_round(i, mask, p):
+    """Kensler's ``permute`` round: a bijection of ``[0, mask]`` (uint32)."""
+    xor, band = tf.bitwise.bitwise_xor, tf.bitwise.bitwise_and
+
+    def shr(v, bits):
+        return tf.bitwise.right_shift(v, _u32(bits))
+
+    i = xor(i, p) * _u32(0xE170893D)
+    i = xor(i, shr(p, 16))
+    i = xor(i, shr(band(i, mask), 4))
+    i = xor(i, shr(p, 8)) * _u32(0x0929EB3F)
+    i = xor(i, shr(p, 23))
+    i = xor(i, shr(band(i, mask), 1)) * tf.bitwise.bitwise_or(_u32(1), shr(p, 27))
+    i = i * _u32(0x6935FA69)
+    i = xor(i, shr(band(i, mask), 11)) * _u32(0x74DCB303)
+    i = xor(i, shr(band(i, mask), 2)) * _u32(0x9E501CC3)
+    i = xor(i, shr(band(i, mask), 2)) * _u32(0xC860A3DF)
+    i = band(i, mask)
+    return xor(i, shr(i, 5))
+
+
 def _stack() -> list:
     if not hasattr(_state, "stack"):
         _state.stack = []

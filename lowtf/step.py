@@ -70,9 +70,10 @@ class InMemoryBatches(tf.Module):
     """A training set held in memory, batched inside the compiled step.
 
     Batches are drawn without replacement from a fresh permutation every
-    epoch (a stateless shuffle keyed by ``seed`` and the epoch number), the
-    incomplete tail of each epoch is dropped, and the position (epoch,
-    cursor) lives in variables, so a checkpoint resumes the exact stream.
+    epoch (a stateless shuffle keyed by ``seed`` and the epoch number, see
+    :func:`lowtf.rng.permute`), the incomplete tail of each epoch is dropped,
+    and the position (epoch, cursor) lives in variables, so a checkpoint
+    resumes the exact stream.
 
     Args:
       x: features, ``[n, ...]``.
@@ -97,25 +98,37 @@ class InMemoryBatches(tf.Module):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.cursor = tf.Variable(0, dtype=tf.int64, trainable=False, name="cursor")
         self._offsets = tf.range(batch_size, dtype=tf.int64)
-        self.order = tf.Variable(
-            self._permutation(0), trainable=False, name="order"
-        )
+        # A cache of the permutation of epoch `order_epoch`, for the
+        # materialized path of `next`; the per-batch path leaves it stale.
+        self.order = tf.Variable(self._permutation(0), trainable=False, name="order")
+        self.order_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="order_epoch")
 
     def _permutation(self, epoch):
-        noise = tf.random.stateless_uniform(
-            [self.size], seed=rng.make_key(self.seed, epoch), alg=rng.GRAPH_ALG
-        )
-        return tf.argsort(noise, stable=True)
+        return rng.permutation(self.size, rng.make_key(self.seed, epoch))
 
-    def next(self):
-        """The next ``(x, y)`` batch; advances the position variables."""
+    def next(self, *, per_batch: bool = False):
+        """The next ``(x, y)`` batch; advances the position variables.
+
+        Args:
+          per_batch: compute the batch's rows of the epoch's permutation
+            directly (a few element-wise passes over the batch: best under
+            XLA) instead of materializing the whole permutation once per
+            epoch (fewer ops per step: best in a plain TF graph). Both give
+            the same batches. Default False.
+        """
         if self.cursor + self.batch_size > self.size:
             self.epoch.assign_add(1)
             self.cursor.assign(0)
-            self.order.assign(self._permutation(self.epoch))
-        # A gather, not tf.slice: XLA would take the slice's start as a
-        # compile-time constant and compile once per cursor value.
-        index = tf.gather(self.order, self.cursor + self._offsets)
+        positions = self.cursor + self._offsets
+        if per_batch:
+            index = rng.permute(positions, self.size, rng.make_key(self.seed, self.epoch))
+        else:
+            if self.order_epoch != self.epoch:
+                self.order.assign(self._permutation(self.epoch))
+                self.order_epoch.assign(self.epoch)
+            # A gather, not tf.slice: XLA would take the slice's start as a
+            # compile-time constant and compile once per cursor value.
+            index = tf.gather(self.order, positions)
         self.cursor.assign_add(self.batch_size)
         return tf.gather(self.x, index), tf.gather(self.y, index)
 
@@ -166,6 +179,9 @@ class TrainStep(tf.Module):
         # Under a tf.distribute strategy XLA compiles the replica's forward and
         # backward pass only (see the module docstring); else the whole step.
         distributed = self._distributed
+        # Under XLA a batch's rows of the shuffle are cheaper to compute than
+        # to gather from a permutation rebuilt each epoch; in a graph, not.
+        self._rows_per_batch = jit and not distributed
         self._gradients = self._forward_backward
         if options.run_eagerly:
             self._one, self._many = self._one_step, self._steps
@@ -243,7 +259,7 @@ class TrainStep(tf.Module):
         # the range's length as a compile-time constant and recompile per n.
         i = tf.constant(0, tf.int64)
         while i < num_steps:
-            x, y = self.data.next()
+            x, y = self.data.next(per_batch=self._rows_per_batch)
             metrics = self._one_step(x, y)
             totals = {name: totals[name] + metrics[name] for name in METRICS}
             i += 1
