@@ -24,6 +24,13 @@ summaries and the one-line progress log:
 
 Every ending (patience, max_steps, a non-finite loss, KeyboardInterrupt,
 SIGINT or SIGTERM) restores the best snapshot into the model.
+
+Called inside a ``tf.distribute`` strategy's scope (see
+:mod:`lowtf.distribute`), every worker runs the same loop: steps and
+evaluations are aggregated across replicas, only the chief writes into
+``model_dir`` (the other workers take part in each save, which may need
+collective ops, through a scratch copy deleted at the end), and every worker
+resumes from, and ends holding, the chief's checkpoints.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks, early_stopping, regularizers, step as step_lib, summaries
+from lowtf import _checks, distribute, early_stopping, regularizers, step as step_lib, summaries
 
 MONITORS = (
     "val_cross_entropy",
@@ -150,7 +157,9 @@ def fit(
     directory as it was.
 
     Args:
-      model: a lowtf model (or Keras model) returning logits.
+      model: a lowtf model (or Keras model) returning logits. To train
+        under a ``tf.distribute`` strategy, make it, the optimizer, and call
+        :func:`fit`, all inside ``with strategy.scope():``.
       optimizer: a Keras optimizer.
       train: ``(x, y)`` training arrays, held in memory.
       validation: ``(x, y)`` validation arrays.
@@ -228,6 +237,7 @@ class _Run:
         if os.path.exists(model_dir) and not os.path.isdir(model_dir):
             raise ValueError(f"`model_dir` ({model_dir!r}) is a file; pick a directory")
         self.model, self.optimizer = model, optimizer
+        self.strategy = tf.distribute.get_strategy()
         data = step_lib.InMemoryBatches(x, y, config.batch_size, seed=config.seed)
         self.step = step_lib.TrainStep(model, optimizer, data=data, options=options)
         self.step.build(data.x[:1])
@@ -237,14 +247,15 @@ class _Run:
             batch_size=config.eval_batch_size,
             jit_compile=options.jit_compile and not options.run_eagerly,
         )
+        self.snapshot = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step.step)
         self.stopper = early_stopping.EarlyStopping(
             monitor=config.monitor,
             mode=config.mode,
             patience=config.patience,
             min_delta=config.min_delta,
             warmup=config.warmup,
-            best_dir=os.path.join(model_dir, "best"),
-            checkpoint=tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step.step),
+            best_dir=self._write_path("best"),
+            checkpoint=self.snapshot,
             prune_on_save=False,
         )
         self.running = _RunningMeans()
@@ -253,17 +264,19 @@ class _Run:
         )
         self.manager = tf.train.CheckpointManager(
             self.state,
-            os.path.join(model_dir, "ckpt"),
+            self._write_path("ckpt"),
             max_to_keep=config.keep_checkpoints,
             checkpoint_name="ckpt",
         )
         resumed = self._restore_latest()
         # Everything is checked; from here on the directory is written.
         tf.io.gfile.makedirs(model_dir)
-        self.history = summaries.History(os.path.join(model_dir, "history.csv"))
+        # A worker other than the chief writes into its scratch twin (_write_path).
+        tf.io.gfile.makedirs(os.path.dirname(self._write_path("history.csv")))
+        self.history = summaries.History(self._write_path("history.csv"))
         self.history.start(keep_upto=self.last_step if resumed else None)
         self.stopper.prune()
-        self.board = summaries.Summaries(os.path.join(model_dir, "tensorboard"))
+        self.board = summaries.Summaries(self._write_path("tensorboard"))
         self.saved_step = self.last_step if resumed else None
         if resumed:
             log(f"resuming from {resumed} at step {self.last_step}")
@@ -336,15 +349,38 @@ class _Run:
         elif reason == "max_steps":
             self.log(f"reached max_steps ({self.config.max_steps})")
         if stopper.has_best:
-            stopper.restore_best()
+            self._restore_best()
             self.log(
                 f"restored the best snapshot: step {best_step}, {stopper.monitor} {best:.6g}"
             )
         else:
             self.log("no best snapshot was recorded; the model keeps its last weights")
         self.board.close()
+        for name in _WRITTEN:
+            distribute.remove_write_dir(os.path.join(self.model_dir, name), self.strategy)
 
     # -- pieces ---------------------------------------------------------------
+
+    def _write_path(self, name: str) -> str:
+        # The chief writes into model_dir; another worker into a scratch twin.
+        return distribute.write_dir(os.path.join(self.model_dir, name), self.strategy)
+
+    def _restore_best(self) -> None:
+        # Every worker waits until the chief's snapshot is complete, then
+        # reads the chief's: a worker's own scratch copy may be gone.
+        distribute.barrier(self.strategy)
+        if distribute.is_chief(self.strategy):
+            self.stopper.restore_best()
+            return
+        best_dir = os.path.join(self.model_dir, "best")
+        pointer = early_stopping.best_checkpoint(best_dir)
+        if pointer is None:
+            raise ValueError(
+                f"this worker cannot read the chief's best snapshot in {best_dir}: "
+                "under MultiWorkerMirroredStrategy `model_dir` must be on a file "
+                "system every worker shares (NFS, GCS, ...)"
+            )
+        self.snapshot.read(pointer["prefix"]).assert_existing_objects_matched()
 
     def _next_boundary(self, step: int) -> int:
         config = self.config
@@ -412,12 +448,17 @@ class _Run:
         self.stopper.prune()
 
     def _restore_latest(self) -> str | None:
-        path = self.manager.latest_checkpoint
+        # Every worker resumes from the chief's checkpoint (see _write_path).
+        path = tf.train.latest_checkpoint(os.path.join(self.model_dir, "ckpt"))
         if path is None:
             return None
+        status = None
         try:
-            self.state.read(path).assert_consumed()
+            status = self.state.restore(path)
+            status.assert_consumed()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
+            if status is not None:
+                status.expect_partial()  # no second warning about the same mismatch
             reason = str(error).strip().splitlines()[0][:300]
             raise ValueError(
                 f"`model_dir` ({self.model_dir!r}) holds a checkpoint ({path}) that does "
@@ -453,6 +494,10 @@ class _StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         return False
+
+
+# What _Run writes into model_dir (through distribute.write_dir).
+_WRITTEN = ("best", "ckpt", "history.csv", "tensorboard")
 
 
 def _pair(name: str, data) -> tuple[np.ndarray, np.ndarray]:
