@@ -1,0 +1,244 @@
+"""End-to-end tests of bin/train, run as a subprocess on small data.
+
+A run that trains costs several seconds (TensorFlow's import, a compile), so
+there are few of them, each checked on many numbers; the bad-flag cases fail
+before TensorFlow is imported and cost a fraction of a second each.
+"""
+
+import ast
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import lowtf
+from lowtf import layers, summaries
+
+BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "train")
+SUMMARY_FIELDS = {
+    "best_step",
+    "best_value",
+    "monitor",
+    "stop_reason",
+    "last_step",
+    "test_cross_entropy",
+    "test_accuracy",
+    "wall_seconds",
+}
+# Keep the end-to-end runs short and off XLA (which compiles for seconds).
+QUICK = ["--noxla", "--eval_every=50", "--max_steps=200", "--batch_size=50"]
+
+
+def train(*args, cwd=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, BIN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def summary(model_dir):
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        return json.load(f)
+
+
+def tree_digest(path):
+    """Every file under ``path`` with a hash of its bytes."""
+    digest = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                digest[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+    return digest
+
+
+def assert_refused(result, message):
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The default run (digits, medium MLP, XLA), shortened by flags."""
+    model_dir = str(tmp_path_factory.mktemp("default") / "run")
+    result = train(f"--model_dir={model_dir}", "--max_steps=300", "--eval_every=50", "--patience=100")
+    assert result.returncode == 0, result.stderr
+    return model_dir, result
+
+
+def test_default_run_outputs(default_run):
+    model_dir, result = default_run
+    got = summary(model_dir)
+    assert SUMMARY_FIELDS <= set(got)
+    assert got["dataset"] == "digits" and got["model"] == "medium"
+    assert (got["train_size"], got["validation_size"], got["test_size"]) == (1197, 300, 300)
+    assert got["stop_reason"] in ("patience", "max_steps")
+    assert got["last_step"] <= 300 and got["monitor"] == "val_cross_entropy"
+    # The best step is the lowest validation cross-entropy of the history...
+    history = summaries.read_history(os.path.join(model_dir, "history.csv"))
+    best = min(history, key=lambda row: row["val_cross_entropy"])
+    assert got["best_step"] == best["step"]
+    assert got["best_value"] == pytest.approx(best["val_cross_entropy"], rel=1e-6)
+    # ... and that snapshot was restored: the final model scores the same.
+    assert got["validation_cross_entropy"] == pytest.approx(got["best_value"], rel=1e-5)
+    assert got["test_accuracy"] > 0.9 and 0 < got["test_cross_entropy"] < 0.5
+    assert f"test accuracy {got['test_accuracy']:.4f}" in result.stdout
+    image = tf.io.decode_png(tf.io.read_file(os.path.join(model_dir, "curves.png"))).numpy()
+    assert image.shape == (440, 720, 3)
+    assert np.all(image == (31, 119, 180), axis=-1).sum() > 200  # the training curve is drawn
+
+
+def test_failed_start_leaves_the_model_dir_intact(default_run):
+    model_dir, _ = default_run
+    before = tree_digest(model_dir)
+    # Another network cannot resume this directory's checkpoint.
+    result = train(f"--model_dir={model_dir}", "--hidden=8", "--max_steps=300")
+    assert_refused(result, "does not fit this model")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    # Bad data, and a batch larger than the training set, fail before any write.
+    assert_refused(
+        train(f"--model_dir={model_dir}", "--batch_size=1198"),
+        "error: --batch_size (1198) exceeds the 1197 training examples",
+    )
+    assert tree_digest(model_dir) == before
+
+
+def test_maxnorm_holds_in_the_saved_best_snapshot(tmp_path):
+    # A csv file (header, label column named) of the synthetic problem.
+    x, y = lowtf.datasets.synthetic(900, num_features=6, seed=1)
+    path = tmp_path / "data.csv"
+    rows = [",".join(["kind"] + [f"f{i}" for i in range(6)])]
+    rows += [",".join([str(label)] + [f"{v:.5f}" for v in row]) for label, row in zip(y, x)]
+    path.write_text("\n".join(rows) + "\n")
+    model_dir = str(tmp_path / "run")
+    result = train(
+        "--dataset=csv", f"--data_path={path}", "--label_column=kind", "--model=small",
+        "--maxnorm=0.5", "--l2=1e-4", "--dropout=0.1", f"--model_dir={model_dir}", *QUICK,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    got = summary(model_dir)
+    assert (got["train_size"], got["validation_size"], got["test_size"]) == (630, 135, 135)
+    # Rebuild the network and read the best snapshot into it.
+    model = lowtf.mlp("small", num_classes=2, maxnorm=0.5, l2=1e-4, dropout=0.1)
+    model(tf.zeros([1, 6]))
+    snapshot = lowtf.best_checkpoint(os.path.join(model_dir, "best"))
+    assert snapshot["step"] == got["best_step"]
+    tf.train.Checkpoint(model=model).read(snapshot["prefix"]).expect_partial().assert_existing_objects_matched()
+    hidden = [m for m in model.submodules if isinstance(m, layers.Dense) and m.name != "logits"]
+    assert len(hidden) == 2
+    for dense in hidden:
+        norms = lowtf.unit_norms(dense.kernel).numpy()
+        assert norms.max() <= 0.5 * (1 + 1e-5)
+        assert norms.max() >= 0.5 * (1 - 1e-3)  # the cap is reached: it did work
+
+
+def test_higgs_format(tmp_path):
+    rs = np.random.RandomState(0)
+    features = rs.randn(700, 28)
+    labels = (features[:, 0] + 0.5 * rs.randn(700) > 0).astype(int)
+    path = tmp_path / "HIGGS.csv.gz"
+    with gzip.open(path, "wt") as f:
+        for label, row in zip(labels, features):
+            f.write(",".join([f"{label:.1f}"] + [f"{v:.6f}" for v in row]) + "\n")
+    model_dir = str(tmp_path / "run")
+    result = train(
+        "--dataset=higgs", f"--data_path={path}", "--train_size=500", "--validation_size=100",
+        "--model=tiny", f"--model_dir={model_dir}", *QUICK,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    got = summary(model_dir)
+    assert (got["train_size"], got["validation_size"], got["test_size"]) == (500, 100, 100)
+    assert got["num_classes"] == 2 and got["test_accuracy"] > 0.7
+
+
+def test_npz_images(tmp_path):
+    # MNIST-shaped: uint8 images whose class is the brightest quadrant.
+    rs = np.random.RandomState(0)
+
+    def images(n):
+        x = rs.randint(0, 100, (n, 8, 8))
+        y = rs.randint(0, 4, n)
+        for image, label in zip(x, y):
+            image[4 * (label // 2) : 4 * (label // 2) + 4, 4 * (label % 2) : 4 * (label % 2) + 4] += 150
+        return x.astype(np.uint8), y.astype(np.uint8)
+
+    (x_train, y_train), (x_test, y_test) = images(600), images(100)
+    path = tmp_path / "quadrants.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    model_dir = str(tmp_path / "run")
+    result = train("--dataset=npz", f"--data_path={path}", "--hidden=32", f"--model_dir={model_dir}", *QUICK)
+    assert result.returncode == 0, result.stderr
+    got = summary(model_dir)
+    assert (got["train_size"], got["validation_size"], got["test_size"]) == (540, 60, 100)
+    assert got["num_classes"] == 4 and got["model"] == "32"
+    assert got["test_accuracy"] > 0.9
+    # The saved flags reproduce the run, number for number.
+    flags_txt = os.path.join(model_dir, "flags.txt")
+    assert f"--data_path={path}" in open(flags_txt).read()
+    again = str(tmp_path / "again")
+    result = train(f"--flagfile={flags_txt}", f"--model_dir={again}")
+    assert result.returncode == 0, result.stderr
+    for name in ("best_step", "best_value", "last_step", "test_cross_entropy", "test_accuracy"):
+        assert summary(again)[name] == got[name], name
+
+
+# Refused at flag parsing or in check_flags, before TensorFlow is imported.
+BAD_FLAGS = [
+    (["--dropout=1"], "--dropout must be in [0, 1)"),
+    (["--maxnorm=-1"], "flag --maxnorm=-1: -1.0 is not a non-negative number"),
+    (["--batch_size=0"], "flag --batch_size=0: 0 is not a positive integer"),
+    (["--model=huge"], "value should be one of <tiny|small|medium|large>"),
+    (["--learning_rate=0"], "--learning_rate must be > 0"),
+    (["--model=small", "--hidden=8"], "error: give --model or --hidden, not both"),
+    (["--hidden=8,x"], "error: --hidden=8,x: widths must be positive integers"),
+    (["--weight_decay=0.01"], "error: --weight_decay is the decoupled decay of AdamW"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flags_are_refused_before_anything_runs(tmp_path, args, message):
+    model_dir = tmp_path / "run"
+    result = train(*args, f"--model_dir={model_dir}")
+    assert_refused(result, message)
+    assert len(result.stderr.strip().splitlines()) <= 2  # the reason (+ absl's pointer to --help)
+    assert not model_dir.exists()
+
+
+def test_bad_data_is_refused_with_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,label\n1,2,0\n3,oops,1\n")
+    result = train("--dataset=csv", f"--data_path={bad}", f"--model_dir={tmp_path / 'run'}")
+    assert_refused(result, f"error: {bad}, line 3, column 2: 'oops' is not a number")
+    assert result.returncode == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_documents_defaults_and_flagfile_errors(tmp_path):
+    result = train("--helpfull")  # absl prints the help and exits (with status 1)
+    assert "--maxnorm: Max-norm cap" in result.stdout and "(default: '0.0')" in result.stdout
+    flagfile = tmp_path / "flags.txt"
+    flagfile.write_text("--dropout=1.5\n")
+    assert_refused(train(f"--flagfile={flagfile}"), "--dropout must be in [0, 1)")
+
+
+def test_choices_match_the_library():
+    """bin/train spells its enum choices out (to answer --help fast); they must agree."""
+    with open(BIN) as f:
+        tree = ast.parse(f.read())
+    constants = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Tuple)
+    }  # fmt: skip
+    assert constants["DATASETS"] == lowtf.DATASETS
+    assert constants["PRESETS"] == tuple(lowtf.PRESETS)
+    assert constants["ACTIVATIONS"] == layers.ACTIVATIONS
+    assert constants["MONITORS"] == lowtf.MONITORS
