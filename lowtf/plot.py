@@ -102,6 +102,7 @@ def render(
     train_key: str = "train_cross_entropy",
     validation_key: str = "val_cross_entropy",
     y_label: str = "cross-entropy",
+    log_y: bool | None = None,
     width: int = 720,
     height: int = 440,
 ) -> np.ndarray:
@@ -115,6 +116,9 @@ def render(
       title: a line of text above the plot; default none.
       train_key, validation_key: the series drawn (default the cross-entropies).
       y_label: the vertical axis's label, default ``"cross-entropy"``.
+      log_y: a logarithmic vertical axis; None (default) picks it when the
+        values are positive and span more than a factor of 10, as the first
+        evaluations' loss often dwarfs the gap that shows overfitting.
       width, height: image size in pixels (default 720 x 440).
     """
     if width < 200 or height < 120:
@@ -134,6 +138,16 @@ def render(
     values = values[np.isfinite(values)]
     if not len(values):
         raise ValueError("`history` has no finite value to plot")
+    if log_y is None:
+        log_y = values.min() > 0 and values.max() > 10 * values.min()
+    if log_y:
+        # Everything below is drawn in log10 units; zeros or negatives leave gaps.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            series = [(np.where(v > 0, np.log10(v), np.nan), color) for v, color in series]
+        values = np.concatenate([v for v, _ in series])
+        values = values[np.isfinite(values)]
+        if not len(values):
+            raise ValueError("`history` has no positive value to plot on a log axis")
 
     image = np.full((height, width, 3), WHITE, np.uint8)
     left, right, top, bottom = 62, width - 16, 34 if title else 16, height - 42
@@ -143,7 +157,7 @@ def render(
     to_y = lambda v: bottom - (v - y_lo) / (y_hi - y_lo) * (bottom - top)  # noqa: E731
 
     # Grid and tick labels first, so that the curves are drawn over them.
-    for tick, label in _ticks(y_lo, y_hi):
+    for tick, label in _log_ticks(y_lo, y_hi) if log_y else _ticks(y_lo, y_hi):
         y = round(to_y(tick))
         image[y, left:right] = GRID
         _text(image, label, left - 6 - len(label) * _ADVANCE, y - 3)
@@ -154,7 +168,7 @@ def render(
     image[top : bottom + 1, left] = BLACK
     image[bottom, left : right + 1] = BLACK
     _text(image, "STEP", (left + right) // 2 - 12, height - 14)
-    _text(image, y_label, 4, 4, vertical=True, bottom=bottom)
+    _text(image, f"{y_label} (log)" if log_y else y_label, 4, 4, vertical=True, bottom=bottom)
     if title:
         _text(image, title, left, 12)
 
@@ -211,6 +225,20 @@ def _ticks(lo, hi, integer=False, target=6):
     ticks = []
     for k in range(first, math.floor(hi / step) + 1):
         ticks.append((k * step, f"{k * step:.{decimals}f}"))
+    return ticks
+
+
+def _log_ticks(lo, hi):
+    """Ticks of a log10 axis from ``lo`` to ``hi`` (in log10 units), labelled in values."""
+    decades = range(math.floor(lo), math.ceil(hi) + 1)
+    # 1-2-5 per decade while that stays readable, else the powers of ten alone.
+    multiples = (1, 2, 5) if hi - lo <= 3 else (1,)
+    ticks = []
+    for k in decades:
+        for m in multiples:
+            u = math.log10(m) + k
+            if lo <= u <= hi:
+                ticks.append((u, f"{m * 10.0**k:.{max(0, -k)}f}" if k > -5 else f"{m}e{k}"))
     return ticks
 
 

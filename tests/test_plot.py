@@ -42,6 +42,26 @@ def test_curves_and_best_step_land_where_the_numbers_say():
     assert np.count_nonzero(b_cols == dashed_col) > 100
 
 
+def test_log_axis_when_the_values_span_decades():
+    # 1, 0.1, 0.01 at equal step intervals: a straight line on a log axis.
+    history = [
+        dict(step=s, train_cross_entropy=t, val_cross_entropy=0.5)
+        for s, t in ((0, 1.0), (1000, 0.1), (2000, 0.01))
+    ]
+    rows_at = {}
+    for log_y in (None, False):  # None picks log: the values span 100x
+        image = plot.render(history, log_y=log_y)
+        rows, cols = pixels(image, plot.TRAIN_COLOR)  # the legend's sample is at 560-600
+        rows_at[log_y] = [rows[abs(cols - c) <= 1].mean() for c in (64, 383, 702)]
+    top, middle, bottom = rows_at[None]
+    assert abs((top + bottom) / 2 - middle) < 3
+    top, middle, bottom = rows_at[False]  # linear: 0.1 sits near the bottom
+    assert middle - top > 4 * (bottom - middle)
+    assert [label for _, label in plot._log_ticks(-2.1, 0.1)] == [
+        "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1",
+    ]  # fmt: skip
+
+
 def test_png_round_trip(tmp_path):
     history = overfitting_history()
     path = plot.write_png(str(tmp_path / "curves.png"), history, best_step=2000, title="run 1")
