@@ -1,0 +1,421 @@
+"""The training step: heads, optimizers, Keras models, modes, N steps, checkpoints."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import lowtf
+
+RS = np.random.RandomState(4)
+GRAPH = lowtf.StepOptions(jit_compile=False)
+
+
+def _weights(module):
+    return [v.numpy() for v in module.variables]
+
+
+def _assert_bitwise(a, b):
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        assert np.array_equal(u, v)
+
+
+def _multiclass(n=96, width=10, classes=3):
+    x = RS.randn(n, width).astype(np.float32)
+    return x, np.argmax(x[:, :classes], axis=1).astype(np.int32)
+
+
+# -- heads ----------------------------------------------------------------------
+
+
+def test_softmax_head_with_integer_labels():
+    x, y = _multiclass()
+    model = lowtf.mlp("tiny", num_classes=3, seed=1)
+    model(x[:1])
+    logits = model(x).numpy().astype(np.float64)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    step = lowtf.TrainStep(model, tf.keras.optimizers.SGD(0.1), options=GRAPH)
+    metrics = lowtf.step.as_numpy(step(x, y))
+    assert step.head == "softmax"
+    assert metrics["cross_entropy"] == pytest.approx(-log_p[np.arange(96), y].mean(), 1e-5)
+    assert metrics["accuracy"] == pytest.approx((logits.argmax(1) == y).mean())
+
+
+def test_sigmoid_head_with_binary_labels(binary_data):
+    x, y = binary_data[0][:100], binary_data[1][:100]
+    model = lowtf.mlp("tiny", seed=2)
+    model(x[:1])
+    z = model(x).numpy().reshape(-1).astype(np.float64)
+    expected = np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))
+    step = lowtf.TrainStep(model, tf.keras.optimizers.SGD(0.1), options=GRAPH)
+    metrics = lowtf.step.as_numpy(step(x, y.astype(np.int64)))  # int 0/1 works too
+    assert step.head == "sigmoid"
+    assert metrics["cross_entropy"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(((z > 0) == y).mean())
+
+
+def test_bad_head_choices_raise():
+    x, y = _multiclass(8)
+    with pytest.raises(ValueError, match="`loss` .*must be one of"):
+        lowtf.StepOptions(loss="hinge")
+    step = lowtf.TrainStep(
+        lowtf.mlp("tiny", num_classes=3),
+        tf.keras.optimizers.SGD(0.1),
+        options=lowtf.StepOptions(loss="sigmoid", jit_compile=False),
+    )
+    with pytest.raises(ValueError, match="needs 1 logit, the model gives 3"):
+        step(x, y)
+
+
+# -- optimizers -----------------------------------------------------------------
+
+
+def test_sgd_with_inverse_time_decay_uses_the_decayed_rate_each_step(binary_data):
+    x, y = binary_data[0][:64], binary_data[1][:64]
+    schedule = tf.keras.optimizers.schedules.InverseTimeDecay(0.5, decay_steps=1, decay_rate=1)
+    model = lowtf.mlp("tiny", seed=3)
+    model(x[:1])
+    step = lowtf.TrainStep(model, tf.keras.optimizers.SGD(schedule), options=GRAPH)
+    for k in range(2):  # learning rates 0.5 / (1 + k): 0.5 then 0.25
+        before = [v.numpy() for v in model.trainable_variables]
+        with tf.GradientTape() as tape:
+            z = tf.reshape(model(x, training=True), [-1])
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, z))
+        grads = tape.gradient(loss, model.trainable_variables)
+        step(x, y)
+        lr = 0.5 / (1 + k)
+        for var, w0, g in zip(model.trainable_variables, before, grads):
+            np.testing.assert_allclose(var.numpy(), w0 - lr * g.numpy(), atol=1e-6)
+
+
+def test_adam_with_the_tutorials_inverse_time_decay_trains_under_xla(binary_data):
+    x, y = binary_data
+    # The tutorial: lr 1e-3 halved after 1000 epochs; decay faster here to see it.
+    schedule = tf.keras.optimizers.schedules.InverseTimeDecay(
+        0.01, decay_steps=10, decay_rate=1, staircase=False
+    )
+    optimizer = tf.keras.optimizers.Adam(schedule)
+    step = lowtf.TrainStep(
+        lowtf.mlp("small", l2=1e-4, seed=4),
+        optimizer,
+        data=lowtf.InMemoryBatches(x, y, 100),
+    )
+    first = lowtf.step.as_numpy(step.run(5))
+    last = lowtf.step.as_numpy(step.run(45))
+    assert int(optimizer.iterations) == 50 == int(step.step)
+    assert float(optimizer.learning_rate) == pytest.approx(0.01 / (1 + 50 / 10), rel=1e-6)
+    assert last["cross_entropy"] < 0.8 * first["cross_entropy"]
+    assert last["accuracy"] > 0.8
+
+
+def test_adamw_decays_weights_decoupled_from_the_gradient(binary_data):
+    x, y = binary_data[0][:64], binary_data[1][:64]
+    lr, wd = 0.01, 0.5
+    adam_model, adamw_model = lowtf.mlp("tiny", seed=5), lowtf.mlp("tiny", seed=5)
+    adam_model(x[:1]), adamw_model(x[:1])
+    before = _weights(adamw_model)
+    lowtf.TrainStep(adam_model, tf.keras.optimizers.Adam(lr), options=GRAPH)(x, y)
+    adamw = tf.keras.optimizers.AdamW(lr, weight_decay=wd)
+    lowtf.TrainStep(adamw_model, adamw, options=GRAPH)(x, y)
+    # AdamW = Adam's update minus lr * wd * w, the decay not passing through Adam.
+    for w0, a, aw in zip(before, _weights(adam_model), _weights(adamw_model)):
+        np.testing.assert_allclose(a - aw, lr * wd * w0, atol=1e-7)
+    assert any(np.abs(lr * wd * w0).max() > 1e-3 for w0 in before)
+
+
+# -- Keras models ----------------------------------------------------------------
+
+
+def test_keras_model_trains_and_its_losses_are_gathered(binary_data):
+    x, y = binary_data[0][:128], binary_data[1][:128]
+    keras = tf.keras.layers
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((28,)),
+            keras.Dense(
+                16,
+                activation="elu",
+                kernel_regularizer=tf.keras.regularizers.L2(1e-2),
+                kernel_constraint=tf.keras.constraints.MaxNorm(0.5),
+            ),
+            keras.Dropout(0.5, seed=1),
+            keras.Dense(1, kernel_regularizer=tf.keras.regularizers.L2(1e-2)),
+        ]
+    )
+    step = lowtf.TrainStep(
+        model,
+        tf.keras.optimizers.Adam(1e-2),
+        options=lowtf.StepOptions(
+            jit_compile=False, require_regularization=True, require_constraints=True
+        ),
+    )
+    assert len(lowtf.regularization_losses(model)) == 2
+    step.build(x[:1])
+    penalty = sum(1e-2 * np.square(layer.kernel.numpy()).sum() for layer in model.layers[::2])
+    first = lowtf.step.as_numpy(step(x, y))
+    assert first["regularization_loss"] == pytest.approx(penalty, rel=1e-5)
+    assert first["total_loss"] == pytest.approx(first["cross_entropy"] + penalty, rel=1e-5)
+    for _ in range(20):
+        last = lowtf.step.as_numpy(step(x, y))
+    assert last["cross_entropy"] < first["cross_entropy"]
+    norms = np.linalg.norm(model.layers[0].kernel.numpy(), axis=0)
+    assert norms.max() <= 0.5 + 1e-6  # the Keras constraint, applied by the optimizer
+
+
+# -- eager, tf.function and XLA ---------------------------------------------------
+
+
+def test_eager_graph_and_xla_agree(binary_data):
+    x, y = binary_data[0][:200], binary_data[1][:200]
+    modes = {
+        "eager": lowtf.StepOptions(run_eagerly=True),
+        "graph": lowtf.StepOptions(jit_compile=False),
+        "xla": lowtf.StepOptions(jit_compile=True),
+    }
+    results = {}
+    for name, options in modes.items():
+        # No dropout: XLA and TF kernels draw from different RNG algorithms.
+        model = lowtf.mlp("small", l2=1e-3, maxnorm=1.0, batchnorm=True, seed=6)
+        step = lowtf.TrainStep(model, tf.keras.optimizers.Adam(1e-2), options=options)
+        for i in range(3):
+            metrics = lowtf.step.as_numpy(step(x[i * 50 : i * 50 + 100], y[i * 50 : i * 50 + 100]))
+        results[name] = metrics, _weights(model)
+    eager_metrics, eager_weights = results["eager"]
+    for name in ("graph", "xla"):
+        metrics, weights = results[name]
+        for key in lowtf.METRICS:
+            assert metrics[key] == pytest.approx(eager_metrics[key], rel=1e-5, abs=1e-6)
+        for a, b in zip(weights, eager_weights):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- N steps per call -------------------------------------------------------------
+
+
+def test_run_with_other_n_and_many_calls_does_not_retrace(binary_data):
+    x, y = binary_data
+    step = lowtf.TrainStep(
+        lowtf.mlp("tiny", dropout=0.2, seed=7),
+        tf.keras.optimizers.Adam(1e-2),
+        data=lowtf.InMemoryBatches(x, y, 100),
+        options=GRAPH,  # tracing is the same with XLA, and cheaper to test here
+    )
+    total = 0
+    for n in (1, 3, 2, 5, 1, 4, 3):
+        step.run(n)
+        total += n
+    assert step.trace_count == 1
+    assert int(step.step) == total
+    for _ in range(4):
+        step(x[:100], y[:100])
+    assert step.trace_count == 2  # the single-batch function, traced once
+
+
+def test_run_n_equals_n_single_steps_on_the_same_batches(binary_data):
+    x, y = binary_data
+    n, batch = 5, 300  # 3 batches an epoch: the run crosses an epoch boundary
+
+    def make():
+        model = lowtf.mlp("tiny", dropout=0.3, l2=1e-3, maxnorm=2.0, seed=8)
+        data = lowtf.InMemoryBatches(x, y, batch, seed=3)
+        return model, lowtf.TrainStep(
+            model, tf.keras.optimizers.Adam(1e-2), data=data, options=GRAPH
+        )
+
+    model_a, step_a = make()
+    averaged = lowtf.step.as_numpy(step_a.run(n))
+
+    model_b, step_b = make()
+    twin = lowtf.InMemoryBatches(x, y, batch, seed=3)
+    singles = [lowtf.step.as_numpy(step_b(*twin.next())) for _ in range(n)]
+    assert int(step_a.step) == int(step_b.step) == n
+    assert int(step_a.data.epoch) == 1 and int(step_a.data.cursor) == 2 * batch
+    for key in lowtf.METRICS:
+        assert averaged[key] == pytest.approx(np.mean([m[key] for m in singles]), rel=1e-5)
+    for a, b in zip(model_a.variables, model_b.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_batches_cover_each_epoch_once(binary_data):
+    x, y = binary_data
+    data = lowtf.InMemoryBatches(x, np.arange(1000), 250, seed=1)
+    seen = np.concatenate([data.next()[1].numpy() for _ in range(4)])
+    assert np.array_equal(np.sort(seen), np.arange(1000))
+    next_epoch = data.next()[1].numpy()
+    assert int(data.epoch) == 1 and not np.array_equal(next_epoch, seen[:250])
+
+
+# -- checkpoints -------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_of_model_optimizer_step_and_data(binary_data, tmp_path):
+    x, y = binary_data
+
+    def make():
+        model = lowtf.mlp("tiny", dropout=0.3, l2=1e-3, maxnorm=2.0, batchnorm=True, seed=9)
+        data = lowtf.InMemoryBatches(x, y, 300, seed=2)
+        step = lowtf.TrainStep(model, tf.keras.optimizers.Adam(1e-2), data=data, options=GRAPH)
+        step.build(x[:1])
+        return step
+
+    step = make()
+    step.run(4)
+    path = tf.train.Checkpoint(step=step).save(str(tmp_path / "ckpt"))
+    saved = _weights(step)
+    assert len(step.optimizer.variables) > 3 and len(saved) > len(step.model.variables)
+    step.run(3)  # overwrite every weight, the counters and the data position
+    continued = _weights(step)
+    changed = [not np.array_equal(a, b) for a, b in zip(saved, continued)]
+    assert sum(changed) >= len(saved) // 2
+
+    # Restore into the same objects ...
+    tf.train.Checkpoint(step=step).restore(path).assert_consumed()
+    _assert_bitwise(_weights(step), saved)
+
+    # ... and into fresh ones, which then resume exactly where the run went on.
+    fresh = make()
+    tf.train.Checkpoint(step=fresh).restore(path).assert_consumed()
+    _assert_bitwise(_weights(fresh), saved)
+    assert int(fresh.step) == 4 and int(fresh.optimizer.iterations) == 4
+    fresh.run(3)
+    _assert_bitwise(_weights(fresh), continued)
+
+
+# -- bad input ---------------------------------------------------------------------
+
+
+def test_bad_batches_and_arguments_give_one_readable_error(binary_data):
+    x, y = binary_data[0][:32], binary_data[1][:32]
+    step = lowtf.TrainStep(lowtf.mlp("tiny"), tf.keras.optimizers.SGD(0.1), options=GRAPH)
+    cases = [
+        (lambda: step(x, y[:10]), "x has 32 examples but y has 10"),
+        (lambda: step(x[0], y), "x must be a batch"),
+        (lambda: step(x, y[:, None]), "y must be a vector of labels"),
+        (lambda: step.run(3), "`run` needs the step to be built with `data=`"),
+    ]
+    step(x, y)
+    cases += [
+        (lambda: step(x[:, :5], y), r"shape \(32, 5\).*built for \[batch, 28\]"),
+        (lambda: step(x.astype(np.float64), y), "dtype float64.*float32"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            call()
+    with pytest.raises(ValueError, match="float64.*cast the input"):
+        lowtf.TrainStep(lowtf.mlp("tiny"), tf.keras.optimizers.SGD(0.1))(
+            x.astype(np.float64), y
+        )
+    with pytest.raises(ValueError, match="num_steps"):
+        lowtf.TrainStep(
+            lowtf.mlp("tiny"),
+            tf.keras.optimizers.SGD(0.1),
+            data=lowtf.InMemoryBatches(x, y, 8),
+        ).run(0)
+    with pytest.raises(ValueError, match="x has 32 rows but y has 31"):
+        lowtf.InMemoryBatches(x, y[:31], 8)
+    with pytest.raises(ValueError, match="`batch_size` .64. exceeds the 32 examples"):
+        lowtf.InMemoryBatches(x, y, 64)
+    with pytest.raises(ValueError, match="seed"):
+        lowtf.StepOptions(seed=-1)
+
+
+# -- tf.distribute arithmetic (one process, one device) -----------------------------
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_mirrored_strategy_on_one_device_matches_the_default_strategy(binary_data, jit):
+    x, y = binary_data
+
+    def train(strategy):
+        with strategy.scope():
+            model = lowtf.mlp("tiny", l2=1e-3, maxnorm=1.0, batchnorm=True, seed=10)
+            step = lowtf.TrainStep(
+                model,
+                tf.keras.optimizers.Adam(1e-2),
+                data=lowtf.InMemoryBatches(x, y, 100),
+                options=lowtf.StepOptions(jit_compile=jit),
+            )
+        metrics = [lowtf.step.as_numpy(step(x[:100], y[:100]))]
+        if not jit:  # one XLA compile per strategy is enough to be slow
+            metrics.append(lowtf.step.as_numpy(step.run(3)))
+        return metrics, [v.numpy() for v in model.variables]
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
+    assert mirrored.num_replicas_in_sync == 1
+    base_metrics, base_weights = train(tf.distribute.get_strategy())
+    metrics, weights = train(mirrored)
+    for got, want in zip(metrics, base_metrics):
+        for key in lowtf.METRICS:
+            assert got[key] == pytest.approx(want[key], rel=1e-6)
+    for a, b in zip(weights, base_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+class _FakeReplica:
+    """A replica context of ``replicas`` replicas, for the loss arithmetic."""
+
+    def __init__(self, replica_id, replicas):
+        self.replica_id_in_sync_group = replica_id
+        self.num_replicas_in_sync = replicas
+
+
+class _RecordingOptimizer:
+    """Keeps the gradients instead of applying them."""
+
+    def build(self, variables):
+        pass
+
+    def apply_gradients(self, pairs):
+        self.grads = [g.numpy() for g, _ in pairs]
+
+
+def test_replica_losses_sum_to_one_global_step(binary_data, monkeypatch):
+    """Cross-entropy over the global batch, the penalty once across replicas."""
+    x, y = binary_data[0][:64], binary_data[1][:64]
+    model = lowtf.mlp("tiny", l2=0.05, seed=11)
+    model(x[:1])
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        z = tf.reshape(model(x, training=True), [-1])
+        ce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, z))
+        reg = lowtf.total_regularization_loss(model)
+        loss = ce + reg
+    want_grads = tape.gradient(loss, variables)
+
+    optimizer = _RecordingOptimizer()
+    step = lowtf.TrainStep(model, optimizer, options=lowtf.StepOptions(run_eagerly=True))
+    step.build(x[:1])
+    key = lowtf.rng.make_key(0, 0)
+    totals, grads = {}, []
+    for replica in range(2):
+        monkeypatch.setattr(
+            tf.distribute, "get_replica_context", lambda r=replica: _FakeReplica(r, 2)
+        )
+        part = lowtf.step.as_numpy(step._replica_step(tf.constant(x), tf.constant(y), key))
+        # Each replica sees its half, divided by the global batch of 64.
+        half = x[32 * replica : 32 * replica + 32], y[32 * replica : 32 * replica + 32]
+        z_half = tf.reshape(model(half[0]), [-1])
+        ce_half = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(half[1], z_half))
+        assert part["cross_entropy"] == pytest.approx(float(ce_half) / 64, rel=1e-5)
+        assert part["regularization_loss"] == pytest.approx(float(reg) / 2, rel=1e-6)
+        totals = {k: totals.get(k, 0.0) + v for k, v in part.items()}
+        grads.append(optimizer.grads)
+    assert totals["cross_entropy"] == pytest.approx(float(ce), rel=1e-5)
+    assert totals["regularization_loss"] == pytest.approx(float(reg), rel=1e-6)
+    assert totals["total_loss"] == pytest.approx(float(loss), rel=1e-5)
+    for g0, g1, want in zip(grads[0], grads[1], want_grads):
+        np.testing.assert_allclose(g0 + g1, want.numpy(), rtol=1e-4, atol=1e-6)
+
+
+# -- evaluation ----------------------------------------------------------------------
+
+
+def test_evaluator_matches_a_hand_computation_over_uneven_batches():
+    x, y = _multiclass(250)
+    model = lowtf.mlp("tiny", num_classes=3, seed=12)
+    model(x[:1])
+    logits = model(x).numpy().astype(np.float64)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    result = lowtf.Evaluator(model, batch_size=100, jit_compile=False)(x, y)
+    assert result["cross_entropy"] == pytest.approx(-log_p[np.arange(250), y].mean(), 1e-5)
+    assert result["accuracy"] == pytest.approx((logits.argmax(1) == y).mean())
