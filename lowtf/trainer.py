@@ -39,6 +39,7 @@ import dataclasses
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 
@@ -452,20 +453,48 @@ class _Run:
         path = tf.train.latest_checkpoint(os.path.join(self.model_dir, "ckpt"))
         if path is None:
             return None
-        status = None
-        try:
-            status = self.state.restore(path)
-            status.assert_consumed()
-        except (AssertionError, ValueError, tf.errors.OpError) as error:
-            if status is not None:
-                status.expect_partial()  # no second warning about the same mismatch
-            reason = str(error).strip().splitlines()[0][:300]
+        # Compared before restoring: a failed restore would leave the model
+        # half overwritten (and TensorFlow warning about it at exit).
+        reason = _mismatch(self.state, path)
+        if reason is None:
+            try:
+                self.state.restore(path).assert_consumed()
+            except (AssertionError, ValueError, tf.errors.OpError) as error:
+                reason = str(error).strip().splitlines()[0][:300]
+        if reason is not None:
             raise ValueError(
                 f"`model_dir` ({self.model_dir!r}) holds a checkpoint ({path}) that does "
                 f"not fit this model, optimizer and data ({reason}); resume with the "
                 "same settings or pick a new model_dir"
-            ) from None
+            )
         return path
+
+
+def _mismatch(state, path) -> str | None:
+    """How the checkpoint at ``path`` differs from ``state``'s variables, or None."""
+    with tempfile.TemporaryDirectory() as scratch:
+        ours = _variable_specs(state.write(os.path.join(scratch, "probe")))
+    theirs = _variable_specs(path)
+    for key in sorted(ours.keys() | theirs.keys()):
+        if key not in theirs:
+            return f"{key} is not in the checkpoint"
+        if key not in ours:
+            return f"the checkpoint has {key}, which this run does not"
+        if ours[key] != theirs[key]:
+            return f"{key} is {theirs[key]} in the checkpoint but {ours[key]} here"
+    return None
+
+
+def _variable_specs(path) -> dict:
+    reader = tf.train.load_checkpoint(path)
+    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    specs = {}
+    for key, shape in shapes.items():
+        if key.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/")):
+            continue  # bookkeeping, not state
+        name = key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE")
+        specs[name] = f"{dtypes[key].name}{list(shape)}"
+    return specs
 
 
 class _StopSignals:
