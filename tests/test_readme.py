@@ -1,0 +1,56 @@
+"""README.md: the own-loop example runs, and CI runs the README's commands."""
+
+import contextlib
+import io
+import math
+import pathlib
+import re
+
+import pytest
+
+import lowtf
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _section(title_fragment: str) -> str:
+    """The text of the ``##`` section whose title contains ``title_fragment``."""
+    sections = re.split(r"^## ", README, flags=re.M)
+    matches = [s for s in sections if title_fragment in s.splitlines()[0]]
+    assert len(matches) == 1, f"README has no single section titled *{title_fragment}*"
+    return matches[0]
+
+
+def test_own_loop_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", _section("own loop"), flags=re.S)
+    assert len(blocks) == 1
+    source = blocks[0]
+    assert 10 <= len(source.strip().splitlines()) <= 25  # "about 15 lines"
+
+    namespace = {"__name__": "readme_example"}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(source, "README.md", "exec"), namespace)
+
+    metrics = {k: float(v) for k, v in namespace["metrics"].items()}
+    assert set(metrics) == set(lowtf.METRICS)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["total_loss"] == pytest.approx(
+        metrics["cross_entropy"] + metrics["regularization_loss"], rel=1e-5
+    )
+    assert metrics["regularization_loss"] > 0  # the example asks for l2
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    # The example caps hidden units at norm 3.
+    model = namespace["model"]
+    for layer in [m for m in model.layers if isinstance(m, lowtf.Dense)][:-1]:
+        assert lowtf.unit_norms(layer.kernel).numpy().max() <= 3.0 + 1e-6
+    assert all(k in printed.getvalue() for k in lowtf.METRICS)
+
+
+def test_ci_runs_the_readmes_install_and_test_commands():
+    commands = re.findall(r"^    (pip install .*)$", _section("Set-up"), flags=re.M)
+    test_command = [c for c in commands if "pytest" in c]
+    assert test_command == ["pip install -e '.[test]' && python -m pytest"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command[0] in ci.splitlines()
