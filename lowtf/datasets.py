@@ -28,23 +28,20 @@ source:
 Features are standardized with the mean and standard deviation of the
 training split only (a feature constant in training is only centred), so
 nothing of validation or test leaks into training. Any bad input raises a
-single :class:`DataError` naming the file, the row or column, and the fix.
+single :class:`DataError` naming the file, the row or column, and the fix
+(the file formats are read by :mod:`lowtf.readers`).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
 import importlib.resources
-import io
-import os
-import re
-import zipfile
-import zlib
 
 import numpy as np
 import tensorflow as tf
+
+from lowtf import readers
+from lowtf.readers import DataError
 
 DATASETS = ("digits", "higgs", "npz", "csv", "synthetic")
 
@@ -56,16 +53,10 @@ DIGITS_VALIDATION_SIZE = 300
 HIGGS_FEATURES = 28
 HIGGS_VALIDATION_SIZE = 1_000
 HIGGS_TRAIN_SIZE = 10_000
-# The tutorial repacks CSV records in batches of this many rows.
-HIGGS_PACK_BATCH = 10_000
 
 SYNTHETIC_SIZES = (2_000, 500, 500)  # train, validation, test
 CARVE_FRACTION = 0.15  # csv: the test and default validation share
 NPZ_VALIDATION_FRACTION = 0.1
-
-
-class DataError(ValueError):
-    """A data set that cannot be used: missing, unreadable, malformed or too small."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +193,7 @@ def synthetic(num_examples: int, *, num_features: int = HIGGS_FEATURES, seed: in
 def _digits(train_size, validation_size):
     path = importlib.resources.files("lowtf") / "data" / "digits.csv.gz"
     with importlib.resources.as_file(path) as local:
-        rows = _read_csv(str(local), header=False)[1]
+        rows = readers.read_csv(str(local), header=False)[1]
     if rows.shape[1] != 65:
         raise DataError(f"{path}: {rows.shape[1]} columns; digits rows have 64 pixels and a label")
     order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(rows))
@@ -215,34 +206,10 @@ def _digits(train_size, validation_size):
 
 
 def _higgs(path, train_size, validation_size):
-    _check_file(path)
     val = validation_size or HIGGS_VALIDATION_SIZE
     train = train_size or HIGGS_TRAIN_SIZE
-    with open(path, "rb") as f:
-        compression = "GZIP" if f.read(2) == b"\x1f\x8b" else ""
-    _check_higgs_width(path, compression)
-    # The tutorial's reader: one float per field, repacked in big batches
-    # (one op per 10,000 rows instead of per row), then split back into rows.
-    ds = tf.data.experimental.CsvDataset(
-        path, [tf.float32] * (HIGGS_FEATURES + 1), compression_type=compression
-    )
-    packed = ds.batch(HIGGS_PACK_BATCH).map(_pack_row).unbatch()
-    xs, ys = [], []
-    try:
-        # Only the rows needed: validation, training, then up to `val` test rows.
-        for x, y in packed.take(val + train + val).batch(HIGGS_PACK_BATCH):
-            xs.append(x.numpy())
-            ys.append(y.numpy())
-    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-        # Keep the reader's own words, without the op and function names.
-        reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message.splitlines()[0]).strip()
-        raise DataError(
-            f"{path}: not readable as HIGGS data (label, then {HIGGS_FEATURES} numbers "
-            f"per row): {reason}"
-        ) from None
-    if not xs:
-        raise DataError(f"{path}: no data rows")
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    # Only the rows needed: validation, training, then up to `val` test rows.
+    x, y = readers.read_higgs(path, val + train + val, num_features=HIGGS_FEATURES)
     if len(y) <= val + train:
         raise DataError(
             f"{path}: {len(y):,} rows, too few for {val:,} validation + {train:,} "
@@ -254,51 +221,8 @@ def _higgs(path, train_size, validation_size):
     )
 
 
-def _check_higgs_width(path, compression):
-    """Names a wrong column count from the first line, in the file's terms."""
-    try:
-        opener = gzip.open if compression else open
-        with opener(path, "rb") as f:
-            first = f.readline()
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot be read or decompressed ({e})") from None
-    width = len(first.split(b","))
-    if first.strip() and width != HIGGS_FEATURES + 1:
-        raise DataError(
-            f"{path}, line 1: {width} columns; the HIGGS format has "
-            f"{HIGGS_FEATURES + 1} (the label, then {HIGGS_FEATURES} features)"
-        )
-
-
-def _pack_row(*row):
-    return tf.stack(row[1:], 1), row[0]
-
-
 def _npz(path, train_size, validation_size, seed):
-    _check_file(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {key: f[key] for key in f.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
-    if missing:
-        raise DataError(
-            f"{path}: missing arrays {', '.join(missing)}; an npz data set needs "
-            f"x_train, y_train, x_test, y_test (found {', '.join(sorted(arrays)) or 'none'})"
-        )
-    for part in ("train", "test", "val"):
-        if f"x_{part}" in arrays:
-            x, y = arrays[f"x_{part}"], arrays.get(f"y_{part}")
-            if y is None:
-                raise DataError(f"{path}: x_{part} has no y_{part}")
-            if x.ndim < 2 or len(x) != len(y):
-                raise DataError(
-                    f"{path}: x_{part} {x.shape} and y_{part} {y.shape} must have one "
-                    f"row per example and at least one feature"
-                )
-            if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-                raise DataError(f"{path}: x_{part} holds {x.dtype} values, not numbers")
+    arrays = readers.read_npz(path, required=("x_train", "y_train", "x_test", "y_test"))
     test = (arrays["x_test"], arrays["y_test"])
     x, y = arrays["x_train"], arrays["y_train"]
     if "x_val" in arrays:
@@ -315,8 +239,8 @@ def _npz(path, train_size, validation_size, seed):
 
 
 def _csv(path, train_size, validation_size, label_column, seed):
-    header, rows = _read_csv(path, header=None)
-    column = _label_index(path, header, rows.shape[1], label_column)
+    header, rows = readers.read_csv(path, header=None)
+    column = readers.label_index(path, header, rows.shape[1], label_column)
     if rows.shape[1] < 2:
         raise DataError(f"{path}: one column only; a csv data set needs features and a label")
     y = rows[:, column]
@@ -342,7 +266,7 @@ def _synthetic(train_size, validation_size, seed):
     )
 
 
-# -- checks and normalization -------------------------------------------------
+# -- labels, sizes and normalization ---------------------------------------------
 
 
 def _finish(name, splits, num_classes, path) -> Dataset:
@@ -437,75 +361,3 @@ def _fit_sizes(where, available, val, train_size, extra="") -> int:
     return train
 
 
-def _check_file(path):
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, not a data file")
-    if not os.access(path, os.R_OK):
-        raise DataError(f"{path}: not readable (permission denied)")
-
-
-def _read_csv(path, *, header):
-    """Reads a numeric CSV (gzip or plain); returns ``(header or None, rows)``.
-
-    Args:
-      header: True/False, or None to treat a first row with a non-numeric
-        cell as the header.
-    """
-    _check_file(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        text = raw.decode("utf-8-sig")
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot be read or decompressed ({e})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a text CSV file (not UTF-8)") from None
-    lines = [(i, row) for i, row in enumerate(csv.reader(io.StringIO(text)), 1) if row]
-    if header is None:
-        header = bool(lines) and not all(_is_number(cell) for cell in lines[0][1])
-    names = None
-    if header and lines:
-        names = [cell.strip() for cell in lines[0][1]]
-        lines = lines[1:]
-    if not lines:
-        raise DataError(f"{path}: no data rows")
-    width = len(names) if names else len(lines[0][1])
-    values = np.empty((len(lines), width), np.float64)
-    for r, (line, row) in enumerate(lines):
-        if len(row) != width:
-            raise DataError(f"{path}, line {line}: {len(row)} columns, expected {width}")
-        try:
-            values[r] = [float(cell) for cell in row]
-        except ValueError:
-            col = next(c for c, cell in enumerate(row) if not _is_number(cell))
-            raise DataError(
-                f"{path}, line {line}, column {col + 1}: {row[col]!r} is not a number"
-            ) from None
-    return names, values
-
-
-def _is_number(cell) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
-def _label_index(path, header, width, label_column) -> int:
-    if label_column is None or label_column == "":
-        return width - 1
-    if isinstance(label_column, str) and header and label_column in header:
-        return header.index(label_column)
-    try:
-        index = int(label_column)
-    except (TypeError, ValueError):
-        known = f"; the header has {', '.join(header)}" if header else "; the file has no header"
-        raise DataError(f"{path}: no label column {label_column!r}{known}") from None
-    if not -width <= index < width:
-        raise DataError(f"{path}: label column {index} is out of range for {width} columns")
-    return index % width
