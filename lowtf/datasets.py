@@ -40,7 +40,7 @@ import importlib.resources
 import numpy as np
 import tensorflow as tf
 
-from lowtf import readers
+from lowtf import _checks, readers
 from lowtf.readers import DataError
 
 DATASETS = ("digits", "higgs", "npz", "csv", "synthetic")
@@ -119,12 +119,13 @@ def load(
 
     Raises:
       DataError: on any problem with the data or the requested split.
+      ValueError: a size that is not a positive integer.
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; use one of {', '.join(DATASETS)}")
     for arg, value in (("train_size", train_size), ("validation_size", validation_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise DataError(f"`{arg}` ({value!r}) must be a positive integer")
+        if value is not None:
+            _checks.positive_int(arg, value)
     needs_path = name in ("higgs", "npz", "csv")
     if needs_path and not data_path:
         raise DataError(f"the {name} data set needs a file: pass `data_path`")
@@ -161,8 +162,7 @@ def pipeline(x, y, batch_size: int, *, seed: int = 0, training: bool = True) -> 
       training: shuffle, repeat and drop the remainder (default True).
     """
     n = len(y)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` ({batch_size!r}) must be a positive integer")
+    _checks.positive_int("batch_size", batch_size)
     if training and batch_size > n:
         raise DataError(f"`batch_size` ({batch_size}) exceeds the {n} training examples")
     ds = tf.data.Dataset.from_tensor_slices((x, y))

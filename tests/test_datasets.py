@@ -276,11 +276,12 @@ def test_argument_errors_are_data_errors():
         (dict(name="mnist"), "unknown data set 'mnist'"),
         (dict(name="csv"), "needs a file"),
         (dict(name="digits", data_path="x.csv"), "reads no file"),
-        (dict(name="digits", train_size=0), "`train_size` \\(0\\) must be a positive integer"),
         (dict(name="synthetic", label_column="y"), "csv data set only"),
     ]:
         with pytest.raises(DataError, match=message):
             datasets.load(**kwargs)
+    with pytest.raises(ValueError, match="`train_size` \\(0\\) must be a positive integer"):
+        datasets.load("digits", train_size=0)
 
 
 def test_pipeline_reshuffles_every_epoch():
