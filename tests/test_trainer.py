@@ -39,7 +39,7 @@ def _best_weights(model_dir, like):
     return _values(like)
 
 
-def _fit(model_dir, config, *, model=None, optimizer=None, data=None, log=None, **kwargs):
+def _fit(model_dir, config, *, model=None, optimizer=None, data=None, log=None, step_options=GRAPH):
     train, validation = data or _noisy()
     lines = []
     result = lowtf.fit(
@@ -49,7 +49,7 @@ def _fit(model_dir, config, *, model=None, optimizer=None, data=None, log=None, 
         validation=validation,
         model_dir=str(model_dir),
         config=config,
-        step_options=kwargs.pop("step_options", GRAPH),
+        step_options=step_options,
         log=log or lines.append,
     )
     return result, lines
@@ -300,8 +300,8 @@ def test_a_failed_start_leaves_an_existing_model_dir_untouched(tmp_path):
     config = lowtf.TrainConfig(batch_size=40, max_steps=40, eval_every=20)
     _fit(tmp_path, config)
     before = _tree_digest(tmp_path)
-    with pytest.raises(ValueError, match=r"holds a checkpoint .* that does not fit"):
-        _fit(tmp_path, config, model=lowtf.mlp("tiny", seed=1))
+    with pytest.raises(ValueError, match=r"holds a checkpoint .* that does not fit .* is float32\[16, 1\] in the checkpoint but float32\[16, 16\] here"):
+        _fit(tmp_path, config, model=lowtf.mlp((16, 16, 16), seed=1))
     (x, y), validation = _noisy(features=20)
     with pytest.raises(ValueError, match="both sets need the same features"):
         _fit(tmp_path, config, data=((x[:, :10], y), validation))
