@@ -300,7 +300,7 @@ def test_a_failed_start_leaves_an_existing_model_dir_untouched(tmp_path):
     config = lowtf.TrainConfig(batch_size=40, max_steps=40, eval_every=20)
     _fit(tmp_path, config)
     before = _tree_digest(tmp_path)
-    with pytest.raises(ValueError, match=r"holds a checkpoint .* that does not fit .* is float32\[16, 1\] in the checkpoint but float32\[16, 16\] here"):
+    with pytest.raises(ValueError, match=r"holds a checkpoint .* that does not fit .* is float32\[1\] in the checkpoint but float32\[16\] here"):
         _fit(tmp_path, config, model=lowtf.mlp((16, 16, 16), seed=1))
     (x, y), validation = _noisy(features=20)
     with pytest.raises(ValueError, match="both sets need the same features"):
