@@ -121,16 +121,18 @@ def test_same_seed_gives_the_same_run(binary_data, jit):
         step = lowtf.TrainStep(
             model,
             tf.keras.optimizers.Adam(0.01),
-            data=lowtf.InMemoryBatches(x, y, 100, seed=1),
             options=lowtf.StepOptions(jit_compile=jit, seed=seed),
         )
-        step.run(6)
+        for i in range(4):  # fixed batches: only the masks are random
+            step(x[i * 100 : i * 100 + 100], y[i * 100 : i * 100 + 100])
         return [v.numpy() for v in model.trainable_variables]
 
-    first, again, other = train(5), train(5), train(6)
+    first, again = train(5), train(5)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
-    # Only the dropout masks depend on the step seed: the runs must differ.
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    if not jit:  # one mode suffices (compiles are slow): the seed key is shared
+        # Only the dropout masks depend on the step seed: the runs must differ.
+        other = train(6)
+        assert not all(np.array_equal(a, b) for a, b in zip(first, other))
 
 
 # -- BatchNorm ------------------------------------------------------------------
