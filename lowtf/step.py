@@ -214,7 +214,7 @@ class TrainStep(tf.Module):
         """
         if self.data is None:
             raise ValueError("`run` needs the step to be built with `data=`")
-        _checks.positive_int("num_steps", int(num_steps))
+        _checks.positive_int("num_steps", num_steps)
         _check_shardable("`data.batch_size`", self.data.batch_size, self._strategy)
         self.build(self.data.x[:1])
         return self._many(tf.constant(num_steps, tf.int64))

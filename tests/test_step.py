@@ -305,12 +305,13 @@ def test_bad_batches_and_arguments_give_one_readable_error(binary_data):
         lowtf.TrainStep(lowtf.mlp("tiny"), tf.keras.optimizers.SGD(0.1))(
             x.astype(np.float64), y
         )
-    with pytest.raises(ValueError, match="num_steps"):
-        lowtf.TrainStep(
-            lowtf.mlp("tiny"),
-            tf.keras.optimizers.SGD(0.1),
-            data=lowtf.InMemoryBatches(x, y, 8),
-        ).run(0)
+    with_data = lowtf.TrainStep(
+        lowtf.mlp("tiny"), tf.keras.optimizers.SGD(0.1), data=lowtf.InMemoryBatches(x, y, 8)
+    )
+    for bad in (0, -2, 2.7, "3", True):
+        with pytest.raises(ValueError, match=r"`num_steps` \(.*\) must be a positive integer"):
+            with_data.run(bad)
+    assert int(with_data.step) == 0
     with pytest.raises(ValueError, match="x has 32 rows but y has 31"):
         lowtf.InMemoryBatches(x, y[:31], 8)
     with pytest.raises(ValueError, match="`batch_size` .64. exceeds the 32 examples"):
