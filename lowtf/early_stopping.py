@@ -51,7 +51,8 @@ class EarlyStopping(tf.Module):
     """Step-based patience with a best snapshot; usable from any loop.
 
     >>> ckpt = tf.train.Checkpoint(model=model)
-    >>> stopper = lowtf.EarlyStopping(patience=4000, best_dir="run/best", checkpoint=ckpt)
+    >>> stopper = lowtf.EarlyStopping(
+    ...     patience=4000, best_dir="run/best", checkpoint=ckpt)
     >>> while not done:
     ...     ...  # train 100 steps
     ...     if stopper.update(step, {"val_cross_entropy": evaluate()}):
@@ -116,9 +117,15 @@ class EarlyStopping(tf.Module):
         self.prune_on_save = prune_on_save
         self._checkpoint = checkpoint
         worst = math.inf if self.mode == "min" else -math.inf
-        self.best_value = tf.Variable(worst, dtype=tf.float64, trainable=False, name="best_value")
-        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
-        self.last_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_step")
+        self.best_value = tf.Variable(
+            worst, dtype=tf.float64, trainable=False, name="best_value"
+        )
+        self.best_step = tf.Variable(
+            -1, dtype=tf.int64, trainable=False, name="best_step"
+        )
+        self.last_step = tf.Variable(
+            -1, dtype=tf.int64, trainable=False, name="last_step"
+        )
         self.steps_without_progress = tf.Variable(
             0, dtype=tf.int64, trainable=False, name="steps_without_progress"
         )
@@ -194,7 +201,8 @@ class EarlyStopping(tf.Module):
         if not self.best_dir or not self.has_best:
             return None
         return os.path.join(
-            self.best_dir, f"best-{int(self.best_step.numpy())}-{int(self.best_id.numpy())}"
+            self.best_dir,
+            f"best-{int(self.best_step.numpy())}-{int(self.best_id.numpy())}",
         )
 
     def restore_best(self) -> None:
@@ -205,7 +213,9 @@ class EarlyStopping(tf.Module):
             snapshot's files are gone.
         """
         if not self.best_dir:
-            raise ValueError("restore_best() needs `best_dir=` to have saved a snapshot")
+            raise ValueError(
+                "restore_best() needs `best_dir=` to have saved a snapshot"
+            )
         prefix = self.best_prefix
         if prefix is None:
             raise ValueError("no best snapshot yet: call update() with a metric first")
@@ -229,11 +239,15 @@ class EarlyStopping(tf.Module):
         pointer_path = os.path.join(self.best_dir, POINTER)
         if keep is None and tf.io.gfile.exists(pointer_path):
             tf.io.gfile.remove(pointer_path)
-        if keep is not None and _read_pointer(self.best_dir).get("prefix") != os.path.basename(keep):
+        if keep is not None and _read_pointer(self.best_dir).get(
+            "prefix"
+        ) != os.path.basename(keep):
             self._write_pointer(keep)
         for name in tf.io.gfile.listdir(self.best_dir):
             match = _SNAPSHOT.match(name)
-            if match and (keep is None or not name.startswith(os.path.basename(keep) + ".")):
+            if match and (
+                keep is None or not name.startswith(os.path.basename(keep) + ".")
+            ):
                 path = os.path.join(self.best_dir, name)
                 if tf.io.gfile.isdir(path):
                     tf.io.gfile.rmtree(path)
@@ -291,5 +305,9 @@ def _read_pointer(best_dir) -> dict:
 
 
 def _largest_id(best_dir) -> int:
-    ids = [int(m.group(2)) for m in map(_SNAPSHOT.match, tf.io.gfile.listdir(best_dir)) if m]
+    ids = [
+        int(m.group(2))
+        for m in map(_SNAPSHOT.match, tf.io.gfile.listdir(best_dir))
+        if m
+    ]
     return max(ids, default=0)

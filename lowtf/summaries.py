@@ -51,7 +51,7 @@ class History:
         self.rows: list[dict] = []
 
     def start(self, keep_upto: int | None) -> list[dict]:
-        """Keeps the rows with ``step <= keep_upto`` (none when None) and rewrites the file.
+        """Keeps the rows with ``step <= keep_upto`` (None: none); rewrites the file.
 
         A run resumed from the checkpoint of step S drops the rows a killed
         run wrote after S: the resumed run writes them again. The rewrite goes
@@ -77,7 +77,7 @@ class History:
 
 
 def read_history(path: str) -> list[dict]:
-    """Reads a ``history.csv``: a list of dicts, ``step`` an int, the rest floats or None.
+    """Reads a ``history.csv``: dicts with ``step`` an int, the rest floats or None.
 
     Rows that do not parse (a line cut short by a crash) are skipped.
     """
@@ -129,10 +129,12 @@ class Summaries:
 
     def __init__(self, logdir: str):
         self._train = tf.summary.create_file_writer(os.path.join(logdir, "train"))
-        self._validation = tf.summary.create_file_writer(os.path.join(logdir, "validation"))
+        self._validation = tf.summary.create_file_writer(
+            os.path.join(logdir, "validation")
+        )
 
     def write(self, row: dict, unit_norms: dict | None = None) -> None:
-        """Writes one evaluation row (and the layers' max unit norms) at ``row["step"]``."""
+        """Writes one evaluation row and the layers' max unit norms at its step."""
         step = int(row["step"])
         with self._train.as_default():
             for tag, name in self._TRAIN.items():
@@ -147,7 +149,9 @@ class Summaries:
         }
         if row.get("regularization_loss") is not None:
             # The objective on validation data: its cross-entropy plus the same penalty.
-            validation["total_loss"] = row["val_cross_entropy"] + row["regularization_loss"]
+            validation["total_loss"] = (
+                row["val_cross_entropy"] + row["regularization_loss"]
+            )
         with self._validation.as_default():
             for tag, value in validation.items():
                 if value is not None:
@@ -172,8 +176,13 @@ def max_unit_norms(model) -> dict[str, float]:
     for layer in _layers(model):
         kernels = [var for var, _ in getattr(layer, "_lowtf_constraints", ())]
         kernel = getattr(layer, "kernel", None)
-        if not kernels and kernel is not None and (
-            isinstance(layer, layers.Dense) or isinstance(layer, tf.keras.layers.Layer)
+        if (
+            not kernels
+            and kernel is not None
+            and (
+                isinstance(layer, layers.Dense)
+                or isinstance(layer, tf.keras.layers.Layer)
+            )
         ):
             kernels = [kernel]
         for i, var in enumerate(kernels):

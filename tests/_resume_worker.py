@@ -1,6 +1,7 @@
 """Runs deterministic fit()s for the kill-and-resume test of tests/test_trainer.py.
 
-Usage: python tests/_resume_worker.py [--pause_on_best_after STEP] MODEL_DIR=OUT_PREFIX ...
+Usage:
+  python tests/_resume_worker.py [--pause_on_best_after STEP] MODEL_DIR=OUT_PREFIX ...
 
 Runs one fit per MODEL_DIR=OUT_PREFIX, one after the other, each with fresh
 objects, and prints fit's progress lines (flushed). With

@@ -13,7 +13,7 @@ from lowtf import early_stopping
 
 
 def _feed(stopper, values, every=100, start=100):
-    """Updates at steps start, start+every, ...; returns the step of the first stop or None."""
+    """Updates at steps start, start + every, ...; returns the first stop or None."""
     for i, value in enumerate(values):
         step = start + i * every
         if stopper.update(step, {stopper.monitor: value}):
@@ -73,7 +73,9 @@ def test_nan_never_improves():
 
 
 def test_bad_arguments_raise_one_readable_error():
-    with pytest.raises(ValueError, match=r"`patience` \(0\) must be a positive integer"):
+    with pytest.raises(
+        ValueError, match=r"`patience` \(0\) must be a positive integer"
+    ):
         lowtf.EarlyStopping(patience=0)
     with pytest.raises(ValueError, match=r"`mode` \('up'\) must be one of"):
         lowtf.EarlyStopping(mode="up")
@@ -82,7 +84,9 @@ def test_bad_arguments_raise_one_readable_error():
     with pytest.raises(ValueError, match="`best_dir` needs `checkpoint=`"):
         lowtf.EarlyStopping(best_dir="/tmp/x")
     stopper = lowtf.EarlyStopping()
-    with pytest.raises(ValueError, match=r"`monitor` \('val_cross_entropy'\) is not among"):
+    with pytest.raises(
+        ValueError, match=r"`monitor` \('val_cross_entropy'\) is not among"
+    ):
         stopper.update(100, {"val_loss": 0.3})
     stopper.update(200, {"val_cross_entropy": 0.3})
     with pytest.raises(ValueError, match="steps must not go back"):
@@ -111,17 +115,23 @@ def test_restore_best_brings_back_the_best_weights_bit_for_bit(tmp_path):
     snapshots = {n.split(".")[0] for n in os.listdir(tmp_path) if n.startswith("best-")}
     assert snapshots == {os.path.basename(pointer["prefix"])}
     reader = tf.train.load_checkpoint(pointer["prefix"])
-    np.testing.assert_array_equal(reader.get_tensor("w/.ATTRIBUTES/VARIABLE_VALUE"), weights[200])
+    np.testing.assert_array_equal(
+        reader.get_tensor("w/.ATTRIBUTES/VARIABLE_VALUE"), weights[200]
+    )
 
 
 class _Crash(Exception):
     pass
 
 
-def test_a_crash_while_saving_leaves_the_previous_snapshot_restorable(tmp_path, monkeypatch):
+def test_a_crash_while_saving_leaves_the_previous_snapshot_restorable(
+    tmp_path, monkeypatch
+):
     w = tf.Variable([1.0, 2.0])
     ckpt = tf.train.Checkpoint(w=w)
-    stopper = lowtf.EarlyStopping(patience=1000, best_dir=str(tmp_path), checkpoint=ckpt)
+    stopper = lowtf.EarlyStopping(
+        patience=1000, best_dir=str(tmp_path), checkpoint=ckpt
+    )
     stopper.update(100, {"val_cross_entropy": 0.5})
     good = lowtf.best_checkpoint(str(tmp_path))
 
@@ -156,12 +166,20 @@ def test_state_round_trips_through_a_checkpoint(tmp_path):
     path = tf.train.Checkpoint(stopper=stopper).write(str(tmp_path / "state"))
     fresh = lowtf.EarlyStopping(monitor="val_accuracy", patience=300, warmup=100)
     tf.train.Checkpoint(stopper=fresh).read(path).assert_consumed()
-    for name in ("best_value", "best_step", "last_step", "steps_without_progress", "best_id"):
+    for name in (
+        "best_value",
+        "best_step",
+        "last_step",
+        "steps_without_progress",
+        "best_id",
+    ):
         assert getattr(fresh, name).numpy() == getattr(stopper, name).numpy(), name
     assert (int(fresh.best_step.numpy()), float(fresh.best_value.numpy())) == (200, 0.7)
     assert int(fresh.steps_without_progress.numpy()) == 200
     # Both copies continue identically: the restored one stops where the original does.
-    assert fresh.update(500, {"val_accuracy": 0.6}) and stopper.update(500, {"val_accuracy": 0.6})
+    assert fresh.update(500, {"val_accuracy": 0.6}) and stopper.update(
+        500, {"val_accuracy": 0.6}
+    )
 
 
 def test_deferred_prune_keeps_the_snapshot_a_restored_state_names(tmp_path):
