@@ -50,3 +50,19 @@ def test_per_batch_rows_equal_the_materialized_permutation():
         np.testing.assert_array_equal(eager.next()[1].numpy(), next_rows().numpy())
     assert int(eager.epoch) == int(compiled.epoch) == 2
     assert int(compiled.order_epoch) == 0  # the per-batch path leaves the cache alone
+
+
+def test_xla_dropout_draws_are_uniform_and_new_at_every_step():
+    @tf.function(jit_compile=True)
+    def draws(step):
+        with rng.step_key(rng.make_key(0, step), rng.XLA_ALG):
+            return rng.uniform([400, 256], seed=7), rng.uniform([400, 256], seed=8)
+
+    a, other_layer = (t.numpy() for t in draws(tf.constant(1, tf.int64)))
+    b, _ = (t.numpy() for t in draws(tf.constant(2, tf.int64)))
+    assert 0.0 <= a.min() and a.max() < 1.0
+    assert a.mean() == pytest.approx(0.5, abs=0.005)
+    assert a.std() == pytest.approx(np.sqrt(1 / 12), abs=0.005)
+    for u, v in ((a, b), (a, other_layer), (a[:, 1:], a[:, :-1]), (a[1:], a[:-1])):
+        assert abs(np.corrcoef(u.ravel(), v.ravel())[0, 1]) < 0.02
+    np.testing.assert_array_equal(a, draws(tf.constant(1, tf.int64))[0].numpy())
