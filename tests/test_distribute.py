@@ -1,0 +1,279 @@
+"""lowtf under tf.distribute: strategies by name, MirroredStrategy, multi-worker.
+
+Multi-device runs happen in subprocesses: logical devices must be configured
+before TensorFlow initializes its devices (tests/_mirrored_worker.py), and
+MultiWorkerMirroredStrategy needs one process per worker
+(tests/_mw_worker.py, two of them on localhost ports).
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import lowtf
+from lowtf import distribute
+
+HERE = os.path.dirname(__file__)
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _result(output: str) -> dict:
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert lines, "the worker printed no RESULT line:\n" + output[-4000:]
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+# -- strategies by name, TF_CONFIG, chief-only writing (in process) -----------
+
+
+def _worker(index, *, chief_job=False):
+    """A stand-in strategy whose cluster resolver says this is worker ``index``."""
+    cluster = {"worker": ["a:1", "b:1"]}
+    if chief_job:
+        cluster["chief"] = ["c:1"]
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type="worker", task_id=index
+    )
+    return types.SimpleNamespace(cluster_resolver=resolver, num_replicas_in_sync=2)
+
+
+def test_tf_config_is_parsed_and_checked():
+    config = {"cluster": {"worker": ["h0:1", "h1:1"]}, "task": {"type": "worker", "index": 1}}
+    assert distribute.tf_config({"TF_CONFIG": json.dumps(config)}) == config
+    assert distribute.tf_config({}) == {}
+    bad = {
+        "{not json": "is not JSON",
+        "[1]": "must be a JSON object",
+        '{"task": {"type": "worker", "index": 0}}': "needs a `cluster` with a `worker` list",
+        '{"cluster": {"worker": ["h:1"]}}': "needs a `task` with `type` and `index`",
+        '{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 1}}': "is not in its cluster",
+        '{"cluster": {"worker": ["h:1"]}, "task": {"type": "ps", "index": 0}}': "is not in its cluster",
+    }
+    for text, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            distribute.tf_config({"TF_CONFIG": text})
+
+
+def test_make_strategy_by_name(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert distribute.make_strategy("default") is tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match=r"`strategy` \('tpu'\) must be one of 'default'"):
+        distribute.make_strategy("tpu")
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        distribute.make_strategy("multi_worker")
+    with pytest.raises(ValueError, match="need a `strategy` other than 'default'"):
+        distribute.make_strategy("default", devices=["/cpu:0"])
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {}}')
+    with pytest.raises(ValueError, match="needs a `cluster` with a `worker` list"):
+        distribute.make_strategy("multi_worker")
+
+
+def test_chief_and_write_dirs(tmp_path):
+    model_dir = str(tmp_path / "run")
+    # One process: the chief, writing where it is told.
+    assert distribute.is_chief() and distribute.task() == (None, 0)
+    assert distribute.write_dir(os.path.join(model_dir, "best")) == os.path.join(model_dir, "best")
+    distribute.barrier()  # nothing to wait for
+    # Worker 0 is the chief unless the cluster has a "chief" job.
+    assert distribute.is_chief(_worker(0))
+    assert not distribute.is_chief(_worker(0, chief_job=True))
+    other = _worker(1)
+    assert not distribute.is_chief(other) and distribute.task(other) == ("worker", 1)
+    scratch = distribute.write_dir(os.path.join(model_dir, "best"), other)
+    assert scratch == os.path.join(model_dir, "workertemp_1", "best")
+    os.makedirs(scratch)
+    (tmp_path / "run" / "workertemp_1" / "history.csv").write_text("step\n")
+    distribute.remove_write_dir(os.path.join(model_dir, "history.csv"), other)
+    assert os.listdir(tmp_path / "run" / "workertemp_1") == ["best"]
+    distribute.remove_write_dir(os.path.join(model_dir, "best"), other)
+    assert os.listdir(tmp_path / "run") == []  # the empty scratch parent goes too
+    assert isinstance(distribute.summary_writer(str(tmp_path / "tb"), other), type(tf.summary.create_noop_writer()))
+    assert "workertemp" not in " ".join(os.listdir(tmp_path))
+
+
+# -- MirroredStrategy over two logical CPU devices (one subprocess) -----------
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    run = subprocess.run(
+        [sys.executable, os.path.join(HERE, "_mirrored_worker.py")],
+        capture_output=True, text=True, env=ENV, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    return _result(run.stdout)
+
+
+@pytest.mark.parametrize("mode", ["graph", "xla"])
+def test_mirrored_gives_the_one_device_weights(mirrored, mode):
+    # L2 and max-norm on, no dropout: the same global batches give the same
+    # weights, so the penalty was added once and max-norm ran after the
+    # all-reduce (a penalty per replica would move them by ~lr * l2 * w).
+    result = mirrored["same_weights"][mode]
+    assert result["weight_diff"] < 1e-6
+    assert result["metric_diff"] < 1e-6
+    one, two = result["regularization_loss"]
+    assert one > 0.01 and abs(one - two) < 1e-6
+    assert result["units_at_cap"] >= 2 and result["max_norm"] <= 0.6 + 1e-6
+    assert result["replica_norm_diff"] == 0.0  # every copy clipped identically
+    assert result["trace_count"] == 1
+    assert result["mirrored_type"] == "MirroredVariable"
+    assert result["data_type"] == "MirroredVariable"  # InMemoryBatches under the scope
+
+
+def test_xla_replicas_match_graph_replicas(mirrored):
+    assert mirrored["same_weights"]["xla_vs_graph_mirrored"] < 1e-6
+
+
+def test_dropout_masks_differ_per_replica(mirrored):
+    result = mirrored["dropout"]
+    assert all(0.3 < kept < 0.7 for kept in result["kept"])
+    # Same rows on both replicas; identical keys would give identical masks.
+    assert result["differ"] > 0.3
+
+
+def test_batchnorm_moving_statistics_are_averaged(mirrored):
+    result = mirrored["batchnorm"]
+    # After one step the average of the replicas' moving means equals the
+    # one-device moving mean (equal shards), every copy holds it, and a
+    # checkpoint carries it.
+    assert result["mean_vs_one_device"] < 1e-6
+    assert result["copies_diff"] == 0.0
+    assert result["restored_vs_mean"] == 0.0
+
+
+def test_evaluation_is_aggregated_across_replicas(mirrored):
+    one, two = mirrored["evaluator"]["one"], mirrored["evaluator"]["two"]
+    assert abs(one["cross_entropy"] - two["cross_entropy"]) < 1e-6
+    assert one["accuracy"] == two["accuracy"]
+    assert 0.3 < one["cross_entropy"] < 1.0
+
+
+def test_mirrored_misuse_fails_with_one_readable_error(mirrored):
+    errors = mirrored["errors"]
+    assert "optimizer was made outside the tf.distribute strategy scope" in errors["optimizer"]
+    assert "global batch (15) must be divisible by the 2 replicas" in errors["batch"]
+    assert errors["describe"] == "MirroredStrategy: 2 replica(s)"
+    assert errors["chief"] is True
+
+
+# -- MultiWorkerMirroredStrategy: two processes on localhost ------------------
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def multi_worker(tmp_path_factory):
+    out = tmp_path_factory.mktemp("multi_worker")
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    procs = []
+    try:
+        for index in range(2):
+            config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, os.path.join(HERE, "_mw_worker.py"), str(out)],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    env=dict(ENV, TF_CONFIG=json.dumps(config)),
+                )
+            )
+        outputs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:  # a failed or hung worker must not outlive the test
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, output in zip(procs, outputs):
+        assert p.returncode == 0, output[-4000:]
+    return out, [_result(output) for output in outputs]
+
+
+def _untimed(lines):
+    return [re.sub(r"\s+\S+ steps/s\s+ETA \S+", "", line) for line in lines]
+
+
+def _weights(out, index, run):
+    with np.load(out / f"{index}-{run}.npz") as f:
+        return [f[name] for name in f.files]
+
+
+def test_multi_worker_run_completes_with_identical_workers(multi_worker):
+    out, (chief, other) = multi_worker
+    assert chief["describe"] == "MultiWorkerMirroredStrategy: 2 replica(s), worker 0 (chief)"
+    assert other["describe"] == "MultiWorkerMirroredStrategy: 2 replica(s), worker 1"
+    assert chief["chief"] and not other["chief"]
+    for run in ("resumed-0", "resumed-1", "straight-0"):
+        # The same evaluations and decisions on both (the speed aside).
+        assert _untimed(chief[run]["log"]) == _untimed(other[run]["log"])
+        assert chief[run]["stop_reason"] == "max_steps"
+        for a, b in zip(_weights(out, 0, run), _weights(out, 1, run)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_only_the_chief_writes_and_the_best_snapshot_restores(multi_worker):
+    out, (chief, _) = multi_worker
+    result = chief["straight-0"]
+    # The best is neither the first nor the last evaluation, so ending on it
+    # really moved the weights back.
+    assert 0 < result["best_step"] < result["last_step"] == 80
+    model_dir = out / "model_straight"
+    assert sorted(os.listdir(model_dir)) == ["best", "ckpt", "history.csv", "tensorboard"]
+    rows = lowtf.read_history(str(model_dir / "history.csv"))
+    assert [row["step"] for row in rows] == list(range(0, 81, 10))
+    pointer = lowtf.best_checkpoint(str(model_dir / "best"))
+    assert pointer["step"] == result["best_step"]
+    # The chief's snapshot loads into a fresh one-device model...
+    model = lowtf.mlp((32,), l2=1e-4, maxnorm=2.0, dropout=0.1, batchnorm=True, seed=1)
+    model(np.zeros([1, 8], np.float32))
+    tf.train.Checkpoint(model=model).read(pointer["prefix"]).assert_existing_objects_matched()
+    restored = [v.numpy() for v in model.trainable_variables]
+    restored.append(model.layers[1].moving_mean.numpy())
+    # ... and equals what every worker ended holding.
+    for index in (0, 1):
+        for a, b in zip(restored, _weights(out, index, "straight-0")):
+            np.testing.assert_array_equal(a, b)
+    # Evaluating it gives the recorded best value.
+    evaluation = lowtf.Evaluator(model)(*_validation())
+    assert abs(evaluation["cross_entropy"] - result["best_value"]) < 1e-5
+
+
+def _validation():
+    sys.path.insert(0, HERE)
+    try:
+        import _mw_worker
+    finally:
+        sys.path.remove(HERE)
+    return _mw_worker.data()[1]
+
+
+def test_a_resumed_multi_worker_run_continues_from_the_latest_checkpoint(multi_worker):
+    out, results = multi_worker
+    for result in results:
+        first, second = result["resumed-0"], result["resumed-1"]
+        assert first["last_step"] == 40 and second["last_step"] == 80
+        assert second["log"][0].startswith("resuming from ")
+        assert second["log"][0].endswith("ckpt-40 at step 40")
+        # Stopped at 40 and resumed ends exactly like a straight run to 80.
+        straight = result["straight-0"]
+        assert second["best_step"] == straight["best_step"]
+        assert second["best_value"] == straight["best_value"]
+    for index in (0, 1):
+        for a, b in zip(_weights(out, index, "resumed-1"), _weights(out, index, "straight-0")):
+            np.testing.assert_array_equal(a, b)
