@@ -90,6 +90,9 @@ class InMemoryBatches(tf.Module):
         n = int(self.x.shape[0])
         if int(self.y.shape[0]) != n:
             raise ValueError(f"x has {n} rows but y has {int(self.y.shape[0])}")
+        # The same shape rules as a batch given to the step, checked here and
+        # not deep inside the compiled loop that draws the batches.
+        _check_batch(self.x, self.y)
         if batch_size > n:
             raise ValueError(f"`batch_size` ({batch_size}) exceeds the {n} examples")
         self.size = n

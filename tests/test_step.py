@@ -314,6 +314,10 @@ def test_bad_batches_and_arguments_give_one_readable_error(binary_data):
     assert int(with_data.step) == 0
     with pytest.raises(ValueError, match="x has 32 rows but y has 31"):
         lowtf.InMemoryBatches(x, y[:31], 8)
+    with pytest.raises(ValueError, match="y must be a vector of labels"):
+        lowtf.InMemoryBatches(x, y[:, None], 8)
+    with pytest.raises(ValueError, match="x must be a batch"):
+        lowtf.InMemoryBatches(x[:, 0], y, 8)
     with pytest.raises(ValueError, match="`batch_size` .64. exceeds the 32 examples"):
         lowtf.InMemoryBatches(x, y, 64)
     with pytest.raises(ValueError, match="seed"):
