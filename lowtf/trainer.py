@@ -299,15 +299,12 @@ class _Run:
             while True:
                 step = self.last_step
                 if self.stopper.stopped:
-                    self._save()
-                    return "patience"
+                    return "patience" if self._save() else "non_finite"
                 if step >= config.max_steps:
-                    self._save()
-                    return "max_steps"
+                    return "max_steps" if self._save() else "non_finite"
                 if signals.requested:
                     self.log(f"{signals.requested} received at step {step}: stopping")
-                    self._save()
-                    return "interrupted"
+                    return "interrupted" if self._save() else "non_finite"
                 num_steps = min(config.steps_per_call, self._next_boundary(step) - step)
                 means = step_lib.as_numpy(self.step.run(num_steps))
                 bad = [name for name, value in means.items() if not math.isfinite(value)]
@@ -329,8 +326,8 @@ class _Run:
                             f"the latest checkpoint (step {self.saved_step}) is left intact"
                         )
                         return "non_finite"
-                if step % config.checkpoint_every == 0:
-                    self._save()
+                if step % config.checkpoint_every == 0 and not self._save():
+                    return "non_finite"
         except KeyboardInterrupt:
             # Raised outside our SIGINT handler (a second Ctrl-C, or a thread):
             # the state may be mid-update, so the last checkpoint is kept as is.
@@ -439,14 +436,27 @@ class _Run:
             f" @ {int(stopper.best_step.numpy())}"
         )
 
-    def _save(self) -> None:
+    def _save(self) -> bool:
+        """Saves the latest checkpoint; False, saving nothing, if a weight is NaN/Inf."""
         step = self.last_step
         if step == self.saved_step:
-            return  # already on disk; rewriting it would expose it to a crash
+            return True  # already on disk; rewriting it would expose it to a crash
+        # The last step of a call can break the weights after its (finite)
+        # loss was computed; such a state must not become the one to resume.
+        if not all(
+            bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.variables
+        ):
+            self.log(
+                f"non-finite weights at step {step}: stopping without saving; the "
+                f"latest checkpoint (step {self.saved_step}) is left intact. Lower "
+                "the learning rate or look for NaN/Inf in the data."
+            )
+            return False
         self.manager.save(checkpoint_number=step)
         self.saved_step = step
         # The saved state now names the current best; older snapshots may go.
         self.stopper.prune()
+        return True
 
     def _restore_latest(self) -> str | None:
         # Every worker resumes from the chief's checkpoint (see _write_path).

@@ -303,6 +303,33 @@ def test_non_finite_loss_stops_restores_best_and_keeps_the_checkpoints(tmp_path)
         assert evaluate(*validation)["cross_entropy"] == recorded[int(step)]
 
 
+def test_weights_broken_by_a_calls_last_step_are_never_checkpointed(tmp_path):
+    # Step 25's update uses a NaN rate: the call 21-25 reports finite losses
+    # (computed before the update), then step 25 is a checkpoint step.
+    model = lowtf.mlp("small", seed=6)
+    config = lowtf.TrainConfig(
+        batch_size=40,
+        max_steps=500,
+        eval_every=20,
+        steps_per_call=7,
+        checkpoint_every=25,
+    )
+    _, validation = _noisy()
+    result, lines = _fit(
+        tmp_path,
+        config,
+        model=model,
+        optimizer=tf.keras.optimizers.Adam(_NanAfter(24, 1e-2)),
+    )
+    assert (result.stop_reason, result.last_step) == ("non_finite", 25)
+    assert any(line.startswith("non-finite weights at step 25") for line in lines)
+    assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("ckpt-0")
+    assert result.best_step == 20
+    assert all(np.isfinite(v).all() for v in _values(model))
+    evaluate = lowtf.Evaluator(model, jit_compile=False)
+    assert evaluate(*validation)["cross_entropy"] == result.best_value
+
+
 class _NanAfter(tf.keras.optimizers.schedules.LearningRateSchedule):
     """``rate`` for the first ``steps`` steps, then NaN."""
 
