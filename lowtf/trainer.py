@@ -149,6 +149,7 @@ def fit(
     model_dir: str,
     config: TrainConfig = TrainConfig(),
     step_options: step_lib.StepOptions = step_lib.StepOptions(),
+    augment=None,
     log=print,
 ) -> FitResult:
     """Trains ``model`` with step-based early stopping; resumes from ``model_dir``.
@@ -168,6 +169,9 @@ def fit(
         TensorBoard events go; an existing one is resumed.
       config: :class:`TrainConfig`.
       step_options: :class:`lowtf.StepOptions` of the compiled step.
+      augment: optional callable applied to every training batch inside the
+        step (see :class:`lowtf.TrainStep`), e.g. a ``lowtf.augment``
+        pipeline; evaluation never augments. Default None.
       log: called with each progress line (default ``print``).
 
     Returns:
@@ -182,7 +186,9 @@ def fit(
         raise ValueError(f"`config` ({config!r}) must be a lowtf.TrainConfig")
     if not callable(log):
         raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")
-    run = _Run(model, optimizer, train, validation, os.fspath(model_dir), config, step_options, log)
+    run = _Run(
+        model, optimizer, train, validation, os.fspath(model_dir), config, step_options, log, augment
+    )
     with _StopSignals() as signals:
         reason = run.loop(signals)
     last_step = run.last_step  # before the best snapshot rewinds the step counter
@@ -226,7 +232,7 @@ class _RunningMeans(tf.Module):
 class _Run:
     """One call of :func:`fit`: the objects it builds and the loop over them."""
 
-    def __init__(self, model, optimizer, train, validation, model_dir, config, options, log):
+    def __init__(self, model, optimizer, train, validation, model_dir, config, options, log, augment=None):
         self.config, self.log, self.model_dir = config, log, model_dir
         x, y = _pair("train", train)
         self.x_val, self.y_val = _pair("validation", validation)
@@ -240,7 +246,9 @@ class _Run:
         self.model, self.optimizer = model, optimizer
         self.strategy = tf.distribute.get_strategy()
         data = step_lib.InMemoryBatches(x, y, config.batch_size, seed=config.seed)
-        self.step = step_lib.TrainStep(model, optimizer, data=data, options=options)
+        self.step = step_lib.TrainStep(
+            model, optimizer, data=data, augment=augment, options=options
+        )
         self.step.build(data.x[:1])
         self.evaluator = step_lib.Evaluator(
             model,

@@ -194,7 +194,7 @@ BAD_FLAGS = [
     (["--dropout=1"], "--dropout must be in [0, 1)"),
     (["--maxnorm=-1"], "flag --maxnorm=-1: -1.0 is not a non-negative number"),
     (["--batch_size=0"], "flag --batch_size=0: 0 is not a positive integer"),
-    (["--model=huge"], "value should be one of <tiny|small|medium|large>"),
+    (["--model=huge"], "value should be one of <tiny|small|medium|large|cnn>"),
     (["--learning_rate=0"], "--learning_rate must be > 0"),
     (["--model=small", "--hidden=8"], "error: give --model or --hidden, not both"),
     (["--hidden=8,x"], "error: --hidden=8,x: widths must be positive integers"),
