@@ -236,23 +236,22 @@ class EarlyStopping(tf.Module):
         if not self.best_dir or not tf.io.gfile.isdir(self.best_dir):
             return
         keep = self.best_prefix
+        keep_name = None if keep is None else os.path.basename(keep)
         pointer_path = os.path.join(self.best_dir, POINTER)
         if keep is None and tf.io.gfile.exists(pointer_path):
             tf.io.gfile.remove(pointer_path)
-        if keep is not None and _read_pointer(self.best_dir).get(
-            "prefix"
-        ) != os.path.basename(keep):
+        elif (
+            keep is not None and _read_pointer(self.best_dir).get("prefix") != keep_name
+        ):
             self._write_pointer(keep)
         for name in tf.io.gfile.listdir(self.best_dir):
-            match = _SNAPSHOT.match(name)
-            if match and (
-                keep is None or not name.startswith(os.path.basename(keep) + ".")
-            ):
-                path = os.path.join(self.best_dir, name)
-                if tf.io.gfile.isdir(path):
-                    tf.io.gfile.rmtree(path)
-                else:
-                    tf.io.gfile.remove(path)
+            if not _SNAPSHOT.match(name) or (keep and name.startswith(keep_name + ".")):
+                continue
+            path = os.path.join(self.best_dir, name)
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
 
     def _save_best(self, step: int, value: float) -> int:
         tf.io.gfile.makedirs(self.best_dir)
@@ -300,8 +299,11 @@ def _read_pointer(best_dir) -> dict:
     path = os.path.join(best_dir, POINTER)
     if not tf.io.gfile.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError:  # not lowtf's (it writes the file atomically): ignore it
+        return {}
 
 
 def _largest_id(best_dir) -> int:
