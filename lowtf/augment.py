@@ -339,10 +339,10 @@ class Pipeline:
 
     Args:
       ops: the :class:`Op` list, applied in order.
-      image_shape: ``(h, w, c)`` of images that arrive flat, ``[batch,
-        h * w * c]`` (e.g. ``(8, 8, 1)`` for the digits): they are reshaped
-        to images, augmented, and flattened back. Default None: images
-        arrive as ``[batch, h, w, c]``.
+      image_shape: ``(h, w, c)`` of images that arrive in another shape,
+        e.g. flat ``[batch, h * w * c]`` (``(8, 8, 1)`` for the digits) or
+        ``[batch, h, w]``: they are reshaped to images, augmented, and
+        reshaped back. Default None: images arrive as ``[batch, h, w, c]``.
       value_range: ``(low, high)`` of the raw pixel values, default ``(0, 1)``.
       mean, std: for inputs standardized as ``(raw - mean) / std`` (e.g. by
         :func:`lowtf.datasets.load`, per pixel): the pipeline un-standardizes,
@@ -410,7 +410,7 @@ class Pipeline:
         alg = alg or rng.GRAPH_ALG
         key = _fold_in(tf.cast(seed, tf.int64), self.seed)
         flat_shape = None
-        if self.image_shape is not None and images.shape.rank == 2:
+        if self.image_shape is not None and tuple(images.shape[1:]) != self.image_shape:
             flat_shape = tf.shape(images)
             images = tf.reshape(images, (-1, *self.image_shape))
         dtype = images.dtype
@@ -425,8 +425,8 @@ class Pipeline:
         return x if flat_shape is None else tf.reshape(x, flat_shape)
 
     def _stats(self, value, images):
-        """``value`` (one flat or image-shaped example) shaped like an image."""
-        if value.shape.rank == 1 and value.shape[0] > 1:
+        """``value`` (a scalar, or one example of any shape) shaped like an image."""
+        if value.shape.num_elements() > 1:
             return tf.reshape(value, tf.shape(images)[1:])
         return value
 

@@ -1,5 +1,10 @@
 """Tests of lowtf.augment: exact shifts, ranges, seeding, XLA, the spec, the step hook."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -198,6 +203,18 @@ def test_standardized_inputs_are_augmented_in_raw_pixels():
     np.testing.assert_allclose(y, plain(raw, seed=SEED), atol=1e-4)
 
 
+def test_height_width_features_with_image_shaped_statistics():
+    # An npz of MNIST-format images arrives as [n, h, w], its statistics [h, w].
+    raw = np.round(images(8) * 255)[..., 0]
+    mean, std = raw.mean(0), raw.std(0) + 1.0
+    kwargs = dict(image_shape=(8, 8, 1), value_range=(0, 255))
+    standardized = augment.parse("rotate:20", mean=mean, std=std, **kwargs)
+    y = standardized((raw - mean) / std, seed=SEED).numpy()
+    assert y.shape == raw.shape
+    expected = augment.parse("rotate:20", **kwargs)(raw[..., None], seed=SEED).numpy()[..., 0]
+    np.testing.assert_allclose(y * std + mean, expected, atol=1e-3)
+
+
 def test_works_in_a_tf_data_pipeline():
     x = images(12)
     pipeline = augment.parse("translate:1,noise:0.05")
@@ -301,3 +318,24 @@ def test_step_hook_applies_to_training_batches_only():
     assert np.abs(bias).max() > 1e-4  # the biases did train
     logits = step.model(x, training=False).numpy()
     assert np.std(logits, axis=0).max() > 1e-3  # inference is not blanked
+
+
+def test_bin_train_runs_the_cnn_with_augmentation(tmp_path):
+    binary = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "train")
+    args = [
+        "--model=cnn",
+        "--augment=translate:1,rotate:10",
+        "--train_size=64",
+        "--batch_size=32",
+        "--max_steps=4",
+        "--eval_every=2",
+        f"--model_dir={tmp_path / 'run'}",
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, binary, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["model"] == "cnn" and summary["augment"] == "translate:1,rotate:10"
+    assert summary["last_step"] == 4 and 0 <= summary["test_accuracy"] <= 1
