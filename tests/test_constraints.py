@@ -25,18 +25,20 @@ def _hidden_and_output(model):
 
 
 def test_max_norm_clips_only_units_over_the_cap():
-    # Columns (units) with norms about 0.6, 1.6, 3.2 and 6.3 against r = 2.
-    w = (RS.randn(10, 4) * [0.2, 0.5, 1.0, 2.0]).astype(np.float32)
+    # Columns (units) with norms about 1.7, 2.1, 7.2 and 16.7 against r = 3.
+    w = (RS.randn(50, 4) * [0.2, 0.35, 1.0, 2.0]).astype(np.float32)
     before = _column_norms(w)
-    assert before[0] < 2 and before[1] < 2 and before[2] > 2 and before[3] > 2
-    out = lowtf.max_norm(2.0)(tf.constant(w)).numpy()
+    assert before[0] < 3 and before[1] < 3 and before[2] > 3 and before[3] > 3
+    out = lowtf.max_norm(3.0)(tf.constant(w)).numpy()
     after = _column_norms(out)
-    assert np.all(after <= 2.0 + TOL)
-    # Units under the cap: bit-for-bit unchanged.
+    assert np.all(after <= 3.0 + TOL)
+    # Units under the cap: bit-for-bit unchanged, where a bare clip_by_norm,
+    # computing (w * r) / r, moves some of them by a rounding step.
     assert np.array_equal(out[:, :2], w[:, :2])
+    assert not np.array_equal(tf.clip_by_norm(w, 3.0, axes=[0]).numpy()[:, :2], w[:, :2])
     # Units over it: brought to the cap, direction kept.
-    np.testing.assert_allclose(after[2:], 2.0, rtol=1e-6)
-    np.testing.assert_allclose(out[:, 2:], w[:, 2:] * (2.0 / before[2:]), rtol=1e-5)
+    np.testing.assert_allclose(after[2:], 3.0, rtol=1e-6)
+    np.testing.assert_allclose(out[:, 2:], w[:, 2:] * (3.0 / before[2:]), rtol=1e-5)
     np.testing.assert_allclose(lowtf.unit_norms(out).numpy(), after, rtol=1e-6)
 
 
@@ -72,27 +74,33 @@ def test_bad_cap_raises(bad):
         lowtf.max_norm(bad)
 
 
-def test_step_clips_over_units_and_leaves_the_rest_bitwise_unchanged():
+@pytest.mark.parametrize("jit", [False, True])
+def test_step_clips_over_units_and_leaves_the_rest_bitwise_unchanged(jit):
     # With a zero learning rate the only change a step can make is the clip.
     x, y = _data()
-    model = lowtf.mlp((32, 32), maxnorm=1.0, maxnorm_output=True, seed=1)
+    model = lowtf.mlp((32, 32), maxnorm=3.0, maxnorm_output=True, seed=1)
     model(x[:1])
     dense = [layer for layer in model.layers if isinstance(layer, lowtf.Dense)]
+    for layer in dense:
+        layer.kernel.assign(layer.kernel * 3.0)  # unit norms now about 3 = r
     before = [layer.kernel.numpy() for layer in dense]
-    under = [_column_norms(k) <= 1.0 for k in before]
-    # Both kinds of units exist, so the test can fail either way.
+    under = [_column_norms(k) <= 3.0 for k in before]
+    # Both kinds of units exist, and a bare clip_by_norm would move some bits
+    # of the units under the cap: the test can fail either way.
     assert any(u.any() for u in under) and any((~u).any() for u in under)
+    bare = [tf.clip_by_norm(k, 3.0, axes=[0]).numpy() for k in before]
+    assert any(not np.array_equal(c[:, u], k[:, u]) for c, k, u in zip(bare, before, under))
 
     step = lowtf.TrainStep(
         model,
         tf.keras.optimizers.SGD(0.0),
-        options=lowtf.StepOptions(jit_compile=False, require_constraints=True),
+        options=lowtf.StepOptions(jit_compile=jit, require_constraints=True),
     )
     step(x, y)
     for layer, k0, keep in zip(dense, before, under):
         k1 = layer.kernel.numpy()
         assert np.array_equal(k1[:, keep], k0[:, keep])
-        np.testing.assert_allclose(_column_norms(k1[:, ~keep]), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(_column_norms(k1[:, ~keep]), 3.0, rtol=1e-6)
         assert np.array_equal(layer.bias.numpy(), np.zeros(layer.units, np.float32))
 
 
