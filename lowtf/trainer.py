@@ -46,7 +46,16 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks, distribute, early_stopping, regularizers, step as step_lib, summaries
+from lowtf import (
+    _checks,
+    distribute,
+    early_stopping,
+    regularizers,
+    summaries,
+)
+from lowtf import (
+    step as step_lib,
+)
 
 MONITORS = (
     "val_cross_entropy",
@@ -156,7 +165,8 @@ def fit(
 
     Nothing is written until the data, the model and any checkpoint already
     in ``model_dir`` have been checked, so a failed start leaves an existing
-    directory as it was.
+    directory as it was; ``log`` is first called after those checks, once
+    ``model_dir`` exists.
 
     Args:
       model: a lowtf model (or Keras model) returning logits. To train
@@ -187,7 +197,15 @@ def fit(
     if not callable(log):
         raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")
     run = _Run(
-        model, optimizer, train, validation, os.fspath(model_dir), config, step_options, log, augment
+        model,
+        optimizer,
+        train,
+        validation,
+        os.fspath(model_dir),
+        config,
+        step_options,
+        log,
+        augment,
     )
     with _StopSignals() as signals:
         reason = run.loop(signals)
@@ -210,7 +228,9 @@ class _RunningMeans(tf.Module):
 
     def __init__(self):
         super().__init__(name="running_means")
-        self.sums = tf.Variable(tf.zeros([len(step_lib.METRICS)], tf.float64), name="sums")
+        self.sums = tf.Variable(
+            tf.zeros([len(step_lib.METRICS)], tf.float64), name="sums"
+        )
         self.count = tf.Variable(0, dtype=tf.int64, name="count")
 
     def add(self, means: dict, num_steps: int) -> None:
@@ -222,7 +242,9 @@ class _RunningMeans(tf.Module):
         count = int(self.count.numpy())
         if not count:
             return None
-        return dict(zip(step_lib.METRICS, (float(s) / count for s in self.sums.numpy())))
+        return dict(
+            zip(step_lib.METRICS, (float(s) / count for s in self.sums.numpy()))
+        )
 
     def reset(self) -> None:
         self.sums.assign(tf.zeros_like(self.sums))
@@ -232,7 +254,18 @@ class _RunningMeans(tf.Module):
 class _Run:
     """One call of :func:`fit`: the objects it builds and the loop over them."""
 
-    def __init__(self, model, optimizer, train, validation, model_dir, config, options, log, augment=None):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        train,
+        validation,
+        model_dir,
+        config,
+        options,
+        log,
+        augment=None,
+    ):
         self.config, self.log, self.model_dir = config, log, model_dir
         x, y = _pair("train", train)
         self.x_val, self.y_val = _pair("validation", validation)
@@ -256,7 +289,9 @@ class _Run:
             batch_size=config.eval_batch_size,
             jit_compile=options.jit_compile and not options.run_eagerly,
         )
-        self.snapshot = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step.step)
+        self.snapshot = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, step=self.step.step
+        )
         self.stopper = early_stopping.EarlyStopping(
             monitor=config.monitor,
             mode=config.mode,
@@ -301,69 +336,90 @@ class _Run:
 
     def loop(self, signals) -> str:
         """Trains until a stop; returns the stop reason."""
-        config = self.config
         self._tick = (time.monotonic(), self.last_step)
         try:
-            while True:
-                step = self.last_step
-                if self.stopper.stopped:
-                    return "patience" if self._save() else "non_finite"
-                if step >= config.max_steps:
-                    return "max_steps" if self._save() else "non_finite"
-                if signals.requested:
-                    self.log(f"{signals.requested} received at step {step}: stopping")
-                    return "interrupted" if self._save() else "non_finite"
-                num_steps = min(config.steps_per_call, self._next_boundary(step) - step)
-                means = step_lib.as_numpy(self.step.run(num_steps))
-                bad = [name for name, value in means.items() if not math.isfinite(value)]
-                if bad:
-                    self.log(
-                        f"non-finite training loss ({bad[0]} = {means[bad[0]]}) in steps "
-                        f"{step + 1}-{step + num_steps}: stopping; the latest checkpoint "
-                        f"(step {self.saved_step}) is left intact. Lower the learning "
-                        "rate or look for NaN/Inf in the data."
-                    )
-                    return "non_finite"
-                self.running.add(means, num_steps)
-                step += num_steps
-                if step % config.eval_every == 0 or step == config.max_steps:
-                    row = self._evaluate()
-                    if not math.isfinite(row["val_cross_entropy"]):
-                        self.log(
-                            f"non-finite validation cross-entropy at step {step}: stopping; "
-                            f"the latest checkpoint (step {self.saved_step}) is left intact"
-                        )
-                        return "non_finite"
-                if step % config.checkpoint_every == 0 and not self._save():
-                    return "non_finite"
+            reason = None
+            while reason is None:
+                reason = self._ending(signals) or self._advance()
+            return reason
         except KeyboardInterrupt:
             # Raised outside our SIGINT handler (a second Ctrl-C, or a thread):
             # the state may be mid-update, so the last checkpoint is kept as is.
             self.log(f"KeyboardInterrupt at step {self.last_step}: stopping")
             return "interrupted"
 
+    def _ending(self, signals) -> str | None:
+        """The reason to stop before the next call, after saving; None to go on."""
+        step = self.last_step
+        if self.stopper.stopped:
+            reason = "patience"
+        elif step >= self.config.max_steps:
+            reason = "max_steps"
+        elif signals.requested:
+            self.log(f"{signals.requested} received at step {step}: stopping")
+            reason = "interrupted"
+        else:
+            return None
+        return reason if self._save() else "non_finite"
+
+    def _advance(self) -> str | None:
+        """One compiled call up to the next boundary, then its evaluation and save.
+
+        Returns "non_finite" if the call or the evaluation broke down, else None.
+        """
+        config = self.config
+        step = self.last_step
+        num_steps = min(config.steps_per_call, self._next_boundary(step) - step)
+        means = step_lib.as_numpy(self.step.run(num_steps))
+        bad = [name for name, value in means.items() if not math.isfinite(value)]
+        if bad:
+            where = f"in steps {step + 1}-{step + num_steps}"
+            self._non_finite(f"training loss ({bad[0]} = {means[bad[0]]}) {where}")
+            return "non_finite"
+        self.running.add(means, num_steps)
+        step += num_steps
+        if step % config.eval_every == 0 or step == config.max_steps:
+            row = self._evaluate()
+            if not math.isfinite(row["val_cross_entropy"]):
+                self._non_finite(f"validation cross-entropy at step {step}")
+                return "non_finite"
+        if step % config.checkpoint_every == 0 and not self._save():
+            return "non_finite"
+        return None
+
+    def _non_finite(self, what: str) -> None:
+        self.log(
+            f"non-finite {what}: stopping; the latest checkpoint (step "
+            f"{self.saved_step}) is left intact. Lower the learning rate or look "
+            "for NaN/Inf in the data."
+        )
+
     def finish(self, reason: str) -> None:
         """Logs why training stopped and restores the best snapshot."""
         stopper = self.stopper
-        best_step, best = int(stopper.best_step.numpy()), float(stopper.best_value.numpy())
+        best_step = int(stopper.best_step.numpy())
+        best = float(stopper.best_value.numpy())
         if reason == "patience":
+            idle = int(stopper.steps_without_progress.numpy())
             self.log(
-                f"early stop at step {self.last_step}: {stopper.monitor} has not improved "
-                f"for {int(stopper.steps_without_progress.numpy())} steps "
-                f"(patience {stopper.patience})"
+                f"early stop at step {self.last_step}: {stopper.monitor} has not "
+                f"improved for {idle} steps (patience {stopper.patience})"
             )
         elif reason == "max_steps":
             self.log(f"reached max_steps ({self.config.max_steps})")
         if stopper.has_best:
             self._restore_best()
             self.log(
-                f"restored the best snapshot: step {best_step}, {stopper.monitor} {best:.6g}"
+                f"restored the best snapshot: step {best_step}, "
+                f"{stopper.monitor} {best:.6g}"
             )
         else:
             self.log("no best snapshot was recorded; the model keeps its last weights")
         self.board.close()
         for name in _WRITTEN:
-            distribute.remove_write_dir(os.path.join(self.model_dir, name), self.strategy)
+            distribute.remove_write_dir(
+                os.path.join(self.model_dir, name), self.strategy
+            )
 
     # -- pieces ---------------------------------------------------------------
 
@@ -436,8 +492,10 @@ class _Run:
         stopper = self.stopper
         return (
             f"step {step}/{self.config.max_steps}"
-            f"  train ce {_fmt(row['train_cross_entropy'])} acc {_fmt(row['train_accuracy'])}"
-            f"  val ce {_fmt(row['val_cross_entropy'])} acc {_fmt(row['val_accuracy'])}"
+            f"  train ce {_fmt(row['train_cross_entropy'])}"
+            f" acc {_fmt(row['train_accuracy'])}"
+            f"  val ce {_fmt(row['val_cross_entropy'])}"
+            f" acc {_fmt(row['val_accuracy'])}"
             f"  reg {_fmt(row['regularization_loss'])}"
             f"  {speed}  ETA {eta}"
             f"  best {stopper.monitor} {_fmt(float(stopper.best_value.numpy()))}"
@@ -445,20 +503,15 @@ class _Run:
         )
 
     def _save(self) -> bool:
-        """Saves the latest checkpoint; False, saving nothing, if a weight is NaN/Inf."""
+        """Saves the latest checkpoint; False, and nothing saved, on NaN/Inf weights."""
         step = self.last_step
         if step == self.saved_step:
             return True  # already on disk; rewriting it would expose it to a crash
         # The last step of a call can break the weights after its (finite)
         # loss was computed; such a state must not become the one to resume.
-        if not all(
-            bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.variables
-        ):
-            self.log(
-                f"non-finite weights at step {step}: stopping without saving; the "
-                f"latest checkpoint (step {self.saved_step}) is left intact. Lower "
-                "the learning rate or look for NaN/Inf in the data."
-            )
+        variables = self.model.variables
+        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables):
+            self._non_finite(f"weights at step {step}")
             return False
         self.manager.save(checkpoint_number=step)
         self.saved_step = step
@@ -481,9 +534,9 @@ class _Run:
                 reason = str(error).strip().splitlines()[0][:300]
         if reason is not None:
             raise ValueError(
-                f"`model_dir` ({self.model_dir!r}) holds a checkpoint ({path}) that does "
-                f"not fit this model, optimizer and data ({reason}); resume with the "
-                "same settings or pick a new model_dir"
+                f"`model_dir` ({self.model_dir!r}) holds a checkpoint ({path}) that "
+                f"does not fit this model, optimizer and data ({reason}); resume with "
+                "the same settings or pick a new model_dir"
             )
         return path
 
@@ -505,7 +558,10 @@ def _mismatch(state, path) -> str | None:
 
 def _variable_specs(path) -> dict:
     reader = tf.train.load_checkpoint(path)
-    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    shapes, dtypes = (
+        reader.get_variable_to_shape_map(),
+        reader.get_variable_to_dtype_map(),
+    )
     specs = {}
     for key, shape in shapes.items():
         if key.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/")):
@@ -549,7 +605,9 @@ _WRITTEN = ("best", "ckpt", "history.csv", "tensorboard")
 
 def _pair(name: str, data) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(f"`{name}` must be a pair (x, y) of arrays; got {type(data).__name__}")
+        raise ValueError(
+            f"`{name}` must be a pair (x, y) of arrays; got {type(data).__name__}"
+        )
     x, y = (np.asarray(a) for a in data)
     if x.ndim < 2 or y.ndim != 1:
         raise ValueError(
@@ -558,7 +616,8 @@ def _pair(name: str, data) -> tuple[np.ndarray, np.ndarray]:
         )
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(
-            f"`{name}` has {len(x)} examples but {len(y)} labels; both must match and be > 0"
+            f"`{name}` has {len(x)} examples but {len(y)} labels; both must match "
+            "and be > 0"
         )
     return x, y
 
