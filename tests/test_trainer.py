@@ -1,10 +1,14 @@
 """fit(): early stopping of an overfitting net, cadence, outputs, endings, resume."""
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
+import io
 import json
 import os
+import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -111,7 +115,6 @@ def test_overfitting_net_stops_at_best_step_plus_patience_with_the_best_weights(
         config,
         model=model,
         optimizer=tf.keras.optimizers.Adam(1e-3),
-        step_options=lowtf.StepOptions(),  # the XLA step, as bin/train runs it
     )
     history = result.history
     assert result.stop_reason == "patience"
@@ -132,7 +135,7 @@ def test_overfitting_net_stops_at_best_step_plus_patience_with_the_best_weights(
     copy(train[0][:1])
     for restored, stored in zip(_values(model), _best_weights(tmp_path, copy)):
         np.testing.assert_array_equal(restored, stored)
-    evaluation = lowtf.Evaluator(model)(*validation)
+    evaluation = lowtf.Evaluator(model, jit_compile=False)(*validation)
     assert evaluation["cross_entropy"] == result.best_value
     assert evaluation["accuracy"] == best["val_accuracy"]
 
@@ -498,3 +501,24 @@ def test_sigkill_at_any_moment_then_resume_ends_like_an_uninterrupted_run(tmp_pa
         np.testing.assert_array_equal(weights[1][name], weights[0][name])
     # The snapshot of the lost future was pruned; one best snapshot remains.
     assert len(glob.glob(str(killed_dir / "best" / "best-*.index"))) == 1
+
+
+def test_readme_examples_run_and_stop_early(tmp_path):
+    # Also the XLA path of fit (the default), as bin/train runs it.
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text().split("## Early stopping by steps in Python")[1]
+    section = section.split("\n## ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    namespace = {"__name__": "readme_example"}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for block in blocks:
+            block = block.replace("/tmp/lowtf_", str(tmp_path / "lowtf_"))
+            exec(compile(block, "README.md", "exec"), namespace)
+    result, config = namespace["result"], namespace["config"]
+    assert result.stop_reason == "patience" and result.last_step < config.max_steps
+    assert result.last_step == result.best_step + config.patience
+    stopper, validation = namespace["stopper"], namespace["validation"]
+    assert stopper.stopped
+    restored = namespace["evaluate"](*validation)["cross_entropy"]
+    assert restored == float(stopper.best_value.numpy())
