@@ -45,19 +45,34 @@ REGISTRY = {
         for preset in lowtf.PRESETS
     },
     "conv2d": (
-        lambda: lowtf.Conv2D(3, 3, activation="relu", kernel_constraint=lowtf.max_norm(1.0)),
+        lambda: lowtf.Conv2D(
+            3, 3, activation="relu", kernel_constraint=lowtf.max_norm(1.0)
+        ),
         (2, 6, 6, 2),
     ),
     "pools_and_reshape": (
         lambda: lowtf.Sequential(
-            [lowtf.Reshape((4, 4, 2)), lowtf.MaxPool2D(2), lowtf.AvgPool2D(2, padding="SAME")]
+            [
+                lowtf.Reshape((4, 4, 2)),
+                lowtf.MaxPool2D(2),
+                lowtf.AvgPool2D(2, padding="SAME"),
+            ]
         ),
         (3, 32),
     ),
-    "cnn_digits": (lambda: lowtf.cnn("digits", batchnorm=True, dropout=0.2, seed=8), (2, 64)),
+    "cnn_digits": (
+        lambda: lowtf.cnn("digits", batchnorm=True, dropout=0.2, seed=8),
+        (2, 64),
+    ),
     "mlp_all_switches": (
         lambda: lowtf.mlp(
-            "small", num_classes=4, dropout=0.2, batchnorm=True, l1=1e-5, l2=1e-4, maxnorm=2.0
+            "small",
+            num_classes=4,
+            dropout=0.2,
+            batchnorm=True,
+            l1=1e-5,
+            l2=1e-4,
+            maxnorm=2.0,
         ),
         (4, 9),
     ),

@@ -35,7 +35,9 @@ def test_max_norm_clips_only_units_over_the_cap():
     # Units under the cap: bit-for-bit unchanged, where a bare clip_by_norm,
     # computing (w * r) / r, moves some of them by a rounding step.
     assert np.array_equal(out[:, :2], w[:, :2])
-    assert not np.array_equal(tf.clip_by_norm(w, 3.0, axes=[0]).numpy()[:, :2], w[:, :2])
+    assert not np.array_equal(
+        tf.clip_by_norm(w, 3.0, axes=[0]).numpy()[:, :2], w[:, :2]
+    )
     # Units over it: brought to the cap, direction kept.
     np.testing.assert_allclose(after[2:], 3.0, rtol=1e-6)
     np.testing.assert_allclose(out[:, 2:], w[:, 2:] * (3.0 / before[2:]), rtol=1e-5)
@@ -89,7 +91,9 @@ def test_step_clips_over_units_and_leaves_the_rest_bitwise_unchanged(jit):
     # of the units under the cap: the test can fail either way.
     assert any(u.any() for u in under) and any((~u).any() for u in under)
     bare = [tf.clip_by_norm(k, 3.0, axes=[0]).numpy() for k in before]
-    assert any(not np.array_equal(c[:, u], k[:, u]) for c, k, u in zip(bare, before, under))
+    assert any(
+        not np.array_equal(c[:, u], k[:, u]) for c, k, u in zip(bare, before, under)
+    )
 
     step = lowtf.TrainStep(
         model,
@@ -146,11 +150,15 @@ def test_conv_kernel_is_capped_per_output_channel_in_the_step():
     model(x[:1])
     assert lowtf.unit_norms(conv.kernel).numpy().min() > 1.5  # 18 N(0,1) draws
     step = lowtf.TrainStep(
-        model, tf.keras.optimizers.Adam(0.01), options=lowtf.StepOptions(jit_compile=False)
+        model,
+        tf.keras.optimizers.Adam(0.01),
+        options=lowtf.StepOptions(jit_compile=False),
     )
     for i in range(2):
         step(x, y)
-        norms = np.sqrt(np.square(conv.kernel.numpy().astype(np.float64)).sum((0, 1, 2)))
+        norms = np.sqrt(
+            np.square(conv.kernel.numpy().astype(np.float64)).sum((0, 1, 2))
+        )
         assert norms.max() <= 1.5 + TOL
         if i == 0:  # every channel started far over the cap (norm about 4)
             np.testing.assert_allclose(norms, 1.5, rtol=1e-6)

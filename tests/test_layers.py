@@ -31,7 +31,9 @@ def test_dense_is_lazy_and_computes_activation_of_affine_map():
     layer.bias.assign([0.1, -0.2, 0.3])
     out = layer(x).numpy()
     z = x @ k + [0.1, -0.2, 0.3]
-    np.testing.assert_allclose(out, np.where(z > 0, z, np.expm1(z)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out, np.where(z > 0, z, np.expm1(z)), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_dense_init_is_reproducible_from_its_seed():
@@ -139,13 +141,21 @@ def test_same_seed_gives_the_same_run(binary_data, jit):
 
 
 def test_batchnorm_training_uses_batch_statistics_and_updates_moving_averages():
-    x = (RS.randn(32, 4) * [1.0, 2.0, 0.5, 3.0] + [0.0, 1.0, -2.0, 5.0]).astype(np.float32)
+    x = (RS.randn(32, 4) * [1.0, 2.0, 0.5, 3.0] + [0.0, 1.0, -2.0, 5.0]).astype(
+        np.float32
+    )
     layer = lowtf.BatchNorm(momentum=0.9, epsilon=1e-3)
     out = layer(x, training=True).numpy()
     mean, var = x.mean(0), x.var(0)  # biased variance, as tf.nn.moments
-    np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-3), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.9 + 0.1 * var, rtol=1e-5)
+    np.testing.assert_allclose(
+        out, (x - mean) / np.sqrt(var + 1e-3), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        layer.moving_mean.numpy(), 0.1 * mean, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), 0.9 + 0.1 * var, rtol=1e-5
+    )
     layer(x, training=True)
     np.testing.assert_allclose(
         layer.moving_mean.numpy(), 0.9 * 0.1 * mean + 0.1 * mean, rtol=1e-5, atol=1e-6
@@ -162,7 +172,9 @@ def test_batchnorm_inference_uses_moving_statistics():
     layer.beta.assign([0.0, 1.0, -1.0])
     out = layer(x, training=False).numpy()
     expected = (x - [1.0, -1.0, 0.5]) / np.sqrt(np.array([4.0, 0.25, 1.0]) + 1e-3)
-    np.testing.assert_allclose(out, expected * [2.0, 1.0, 0.5] + [0.0, 1.0, -1.0], rtol=1e-5)
+    np.testing.assert_allclose(
+        out, expected * [2.0, 1.0, 0.5] + [0.0, 1.0, -1.0], rtol=1e-5
+    )
     moving = layer.moving_mean.numpy()
     layer(x, training=False)
     assert np.array_equal(layer.moving_mean.numpy(), moving)  # inference: no update
@@ -177,7 +189,9 @@ def test_batchnorm_moving_averages_update_inside_the_compiled_step(binary_data):
     h = x @ dense.kernel.numpy()  # no bias before batch norm
     step = lowtf.TrainStep(model, tf.keras.optimizers.Adam(0.01))  # XLA
     step(x, y)
-    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.01 * h.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), 0.01 * h.mean(0), rtol=1e-4, atol=1e-6
+    )
     np.testing.assert_allclose(
         bn.moving_variance.numpy(), 0.99 + 0.01 * h.var(0), rtol=1e-5, atol=1e-6
     )

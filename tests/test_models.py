@@ -69,10 +69,16 @@ def test_switches_place_the_layers():
 
 
 def test_same_seed_same_initial_weights():
-    a, b, c = lowtf.mlp("small", seed=3), lowtf.mlp("small", seed=3), lowtf.mlp("small", seed=4)
+    a, b, c = (
+        lowtf.mlp("small", seed=3),
+        lowtf.mlp("small", seed=3),
+        lowtf.mlp("small", seed=4),
+    )
     for m in (a, b, c):
         m(tf.zeros([1, 5]))
-    assert all(np.array_equal(u.numpy(), v.numpy()) for u, v in zip(a.variables, b.variables))
+    assert all(
+        np.array_equal(u.numpy(), v.numpy()) for u, v in zip(a.variables, b.variables)
+    )
     assert not np.array_equal(_dense(a)[0].kernel.numpy(), _dense(c)[0].kernel.numpy())
 
 

@@ -16,14 +16,14 @@ README = (ROOT / "README.md").read_text()
 
 def _section(title_fragment: str) -> str:
     """The text of the ``##`` section whose title contains ``title_fragment``."""
-    sections = re.split(r"^## ", README, flags=re.M)
+    sections = re.split(r"^## ", README, flags=re.MULTILINE)
     matches = [s for s in sections if title_fragment in s.splitlines()[0]]
     assert len(matches) == 1, f"README has no single section titled *{title_fragment}*"
     return matches[0]
 
 
 def test_own_loop_example_runs():
-    blocks = re.findall(r"```python\n(.*?)```", _section("own loop"), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", _section("own loop"), flags=re.DOTALL)
     assert len(blocks) == 1
     source = blocks[0]
     assert 10 <= len(source.strip().splitlines()) <= 25  # "about 15 lines"
@@ -49,7 +49,9 @@ def test_own_loop_example_runs():
 
 
 def test_ci_runs_the_readmes_install_and_test_commands():
-    commands = re.findall(r"^    (pip install .*)$", _section("Set-up"), flags=re.M)
+    commands = re.findall(
+        r"^    (pip install .*)$", _section("Set-up"), flags=re.MULTILINE
+    )
     test_command = [c for c in commands if "pytest" in c]
     assert test_command == ["pip install -e '.[test]' && python -m pytest"]
     ci = (ROOT / ".ci" / "run").read_text()

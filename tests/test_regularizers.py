@@ -75,7 +75,9 @@ def test_only_kernels_carry_a_regularizer_by_default():
         losses = lowtf.regularization_losses(m)
         assert len(losses) == 3
         expected = sum(0.01 * np.square(k).sum() for k in kernels)
-        assert float(lowtf.total_regularization_loss(m)) == pytest.approx(expected, 1e-6)
+        assert float(lowtf.total_regularization_loss(m)) == pytest.approx(
+            expected, 1e-6
+        )
 
 
 def test_bias_regularizer_is_opt_in():
@@ -97,7 +99,11 @@ def test_gathers_every_loss_in_a_nested_tree():
                 "b": [
                     lowtf.Dense(3, kernel_regularizer=lowtf.l1(0.2), seed=2),
                     lowtf.Sequential(
-                        [lowtf.Dense(2, kernel_regularizer=lowtf.l1_l2(0.3, 0.4), seed=3)]
+                        [
+                            lowtf.Dense(
+                                2, kernel_regularizer=lowtf.l1_l2(0.3, 0.4), seed=3
+                            )
+                        ]
                     ),
                 ],
             }
@@ -154,7 +160,9 @@ def test_losses_with_and_without_regularization_differ_by_the_penalty(binary_dat
     _, m_reg = _sgd_step(regularized, x, y)
     assert m_plain["regularization_loss"] == 0.0
     assert m_reg["cross_entropy"] == pytest.approx(m_plain["cross_entropy"], abs=1e-7)
-    assert m_reg["total_loss"] - m_plain["total_loss"] == pytest.approx(penalty, rel=1e-5)
+    assert m_reg["total_loss"] - m_plain["total_loss"] == pytest.approx(
+        penalty, rel=1e-5
+    )
 
 
 def test_penalty_enters_the_gradient(binary_data):
@@ -172,7 +180,9 @@ def test_penalty_enters_the_gradient(binary_data):
     _sgd_step(model, x, y)
     for var, w0, g in zip(variables, before, ce_grads):
         decay = 2 * 0.1 * w0 if "kernel" in var.name else 0.0
-        np.testing.assert_allclose(var.numpy(), w0 - 0.1 * (g.numpy() + decay), atol=1e-6)
+        np.testing.assert_allclose(
+            var.numpy(), w0 - 0.1 * (g.numpy() + decay), atol=1e-6
+        )
 
 
 def test_require_regularization_without_a_regularizer_raises(binary_data):

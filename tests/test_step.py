@@ -37,7 +37,9 @@ def test_softmax_head_with_integer_labels():
     step = lowtf.TrainStep(model, tf.keras.optimizers.SGD(0.1), options=GRAPH)
     metrics = lowtf.step.as_numpy(step(x, y))
     assert step.head == "softmax"
-    assert metrics["cross_entropy"] == pytest.approx(-log_p[np.arange(96), y].mean(), 1e-5)
+    assert metrics["cross_entropy"] == pytest.approx(
+        -log_p[np.arange(96), y].mean(), 1e-5
+    )
     assert metrics["accuracy"] == pytest.approx((logits.argmax(1) == y).mean())
 
 
@@ -72,7 +74,9 @@ def test_bad_head_choices_raise():
 
 def test_sgd_with_inverse_time_decay_uses_the_decayed_rate_each_step(binary_data):
     x, y = binary_data[0][:64], binary_data[1][:64]
-    schedule = tf.keras.optimizers.schedules.InverseTimeDecay(0.5, decay_steps=1, decay_rate=1)
+    schedule = tf.keras.optimizers.schedules.InverseTimeDecay(
+        0.5, decay_steps=1, decay_rate=1
+    )
     model = lowtf.mlp("tiny", seed=3)
     model(x[:1])
     step = lowtf.TrainStep(model, tf.keras.optimizers.SGD(schedule), options=GRAPH)
@@ -103,7 +107,9 @@ def test_adam_with_the_tutorials_inverse_time_decay_trains_under_xla(binary_data
     first = lowtf.step.as_numpy(step.run(5))
     last = lowtf.step.as_numpy(step.run(45))
     assert int(optimizer.iterations) == 50 == int(step.step)
-    assert float(optimizer.learning_rate) == pytest.approx(0.01 / (1 + 50 / 10), rel=1e-6)
+    assert float(optimizer.learning_rate) == pytest.approx(
+        0.01 / (1 + 50 / 10), rel=1e-6
+    )
     assert last["cross_entropy"] < 0.8 * first["cross_entropy"]
     assert last["accuracy"] > 0.8
 
@@ -151,10 +157,14 @@ def test_keras_model_trains_and_its_losses_are_gathered(binary_data):
     )
     assert len(lowtf.regularization_losses(model)) == 2
     step.build(x[:1])
-    penalty = sum(1e-2 * np.square(layer.kernel.numpy()).sum() for layer in model.layers[::2])
+    penalty = sum(
+        1e-2 * np.square(layer.kernel.numpy()).sum() for layer in model.layers[::2]
+    )
     first = lowtf.step.as_numpy(step(x, y))
     assert first["regularization_loss"] == pytest.approx(penalty, rel=1e-5)
-    assert first["total_loss"] == pytest.approx(first["cross_entropy"] + penalty, rel=1e-5)
+    assert first["total_loss"] == pytest.approx(
+        first["cross_entropy"] + penalty, rel=1e-5
+    )
     for _ in range(20):
         last = lowtf.step.as_numpy(step(x, y))
     assert last["cross_entropy"] < first["cross_entropy"]
@@ -178,7 +188,9 @@ def test_eager_graph_and_xla_agree(binary_data):
         model = lowtf.mlp("small", l2=1e-3, maxnorm=1.0, batchnorm=True, seed=6)
         step = lowtf.TrainStep(model, tf.keras.optimizers.Adam(1e-2), options=options)
         for i in range(3):
-            metrics = lowtf.step.as_numpy(step(x[i * 50 : i * 50 + 100], y[i * 50 : i * 50 + 100]))
+            metrics = lowtf.step.as_numpy(
+                step(x[i * 50 : i * 50 + 100], y[i * 50 : i * 50 + 100])
+            )
         results[name] = metrics, _weights(model)
     eager_metrics, eager_weights = results["eager"]
     for name in ("graph", "xla"):
@@ -231,13 +243,15 @@ def test_run_n_equals_n_single_steps_on_the_same_batches(binary_data):
     assert int(step_a.step) == int(step_b.step) == n
     assert int(step_a.data.epoch) == 1 and int(step_a.data.cursor) == 2 * batch
     for key in lowtf.METRICS:
-        assert averaged[key] == pytest.approx(np.mean([m[key] for m in singles]), rel=1e-5)
+        assert averaged[key] == pytest.approx(
+            np.mean([m[key] for m in singles]), rel=1e-5
+        )
     for a, b in zip(model_a.variables, model_b.variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_batches_cover_each_epoch_once(binary_data):
-    x, y = binary_data
+    x = binary_data[0]
     data = lowtf.InMemoryBatches(x, np.arange(1000), 250, seed=1)
     seen = np.concatenate([data.next()[1].numpy() for _ in range(4)])
     assert np.array_equal(np.sort(seen), np.arange(1000))
@@ -252,9 +266,13 @@ def test_checkpoint_round_trip_of_model_optimizer_step_and_data(binary_data, tmp
     x, y = binary_data
 
     def make():
-        model = lowtf.mlp("tiny", dropout=0.3, l2=1e-3, maxnorm=2.0, batchnorm=True, seed=9)
+        model = lowtf.mlp(
+            "tiny", dropout=0.3, l2=1e-3, maxnorm=2.0, batchnorm=True, seed=9
+        )
         data = lowtf.InMemoryBatches(x, y, 300, seed=2)
-        step = lowtf.TrainStep(model, tf.keras.optimizers.Adam(1e-2), data=data, options=GRAPH)
+        step = lowtf.TrainStep(
+            model, tf.keras.optimizers.Adam(1e-2), data=data, options=GRAPH
+        )
         step.build(x[:1])
         return step
 
@@ -290,7 +308,9 @@ def test_checkpoint_round_trip_of_model_optimizer_step_and_data(binary_data, tmp
 
 def test_bad_batches_and_arguments_give_one_readable_error(binary_data):
     x, y = binary_data[0][:32], binary_data[1][:32]
-    step = lowtf.TrainStep(lowtf.mlp("tiny"), tf.keras.optimizers.SGD(0.1), options=GRAPH)
+    step = lowtf.TrainStep(
+        lowtf.mlp("tiny"), tf.keras.optimizers.SGD(0.1), options=GRAPH
+    )
     cases = [
         (lambda: step(x, y[:10]), "x has 32 examples but y has 10"),
         (lambda: step(x[0], y), "x must be a batch"),
@@ -310,10 +330,14 @@ def test_bad_batches_and_arguments_give_one_readable_error(binary_data):
             x.astype(np.float64), y
         )
     with_data = lowtf.TrainStep(
-        lowtf.mlp("tiny"), tf.keras.optimizers.SGD(0.1), data=lowtf.InMemoryBatches(x, y, 8)
+        lowtf.mlp("tiny"),
+        tf.keras.optimizers.SGD(0.1),
+        data=lowtf.InMemoryBatches(x, y, 8),
     )
     for bad in (0, -2, 2.7, "3", True):
-        with pytest.raises(ValueError, match=r"`num_steps` \(.*\) must be a positive integer"):
+        with pytest.raises(
+            ValueError, match=r"`num_steps` \(.*\) must be a positive integer"
+        ):
             with_data.run(bad)
     assert int(with_data.step) == 0
     with pytest.raises(ValueError, match="x has 32 rows but y has 31"):
@@ -392,7 +416,9 @@ def test_replica_losses_sum_to_one_global_step(binary_data, monkeypatch):
     want_grads = tape.gradient(loss, variables)
 
     optimizer = _RecordingOptimizer()
-    step = lowtf.TrainStep(model, optimizer, options=lowtf.StepOptions(run_eagerly=True))
+    step = lowtf.TrainStep(
+        model, optimizer, options=lowtf.StepOptions(run_eagerly=True)
+    )
     step.build(x[:1])
     key = lowtf.rng.make_key(0, 0)
     totals, grads = {}, []
@@ -400,11 +426,15 @@ def test_replica_losses_sum_to_one_global_step(binary_data, monkeypatch):
         monkeypatch.setattr(
             tf.distribute, "get_replica_context", lambda r=replica: _FakeReplica(r, 2)
         )
-        part = lowtf.step.as_numpy(step._replica_step(tf.constant(x), tf.constant(y), key))
+        part = lowtf.step.as_numpy(
+            step._replica_step(tf.constant(x), tf.constant(y), key)
+        )
         # Each replica sees its half, divided by the global batch of 64.
         half = x[32 * replica : 32 * replica + 32], y[32 * replica : 32 * replica + 32]
         z_half = tf.reshape(model(half[0]), [-1])
-        ce_half = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(half[1], z_half))
+        ce_half = tf.reduce_sum(
+            tf.nn.sigmoid_cross_entropy_with_logits(half[1], z_half)
+        )
         assert part["cross_entropy"] == pytest.approx(float(ce_half) / 64, rel=1e-5)
         assert part["regularization_loss"] == pytest.approx(float(reg) / 2, rel=1e-6)
         totals = {k: totals.get(k, 0.0) + v for k, v in part.items()}
@@ -426,5 +456,7 @@ def test_evaluator_matches_a_hand_computation_over_uneven_batches():
     logits = model(x).numpy().astype(np.float64)
     log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     result = lowtf.Evaluator(model, batch_size=100, jit_compile=False)(x, y)
-    assert result["cross_entropy"] == pytest.approx(-log_p[np.arange(250), y].mean(), 1e-5)
+    assert result["cross_entropy"] == pytest.approx(
+        -log_p[np.arange(250), y].mean(), 1e-5
+    )
     assert result["accuracy"] == pytest.approx((logits.argmax(1) == y).mean())
