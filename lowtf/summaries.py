@@ -25,7 +25,7 @@ import os
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from lowtf import constraints, layers
+from lowtf import constraints
 
 HISTORY_COLUMNS = (
     "step",
@@ -166,32 +166,25 @@ class Summaries:
 
 
 def max_unit_norms(model) -> dict[str, float]:
-    """The largest incoming-weight norm of any unit, per Dense or constrained layer.
+    """The largest incoming-weight norm of any unit, per layer with a kernel.
 
-    Works on lowtf module trees (Dense layers and any layer whose weights
-    carry a constraint) and on Keras models (layers with a ``kernel``).
-    Keys are layer names, made unique with a ``_<i>`` suffix if needed.
+    Covers every layer (lowtf or Keras) with a ``kernel`` of rank >= 2
+    (Dense, Conv2D) and every weight that carries a lowtf constraint. Keys
+    are layer names, made unique with a ``_<i>`` suffix if needed.
     """
     norms = {}
     for layer in _layers(model):
         kernels = [var for var, _ in getattr(layer, "_lowtf_constraints", ())]
         kernel = getattr(layer, "kernel", None)
-        if (
-            not kernels
-            and kernel is not None
-            and (
-                isinstance(layer, layers.Dense)
-                or isinstance(layer, tf.keras.layers.Layer)
-            )
-        ):
-            kernels = [kernel]
+        if not kernels and kernel is not None and hasattr(kernel, "shape"):
+            kernels = [kernel]  # a tf.Variable, or a Keras 3 variable
         for i, var in enumerate(kernels):
-            if var.shape.rank is None or var.shape.rank < 2:
+            if len(var.shape) < 2:
                 continue
             name = layer.name if i == 0 else f"{layer.name}_{i}"
             while name in norms:
                 name += "_"
-            norms[name] = float(tf.reduce_max(constraints.unit_norms(var)))
+            norms[name] = float(tf.reduce_max(constraints.unit_norms(tf.identity(var))))
     return norms
 
 

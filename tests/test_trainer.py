@@ -522,3 +522,30 @@ def test_readme_examples_run_and_stop_early(tmp_path):
     assert stopper.stopped
     restored = namespace["evaluate"](*validation)["cross_entropy"]
     assert restored == float(stopper.best_value.numpy())
+
+
+def test_a_keras_model_trains_reports_its_kernel_norms_and_restores(tmp_path):
+    def keras_mlp():
+        return tf.keras.Sequential(
+            [
+                tf.keras.Input((20,)),
+                tf.keras.layers.Dense(16, activation="elu", name="hidden"),
+                tf.keras.layers.Dense(1, name="out"),
+            ]
+        )
+
+    model = keras_mlp()
+    config = lowtf.TrainConfig(batch_size=40, max_steps=40, eval_every=20)
+    result, _ = _fit(tmp_path, config, model=model)
+    _, validation = _noisy()
+    evaluate = lowtf.Evaluator(model, jit_compile=False)
+    assert evaluate(*validation)["cross_entropy"] == result.best_value
+    norms = {}
+    for path in glob.glob(str(tmp_path / "tensorboard" / "train" / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                norms[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    kernel = model.get_layer("hidden").kernel
+    expected = lowtf.unit_norms(tf.identity(kernel)).numpy().max()
+    assert norms[("max_unit_norm/hidden", result.best_step)] == np.float32(expected)
+    assert ("max_unit_norm/out", 40) in norms
