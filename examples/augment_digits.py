@@ -23,18 +23,22 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-import lowtf  # noqa: E402
+import lowtf
 
 _DATA = flags.DEFINE_string(
-    "data", "/work/shared/data/digits.csv.gz", "The digits CSV (64 pixels, then the label)."
+    "data",
+    "/work/shared/data/digits.csv.gz",
+    "The digits CSV (64 pixels, then the label).",
 )
 _MODEL = flags.DEFINE_enum("model", "cnn", ["cnn", "mlp"], "cnn, or the 'medium' MLP.")
 _AUGMENT = flags.DEFINE_string("augment", "translate:1,rotate:10", "Augmentation spec.")
-_TRAIN_SIZE = flags.DEFINE_integer("train_size", 300, "Training images.", lower_bound=10)
+_TRAIN_SIZE = flags.DEFINE_integer(
+    "train_size", 300, "Training images.", lower_bound=10
+)
 _STEPS = flags.DEFINE_integer("steps", 3000, "Training steps per run.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 50, "Batch size.", lower_bound=1)
 _LR = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0)
@@ -57,7 +61,9 @@ def run_once(x, y, seed, augment_spec):
         model = lowtf.cnn("digits", num_classes=10, dropout=_DROPOUT.value, seed=seed)
     else:
         model = lowtf.mlp("medium", num_classes=10, dropout=_DROPOUT.value, seed=seed)
-    pipeline = lowtf.augment.parse(augment_spec, image_shape=(8, 8, 1), value_range=(0, 1))
+    pipeline = lowtf.augment.parse(
+        augment_spec, image_shape=(8, 8, 1), value_range=(0, 1)
+    )
     step = lowtf.TrainStep(
         model,
         tf.keras.optimizers.Adam(_LR.value),
@@ -78,12 +84,14 @@ def main(argv):
     seeds = [int(s) for s in _SEEDS.value]
     results = {"none": [], _AUGMENT.value: []}
     for seed in seeds:
-        for spec in results:
-            held_out, train_acc, seconds = run_once(x, y, seed, "" if spec == "none" else spec)
-            results[spec].append(held_out)
+        for spec, accuracies in results.items():
+            held_out, train_acc, seconds = run_once(
+                x, y, seed, "" if spec == "none" else spec
+            )
+            accuracies.append(held_out)
             print(
                 f"seed {seed}  augment={spec:<28} held-out accuracy {held_out:.4f}  "
-                f"(train batches {train_acc:.3f}, {seconds:.0f} s)",
+                f"(training batches, mean over the run {train_acc:.3f}; {seconds:.0f} s)",
                 flush=True,
             )
     base, aug = (np.array(v) for v in results.values())
@@ -91,7 +99,9 @@ def main(argv):
         f"\n{_MODEL.value}, {_TRAIN_SIZE.value} training images, {len(y) - _TRAIN_SIZE.value} "
         f"held out, {_STEPS.value} steps of {_BATCH.value}, seeds {seeds}:"
     )
-    print(f"  no augmentation      {base.mean():.4f} ± {base.std(ddof=1) if len(seeds) > 1 else 0:.4f}")
+    print(
+        f"  no augmentation      {base.mean():.4f} ± {base.std(ddof=1) if len(seeds) > 1 else 0:.4f}"
+    )
     print(
         f"  {_AUGMENT.value:<20} {aug.mean():.4f} ± {aug.std(ddof=1) if len(seeds) > 1 else 0:.4f}"
     )

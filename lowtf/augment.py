@@ -58,7 +58,15 @@ DEFAULT_SEED = 0x5EED
 # -- the ops ------------------------------------------------------------------
 
 
-def translate(images, seed, max_shift: int = 1, *, prob=1.0, value_range=(0.0, 1.0), alg=rng.GRAPH_ALG):
+def translate(
+    images,
+    seed,
+    max_shift: int = 1,
+    *,
+    prob=1.0,
+    value_range=(0.0, 1.0),
+    alg=rng.GRAPH_ALG,
+):
     """Shifts each image by whole pixels, up to ``max_shift`` in each direction.
 
     Each image draws a vertical and a horizontal shift, uniform over the
@@ -99,13 +107,23 @@ def shift(images, dy, dx, fill=0.0):
     cols = tf.range(shape[2])[None, :] - tf.cast(dx, tf.int32)[:, None]  # [b, w]
     row_ok = (rows >= 0) & (rows < shape[1])
     col_ok = (cols >= 0) & (cols < shape[2])
-    out = tf.gather(images, tf.clip_by_value(rows, 0, shape[1] - 1), axis=1, batch_dims=1)
+    out = tf.gather(
+        images, tf.clip_by_value(rows, 0, shape[1] - 1), axis=1, batch_dims=1
+    )
     out = tf.gather(out, tf.clip_by_value(cols, 0, shape[2] - 1), axis=2, batch_dims=1)
     inside = row_ok[:, :, None, None] & col_ok[:, None, :, None]
     return tf.where(inside, out, fill)
 
 
-def rotate(images, seed, max_degrees: float = 10.0, *, prob=1.0, value_range=(0.0, 1.0), alg=rng.GRAPH_ALG):
+def rotate(
+    images,
+    seed,
+    max_degrees: float = 10.0,
+    *,
+    prob=1.0,
+    value_range=(0.0, 1.0),
+    alg=rng.GRAPH_ALG,
+):
     """Rotates each image about its centre by up to ``±max_degrees``.
 
     Bilinear sampling (:func:`affine`); the corners uncovered by the
@@ -131,7 +149,15 @@ def rotate(images, seed, max_degrees: float = 10.0, *, prob=1.0, value_range=(0.
     return _with_prob(images, rotated, prob, seed, alg)
 
 
-def zoom(images, seed, max_zoom: float = 0.1, *, prob=1.0, value_range=(0.0, 1.0), alg=rng.GRAPH_ALG):
+def zoom(
+    images,
+    seed,
+    max_zoom: float = 0.1,
+    *,
+    prob=1.0,
+    value_range=(0.0, 1.0),
+    alg=rng.GRAPH_ALG,
+):
     """Rescales each image about its centre by a factor in ``1 ± max_zoom``.
 
     A factor above 1 zooms in (a centre crop rescaled to full size), below 1
@@ -151,7 +177,9 @@ def zoom(images, seed, max_zoom: float = 0.1, *, prob=1.0, value_range=(0.0, 1.0
     scale = _uniform([batch], seed, alg, 1.0 - max_zoom, 1.0 + max_zoom)
     inverse = 1.0 / scale
     zeros = tf.zeros_like(inverse)
-    matrix = tf.stack([tf.stack([inverse, zeros], -1), tf.stack([zeros, inverse], -1)], -2)
+    matrix = tf.stack(
+        [tf.stack([inverse, zeros], -1), tf.stack([zeros, inverse], -1)], -2
+    )
     zoomed = affine(images, matrix, fill=value_range[0])
     return _with_prob(images, zoomed, prob, seed, alg)
 
@@ -167,7 +195,15 @@ def flip(images, seed, *, prob=0.5, value_range=(0.0, 1.0), alg=rng.GRAPH_ALG):
     return _with_prob(images, tf.reverse(images, axis=[2]), prob, seed, alg)
 
 
-def brightness(images, seed, max_delta: float = 0.1, *, prob=1.0, value_range=(0.0, 1.0), alg=rng.GRAPH_ALG):
+def brightness(
+    images,
+    seed,
+    max_delta: float = 0.1,
+    *,
+    prob=1.0,
+    value_range=(0.0, 1.0),
+    alg=rng.GRAPH_ALG,
+):
     """Adds a per-image offset up to ``±max_delta`` of the value range, then clips.
 
     Args:
@@ -184,7 +220,15 @@ def brightness(images, seed, max_delta: float = 0.1, *, prob=1.0, value_range=(0
     return _with_prob(images, brighter, prob, seed, alg)
 
 
-def contrast(images, seed, max_change: float = 0.2, *, prob=1.0, value_range=(0.0, 1.0), alg=rng.GRAPH_ALG):
+def contrast(
+    images,
+    seed,
+    max_change: float = 0.2,
+    *,
+    prob=1.0,
+    value_range=(0.0, 1.0),
+    alg=rng.GRAPH_ALG,
+):
     """Scales each image's deviation from its mean by ``1 ± max_change``, then clips.
 
     Args:
@@ -197,11 +241,21 @@ def contrast(images, seed, max_change: float = 0.2, *, prob=1.0, value_range=(0.
     batch = tf.shape(images)[0]
     factor = _uniform([batch, 1, 1, 1], seed, alg, 1.0 - max_change, 1.0 + max_change)
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-    changed = tf.clip_by_value((images - mean) * tf.cast(factor, images.dtype) + mean, low, high)
+    changed = tf.clip_by_value(
+        (images - mean) * tf.cast(factor, images.dtype) + mean, low, high
+    )
     return _with_prob(images, changed, prob, seed, alg)
 
 
-def noise(images, seed, stddev: float = 0.05, *, prob=1.0, value_range=(0.0, 1.0), alg=rng.GRAPH_ALG):
+def noise(
+    images,
+    seed,
+    stddev: float = 0.05,
+    *,
+    prob=1.0,
+    value_range=(0.0, 1.0),
+    alg=rng.GRAPH_ALG,
+):
     """Adds gaussian noise of ``stddev`` (a fraction of the value range), then clips.
 
     Args:
@@ -213,7 +267,9 @@ def noise(images, seed, stddev: float = 0.05, *, prob=1.0, value_range=(0.0, 1.0
     images = _as_images(images)
     low, high = value_range
     draws = tf.cast(_normal(tf.shape(images), seed, alg), images.dtype)
-    noisy = tf.clip_by_value(images + draws * tf.cast(stddev * (high - low), images.dtype), low, high)
+    noisy = tf.clip_by_value(
+        images + draws * tf.cast(stddev * (high - low), images.dtype), low, high
+    )
     return _with_prob(images, noisy, prob, seed, alg)
 
 
@@ -251,8 +307,12 @@ def affine(images, matrix, offset=None, fill=0.0):
     dtype = images.dtype
     centre = tf.cast(tf.stack([height - 1, width - 1]), dtype) / 2.0
     rows, cols = tf.meshgrid(tf.range(height), tf.range(width), indexing="ij")
-    grid = tf.cast(tf.reshape(tf.stack([rows, cols], -1), [-1, 2]), dtype) - centre  # [hw, 2]
-    source = tf.einsum("bij,pj->bpi", tf.cast(matrix, dtype), grid) + centre  # [b, hw, 2]
+    grid = (
+        tf.cast(tf.reshape(tf.stack([rows, cols], -1), [-1, 2]), dtype) - centre
+    )  # [hw, 2]
+    source = (
+        tf.einsum("bij,pj->bpi", tf.cast(matrix, dtype), grid) + centre
+    )  # [b, hw, 2]
     if offset is not None:
         source += tf.cast(offset, dtype)[:, None, :]
     top_left = tf.floor(source)
@@ -266,8 +326,12 @@ def affine(images, matrix, offset=None, fill=0.0):
             r = top_left[..., 0] + drow
             c = top_left[..., 1] + dcol
             inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-            index = tf.clip_by_value(r, 0, height - 1) * width + tf.clip_by_value(c, 0, width - 1)
-            values = tf.where(inside[..., None], tf.gather(flat, index, batch_dims=1), fill)
+            index = tf.clip_by_value(r, 0, height - 1) * width + tf.clip_by_value(
+                c, 0, width - 1
+            )
+            values = tf.where(
+                inside[..., None], tf.gather(flat, index, batch_dims=1), fill
+            )
             weight = (frac[..., 0] if drow else 1 - frac[..., 0]) * (
                 frac[..., 1] if dcol else 1 - frac[..., 1]
             )
@@ -308,7 +372,9 @@ class Op:
                 )
             return
         if self.magnitude is None:
-            raise ValueError(f"`{self.name}` needs a magnitude, e.g. `{_EXAMPLES[self.name]}`")
+            raise ValueError(
+                f"`{self.name}` needs a magnitude, e.g. `{_EXAMPLES[self.name]}`"
+            )
         _check_magnitude(self.name, kind, self.magnitude)
 
     def __call__(self, images, seed, *, value_range, alg):
@@ -370,22 +436,30 @@ class Pipeline:
         if image_shape is not None:
             image_shape = tuple(image_shape)
             if len(image_shape) != 3:
-                raise ValueError(f"`image_shape` ({image_shape!r}) must be (height, width, channels)")
+                raise ValueError(
+                    f"`image_shape` ({image_shape!r}) must be (height, width, channels)"
+                )
             for i, size in enumerate(image_shape):
                 _checks.positive_int(f"image_shape[{i}]", size)
         self.image_shape = image_shape
         low, high = _range(value_range)
         self.value_range = (low, high)
         if (mean is None) != (std is None):
-            raise ValueError("give both `mean` and `std` (standardized inputs) or neither")
+            raise ValueError(
+                "give both `mean` and `std` (standardized inputs) or neither"
+            )
         self.mean = None if mean is None else tf.constant(mean, tf.float32)
         self.std = None if std is None else tf.constant(std, tf.float32)
         if self.std is not None and not bool(tf.reduce_all(self.std > 0)):
-            raise ValueError("`std` must be > 0 everywhere (a constant feature has std 1)")
+            raise ValueError(
+                "`std` must be > 0 everywhere (a constant feature has std 1)"
+            )
         _checks.non_negative_int("seed", seed)
         self.seed = seed
 
-    def __call__(self, images, seed=None, *, training: bool = True, alg: str | None = None):
+    def __call__(
+        self, images, seed=None, *, training: bool = True, alg: str | None = None
+    ):
         """Augments ``images``; the identity when ``training`` is False.
 
         Args:
@@ -489,7 +563,11 @@ def _number(text: str, name: str, what: str):
         value = float(text)
     except ValueError:
         raise ValueError(f"`{name}` {what} {text!r} is not a number") from None
-    return int(value) if _OPS[name][0] == "int" and value.is_integer() and "." not in text else value
+    return (
+        int(value)
+        if _OPS[name][0] == "int" and value.is_integer() and "." not in text
+        else value
+    )
 
 
 def _op_spec(op: Op) -> str:
@@ -530,9 +608,13 @@ def _range(value_range):
     try:
         low, high = (float(v) for v in value_range)
     except (TypeError, ValueError):
-        raise ValueError(f"`value_range` ({value_range!r}) must be a pair (low, high)") from None
+        raise ValueError(
+            f"`value_range` ({value_range!r}) must be a pair (low, high)"
+        ) from None
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"`value_range` ({value_range!r}) must be finite with low < high")
+        raise ValueError(
+            f"`value_range` ({value_range!r}) must be finite with low < high"
+        )
     return low, high
 
 

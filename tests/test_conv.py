@@ -31,10 +31,10 @@ def test_conv2d_matches_a_direct_convolution():
 @pytest.mark.parametrize(
     "kwargs, shape",
     [
-        (dict(), (2, 8, 8, 5)),
-        (dict(padding="VALID"), (2, 6, 6, 5)),
-        (dict(strides=2), (2, 4, 4, 5)),
-        (dict(kernel_size=1, padding="VALID", strides=(1, 2)), (2, 8, 4, 5)),
+        ({}, (2, 8, 8, 5)),
+        ({"padding": "VALID"}, (2, 6, 6, 5)),
+        ({"strides": 2}, (2, 4, 4, 5)),
+        ({"kernel_size": 1, "padding": "VALID", "strides": (1, 2)}, (2, 8, 4, 5)),
     ],
 )
 def test_conv2d_output_shapes(kwargs, shape):
@@ -55,13 +55,17 @@ def test_conv2d_regularizer_is_gathered_on_the_kernel_only():
     conv = lowtf.Conv2D(4, kernel_regularizer=lowtf.l2(0.01), seed=0)
     conv(tf.ones([1, 5, 5, 2]))
     expected = 0.01 * np.sum(np.square(conv.kernel.numpy()))
-    np.testing.assert_allclose(float(lowtf.total_regularization_loss(conv)), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        float(lowtf.total_regularization_loss(conv)), expected, rtol=1e-6
+    )
 
 
 def test_pools():
     x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
     np.testing.assert_array_equal(lowtf.MaxPool2D()(x)[0, :, :, 0], [[5, 7], [13, 15]])
-    np.testing.assert_array_equal(lowtf.AvgPool2D()(x)[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]])
+    np.testing.assert_array_equal(
+        lowtf.AvgPool2D()(x)[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]]
+    )
     assert lowtf.MaxPool2D(3, strides=1, padding="same")(x).shape == (1, 4, 4, 1)
 
 
@@ -78,7 +82,10 @@ def test_reshape_flat_rows_to_images():
         (lambda: lowtf.Conv2D(4, padding="full"), "`padding`"),
         (lambda: lowtf.Conv2D(4, kernel_size=(3, 3, 3)), "`kernel_size`"),
         (lambda: lowtf.MaxPool2D(0), "`pool_size`"),
-        (lambda: lowtf.Conv2D(4)(tf.ones([2, 64])), r"\[batch, height, width, channels\]"),
+        (
+            lambda: lowtf.Conv2D(4)(tf.ones([2, 64])),
+            r"\[batch, height, width, channels\]",
+        ),
         (lambda: lowtf.Reshape((8, 8, 1))(tf.ones([2, 63])), "cannot reshape"),
         (lambda: lowtf.cnn("cifar"), "`input_shape`"),
         (lambda: lowtf.cnn((8, 8)), "height, width, channels"),
@@ -142,7 +149,9 @@ def test_conv_checkpoint_round_trip(tmp_path):
     y = rs.randint(0, 10, 64).astype(np.int32)
 
     def make():
-        model = lowtf.cnn("digits", filters=(4, 8), dense=(16,), batchnorm=True, dropout=0.2, seed=0)
+        model = lowtf.cnn(
+            "digits", filters=(4, 8), dense=(16,), batchnorm=True, dropout=0.2, seed=0
+        )
         step = lowtf.TrainStep(
             model,
             tf.keras.optimizers.Adam(1e-2),
