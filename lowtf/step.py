@@ -171,6 +171,12 @@ class TrainStep(tf.Module):
         self.options = options
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self._strategy = tf.distribute.get_strategy()
+        methods = ("build", "apply_gradients")
+        if not all(callable(getattr(optimizer, m, None)) for m in methods):
+            raise ValueError(
+                f"`optimizer` ({optimizer!r}) must be a Keras optimizer, e.g. "
+                "tf.keras.optimizers.Adam(1e-3)"
+            )
         _check_optimizer_strategy(optimizer, self._strategy)
         self._built = False
         self._head = None

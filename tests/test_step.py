@@ -350,6 +350,10 @@ def test_bad_batches_and_arguments_give_one_readable_error(binary_data):
         lowtf.InMemoryBatches(x, y, 64)
     with pytest.raises(ValueError, match="seed"):
         lowtf.StepOptions(seed=-1)
+    with pytest.raises(
+        ValueError, match="`optimizer` .'adam'. must be a Keras optimizer"
+    ):
+        lowtf.TrainStep(lowtf.mlp("tiny"), "adam")
 
 
 # -- tf.distribute arithmetic (one process, one device) -----------------------------
