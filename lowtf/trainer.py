@@ -496,7 +496,7 @@ class _Run:
             f" acc {_fmt(row['train_accuracy'])}"
             f"  val ce {_fmt(row['val_cross_entropy'])}"
             f" acc {_fmt(row['val_accuracy'])}"
-            f"  reg {_fmt(row['regularization_loss'])}"
+            f"  reg {_fmt(row['regularization_loss'], '.3g')}"
             f"  {speed}  ETA {eta}"
             f"  best {stopper.monitor} {_fmt(float(stopper.best_value.numpy()))}"
             f" @ {int(stopper.best_step.numpy())}"
@@ -633,8 +633,8 @@ def _learning_rate(optimizer) -> float | None:
         return None
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _fmt(value, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _clock(seconds: float) -> str:
