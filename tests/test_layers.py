@@ -108,6 +108,21 @@ def test_dropout_masks_change_per_step_and_repeat_per_key(jit):
     assert 0.4 < m0.mean() < 0.6
 
 
+def test_the_step_draws_new_masks_every_step(binary_data):
+    # A zero learning rate: only the dropout masks can change the loss.
+    x, y = binary_data[0][:100], binary_data[1][:100]
+    losses = {}
+    for rate in (0.0, 0.5):
+        step = lowtf.TrainStep(
+            lowtf.mlp("tiny", dropout=rate, seed=1),
+            tf.keras.optimizers.SGD(0.0),
+            options=lowtf.StepOptions(jit_compile=False),
+        )
+        losses[rate] = [float(step(x, y)["cross_entropy"]) for _ in range(3)]
+    assert len(set(losses[0.0])) == 1
+    assert len(set(losses[0.5])) == 3
+
+
 @pytest.mark.parametrize("rate", [1.0, -0.1, float("nan")])
 def test_dropout_rejects_bad_rates(rate):
     with pytest.raises(ValueError, match="rate"):
