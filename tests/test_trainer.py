@@ -468,6 +468,7 @@ def test_sigkill_at_any_moment_then_resume_ends_like_an_uninterrupted_run(tmp_pa
     kill_step = int(step)
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=60)
+    run.stdout.close()
     assert run.returncode == -signal.SIGKILL
     # Killed right after an evaluation wrote a new best snapshot and its
     # history row, before the next checkpoint: the latest checkpoint is older
