@@ -80,6 +80,8 @@ def run_once(x, y, seed, augment_spec):
 
 def main(argv):
     del argv
+    # Every run builds a new step, so TensorFlow's retracing warning is expected.
+    tf.get_logger().setLevel("ERROR")
     x, y = load_digits(_DATA.value)
     seeds = [int(s) for s in _SEEDS.value]
     results = {"none": [], _AUGMENT.value: []}

@@ -13,7 +13,12 @@ applied to visual document analysis"). Every op here is:
   kernel on CPU; translation moves images by whole pixels exactly, with
   gathers and a mask, never by resampling;
 * *per example*: each image draws its own magnitude, and is augmented at
-  all with probability ``prob``.
+  all with probability ``prob``;
+* *the same with and without XLA* for the same RNG algorithm: floats are
+  made from raw uint32 draws and keys folded with philox, because TF 2.21
+  gives other float32 philox values and other ``auto_select`` fold-ins under
+  XLA. (Inside a :class:`lowtf.TrainStep` the algorithm itself differs,
+  threefry under XLA and philox otherwise, as for dropout.)
 
 Values live in ``value_range`` (default ``(0, 1)``): pixels uncovered by a
 shift or rotation take the range's low end (the background of digits), and
