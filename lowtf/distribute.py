@@ -189,8 +189,14 @@ def barrier(strategy=None) -> None:
     Trivial (no waiting) within one process.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    _sum_of_ones(strategy).numpy()
+
+
+@tf.function
+def _sum_of_ones(strategy):
+    # In a tf.function: strategy.run outside one warns of eager overhead.
     ones = strategy.run(lambda: tf.ones([]))
-    strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None).numpy()
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
 
 
 def describe(strategy=None) -> str:

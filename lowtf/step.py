@@ -178,6 +178,8 @@ class TrainStep(tf.Module):
                 "tf.keras.optimizers.Adam(1e-3)"
             )
         _check_optimizer_strategy(optimizer, self._strategy)
+        if data is not None:  # refused here, before a trainer writes anything
+            _check_shardable("`data.batch_size`", data.batch_size, self._strategy)
         self._built = False
         self._head = None
         self._constrained = []
