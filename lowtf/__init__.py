@@ -3,11 +3,12 @@
 The public API is what this module exports; everything else may move.
 """
 
-from lowtf import augment
+from lowtf import augment, distribute
 from lowtf.constraints import MaxNorm, apply_constraints, max_norm, unit_norms
 from lowtf.datasets import DATASETS, DataError, Dataset
 from lowtf.datasets import load as load_dataset
 from lowtf.datasets import pipeline as input_pipeline
+from lowtf.distribute import make_strategy
 from lowtf.early_stopping import EarlyStopping, best_checkpoint
 from lowtf.layers import (
     AvgPool2D,
@@ -72,12 +73,14 @@ __all__ = [
     "augment",
     "best_checkpoint",
     "cnn",
+    "distribute",
     "fit",
     "input_pipeline",
     "l1",
     "l1_l2",
     "l2",
     "load_dataset",
+    "make_strategy",
     "max_norm",
     "mlp",
     "plot_learning_curves",
