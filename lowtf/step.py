@@ -44,6 +44,9 @@ class StepOptions:
     Attributes:
       jit_compile: compile the step with XLA (default True). False runs it
         as a plain ``tf.function`` graph; both give the same numbers.
+        ``"auto"`` picks by :func:`auto_jit_compile`: XLA, except for a
+        model with convolutions on a machine without a GPU, where XLA's CPU
+        convolutions are far slower than TensorFlow's (see BENCHMARKS.md).
       run_eagerly: no ``tf.function`` at all, for debugging (default False).
       loss: ``"auto"`` (default: sigmoid for 1 logit, else softmax),
         ``"softmax"`` or ``"sigmoid"``.
@@ -54,7 +57,7 @@ class StepOptions:
       require_constraints: raise if no variable carries a constraint.
     """
 
-    jit_compile: bool = True
+    jit_compile: bool | str = True
     run_eagerly: bool = False
     loss: str = "auto"
     seed: int = 0
@@ -62,6 +65,7 @@ class StepOptions:
     require_constraints: bool = False
 
     def __post_init__(self):
+        _checks.one_of("jit_compile", self.jit_compile, (True, False, "auto"))
         _checks.one_of("loss", self.loss, losses.HEADS)
         _checks.non_negative_int("seed", self.seed)
 
@@ -185,6 +189,9 @@ class TrainStep(tf.Module):
         self._constrained = []
         self._averaged = []
         self._distributed = tf.distribute.has_strategy()
+        if options.jit_compile == "auto":
+            options = dataclasses.replace(options, jit_compile=auto_jit_compile(model))
+            self.options = options
         jit = options.jit_compile and not options.run_eagerly
         self._alg = rng.XLA_ALG if jit else rng.GRAPH_ALG
         # Under a tf.distribute strategy XLA compiles the replica's forward and
@@ -408,6 +415,27 @@ class Evaluator:
             ce_sum += float(ce)
             correct += float(hits)
         return {"cross_entropy": ce_sum / n, "accuracy": correct / n}
+
+
+def auto_jit_compile(model) -> bool:
+    """The ``jit_compile="auto"`` rule: XLA unless convolutions run on a CPU.
+
+    Measured on a 2-core CPU (BENCHMARKS.md): XLA makes every MLP step
+    faster (1.4-2x), but a small CNN's step about 50x slower, because XLA's
+    CPU convolution gradients are slow.
+    """
+    if tf.config.list_logical_devices("GPU"):
+        return True
+    return not _has_convolutions(model)
+
+
+def _has_convolutions(model) -> bool:
+    if isinstance(model, tf.keras.layers.Layer):
+        sublayers = model._flatten_layers() if hasattr(model, "_flatten_layers") else [model]
+        return any("Conv" in type(layer).__name__ for layer in sublayers)
+    from lowtf import layers  # a module tree: its Conv2D layers
+
+    return any(isinstance(m, layers.Conv2D) for m in (model, *model.submodules))
 
 
 def _shard(x, y, replica_id, replicas):

@@ -1,0 +1,164 @@
+"""Tests of lowtf.bench and bin/bench: structure and FLOP counts, never timings."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import lowtf
+from lowtf import bench, step
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "bin" / "bench"
+
+
+def test_dense_flops_of_the_tiny_mlp():
+    model = bench.make_model("tiny", "full")
+    flops = bench.dense_flops(model, (28,), 500)
+    # 28 -> 16 -> 1: forward 2*B*(28*16 + 16*1); backward: both kernels'
+    # gradients, and the input gradient of the second layer only.
+    assert flops["forward"] == 2 * 500 * (28 * 16 + 16)
+    assert flops["backward"] == 2 * 500 * 28 * 16 + 4 * 500 * 16
+    assert flops["total"] == flops["forward"] + flops["backward"]
+
+
+def test_dense_flops_count_convolutions_per_output_pixel():
+    model = bench.make_model("cnn", "none")
+    flops = bench.dense_flops(model, (8, 8, 1), 10)
+    # conv 3x3x1->32 on 8x8, pool, conv 3x3x32->64 on 4x4, pool, 256->128->10.
+    macs = [10 * 64 * 32 * 9, 10 * 16 * 64 * 9 * 32, 10 * 128 * 256, 10 * 10 * 128]
+    assert flops["forward"] == 2 * sum(macs)
+    assert flops["backward"] == 2 * macs[0] + 4 * sum(macs[1:])
+
+
+def test_keras_peer_has_the_same_layers_weights_and_penalties():
+    model = bench.make_model("small", "full")
+    peer = bench.keras_peer(model, (28,))
+    x = np.random.RandomState(0).randn(5, 28).astype(np.float32)
+    np.testing.assert_allclose(
+        peer(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-6
+    )
+    dense = [layer for layer in peer.layers if isinstance(layer, tf.keras.layers.Dense)]
+    assert [d.units for d in dense] == [16, 16, 1]
+    assert all(d.kernel_regularizer.l2 == pytest.approx(bench.L2) for d in dense)
+    # Max-norm on the hidden kernels (incoming weights, axis 0), not the output.
+    assert [d.kernel_constraint.max_value if d.kernel_constraint else None for d in dense] == [
+        bench.MAXNORM,
+        bench.MAXNORM,
+        None,
+    ]
+    assert list(dense[0].kernel_constraint.axis) == [0]
+    drops = [layer.rate for layer in peer.layers if isinstance(layer, tf.keras.layers.Dropout)]
+    assert drops == [bench.DROPOUT, bench.DROPOUT]
+    # The penalties agree: Keras' model.losses and lowtf's gathered losses.
+    keras_penalty = float(tf.add_n(peer.losses))
+    assert keras_penalty == pytest.approx(float(lowtf.total_regularization_loss(model)), rel=1e-5)
+
+
+def test_configs_cover_every_combination_and_cap_cnn_xla():
+    configs = bench.configs(
+        models=("tiny", "cnn"), regularization=("full",), modes=("xla", "graph"), steps_per_call=(50,)
+    )
+    assert [(c.model, c.mode, c.steps_per_call) for c in configs] == [
+        ("tiny", "xla", 50),
+        ("tiny", "graph", 50),
+        ("cnn", "xla", 2),
+        ("cnn", "graph", 50),
+    ]
+    with pytest.raises(ValueError, match="mode"):
+        bench.Config(mode="fast")
+
+
+def test_auto_jit_compile_rule():
+    assert step.auto_jit_compile(lowtf.mlp("large")) is True
+    # No GPU here: a model with convolutions runs as a plain graph.
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    assert step.auto_jit_compile(lowtf.cnn("digits")) is on_gpu
+    chosen = lowtf.TrainStep(
+        lowtf.cnn("digits"),
+        tf.keras.optimizers.Adam(),
+        options=lowtf.StepOptions(jit_compile="auto"),
+    )
+    assert chosen.options.jit_compile is on_gpu
+
+
+def test_run_reports_lowtf_keras_and_ceiling_for_a_tiny_configuration():
+    configs = [bench.Config("tiny", 500, "full", "graph", 2), bench.Config("tiny", 500, "dropout", "graph", 2)]
+    report = bench.run(
+        configs,
+        repeats=2,
+        min_time=0.001,
+        keras_steps_per_execution=(2,),
+        keras_jit=(False,),
+        keras_for=("full",),
+        ceiling_size=64,
+        log=lambda line: None,
+    )
+    assert report["ceiling"]["size"] == 64 and report["ceiling"]["gflops"] > 0
+    full, dropout = report["results"]
+    assert full["config"]["regularization"] == "full"
+    assert full["lowtf"]["traces"] == 1 and full["lowtf"]["repeats"] == 2
+    assert full["flops"]["total"] == 2 * 500 * (28 * 16 + 16) * 3 - 2 * 500 * 28 * 16
+    expected = full["flops"]["total"] / full["lowtf"]["median_ms"] / 1e6
+    assert full["lowtf"]["gflops"] == pytest.approx(expected)
+    assert full["lowtf"]["ceiling_fraction"] == pytest.approx(expected / report["ceiling"]["gflops"])
+    assert [v["variant"] for v in full["keras_variants"]] == ["jit=False,spe=2"]
+    assert full["speedup_vs_keras"] == pytest.approx(
+        full["keras"]["median_ms"] / full["lowtf"]["median_ms"]
+    )
+    assert dropout["keras"] is None  # no peer asked for this regularization
+    (cost,) = report["regularization_cost"]
+    assert cost["share"] == pytest.approx(1 - dropout["lowtf"]["median_ms"] / full["lowtf"]["median_ms"])
+    assert "x keras" in bench.table(report)
+
+
+def _bench(*args, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_binary_writes_table_and_json(tmp_path):
+    out = tmp_path / "report.json"
+    result = _bench(
+        "--quick",
+        "--nokeras",
+        "--modes=graph",
+        "--steps_per_call=2",
+        "--repeats=1",
+        "--ceiling_size=0",
+        f"--output={out}",
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["config"]["regularization"] for r in report["results"]] == ["full", "none"]
+    assert all(r["lowtf"]["traces"] == 1 and r["keras"] is None for r in report["results"])
+    assert report["command"].startswith("bin/bench --quick")
+    assert "ms/step" in result.stdout
+
+
+def test_binary_rejects_bad_batch_sizes_with_one_line(tmp_path):
+    result = _bench("--batch_sizes=0", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "error: --batch_sizes (0) must list positive integers" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_binary_choices_match_the_library():
+    source = BENCH.read_text()
+    namespace = {}
+    exec(source.split("_MODELS = ")[0].split("from absl")[1].split("\n", 1)[1], namespace)
+    assert namespace["MODELS"] == bench.MODELS
+    assert namespace["REGULARIZATION"] == bench.REGULARIZATION
+    assert namespace["MODES"] == bench.MODES
