@@ -6,6 +6,7 @@ MultiWorkerMirroredStrategy needs one process per worker
 (tests/_mw_worker.py, two of them on localhost ports).
 """
 
+import ast
 import json
 import os
 import re
@@ -97,6 +98,28 @@ def test_chief_and_write_dirs(tmp_path):
     assert os.listdir(tmp_path / "run") == []  # the empty scratch parent goes too
     assert isinstance(distribute.summary_writer(str(tmp_path / "tb"), other), type(tf.summary.create_noop_writer()))
     assert "workertemp" not in " ".join(os.listdir(tmp_path))
+
+
+def test_bin_train_strategy_flag(tmp_path):
+    binary = os.path.join(os.path.dirname(HERE), "bin", "train")
+    with open(binary) as f:
+        tree = ast.parse(f.read())
+    (choices,) = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "STRATEGIES"
+    ]
+    assert choices == distribute.STRATEGIES
+    env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
+    run = subprocess.run(
+        [sys.executable, binary, "--strategy=multi_worker", f"--model_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        "error: `strategy` ('multi_worker') needs the TF_CONFIG environment variable"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 # -- MirroredStrategy over two logical CPU devices (one subprocess) -----------
