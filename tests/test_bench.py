@@ -162,3 +162,9 @@ def test_binary_choices_match_the_library():
     assert namespace["MODELS"] == bench.MODELS
     assert namespace["REGULARIZATION"] == bench.REGULARIZATION
     assert namespace["MODES"] == bench.MODES
+
+
+def test_binary_rejects_an_unknown_model_with_one_line(tmp_path):
+    result = _bench("--models=tiny,huge", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "error: --models (tiny,huge) must list values among" in result.stderr
