@@ -189,14 +189,27 @@ def barrier(strategy=None) -> None:
     Trivial (no waiting) within one process.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    _sum_of_ones(strategy).numpy()
+    _replica_sum(strategy, tf.ones([])).numpy()
+
+
+def any_worker(flag: bool, strategy=None) -> bool:
+    """Whether ``flag`` is True on any worker (``flag`` itself in one process).
+
+    A stop request (SIGTERM) reaches workers at different steps; agreeing on
+    it keeps them stopping at the same step. Across processes it is an
+    all-reduce: call it on every worker at the same point.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if task(strategy)[0] is None:
+        return bool(flag)
+    return float(_replica_sum(strategy, tf.constant(float(bool(flag))))) > 0
 
 
 @tf.function
-def _sum_of_ones(strategy):
+def _replica_sum(strategy, value):
     # In a tf.function: strategy.run outside one warns of eager overhead.
-    ones = strategy.run(lambda: tf.ones([]))
-    return strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
+    per_replica = strategy.run(tf.identity, args=(value,))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
 
 def describe(strategy=None) -> str:

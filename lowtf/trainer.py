@@ -355,8 +355,10 @@ class _Run:
             reason = "patience"
         elif step >= self.config.max_steps:
             reason = "max_steps"
-        elif signals.requested:
-            self.log(f"{signals.requested} received at step {step}: stopping")
+        elif distribute.any_worker(bool(signals.requested), self.strategy):
+            # Workers get a signal at different steps; they stop together.
+            what = signals.requested or "a stop request on another worker"
+            self.log(f"{what} received at step {step}: stopping")
             reason = "interrupted"
         else:
             return None

@@ -5,15 +5,17 @@ Run by tests/test_distribute.py, twice, with TF_CONFIG naming this worker:
     python tests/_mw_worker.py OUT_DIR
 
 In one strategy (a process may make only one), it runs ``fit`` three
-times: ``resumed`` to step 40, ``resumed`` again to step 80 (which must
-pick up from the chief's step-40 checkpoint) and ``straight`` to step 80 in
-one go. After each run it saves the model's weights to
+times to step 80: ``resumed``, stopped at step 40 by a SIGTERM that only
+worker 1 gets; ``resumed`` again, which must pick up from the chief's
+step-40 checkpoint; and ``straight``, in one go. After each run it saves the model's weights to
 ``OUT_DIR/<task index>-<run>-<session>.npz`` and prints one ``RESULT`` JSON
 line with what ``fit`` returned.
 """
 
+import functools
 import json
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,6 +35,13 @@ def data():
     return (x[:64], y[:64]), (x[64:], y[64:])
 
 
+def _sigterm_at_step_40(lines, line):
+    """Worker 1 alone gets SIGTERM after its step-40 evaluation."""
+    lines.append(line)
+    if line.startswith("step 40/"):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(out_dir):
     # Made first, before any other TensorFlow op, as the strategy requires.
     strategy = distribute.make_strategy("multi_worker", timeout_seconds=90)
@@ -40,8 +49,11 @@ def main(out_dir):
     _, index = distribute.task(strategy)
     train, validation = data()
     results = {"describe": distribute.describe(strategy), "chief": distribute.is_chief(strategy)}
-    for run, session, max_steps in [("resumed", 0, 40), ("resumed", 1, 80), ("straight", 0, 80)]:
+    for run, session in [("resumed", 0), ("resumed", 1), ("straight", 0)]:
         lines = []
+        log = lines.append
+        if run == "resumed" and session == 0 and index == 1:
+            log = functools.partial(_sigterm_at_step_40, lines)
         with strategy.scope():
             model = lowtf.mlp(
                 (32,), l2=1e-4, maxnorm=2.0, dropout=0.1, batchnorm=True, seed=1
@@ -55,13 +67,13 @@ def main(out_dir):
                 model_dir=os.path.join(out_dir, "model_" + run),
                 config=lowtf.TrainConfig(
                     batch_size=16,
-                    max_steps=max_steps,
+                    max_steps=80,
                     eval_every=10,
                     steps_per_call=10,
                     patience=1000,
                     checkpoint_every=20,
                 ),
-                log=lines.append,
+                log=log,
             )
         np.savez(
             os.path.join(out_dir, f"{index}-{run}-{session}.npz"),

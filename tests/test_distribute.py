@@ -229,12 +229,15 @@ def multi_worker(tmp_path_factory):
 
 
 def _untimed(lines):
+    """The log without speeds, and without who received the stop request."""
+    lines = [line for line in lines if " received at step " not in line]
     return [re.sub(r"\s+\S+ steps/s\s+ETA \S+", "", line) for line in lines]
 
 
 def _weights(out, index, run):
+    """The trainable variables in order, then the batch-norm moving mean."""
     with np.load(out / f"{index}-{run}.npz") as f:
-        return [f[name] for name in f.files]
+        return [f[f"arr_{i}"] for i in range(len(f.files) - 1)] + [f["moving_mean"]]
 
 
 def test_multi_worker_run_completes_with_identical_workers(multi_worker):
@@ -245,7 +248,8 @@ def test_multi_worker_run_completes_with_identical_workers(multi_worker):
     for run in ("resumed-0", "resumed-1", "straight-0"):
         # The same evaluations and decisions on both (the speed aside).
         assert _untimed(chief[run]["log"]) == _untimed(other[run]["log"])
-        assert chief[run]["stop_reason"] == "max_steps"
+        expected = "interrupted" if run == "resumed-0" else "max_steps"
+        assert chief[run]["stop_reason"] == other[run]["stop_reason"] == expected
         for a, b in zip(_weights(out, 0, run), _weights(out, 1, run)):
             np.testing.assert_array_equal(a, b)
 
@@ -286,8 +290,14 @@ def _validation():
     return _mw_worker.data()[1]
 
 
-def test_a_resumed_multi_worker_run_continues_from_the_latest_checkpoint(multi_worker):
+def test_a_multi_worker_run_stops_together_and_resumes_from_the_latest_checkpoint(multi_worker):
     out, results = multi_worker
+    # Only worker 1 got SIGTERM (after step 40's evaluation): both stopped there.
+    assert "SIGTERM received at step 40: stopping" in results[1]["resumed-0"]["log"]
+    assert (
+        "a stop request on another worker received at step 40: stopping"
+        in results[0]["resumed-0"]["log"]
+    )
     for result in results:
         first, second = result["resumed-0"], result["resumed-1"]
         assert first["last_step"] == 40 and second["last_step"] == 80
