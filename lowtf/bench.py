@@ -265,13 +265,12 @@ class LowtfRunner:
         return metrics
 
     def calibrate(self, min_time: float) -> float:
-        """Sets the calls per repeat so one repeat lasts ``min_time``; returns a call's time."""
-        self._call()
+        """Sets the calls per repeat so one lasts ``min_time``; returns seconds per step."""
         start = time.perf_counter()
         self._call()
         call_s = time.perf_counter() - start
         self.calls = max(1, math.ceil(min_time / call_s))
-        return call_s
+        return call_s / self.config.steps_per_call
 
     def repeat(self) -> float:
         """One timed repeat; returns seconds per step."""
@@ -303,7 +302,7 @@ class KerasRunner:
             jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
         )
-        self.epochs = 2
+        self.epochs = 1
         start = time.perf_counter()
         self._fit()
         self.first_call_s = time.perf_counter() - start
@@ -321,10 +320,11 @@ class KerasRunner:
         return timer.seconds
 
     def calibrate(self, min_time: float) -> float:
-        self.epochs = 2
-        epoch_s = float(np.median(self._fit()))
+        """Sets the epochs per timed fit; returns seconds per step, roughly."""
+        self.epochs = 1
+        epoch_s = self._fit()[0]
         self.epochs = 1 + max(1, math.ceil(min_time / epoch_s))
-        return epoch_s
+        return epoch_s / self.steps_per_epoch
 
     def repeat(self) -> float:
         """One timed ``fit``; the median epoch after its first, per step."""
@@ -491,8 +491,13 @@ def _run_group(members, repeats, min_time, keras_variants):
         for jit, spe in sorted(variants, reverse=True)
     ]
     timed = [r for _, r in runners] + peers
-    for runner in timed:
-        runner.calibrate(min_time)
+    estimates = {id(r): r.calibrate(min_time) for r in timed}
+    # A Keras variant 5x slower than the best one cannot be the peer: it is
+    # reported from its calibration epoch only, which saves minutes (XLA's
+    # CPU convolutions inside a multi-step loop take about a second a step).
+    fastest = min((estimates[id(p)] for p in peers), default=0)
+    slow = [p for p in peers if estimates[id(p)] > 5 * fastest]
+    timed = [r for r in timed if r not in slow]
     samples = {id(r): [] for r in timed}
     for _ in range(repeats):
         for runner in timed:
@@ -500,7 +505,10 @@ def _run_group(members, repeats, min_time, keras_variants):
     flops = dense_flops(runners[0][1].model, _input_shape(first.model), first.batch_size)
     keras_rows = []
     for peer in peers:
-        row = summarize(samples[id(peer)])
+        if peer in slow:
+            row = {"median_ms": estimates[id(peer)] * 1e3, "repeats": 0, "excluded": "over 5x the best"}
+        else:
+            row = summarize(samples[id(peer)])
         row.update(variant=peer.name, first_call_s=peer.first_call_s)
         keras_rows.append(row)
     best = min(keras_rows, key=lambda r: r["median_ms"]) if keras_rows else None
