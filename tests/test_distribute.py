@@ -83,6 +83,7 @@ def test_chief_and_write_dirs(tmp_path):
     assert distribute.is_chief() and distribute.task() == (None, 0)
     assert distribute.write_dir(os.path.join(model_dir, "best")) == os.path.join(model_dir, "best")
     distribute.barrier()  # nothing to wait for
+    assert distribute.any_worker(True) is True and distribute.any_worker(False) is False
     # Worker 0 is the chief unless the cluster has a "chief" job.
     assert distribute.is_chief(_worker(0))
     assert not distribute.is_chief(_worker(0, chief_job=True))
