@@ -468,8 +468,9 @@ def _check_optimizer_strategy(optimizer, strategy):
     captured = getattr(optimizer, "_distribution_strategy", strategy)
     if captured is not strategy:
         raise ValueError(
-            "the optimizer was made outside the tf.distribute strategy scope the "
-            "TrainStep was made in; make both inside `with strategy.scope():`"
+            "the optimizer was made under another tf.distribute strategy than the "
+            "TrainStep: make the model, the optimizer and the TrainStep (or call "
+            "lowtf.fit) all inside `with strategy.scope():`"
         )
 
 

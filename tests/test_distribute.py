@@ -183,7 +183,7 @@ def test_evaluation_is_aggregated_across_replicas(mirrored):
 
 def test_mirrored_misuse_fails_with_one_readable_error(mirrored):
     errors = mirrored["errors"]
-    assert "optimizer was made outside the tf.distribute strategy scope" in errors["optimizer"]
+    assert "optimizer was made under another tf.distribute strategy" in errors["optimizer"]
     assert "global batch (15) must be divisible by the 2 replicas" in errors["batch"]
     assert errors["describe"] == "MirroredStrategy: 2 replica(s)"
     assert errors["chief"] is True
