@@ -64,7 +64,9 @@ def tf_config(environ=None) -> dict:
     try:
         config = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"TF_CONFIG ({text!r}) is not JSON ({e}); set it like {_EXAMPLE}")
+        raise ValueError(
+            f"TF_CONFIG ({text!r}) is not JSON ({e}); set it like {_EXAMPLE}"
+        )
     if not isinstance(config, dict):
         raise ValueError(f"TF_CONFIG ({text!r}) must be a JSON object like {_EXAMPLE}")
     cluster = config.get("cluster")
@@ -79,7 +81,11 @@ def tf_config(environ=None) -> dict:
             f"TF_CONFIG ({text!r}) needs a `task` with `type` and `index`, like {_EXAMPLE}"
         )
     kind, index = task["type"], task["index"]
-    if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+    if (
+        kind not in cluster
+        or not isinstance(index, int)
+        or not 0 <= index < len(cluster[kind])
+    ):
         raise ValueError(
             f"TF_CONFIG task {task} is not in its cluster {cluster}: `type` must name "
             f"one of its jobs and `index` a position in that job's address list"
@@ -106,7 +112,9 @@ def make_strategy(
     _checks.one_of("strategy", name, STRATEGIES)
     if name == "default":
         if devices is not None or timeout_seconds is not None:
-            raise ValueError("`devices` and `timeout_seconds` need a `strategy` other than 'default'")
+            raise ValueError(
+                "`devices` and `timeout_seconds` need a `strategy` other than 'default'"
+            )
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(devices)
@@ -119,7 +127,9 @@ def make_strategy(
         )
     if timeout_seconds is not None:
         _checks.positive("timeout_seconds", timeout_seconds)
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_seconds)
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=timeout_seconds
+    )
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
@@ -213,7 +223,10 @@ def _replica_sum(strategy, value):
 
 
 def describe(strategy=None) -> str:
-    """One line for the log, e.g. ``MultiWorkerMirroredStrategy: 2 replicas, worker 0 (chief)``."""
+    """One line for the log.
+
+    E.g. ``MultiWorkerMirroredStrategy: 2 replica(s), worker 0 (chief)``.
+    """
     strategy = strategy or tf.distribute.get_strategy()
     name = type(strategy).__name__
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

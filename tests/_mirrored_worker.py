@@ -15,7 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 import numpy as np  # noqa: E402
 
@@ -62,15 +64,16 @@ def _train(strategy, *, jit, feed, steps=9, batchnorm=False):
 def check_same_weights():
     out = {}
     for name, jit, feed in [("graph", False, False), ("xla", True, True)]:
-        one, step_one, m_one = _train(tf.distribute.get_strategy(), jit=jit, feed=feed)
-        two, step_two, m_two = _train(
-            MIRRORED, jit=jit, feed=feed
-        )
+        one, _, m_one = _train(tf.distribute.get_strategy(), jit=jit, feed=feed)
+        two, step_two, m_two = _train(MIRRORED, jit=jit, feed=feed)
         norms = lowtf.unit_norms(one.layers[0].kernel).numpy()
         out[name] = {
             "weight_diff": _max_diff(_weights(one), _weights(two)),
             "metric_diff": max(abs(m_one[k] - m_two[k]) for k in m_one),
-            "regularization_loss": [m_one["regularization_loss"], m_two["regularization_loss"]],
+            "regularization_loss": [
+                m_one["regularization_loss"],
+                m_two["regularization_loss"],
+            ],
             "units_at_cap": int(np.sum(np.abs(norms - 0.6) < 1e-5)),
             "max_norm": float(norms.max()),
             "replica_norm_diff": _replica_diff(two.layers[0].kernel),
@@ -129,20 +132,28 @@ def check_dropout_masks():
 
 def check_batchnorm():
     """One step: every replica's moving mean is the one-device moving mean."""
-    one, _, _ = _train(tf.distribute.get_strategy(), jit=True, feed=True, steps=1, batchnorm=True)
+    one, _, _ = _train(
+        tf.distribute.get_strategy(), jit=True, feed=True, steps=1, batchnorm=True
+    )
     strategy = MIRRORED
     two, _, _ = _train(strategy, jit=True, feed=True, steps=1, batchnorm=True)
     bn_one, bn_two = one.layers[1], two.layers[1]
-    copies = [c.numpy() for c in strategy.experimental_local_results(bn_two.moving_mean)]
+    copies = [
+        c.numpy() for c in strategy.experimental_local_results(bn_two.moving_mean)
+    ]
     # A checkpoint of the mirrored model holds the replicas' mean.
     path = tf.train.Checkpoint(model=two).write("/tmp/_lowtf_bn_" + str(os.getpid()))
     fresh = lowtf.mlp((8,), l2=1e-2, maxnorm=0.6, batchnorm=True, seed=1)
     fresh(X[:1])
     tf.train.Checkpoint(model=fresh).read(path).assert_consumed()
     return {
-        "mean_vs_one_device": float(np.abs(bn_two.moving_mean.numpy() - bn_one.moving_mean.numpy()).max()),
+        "mean_vs_one_device": float(
+            np.abs(bn_two.moving_mean.numpy() - bn_one.moving_mean.numpy()).max()
+        ),
         "copies_diff": float(np.abs(copies[0] - copies[1]).max()),
-        "restored_vs_mean": float(np.abs(fresh.layers[1].moving_mean.numpy() - np.mean(copies, 0)).max()),
+        "restored_vs_mean": float(
+            np.abs(fresh.layers[1].moving_mean.numpy() - np.mean(copies, 0)).max()
+        ),
     }
 
 

@@ -48,7 +48,10 @@ def main(out_dir):
     tf.config.experimental.enable_op_determinism()
     _, index = distribute.task(strategy)
     train, validation = data()
-    results = {"describe": distribute.describe(strategy), "chief": distribute.is_chief(strategy)}
+    results = {
+        "describe": distribute.describe(strategy),
+        "chief": distribute.is_chief(strategy),
+    }
     for run, session in [("resumed", 0), ("resumed", 1), ("straight", 0)]:
         lines = []
         log = lines.append

@@ -46,17 +46,23 @@ def _worker(index, *, chief_job=False):
     return types.SimpleNamespace(cluster_resolver=resolver, num_replicas_in_sync=2)
 
 
+CLUSTER = '{"cluster": {"worker": ["h:1"]}, '
+
+
 def test_tf_config_is_parsed_and_checked():
-    config = {"cluster": {"worker": ["h0:1", "h1:1"]}, "task": {"type": "worker", "index": 1}}
+    config = {
+        "cluster": {"worker": ["h0:1", "h1:1"]},
+        "task": {"type": "worker", "index": 1},
+    }
     assert distribute.tf_config({"TF_CONFIG": json.dumps(config)}) == config
     assert distribute.tf_config({}) == {}
     bad = {
         "{not json": "is not JSON",
         "[1]": "must be a JSON object",
-        '{"task": {"type": "worker", "index": 0}}': "needs a `cluster` with a `worker` list",
+        '{"task": {"type": "worker", "index": 0}}': "needs a `cluster` with a `worker`",
         '{"cluster": {"worker": ["h:1"]}}': "needs a `task` with `type` and `index`",
-        '{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 1}}': "is not in its cluster",
-        '{"cluster": {"worker": ["h:1"]}, "task": {"type": "ps", "index": 0}}': "is not in its cluster",
+        CLUSTER + '"task": {"type": "worker", "index": 1}}': "is not in its cluster",
+        CLUSTER + '"task": {"type": "ps", "index": 0}}': "is not in its cluster",
     }
     for text, message in bad.items():
         with pytest.raises(ValueError, match=message):
@@ -66,7 +72,9 @@ def test_tf_config_is_parsed_and_checked():
 def test_make_strategy_by_name(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert distribute.make_strategy("default") is tf.distribute.get_strategy()
-    with pytest.raises(ValueError, match=r"`strategy` \('tpu'\) must be one of 'default'"):
+    with pytest.raises(
+        ValueError, match=r"`strategy` \('tpu'\) must be one of 'default'"
+    ):
         distribute.make_strategy("tpu")
     with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
         distribute.make_strategy("multi_worker")
@@ -81,7 +89,9 @@ def test_chief_and_write_dirs(tmp_path):
     model_dir = str(tmp_path / "run")
     # One process: the chief, writing where it is told.
     assert distribute.is_chief() and distribute.task() == (None, 0)
-    assert distribute.write_dir(os.path.join(model_dir, "best")) == os.path.join(model_dir, "best")
+    assert distribute.write_dir(os.path.join(model_dir, "best")) == os.path.join(
+        model_dir, "best"
+    )
     distribute.barrier()  # nothing to wait for
     assert distribute.any_worker(True) is True and distribute.any_worker(False) is False
     # Worker 0 is the chief unless the cluster has a "chief" job.
@@ -97,7 +107,10 @@ def test_chief_and_write_dirs(tmp_path):
     assert os.listdir(tmp_path / "run" / "workertemp_1") == ["best"]
     distribute.remove_write_dir(os.path.join(model_dir, "best"), other)
     assert os.listdir(tmp_path / "run") == []  # the empty scratch parent goes too
-    assert isinstance(distribute.summary_writer(str(tmp_path / "tb"), other), type(tf.summary.create_noop_writer()))
+    assert isinstance(
+        distribute.summary_writer(str(tmp_path / "tb"), other),
+        type(tf.summary.create_noop_writer()),
+    )
     assert "workertemp" not in " ".join(os.listdir(tmp_path))
 
 
@@ -108,17 +121,31 @@ def test_bin_train_strategy_flag(tmp_path):
     (choices,) = [
         ast.literal_eval(node.value)
         for node in tree.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "STRATEGIES"
+        if isinstance(node, ast.Assign)
+        and getattr(node.targets[0], "id", "") == "STRATEGIES"
     ]
     assert choices == distribute.STRATEGIES
     env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
     run = subprocess.run(
-        [sys.executable, binary, "--strategy=multi_worker", f"--model_dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            binary,
+            "--strategy=multi_worker",
+            f"--model_dir={tmp_path / 'run'}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1].startswith(
-        "error: `strategy` ('multi_worker') needs the TF_CONFIG environment variable"
+    assert (
+        run.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: `strategy` ('multi_worker') needs the TF_CONFIG environment variable"
+        )
     )
     assert not (tmp_path / "run").exists()
 
@@ -130,7 +157,11 @@ def test_bin_train_strategy_flag(tmp_path):
 def mirrored():
     run = subprocess.run(
         [sys.executable, os.path.join(HERE, "_mirrored_worker.py")],
-        capture_output=True, text=True, env=ENV, timeout=300,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     return _result(run.stdout)
@@ -183,7 +214,9 @@ def test_evaluation_is_aggregated_across_replicas(mirrored):
 
 def test_mirrored_misuse_fails_with_one_readable_error(mirrored):
     errors = mirrored["errors"]
-    assert "optimizer was made under another tf.distribute strategy" in errors["optimizer"]
+    assert (
+        "optimizer was made under another tf.distribute strategy" in errors["optimizer"]
+    )
     assert "global batch (15) must be divisible by the 2 replicas" in errors["batch"]
     assert errors["describe"] == "MirroredStrategy: 2 replica(s)"
     assert errors["chief"] is True
@@ -214,7 +247,9 @@ def multi_worker(tmp_path_factory):
             procs.append(
                 subprocess.Popen(
                     [sys.executable, os.path.join(HERE, "_mw_worker.py"), str(out)],
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
                     env=dict(ENV, TF_CONFIG=json.dumps(config)),
                 )
             )
@@ -243,7 +278,10 @@ def _weights(out, index, run):
 
 def test_multi_worker_run_completes_with_identical_workers(multi_worker):
     out, (chief, other) = multi_worker
-    assert chief["describe"] == "MultiWorkerMirroredStrategy: 2 replica(s), worker 0 (chief)"
+    assert (
+        chief["describe"]
+        == "MultiWorkerMirroredStrategy: 2 replica(s), worker 0 (chief)"
+    )
     assert other["describe"] == "MultiWorkerMirroredStrategy: 2 replica(s), worker 1"
     assert chief["chief"] and not other["chief"]
     for run in ("resumed-0", "resumed-1", "straight-0"):
@@ -262,7 +300,12 @@ def test_only_the_chief_writes_and_the_best_snapshot_restores(multi_worker):
     # really moved the weights back.
     assert 0 < result["best_step"] < result["last_step"] == 80
     model_dir = out / "model_straight"
-    assert sorted(os.listdir(model_dir)) == ["best", "ckpt", "history.csv", "tensorboard"]
+    assert sorted(os.listdir(model_dir)) == [
+        "best",
+        "ckpt",
+        "history.csv",
+        "tensorboard",
+    ]
     rows = lowtf.read_history(str(model_dir / "history.csv"))
     assert [row["step"] for row in rows] == list(range(0, 81, 10))
     pointer = lowtf.best_checkpoint(str(model_dir / "best"))
@@ -270,7 +313,9 @@ def test_only_the_chief_writes_and_the_best_snapshot_restores(multi_worker):
     # The chief's snapshot loads into a fresh one-device model...
     model = lowtf.mlp((32,), l2=1e-4, maxnorm=2.0, dropout=0.1, batchnorm=True, seed=1)
     model(np.zeros([1, 8], np.float32))
-    tf.train.Checkpoint(model=model).read(pointer["prefix"]).assert_existing_objects_matched()
+    tf.train.Checkpoint(model=model).read(
+        pointer["prefix"]
+    ).assert_existing_objects_matched()
     restored = [v.numpy() for v in model.trainable_variables]
     restored.append(model.layers[1].moving_mean.numpy())
     # ... and equals what every worker ended holding.
@@ -291,7 +336,9 @@ def _validation():
     return _mw_worker.data()[1]
 
 
-def test_a_multi_worker_run_stops_together_and_resumes_from_the_latest_checkpoint(multi_worker):
+def test_a_multi_worker_run_stops_together_and_resumes_from_the_latest_checkpoint(
+    multi_worker,
+):
     out, results = multi_worker
     # Only worker 1 got SIGTERM (after step 40's evaluation): both stopped there.
     assert "SIGTERM received at step 40: stopping" in results[1]["resumed-0"]["log"]
@@ -309,5 +356,7 @@ def test_a_multi_worker_run_stops_together_and_resumes_from_the_latest_checkpoin
         assert second["best_step"] == straight["best_step"]
         assert second["best_value"] == straight["best_value"]
     for index in (0, 1):
-        for a, b in zip(_weights(out, index, "resumed-1"), _weights(out, index, "straight-0")):
+        for a, b in zip(
+            _weights(out, index, "resumed-1"), _weights(out, index, "straight-0")
+        ):
             np.testing.assert_array_equal(a, b)
