@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -236,31 +237,48 @@ def _free_ports(count):
             s.close()
 
 
-@pytest.fixture(scope="module")
-def multi_worker(tmp_path_factory):
-    out = tmp_path_factory.mktemp("multi_worker")
+def _run_workers(out, timeout=400):
+    """Runs the two workers; stops both as soon as one fails or time is up."""
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    logs = [out / f"worker{index}.log" for index in range(2)]
     procs = []
     try:
-        for index in range(2):
+        for index, log in enumerate(logs):
             config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, os.path.join(HERE, "_mw_worker.py"), str(out)],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    env=dict(ENV, TF_CONFIG=json.dumps(config)),
+            with open(log, "w") as f:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, os.path.join(HERE, "_mw_worker.py"), str(out)],
+                        stdout=f,
+                        stderr=subprocess.STDOUT,
+                        env=dict(ENV, TF_CONFIG=json.dumps(config)),
+                    )
                 )
-            )
-        outputs = [p.communicate(timeout=400)[0] for p in procs]
+        deadline = time.monotonic() + timeout
+        # A worker whose peer died waits for it in the next all-reduce.
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.5)
     finally:
         for p in procs:  # a failed or hung worker must not outlive the test
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, output in zip(procs, outputs):
-        assert p.returncode == 0, output[-4000:]
+    return [p.returncode for p in procs], [log.read_text() for log in logs]
+
+
+@pytest.fixture(scope="module")
+def multi_worker(tmp_path_factory):
+    for attempt in range(2):
+        out = tmp_path_factory.mktemp("multi_worker")
+        codes, outputs = _run_workers(out)
+        # Another process may take a free port before a worker binds it.
+        if attempt == 0 and any("ddress already in use" in o for o in outputs):
+            continue
+        break
+    for code, output in zip(codes, outputs):
+        assert code == 0, output[-4000:]
     return out, [_result(output) for output in outputs]
 
 
