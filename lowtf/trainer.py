@@ -313,6 +313,8 @@ class _Run:
             checkpoint_name="ckpt",
         )
         resumed = self._restore_latest()
+        # Every worker has read the chief's checkpoint before any one writes.
+        distribute.barrier(self.strategy)
         # Everything is checked; from here on the directory is written.
         tf.io.gfile.makedirs(model_dir)
         # A worker other than the chief writes into its scratch twin (_write_path).
