@@ -557,7 +557,7 @@ def machine() -> dict:
 def table(report: dict) -> str:
     """The report as a fixed-width text table."""
     head = (
-        f"{'model':<7}{'batch':>6} {'reg':<8}{'mode':<6}{'spc':>5}"
+        f"{'model':<7}{'batch':>6} {'reg':<8}{'mode':<11}{'spc':>5}"
         f"{'ms/step':>9}{'iqr%':>6}{'steps/s':>9}{'ex/s':>10}{'compile s':>10}{'tr':>3}"
         f"{'GFLOP/s':>9}{'ceil%':>6}{'keras ms':>9}{'keras best':>18}{'x keras':>8}"
     )
@@ -571,8 +571,11 @@ def table(report: dict) -> str:
             if k
             else ""
         )
+        mode = c["mode"]
+        if mode == "auto":  # shows what the rule chose
+            mode = f"auto({'xla' if lo['xla'] else 'graph'})"
         lines.append(
-            f"{c['model']:<7}{c['batch_size']:>6} {c['regularization']:<8}{c['mode']:<6}"
+            f"{c['model']:<7}{c['batch_size']:>6} {c['regularization']:<8}{mode:<11}"
             f"{c['steps_per_call']:>5}{lo['median_ms']:>9.3f}{lo['iqr_pct']:>6.1f}"
             f"{lo['steps_per_s']:>9.0f}{lo['examples_per_s']:>10.0f}{compile_s:>10.2f}"
             f"{lo['traces']:>3}{lo['gflops']:>9.1f}{ceiling}{peer}"
