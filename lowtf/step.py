@@ -421,8 +421,9 @@ def auto_jit_compile(model) -> bool:
     """The ``jit_compile="auto"`` rule: XLA unless convolutions run on a CPU.
 
     Measured on a 2-core CPU (BENCHMARKS.md): XLA makes every MLP step
-    faster (1.4-2x), but a small CNN's step about 50x slower, because XLA's
-    CPU convolution gradients are slow.
+    faster, but a small CNN's step 2-3x slower as a single call (XLA's CPU
+    pooling and convolution gradients) and 20-50x slower inside the N-steps
+    loop of :meth:`TrainStep.run`.
     """
     if tf.config.list_logical_devices("GPU"):
         return True
