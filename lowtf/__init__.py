@@ -33,7 +33,14 @@ from lowtf.regularizers import (
     regularization_losses,
     total_regularization_loss,
 )
-from lowtf.step import METRICS, Evaluator, InMemoryBatches, StepOptions, TrainStep
+from lowtf.step import (
+    METRICS,
+    Evaluator,
+    InMemoryBatches,
+    StepOptions,
+    TrainStep,
+    auto_jit_compile,
+)
 from lowtf.summaries import HISTORY_COLUMNS, read_history
 from lowtf.trainer import MONITORS, STOP_REASONS, FitResult, TrainConfig, fit
 
@@ -69,6 +76,7 @@ __all__ = [
     "StepOptions",
     "TrainConfig",
     "TrainStep",
+    "auto_jit_compile",
     "apply_constraints",
     "augment",
     "best_checkpoint",

@@ -21,7 +21,8 @@ _state = threading.local()
 
 # Under XLA on CPU a threefry draw costs about a fifth of a philox one (0.09
 # vs 0.2 ms for a 500 x 16 mask), but TensorFlow's non-XLA kernels implement
-# threefry only on the XLA path. Philox draws are identical in both modes.
+# threefry only on the XLA path. Philox integer draws are identical in both
+# modes (float32 draws are not: XLA converts bits to floats its own way).
 # :func:`uniform` (dropout masks) goes further under XLA: see _hash_uniform.
 XLA_ALG = "threefry"
 GRAPH_ALG = "philox"
@@ -57,7 +58,11 @@ def make_key(seed, step) -> tf.Tensor:
 
 def fold_in(key, data) -> tf.Tensor:
     """A new key derived from ``key`` and an integer ``data``."""
-    return tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
+    # Philox, not the default auto_select, which picks another algorithm
+    # under XLA and would make keys depend on the compilation mode.
+    return tf.random.experimental.stateless_fold_in(
+        key, tf.cast(data, tf.int64), alg=GRAPH_ALG
+    )
 
 
 def uniform(shape, seed: int, dtype=tf.float32):

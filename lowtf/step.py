@@ -262,6 +262,10 @@ class TrainStep(tf.Module):
             self.optimizer.build(trainable)
         self._constrained = _lowtf_constraints(self.model)
         self._check_requirements()
+        if self.data is not None:
+            # Once, on the whole training set: under XLA an out-of-range label
+            # gives a NaN loss, not an error.
+            _check_labels(self.data.y, self._head, int(logits.shape[-1]))
         if self._distributed:
             self._averaged = _replica_averaged(self.model)
         # Later batches must match the first, checked before the traced call:
@@ -482,6 +486,19 @@ def _check_batch(x, y):
         raise ValueError(f"y must be a vector of labels [batch]; got shape {y.shape}")
     if x.shape[0] is not None and y.shape[0] is not None and x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+
+
+def _check_labels(y, head, num_logits):
+    y = np.asarray(y)
+    valid = (y == 0) | (y == 1) if head == "sigmoid" else (y >= 0) & (y < num_logits)
+    valid &= y == np.round(y)
+    if not valid.all():
+        bad = y[~valid][0].item()
+        expected = "0 or 1" if head == "sigmoid" else f"integers in [0, {num_logits})"
+        raise ValueError(
+            f"label {bad!r} is out of range: the model's {head} head with "
+            f"{num_logits} logit(s) takes labels that are {expected}"
+        )
 
 
 def _check_features(x, spec):

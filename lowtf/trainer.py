@@ -287,7 +287,8 @@ class _Run:
             model,
             loss=options.loss,
             batch_size=config.eval_batch_size,
-            jit_compile=options.jit_compile and not options.run_eagerly,
+            # The step's options, where jit_compile="auto" is resolved.
+            jit_compile=self.step.options.jit_compile and not options.run_eagerly,
         )
         self.snapshot = tf.train.Checkpoint(
             model=model, optimizer=optimizer, step=self.step.step

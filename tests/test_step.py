@@ -464,3 +464,23 @@ def test_evaluator_matches_a_hand_computation_over_uneven_batches():
         -log_p[np.arange(250), y].mean(), 1e-5
     )
     assert result["accuracy"] == pytest.approx((logits.argmax(1) == y).mean())
+
+
+@pytest.mark.parametrize(
+    "labels, classes, message",
+    [
+        (np.arange(40) % 4, 3, "label 3 is out of range"),
+        (np.arange(40) % 3 * 1.0, 2, "label 2.0 is out of range"),
+        (np.arange(40) % 2 * 0.5, 2, "label 0.5 is out of range"),
+    ],
+)
+def test_out_of_range_labels_are_refused_before_training(labels, classes, message):
+    # Under XLA a softmax label past the last logit gives NaN, not an error.
+    x = np.random.RandomState(0).randn(40, 4).astype(np.float32)
+    model = lowtf.mlp("tiny", num_classes=classes)
+    step = lowtf.TrainStep(
+        model, tf.keras.optimizers.Adam(), data=lowtf.InMemoryBatches(x, labels, 10)
+    )
+    with pytest.raises(ValueError, match=message):
+        step.run(1)
+    assert int(step.step.numpy()) == 0
