@@ -10,6 +10,8 @@ regularization switches. :func:`cnn` builds a small convolutional net for
 
 from __future__ import annotations
 
+import functools
+
 from typing import Sequence
 
 from lowtf import _checks, constraints, layers, regularizers
@@ -78,31 +80,24 @@ def mlp(
     regularizer = regularizers.make(l1, l2)
     constraint = constraints.max_norm(maxnorm) if maxnorm else None
 
+    act = layers.activation_fn(activation)
+    kernels = dict(kernel_regularizer=regularizer, kernel_constraint=constraint)
+
     stack = []
     for i, width in enumerate(units):
-        stack.append(
-            layers.Dense(
-                width,
-                activation=None if batchnorm else activation,
-                use_bias=not batchnorm,
-                kernel_regularizer=regularizer,
-                kernel_constraint=constraint,
-                seed=seed * 1000 + i,
-                name=f"dense_{i}",
-            )
+        dense = functools.partial(
+            layers.Dense, width, seed=seed * 1000 + i, name=f"dense_{i}", **kernels
         )
-        if batchnorm:
-            stack.append(layers.BatchNorm(name=f"batchnorm_{i}"))
-            stack.append(layers.Lambda(layers.activation_fn(activation)))
-        if dropout:
-            stack.append(layers.Dropout(dropout, seed=seed * 1000 + 500 + i))
+        stack += _hidden_block(
+            dense, act, batchnorm, f"batchnorm_{i}", dropout, seed * 1000 + 500 + i
+        )
     stack.append(
-        layers.Dense(
-            num_logits(num_classes),
-            kernel_regularizer=regularizer,
-            kernel_constraint=constraint if maxnorm_output else None,
-            seed=seed * 1000 + len(units),
-            name="logits",
+        _logits(
+            num_classes,
+            regularizer,
+            constraint,
+            maxnorm_output,
+            seed * 1000 + len(units),
         )
     )
     return layers.Sequential(stack, name=name)
@@ -161,7 +156,9 @@ def cnn(
         input_shape = CNN_INPUTS[input_shape]
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` ({input_shape!r}) must be (height, width, channels)")
+        raise ValueError(
+            f"`input_shape` ({input_shape!r}) must be (height, width, channels)"
+        )
     for i, size in enumerate(input_shape):
         _checks.positive_int(f"input_shape[{i}]", size)
     filters = tuple(filters)
@@ -177,52 +174,65 @@ def cnn(
     constraint = constraints.max_norm(maxnorm) if maxnorm else None
     act = layers.activation_fn(activation)
 
+    kernels = dict(kernel_regularizer=regularizer, kernel_constraint=constraint)
+
     stack = [layers.Reshape(input_shape, name="image")]
     height, width = input_shape[:2]
     for i, channels in enumerate(filters):
-        stack.append(
-            layers.Conv2D(
-                channels,
-                kernel_size,
-                activation=None if batchnorm else act,
-                use_bias=not batchnorm,
-                kernel_regularizer=regularizer,
-                kernel_constraint=constraint,
-                seed=seed * 1000 + i,
-                name=f"conv_{i}",
-            )
+        conv = functools.partial(
+            layers.Conv2D,
+            channels,
+            kernel_size,
+            seed=seed * 1000 + i,
+            name=f"conv_{i}",
+            **kernels,
         )
-        if batchnorm:
-            stack.append(layers.BatchNorm(name=f"conv_batchnorm_{i}"))
-            stack.append(layers.Lambda(act))
+        stack += _hidden_block(conv, act, batchnorm, f"conv_batchnorm_{i}")
         if height >= 2 and width >= 2:
             stack.append(layers.MaxPool2D(2, name=f"pool_{i}"))
             height, width = height // 2, width // 2
     stack.append(layers.Flatten())
     for i, units in enumerate(dense):
-        stack.append(
-            layers.Dense(
-                units,
-                activation=None if batchnorm else act,
-                use_bias=not batchnorm,
-                kernel_regularizer=regularizer,
-                kernel_constraint=constraint,
-                seed=seed * 1000 + 100 + i,
-                name=f"dense_{i}",
-            )
+        hidden = functools.partial(
+            layers.Dense,
+            units,
+            seed=seed * 1000 + 100 + i,
+            name=f"dense_{i}",
+            **kernels,
         )
-        if batchnorm:
-            stack.append(layers.BatchNorm(name=f"batchnorm_{i}"))
-            stack.append(layers.Lambda(act))
-        if dropout:
-            stack.append(layers.Dropout(dropout, seed=seed * 1000 + 500 + i))
+        stack += _hidden_block(
+            hidden, act, batchnorm, f"batchnorm_{i}", dropout, seed * 1000 + 500 + i
+        )
     stack.append(
-        layers.Dense(
-            num_logits(num_classes),
-            kernel_regularizer=regularizer,
-            kernel_constraint=constraint if maxnorm_output else None,
-            seed=seed * 1000 + 999,
-            name="logits",
-        )
+        _logits(num_classes, regularizer, constraint, maxnorm_output, seed * 1000 + 999)
     )
     return layers.Sequential(stack, name=name)
+
+
+def _hidden_block(
+    make_layer, activation, batchnorm, batchnorm_name, dropout=0.0, dropout_seed=None
+):
+    """A hidden layer → [BatchNorm] → activation → [Dropout], as a list.
+
+    With batch norm the kernel layer gets no bias (the offset beta replaces
+    it) and the activation moves after the normalization.
+    """
+    block = [
+        make_layer(activation=None if batchnorm else activation, use_bias=not batchnorm)
+    ]
+    if batchnorm:
+        block += [layers.BatchNorm(name=batchnorm_name), layers.Lambda(activation)]
+    if dropout:
+        block.append(layers.Dropout(dropout, seed=dropout_seed))
+    return block
+
+
+def _logits(num_classes, regularizer, constraint, maxnorm_output, seed):
+    """The linear output layer; max-norm only if ``maxnorm_output``."""
+    return layers.Dense(
+        num_logits(num_classes),
+        kernel_regularizer=regularizer,
+        kernel_constraint=constraint if maxnorm_output else None,
+        seed=seed,
+        name="logits",
+    )
