@@ -48,3 +48,13 @@ def one_of(name: str, value, choices) -> None:
     if value not in choices:
         options = ", ".join(repr(c) for c in choices)
         raise ValueError(f"`{name}` ({value!r}) must be one of {options}")
+
+
+def image_shape(name: str, value) -> tuple:
+    """A (height, width, channels) shape of positive integers, as a tuple."""
+    shape = tuple(value)
+    if len(shape) != 3:
+        raise ValueError(f"`{name}` ({shape!r}) must be (height, width, channels)")
+    for i, size in enumerate(shape):
+        positive_int(f"{name}[{i}]", size)
+    return shape

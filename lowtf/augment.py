@@ -439,13 +439,7 @@ class Pipeline:
             if not isinstance(op, Op):
                 raise ValueError(f"`ops` must hold lowtf.augment.Op values; got {op!r}")
         if image_shape is not None:
-            image_shape = tuple(image_shape)
-            if len(image_shape) != 3:
-                raise ValueError(
-                    f"`image_shape` ({image_shape!r}) must be (height, width, channels)"
-                )
-            for i, size in enumerate(image_shape):
-                _checks.positive_int(f"image_shape[{i}]", size)
+            image_shape = _checks.image_shape("image_shape", image_shape)
         self.image_shape = image_shape
         low, high = _range(value_range)
         self.value_range = (low, high)

@@ -154,13 +154,7 @@ def cnn(
     if isinstance(input_shape, str):
         _checks.one_of("input_shape", input_shape, tuple(CNN_INPUTS))
         input_shape = CNN_INPUTS[input_shape]
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"`input_shape` ({input_shape!r}) must be (height, width, channels)"
-        )
-    for i, size in enumerate(input_shape):
-        _checks.positive_int(f"input_shape[{i}]", size)
+    input_shape = _checks.image_shape("input_shape", input_shape)
     filters = tuple(filters)
     dense = tuple(dense)
     for i, width in enumerate(filters):
