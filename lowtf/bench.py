@@ -29,7 +29,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks, constraints, layers, models, regularizers, step
+from lowtf import _checks, layers, models, step
 
 MODELS = (*models.PRESETS, "cnn")
 REGULARIZATION = ("full", "dropout", "none")
@@ -67,7 +67,9 @@ class Config:
         _checks.one_of("mode", self.mode, MODES)
         _checks.positive_int("steps_per_call", self.steps_per_call)
         if self.batch_size > DATA_SIZE:
-            raise ValueError(f"`batch_size` ({self.batch_size}) exceeds the {DATA_SIZE} rows")
+            raise ValueError(
+                f"`batch_size` ({self.batch_size}) exceeds the {DATA_SIZE} rows"
+            )
 
     @property
     def peer_key(self) -> tuple:
@@ -193,7 +195,9 @@ def keras_peer(model: layers.Sequential, input_shape) -> tf.keras.Model:
         elif isinstance(layer, layers.MaxPool2D):
             stack.append(
                 keras.layers.MaxPooling2D(
-                    layer.pool_size, strides=layer.strides, padding=layer.padding.lower()
+                    layer.pool_size,
+                    strides=layer.strides,
+                    padding=layer.padding.lower(),
                 )
             )
         elif isinstance(layer, layers.Flatten):
@@ -201,7 +205,9 @@ def keras_peer(model: layers.Sequential, input_shape) -> tf.keras.Model:
         elif isinstance(layer, layers.Reshape):
             stack.append(keras.layers.Reshape(layer.shape))
         else:
-            raise ValueError(f"no Keras peer for layer {layer.name} ({type(layer).__name__})")
+            raise ValueError(
+                f"no Keras peer for layer {layer.name} ({type(layer).__name__})"
+            )
     peer = keras.Sequential(stack)
     for keras_layer, values in weights:
         keras_layer.set_weights(values)
@@ -229,9 +235,9 @@ def _keras_constraint(constraint, kernel):
 def _loss_and_accuracy(num_logits: int):
     keras = tf.keras
     if num_logits == 1:
-        return keras.losses.BinaryCrossentropy(from_logits=True), keras.metrics.BinaryAccuracy(
-            threshold=0.0
-        )
+        return keras.losses.BinaryCrossentropy(
+            from_logits=True
+        ), keras.metrics.BinaryAccuracy(threshold=0.0)
     return (
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         keras.metrics.SparseCategoricalAccuracy(),
@@ -241,11 +247,37 @@ def _loss_and_accuracy(num_logits: int):
 _JIT = {"xla": True, "graph": False, "auto": "auto"}
 
 
-class LowtfRunner:
+class _BlockTimer:
+    """Times blocks of ``_call()``s, each of which runs ``steps`` steps."""
+
+    steps = 1
+    calls = 1
+
+    def _call(self):
+        raise NotImplementedError
+
+    def calibrate(self, min_time: float) -> float:
+        """Sets the calls per repeat so one lasts ``min_time``; returns seconds per step."""
+        start = time.perf_counter()
+        self._call()
+        call_s = time.perf_counter() - start
+        self.calls = max(1, math.ceil(min_time / call_s))
+        return call_s / self.steps
+
+    def repeat(self) -> float:
+        """One timed repeat; returns seconds per step."""
+        start = time.perf_counter()
+        for _ in range(self.calls):
+            self._call()
+        return (time.perf_counter() - start) / (self.calls * self.steps)
+
+
+class LowtfRunner(_BlockTimer):
     """Builds a lowtf TrainStep for a config and times blocks of steps."""
 
     def __init__(self, config: Config, data):
         self.config = config
+        self.steps = config.steps_per_call
         self.model = make_model(config.model, config.regularization)
         self.step = step.TrainStep(
             self.model,
@@ -257,36 +289,62 @@ class LowtfRunner:
         start = time.perf_counter()
         self._call()
         self.first_call_s = time.perf_counter() - start
-        self.calls = 1
 
     def _call(self):
-        metrics = self.step.run(self.config.steps_per_call)
-        metrics["total_loss"].numpy()  # waits for the step to finish
-        return metrics
-
-    def calibrate(self, min_time: float) -> float:
-        """Sets the calls per repeat so one lasts ``min_time``; returns seconds per step."""
-        start = time.perf_counter()
-        self._call()
-        call_s = time.perf_counter() - start
-        self.calls = max(1, math.ceil(min_time / call_s))
-        return call_s / self.config.steps_per_call
-
-    def repeat(self) -> float:
-        """One timed repeat; returns seconds per step."""
-        start = time.perf_counter()
-        for _ in range(self.calls):
-            metrics = self._call()
-        seconds = time.perf_counter() - start
-        if not np.isfinite(float(metrics["total_loss"])):
+        loss = self.step.run(self.steps)["total_loss"].numpy()  # waits for the step
+        if not np.isfinite(loss):
             raise FloatingPointError(f"{self.config}: the loss is not finite")
-        return seconds / (self.calls * self.config.steps_per_call)
+
+
+class DotsRunner(_BlockTimer):
+    """The step's matrix products alone, with a plain SGD update: a bound.
+
+    Per call, ``steps`` iterations of: the forward products ``h @ W`` of every
+    Dense layer of ``model``, then the backward ones (``h.T @ g`` for every
+    kernel, ``g @ W.T`` for every layer but the first), and ``W -= lr * dW``,
+    which carries each product into the next iteration so that XLA can
+    neither hoist nor drop it. No bias, activation, dropout, loss,
+    regularization or Adam: what is left of a training step when only its
+    dense-layer FLOPs (those :func:`dense_flops` counts) remain. A step can
+    approach this time but not beat it.
+    """
+
+    def __init__(
+        self, model: layers.Sequential, batch_size: int, *, xla: bool, steps: int
+    ):
+        self.xla, self.steps = xla, steps
+        dense = [layer for layer in model.layers if isinstance(layer, layers.Dense)]
+        self.kernels = kernels = [tf.Variable(layer.kernel) for layer in dense]
+        x = tf.random.stateless_normal([batch_size, kernels[0].shape[0]], seed=[5, 6])
+
+        def products(n):
+            i = tf.constant(0, tf.int64)
+            while i < n:
+                activations = [x]
+                for kernel in kernels:
+                    activations.append(tf.matmul(activations[-1], kernel))
+                grad = activations[-1]
+                for index in reversed(range(len(kernels))):
+                    kernel_grad = tf.matmul(activations[index], grad, transpose_a=True)
+                    if index:
+                        grad = tf.matmul(grad, kernels[index], transpose_b=True)
+                    kernels[index].assign_sub(1e-9 * kernel_grad)
+                i += 1
+            return kernels[0][0, 0]
+
+        self._fn = tf.function(products, jit_compile=xla)
+        self._call()  # traces and compiles
+
+    def _call(self):
+        self._fn(tf.constant(self.steps, tf.int64)).numpy()
 
 
 class KerasRunner:
     """The Keras peer in one (jit_compile, steps_per_execution) variant."""
 
-    def __init__(self, config: Config, data, *, jit_compile: bool, steps_per_execution: int):
+    def __init__(
+        self, config: Config, data, *, jit_compile: bool, steps_per_execution: int
+    ):
         self.jit_compile = jit_compile
         self.steps_per_execution = steps_per_execution
         self.data = data
@@ -432,7 +490,10 @@ def run(
     _checks.positive("min_time", min_time)
     if not configs:
         raise ValueError("`configs` is empty: give at least one configuration")
-    report = {"machine": machine(), "settings": dict(repeats=repeats, min_time=min_time)}
+    report = {
+        "machine": machine(),
+        "settings": dict(repeats=repeats, min_time=min_time),
+    }
     ceilings = []
     if ceiling_size:
         log(f"matmul ceiling ({ceiling_size}x{ceiling_size} float32) ...")
@@ -440,12 +501,21 @@ def run(
     groups: dict = {}
     for config in configs:
         groups.setdefault(config.peer_key, []).append(config)
-    results = []
+    results, bounds = [], []
     for key, members in groups.items():
         log(f"group model={key[0]} batch={key[1]} regularization={key[2]} ...")
         peer = keras and key[2] in keras_for
-        variants = [(j, s) for j in keras_jit for s in keras_steps_per_execution] if peer else []
-        results.extend(_run_group(members, repeats, min_time, variants))
+        variants = (
+            [(j, s) for j in keras_jit for s in keras_steps_per_execution]
+            if peer
+            else []
+        )
+        # One matmul bound per model and batch size; convolutions have none.
+        bound = key[0] != "cnn" and not any(b["config"][:2] == key[:2] for b in bounds)
+        rows, bound_row = _run_group(members, repeats, min_time, variants, bound)
+        results.extend(rows)
+        if bound_row:
+            bounds.append(bound_row)
     if ceiling_size:
         # Measured again at the end, so that a busy start does not set it.
         log("matmul ceiling again ...")
@@ -458,8 +528,17 @@ def run(
         if ceiling:
             row["lowtf"]["ceiling_fraction"] = row["lowtf"]["gflops"] / ceiling
         if row.get("keras"):
-            row["speedup_vs_keras"] = row["keras"]["median_ms"] / row["lowtf"]["median_ms"]
+            row["speedup_vs_keras"] = (
+                row["keras"]["median_ms"] / row["lowtf"]["median_ms"]
+            )
+    for bound in bounds:
+        for mode in ("xla", "graph"):
+            row = bound[mode]
+            row["gflops"] = bound["flops"]["total"] / row["median_ms"] / 1e6
+            if ceiling:
+                row["ceiling_fraction"] = row["gflops"] / ceiling
     report["results"] = results
+    report["matmul_bounds"] = bounds
     report["regularization_cost"] = regularization_cost(results)
     return report
 
@@ -489,7 +568,7 @@ def regularization_cost(results) -> list[dict]:
     return out
 
 
-def _run_group(members, repeats, min_time, keras_variants):
+def _run_group(members, repeats, min_time, keras_variants, bound):
     first = members[0]
     data = make_data(first.model)
     runners = [(c, LowtfRunner(c, data)) for c in members]
@@ -499,7 +578,14 @@ def _run_group(members, repeats, min_time, keras_variants):
         KerasRunner(first, data, jit_compile=jit, steps_per_execution=spe)
         for jit, spe in sorted(variants, reverse=True)
     ]
-    timed = [r for _, r in runners] + peers
+    model = runners[0][1].model
+    dots = {}
+    if bound:
+        for mode in ("xla", "graph"):
+            dots[mode] = DotsRunner(
+                model, first.batch_size, xla=mode == "xla", steps=first.steps_per_call
+            )
+    timed = [r for _, r in runners] + peers + list(dots.values())
     estimates = {id(r): r.calibrate(min_time) for r in timed}
     # A Keras variant 5x slower than the best one cannot be the peer: it is
     # reported from its calibration epoch only, which saves minutes (XLA's
@@ -511,11 +597,15 @@ def _run_group(members, repeats, min_time, keras_variants):
     for _ in range(repeats):
         for runner in timed:
             samples[id(runner)].append(runner.repeat())
-    flops = dense_flops(runners[0][1].model, _input_shape(first.model), first.batch_size)
+    flops = dense_flops(model, _input_shape(first.model), first.batch_size)
     keras_rows = []
     for peer in peers:
         if peer in slow:
-            row = {"median_ms": estimates[id(peer)] * 1e3, "repeats": 0, "excluded": "over 5x the best"}
+            row = {
+                "median_ms": estimates[id(peer)] * 1e3,
+                "repeats": 0,
+                "excluded": "over 5x the best",
+            }
         else:
             row = summarize(samples[id(peer)])
         row.update(variant=peer.name, first_call_s=peer.first_call_s)
@@ -541,7 +631,11 @@ def _run_group(members, repeats, min_time, keras_variants):
                 "keras_variants": keras_rows,
             }
         )
-    return results
+    bound_row = None
+    if dots:
+        bound_row = {"config": (first.model, first.batch_size), "flops": flops}
+        bound_row.update({mode: summarize(samples[id(r)]) for mode, r in dots.items()})
+    return results, bound_row
 
 
 def machine() -> dict:
@@ -549,7 +643,11 @@ def machine() -> dict:
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            names = [
+                line.split(":", 1)[1].strip()
+                for line in f
+                if line.startswith("model name")
+            ]
         cpu = names[0] if names else cpu
     except OSError:
         pass
@@ -574,7 +672,11 @@ def table(report: dict) -> str:
     for row in report["results"]:
         c, lo, k = row["config"], row["lowtf"], row.get("keras")
         compile_s = lo["first_call_s"] - lo["median_ms"] / 1e3 * c["steps_per_call"]
-        ceiling = f"{100 * lo['ceiling_fraction']:>6.1f}" if "ceiling_fraction" in lo else f"{'':>6}"
+        ceiling = (
+            f"{100 * lo['ceiling_fraction']:>6.1f}"
+            if "ceiling_fraction" in lo
+            else f"{'':>6}"
+        )
         peer = (
             f"{k['median_ms']:>9.3f}{k['variant']:>18}{row['speedup_vs_keras']:>8.2f}"
             if k
@@ -594,6 +696,31 @@ def table(report: dict) -> str:
             f"regularization (L2 + max-norm) {cost['model']} {cost['mode']}: "
             f"{cost['full_ms']:.3f} ms with, {cost['dropout_only_ms']:.3f} ms with dropout "
             f"only: {100 * cost['share']:.1f}% of a step"
+        )
+    for bound in report.get("matmul_bounds", []):
+        model, batch = bound["config"]
+        best = min(
+            (
+                row["lowtf"]["median_ms"],
+                row["config"]["regularization"],
+                row["config"]["mode"],
+            )
+            for row in report["results"]
+            if (row["config"]["model"], row["config"]["batch_size"]) == (model, batch)
+        )
+        modes = ", ".join(
+            f"{mode} {bound[mode]['median_ms']:.3f} ms"
+            + (
+                f" ({100 * bound[mode]['ceiling_fraction']:.1f}% of the ceiling)"
+                if "ceiling_fraction" in bound[mode]
+                else ""
+            )
+            for mode in ("xla", "graph")
+        )
+        fastest = min(bound["xla"]["median_ms"], bound["graph"]["median_ms"])
+        lines.append(
+            f"matmul bound {model} batch {batch} (its dense products + SGD, nothing else): "
+            f"{modes}; the fastest step ({best[1]} {best[2]}) takes {best[0] / fastest:.2f}x"
         )
     if "ceiling" in report:
         ce = report["ceiling"]

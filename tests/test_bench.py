@@ -35,33 +35,73 @@ def test_dense_flops_count_convolutions_per_output_pixel():
     assert flops["backward"] == 2 * macs[0] + 4 * sum(macs[1:])
 
 
+def _matmul_flops(graph) -> int:
+    """2 * m * k * n over the MatMul ops of a graph and of its loop bodies."""
+    total = 0
+    for op in graph.get_operations():
+        if op.type in ("MatMul", "BatchMatMulV2"):
+            a = op.inputs[0].shape
+            k = a[0] if op.get_attr("transpose_a") else a[1]
+            total += 2 * op.outputs[0].shape.num_elements() * k
+    for function in getattr(graph, "_functions", {}).values():
+        total += _matmul_flops(function.graph)
+    return total
+
+
+def test_matmul_bound_runs_exactly_the_products_dense_flops_counts():
+    model = bench.make_model("small", "full")
+    model(tf.zeros([1, 28]), training=False)
+    runner = bench.DotsRunner(model, 100, xla=False, steps=3)
+    graph = runner._fn.get_concrete_function(tf.TensorSpec([], tf.int64)).graph
+    assert _matmul_flops(graph) == bench.dense_flops(model, (28,), 100)["total"]
+    kernel = runner.kernels[0]
+    before = kernel.numpy()
+    assert runner.calibrate(0.001) > 0 and runner.repeat() > 0
+    # Each iteration's kernel gradient feeds the next one: nothing is hoisted.
+    assert not np.array_equal(kernel.numpy(), before)
+
+
 def test_keras_peer_has_the_same_layers_weights_and_penalties():
     model = bench.make_model("small", "full")
     peer = bench.keras_peer(model, (28,))
     x = np.random.RandomState(0).randn(5, 28).astype(np.float32)
     np.testing.assert_allclose(
-        peer(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-6
+        peer(x, training=False).numpy(),
+        model(x, training=False).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
     )
     dense = [layer for layer in peer.layers if isinstance(layer, tf.keras.layers.Dense)]
     assert [d.units for d in dense] == [16, 16, 1]
     assert all(d.kernel_regularizer.l2 == pytest.approx(bench.L2) for d in dense)
     # Max-norm on the hidden kernels (incoming weights, axis 0), not the output.
-    assert [d.kernel_constraint.max_value if d.kernel_constraint else None for d in dense] == [
+    assert [
+        d.kernel_constraint.max_value if d.kernel_constraint else None for d in dense
+    ] == [
         bench.MAXNORM,
         bench.MAXNORM,
         None,
     ]
     assert list(dense[0].kernel_constraint.axis) == [0]
-    drops = [layer.rate for layer in peer.layers if isinstance(layer, tf.keras.layers.Dropout)]
+    drops = [
+        layer.rate
+        for layer in peer.layers
+        if isinstance(layer, tf.keras.layers.Dropout)
+    ]
     assert drops == [bench.DROPOUT, bench.DROPOUT]
     # The penalties agree: Keras' model.losses and lowtf's gathered losses.
     keras_penalty = float(tf.add_n(peer.losses))
-    assert keras_penalty == pytest.approx(float(lowtf.total_regularization_loss(model)), rel=1e-5)
+    assert keras_penalty == pytest.approx(
+        float(lowtf.total_regularization_loss(model)), rel=1e-5
+    )
 
 
 def test_configs_cover_every_combination_and_cap_cnn_xla():
     configs = bench.configs(
-        models=("tiny", "cnn"), regularization=("full",), modes=("xla", "graph"), steps_per_call=(50,)
+        models=("tiny", "cnn"),
+        regularization=("full",),
+        modes=("xla", "graph"),
+        steps_per_call=(50,),
     )
     assert [(c.model, c.mode, c.steps_per_call) for c in configs] == [
         ("tiny", "xla", 50),
@@ -87,7 +127,10 @@ def test_auto_jit_compile_rule():
 
 
 def test_run_reports_lowtf_keras_and_ceiling_for_a_tiny_configuration():
-    configs = [bench.Config("tiny", 500, "full", "graph", 2), bench.Config("tiny", 500, "dropout", "graph", 2)]
+    configs = [
+        bench.Config("tiny", 500, "full", "graph", 2),
+        bench.Config("tiny", 500, "dropout", "graph", 2),
+    ]
     report = bench.run(
         configs,
         repeats=2,
@@ -105,15 +148,27 @@ def test_run_reports_lowtf_keras_and_ceiling_for_a_tiny_configuration():
     assert full["flops"]["total"] == 2 * 500 * (28 * 16 + 16) * 3 - 2 * 500 * 28 * 16
     expected = full["flops"]["total"] / full["lowtf"]["median_ms"] / 1e6
     assert full["lowtf"]["gflops"] == pytest.approx(expected)
-    assert full["lowtf"]["ceiling_fraction"] == pytest.approx(expected / report["ceiling"]["gflops"])
+    assert full["lowtf"]["ceiling_fraction"] == pytest.approx(
+        expected / report["ceiling"]["gflops"]
+    )
     assert [v["variant"] for v in full["keras_variants"]] == ["jit=False,spe=2"]
     assert full["speedup_vs_keras"] == pytest.approx(
         full["keras"]["median_ms"] / full["lowtf"]["median_ms"]
     )
     assert dropout["keras"] is None  # no peer asked for this regularization
     (cost,) = report["regularization_cost"]
-    assert cost["share"] == pytest.approx(1 - dropout["lowtf"]["median_ms"] / full["lowtf"]["median_ms"])
-    assert "x keras" in bench.table(report)
+    assert cost["share"] == pytest.approx(
+        1 - dropout["lowtf"]["median_ms"] / full["lowtf"]["median_ms"]
+    )
+    (bound,) = report["matmul_bounds"]
+    assert bound["config"] == ("tiny", 500) and bound["flops"] == full["flops"]
+    for mode in ("xla", "graph"):
+        assert bound[mode]["repeats"] == 2
+        assert bound[mode]["gflops"] == pytest.approx(
+            full["flops"]["total"] / bound[mode]["median_ms"] / 1e6
+        )
+    table = bench.table(report)
+    assert "x keras" in table and "matmul bound tiny batch 500" in table
 
 
 def _bench(*args, tmp_path):
@@ -142,8 +197,13 @@ def test_binary_writes_table_and_json(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert [r["config"]["regularization"] for r in report["results"]] == ["full", "none"]
-    assert all(r["lowtf"]["traces"] == 1 and r["keras"] is None for r in report["results"])
+    assert [r["config"]["regularization"] for r in report["results"]] == [
+        "full",
+        "none",
+    ]
+    assert all(
+        r["lowtf"]["traces"] == 1 and r["keras"] is None for r in report["results"]
+    )
     assert report["command"].startswith("bin/bench --quick")
     assert "ms/step" in result.stdout
 
@@ -158,7 +218,9 @@ def test_binary_rejects_bad_batch_sizes_with_one_line(tmp_path):
 def test_binary_choices_match_the_library():
     source = BENCH.read_text()
     namespace = {}
-    exec(source.split("_MODELS = ")[0].split("from absl")[1].split("\n", 1)[1], namespace)
+    exec(
+        source.split("_MODELS = ")[0].split("from absl")[1].split("\n", 1)[1], namespace
+    )
     assert namespace["MODELS"] == bench.MODELS
     assert namespace["REGULARIZATION"] == bench.REGULARIZATION
     assert namespace["MODES"] == bench.MODES
