@@ -1,0 +1,104 @@
+"""Convolution and pooling ops that compile well under XLA on a CPU.
+
+XLA's CPU backend is slow at the ops a CNN training step is made of
+(BENCHMARKS.md, 2-core CPU, ``lowtf.cnn("digits")``, batch 500): the
+filter gradient of a convolution with one input channel took 97 ms of a
+130 ms step, and the max-pool gradient (select-and-scatter) another 10 ms.
+Written differently, the same step takes 12.5 ms:
+
+* a convolution as one matrix product over image patches (im2col): the
+  ``kh * kw`` shifted views of the padded input, concatenated along the
+  channels, times the kernel reshaped to ``[kh * kw * in, out]``. Its
+  gradients are matrix products and slices, which XLA compiles well.
+* pooling over windows that do not overlap (stride = window, the default)
+  as a reshape and a reduction over the window axes, whose gradient is an
+  element-wise select instead of a scatter.
+
+Outside XLA, or when a GPU is visible (where XLA calls cuDNN), the usual
+``tf.nn`` ops run: TensorFlow's own CPU kernels are faster than the patches
+there. The two forms give the same values up to float rounding; the
+max-pool gradients differ only on ties (``tf.nn.max_pool2d`` gives the
+gradient to one maximum of a window, ``tf.reduce_max`` splits it).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
+
+
+def conv2d(x, kernel, strides, padding: str):
+    """``tf.nn.conv2d(x, kernel, strides, padding)`` on NHWC images."""
+    if not _xla_on_cpu() or None in (x.shape[1], x.shape[2]):
+        return tf.nn.conv2d(x, kernel, strides=strides, padding=padding)
+    kh, kw, channels, filters = kernel.shape
+    (sh, sw), (oh, ow), x = _padded(x, (kh, kw), strides, padding)
+    views = [
+        x[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    # Channel order (i, j, c) is the kernel's own [kh, kw, in] order.
+    patches = tf.reshape(tf.concat(views, axis=-1), [-1, kh * kw * channels])
+    y = tf.matmul(patches, tf.reshape(kernel, [kh * kw * channels, filters]))
+    return tf.reshape(y, [-1, oh, ow, filters])
+
+
+def max_pool2d(x, pool_size, strides, padding: str):
+    """``tf.nn.max_pool2d`` with the same arguments."""
+    if _windows_tile(x, pool_size, strides, padding):
+        return tf.reduce_max(_windows(x, pool_size), axis=[2, 4])
+    return tf.nn.max_pool2d(x, pool_size, strides, padding)
+
+
+def avg_pool2d(x, pool_size, strides, padding: str):
+    """``tf.nn.avg_pool2d`` with the same arguments."""
+    if _windows_tile(x, pool_size, strides, padding):
+        return tf.reduce_mean(_windows(x, pool_size), axis=[2, 4])
+    return tf.nn.avg_pool2d(x, pool_size, strides, padding)
+
+
+def _xla_on_cpu() -> bool:
+    graph = tf.compat.v1.get_default_graph()
+    return control_flow_util.GraphOrParentsInXlaContext(graph) and not _gpu_visible()
+
+
+@functools.cache
+def _gpu_visible() -> bool:
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def _padded(x, kernel_size, strides, padding):
+    """Strides, output size and ``x`` padded as ``tf.nn.conv2d`` pads it."""
+    (kh, kw), (sh, sw) = kernel_size, strides
+    height, width = x.shape[1], x.shape[2]
+    if padding == "VALID":
+        return (sh, sw), ((height - kh) // sh + 1, (width - kw) // sw + 1), x
+    oh, ow = -(-height // sh), -(-width // sw)
+    # SAME puts the odd pixel of padding after the image, as TensorFlow does.
+    ph = max((oh - 1) * sh + kh - height, 0)
+    pw = max((ow - 1) * sw + kw - width, 0)
+    paddings = [[0, 0], [ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2], [0, 0]]
+    return (sh, sw), (oh, ow), tf.pad(x, paddings)
+
+
+def _windows_tile(x, pool_size, strides, padding) -> bool:
+    """Whether the windows tile the image (no overlap, no padding) under XLA on CPU."""
+    if tuple(strides) != tuple(pool_size) or not _xla_on_cpu():
+        return False
+    height, width = x.shape[1], x.shape[2]
+    if height is None or width is None:
+        return False
+    if padding == "SAME":  # without padding only when the windows fit exactly
+        return height % pool_size[0] == 0 and width % pool_size[1] == 0
+    return True
+
+
+def _windows(x, pool_size):
+    """``[batch, oh, ph, ow, pw, channels]``: the VALID windows as axes 2 and 4."""
+    (ph, pw), (height, width) = pool_size, (x.shape[1], x.shape[2])
+    oh, ow = height // ph, width // pw
+    x = x[:, : oh * ph, : ow * pw, :]  # VALID drops the rows that fit no window
+    return tf.reshape(x, [-1, oh, ph, ow, pw, x.shape[3]])

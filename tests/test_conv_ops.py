@@ -1,0 +1,92 @@
+"""lowtf._conv_ops: the XLA-on-CPU forms equal tf.nn's ops, values and gradients."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lowtf import _conv_ops
+
+CONVS = [  # image [h, w, in], kernel [kh, kw, out], strides, padding
+    ((8, 8, 1), (3, 3, 4), (1, 1), "SAME"),
+    ((7, 9, 3), (3, 3, 5), (2, 2), "SAME"),
+    ((7, 9, 3), (5, 3, 2), (1, 2), "VALID"),
+    ((6, 6, 2), (1, 1, 3), (1, 1), "VALID"),
+    ((5, 5, 2), (4, 4, 3), (3, 2), "SAME"),
+]
+
+
+def _normal(shape, seed):
+    # Drawn eagerly, outside the compiled functions: XLA may pick another
+    # algorithm for the same stateless seed.
+    return tf.random.stateless_normal(shape, seed=[seed, 0])
+
+
+def _ops_in(fn, *args) -> set:
+    graph = tf.function(fn, jit_compile=True).get_concrete_function(*args).graph
+    return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize("image, kernel, strides, padding", CONVS)
+def test_conv2d_under_xla_equals_tf_nn_with_gradients(image, kernel, strides, padding):
+    x = _normal([4, *image], 1)
+    w = _normal([kernel[0], kernel[1], image[2], kernel[2]], 2)
+
+    cotangent = _normal(tf.nn.conv2d(x, w, strides, padding).shape, 3)
+
+    def value_and_grads(conv):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            y = conv(x, w, strides, padding)
+            loss = tf.reduce_sum(y * cotangent)
+        return (y, *tape.gradient(loss, [x, w]))
+
+    expected = value_and_grads(tf.nn.conv2d)  # eager: TensorFlow's own kernels
+    actual = tf.function(lambda: value_and_grads(_conv_ops.conv2d), jit_compile=True)()
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "image, pool, padding",
+    [
+        ((8, 8, 3), (2, 2), "VALID"),
+        ((7, 9, 2), (2, 3), "VALID"),
+        ((6, 8, 2), (2, 2), "SAME"),
+    ],
+)
+@pytest.mark.parametrize("name", ["max_pool2d", "avg_pool2d"])
+def test_pooling_under_xla_equals_tf_nn_with_gradients(image, pool, padding, name):
+    x = _normal([3, *image], 4)  # continuous values: no ties within a window
+
+    cotangent = _normal(getattr(tf.nn, name)(x, pool, pool, padding).shape, 5)
+
+    def value_and_grad(pool_fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = pool_fn(x, pool, pool, padding)
+            loss = tf.reduce_sum(y * cotangent)
+        return y, tape.gradient(loss, x)
+
+    expected = value_and_grad(getattr(tf.nn, name))
+    actual = tf.function(
+        lambda: value_and_grad(getattr(_conv_ops, name)), jit_compile=True
+    )()
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
+
+
+def test_xla_on_cpu_takes_the_matmul_forms_and_tf_nn_elsewhere():
+    x, w = tf.zeros([2, 8, 8, 1]), tf.zeros([3, 3, 1, 4])
+
+    def step(x, w):
+        y = _conv_ops.conv2d(x, w, (1, 1), "SAME")
+        return _conv_ops.max_pool2d(y, (2, 2), (2, 2), "VALID")
+
+    under_xla = _ops_in(step, x, w)
+    assert "MatMul" in under_xla and not {"Conv2D", "MaxPool"} & under_xla
+    graph = tf.function(step).get_concrete_function(x, w).graph
+    assert {"Conv2D", "MaxPool"} <= {op.type for op in graph.get_operations()}
+    # Overlapping windows keep tf.nn's pooling, under XLA too.
+    overlapping = _ops_in(lambda x: _conv_ops.max_pool2d(x, (3, 3), (2, 2), "VALID"), x)
+    assert "MaxPool" in overlapping
