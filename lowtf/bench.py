@@ -84,22 +84,14 @@ def configs(
     regularization=("full", "none"),
     modes=("xla", "graph"),
     steps_per_call=(100,),
-    cnn_xla_steps_per_call: int = 2,
 ) -> list[Config]:
-    """Every combination of the arguments, as :class:`Config` objects.
-
-    A CNN under XLA takes ``cnn_xla_steps_per_call`` steps per call instead:
-    its steps are slow on CPU (about a second each), and more would only
-    make the run longer.
-    """
+    """Every combination of the arguments, as :class:`Config` objects."""
     out = []
     for model in models:
         for batch in batch_sizes:
             for reg in regularization:
                 for mode in modes:
                     for spc in steps_per_call:
-                        if model == "cnn" and mode == "xla":
-                            spc = min(spc, cnn_xla_steps_per_call)
                         config = Config(model, batch, reg, mode, spc)
                         if config not in out:
                             out.append(config)
