@@ -339,9 +339,12 @@ class KerasRunner:
     ):
         self.jit_compile = jit_compile
         self.steps_per_execution = steps_per_execution
-        self.data = data
         self.batch_size = config.batch_size
         self.steps_per_epoch = DATA_SIZE // config.batch_size
+        # Whole batches only, as lowtf's epochs: a partial last batch would
+        # add a step's time to each epoch that the division does not count.
+        rows = self.steps_per_epoch * self.batch_size
+        self.data = tuple(array[:rows] for array in data)
         lowtf_model = make_model(config.model, config.regularization)
         self.model = keras_peer(lowtf_model, _input_shape(config.model))
         loss, accuracy = _loss_and_accuracy(self.model.output_shape[-1])

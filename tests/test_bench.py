@@ -215,6 +215,25 @@ def test_binary_rejects_bad_batch_sizes_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("output", ["missing/report.json", "."])
+def test_binary_refuses_an_unwritable_output_before_timing(tmp_path, output):
+    result = _bench("--quick", f"--output={output}", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert f"error: --output ({output})" in result.stderr
+    assert "Traceback" not in result.stderr and "ms/step" not in result.stdout
+
+
+def test_keras_peer_trains_on_whole_batches_only():
+    data = bench.make_data("tiny")
+    runner = bench.KerasRunner(
+        bench.Config("tiny", 512, "none"),
+        data,
+        jit_compile=False,
+        steps_per_execution=1,
+    )
+    assert runner.steps_per_epoch == 19 and len(runner.data[0]) == 19 * 512
+
+
 def test_binary_choices_match_the_library():
     source = BENCH.read_text()
     namespace = {}
