@@ -300,6 +300,14 @@ def _finish(name, splits, num_classes, path) -> Dataset:
     train_x = features[0]
     if len(train_x) == 0:
         raise DataError(f"{where}: the training split is empty")
+    for part, x in zip(parts, features):
+        # Checked here, not left to NumPy: broadcasting would silently give a
+        # [n, 28, 28, 1] test set the shape [n, 28, 28, 28] at normalization.
+        if len(x) and x.shape[1:] != train_x.shape[1:]:
+            raise DataError(
+                f"{where}: {part} examples have shape {x.shape[1:]}, the training ones "
+                f"{train_x.shape[1:]}; every split needs the same example shape"
+            )
     mean = train_x.mean(axis=0)
     std = train_x.std(axis=0)
     # A feature constant in training (a border pixel) carries no information:

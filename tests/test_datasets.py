@@ -182,6 +182,10 @@ NPZ_BAD = {
     "fractions": (dict(y_train=np.full(100, 0.5)), "not a whole number"),
     "negative": (dict(y_test=-np.ones(20, np.int64)), "out of range"),
     "rows": (dict(y_train=np.zeros(99)), "one row per example"),
+    "test shape": (
+        dict(x_test=np.zeros((20, 4, 4, 1), np.uint8)),
+        r"test examples have shape \(4, 4, 1\), the training ones \(4, 4\)",
+    ),
 }
 
 
