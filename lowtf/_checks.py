@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -41,7 +43,23 @@ def rate(name: str, value) -> None:
     """A probability in [0, 1): dropout rates and the like."""
     finite(name, value)
     if not 0 <= value < 1:
-        raise ValueError(f"`{name}` ({value!r}) must be in [0, 1); use 0 to turn it off")
+        raise ValueError(
+            f"`{name}` ({value!r}) must be in [0, 1); use 0 to turn it off"
+        )
+
+
+def boolean(name: str, value, *, also: tuple = ()) -> None:
+    """True or False (a NumPy bool too), or one of the strings in ``also``.
+
+    Stricter than :func:`one_of`: ``1 in (True, False)`` holds, and a string
+    such as ``"no"`` is truthy, so either would pass as a flag in silence.
+    """
+    if isinstance(value, (bool, np.bool_)) or (
+        isinstance(value, str) and value in also
+    ):
+        return
+    *first, last = ["True", "False", *(repr(a) for a in also)]
+    raise ValueError(f"`{name}` ({value!r}) must be {', '.join(first)} or {last}")
 
 
 def one_of(name: str, value, choices) -> None:

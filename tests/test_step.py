@@ -1,5 +1,7 @@
 """The training step: heads, optimizers, Keras models, modes, N steps, checkpoints."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -356,6 +358,105 @@ def test_bad_batches_and_arguments_give_one_readable_error(binary_data):
         lowtf.TrainStep(lowtf.mlp("tiny"), "adam")
 
 
+def test_each_batch_is_checked_on_the_host_before_the_compiled_call(binary_data):
+    # Under XLA a softmax label past the last logit gives a NaN loss, and a
+    # sigmoid label of 0.5 or 2 a wrong one, with no error: the per-batch
+    # path checks every batch (NumPy or eager tensor) before it runs.
+    x, y = _multiclass(32)
+    step = lowtf.TrainStep(
+        lowtf.mlp("tiny", num_classes=3, seed=13),
+        tf.keras.optimizers.SGD(0.1),
+        options=GRAPH,
+    )
+    step(x, y)
+    before = _weights(step.model)
+    nan_x, inf_x = x.copy(), x.copy()
+    nan_x[[4, 9], 3] = np.nan
+    inf_x[30, 7] = -np.inf
+    rows = np.arange(32)
+    cases = [
+        (
+            x,
+            np.where(rows == 5, 3, y),
+            (
+                r"^label 3 is out of range in `y` \(row 5; 1 of 32 labels are out, "
+                r"values 3\): the model's softmax head with 3 logit\(s\) takes labels "
+                r"that are integers in \[0, 3\); give the model 4 classes "
+                r"\(lowtf.mlp\(..., num_classes=4\)\)$"
+            ),
+        ),
+        (
+            x,
+            tf.constant(np.where(rows % 8 == 7, -1, y), tf.int64),
+            (
+                r"^label -1 is out of range in `y` \(row 7; 4 of 32 labels are out, "
+                r"values -1\).*map them to 0, 1, ... first"
+            ),
+        ),
+        (
+            x,
+            np.where(rows == 0, 1.5, y).astype(np.float32),
+            r"^label 1.5 is out of range in `y` \(row 0; 1 of 32 .*round or threshold",
+        ),
+        (
+            nan_x,
+            y,
+            r"^`x` holds NaN or Inf: x\[4, 3\] is nan \(2 of 32 rows\); .*impute",
+        ),
+        (
+            tf.constant(inf_x),
+            tf.constant(y),
+            r"^`x` .*x\[30, 7\] is -inf \(1 of 32 rows\)",
+        ),
+    ]
+    for bad_x, bad_y, message in cases:
+        with pytest.raises(ValueError, match=message):
+            step(bad_x, bad_y)
+    assert int(step.step) == 1
+    _assert_bitwise(_weights(step.model), before)
+    step(tf.constant(x), tf.constant(y))  # a good batch as tensors: no retrace
+    assert int(step.step) == 2 and step.trace_count == 1
+
+    x, y = binary_data[0][:32], binary_data[1][:32]
+    binary = lowtf.TrainStep(
+        lowtf.mlp("tiny", seed=14), tf.keras.optimizers.SGD(0.1), options=GRAPH
+    )
+    binary(x, y)
+    for labels, message in [
+        (
+            np.where(rows == 2, 0.5, y),
+            r"label 0.5 .*row 2; 1 of 32 .*round or threshold",
+        ),
+        (
+            np.where(rows < 3, 2, y).astype(np.int32),
+            r"label 2 .*sigmoid.*num_classes=3",
+        ),
+        (np.where(rows == 1, np.nan, y), r"label nan is out of range in `y` \(row 1;"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            binary(x, labels)
+    assert int(binary.step) == 1
+    with pytest.raises(ValueError, match=r"^`x` holds NaN or Inf: x\[2, 0\] is nan"):
+        lowtf.InMemoryBatches(np.where(rows[:, None] == 2, np.nan, x), y, 8)
+
+
+@pytest.mark.parametrize(
+    "field", ["run_eagerly", "require_regularization", "require_constraints"]
+)
+def test_step_option_flags_take_only_bools(field):
+    # "no" is truthy and 1 == True: either would pass as a flag in silence.
+    for bad in ("no", 1, 0.0, None):
+        message = rf"^`{field}` \({re.escape(repr(bad))}\) must be True or False$"
+        with pytest.raises(ValueError, match=message):
+            lowtf.StepOptions(**{field: bad})
+    assert getattr(lowtf.StepOptions(**{field: np.True_}), field) is np.True_
+    for bad in (1, "yes", None):
+        with pytest.raises(
+            ValueError, match=r"`jit_compile` .* True, False or 'auto'$"
+        ):
+            lowtf.StepOptions(jit_compile=bad)
+
+
 # -- tf.distribute arithmetic (one process, one device) -----------------------------
 
 
@@ -469,9 +570,28 @@ def test_evaluator_matches_a_hand_computation_over_uneven_batches():
 @pytest.mark.parametrize(
     "labels, classes, message",
     [
-        (np.arange(40) % 4, 3, "label 3 is out of range"),
-        (np.arange(40) % 3 * 1.0, 2, "label 2.0 is out of range"),
-        (np.arange(40) % 2 * 0.5, 2, "label 0.5 is out of range"),
+        (
+            np.arange(40) % 4,
+            3,
+            (
+                r"label 3 is out of range in `data.y` \(row 3; 10 of 40 labels are "
+                r"out, values 3\).*softmax head with 3 logit.*num_classes=4\)\)$"
+            ),
+        ),
+        (
+            np.arange(40) % 3 * 1.0,
+            2,
+            (
+                r"label 2.0 is out of range in `data.y` \(row 2; 13 of 40 .*sigmoid "
+                r"head with 1 logit\(s\) takes labels that are 0 or 1; give the model "
+                r"3 classes"
+            ),
+        ),
+        (
+            np.arange(40) % 2 * 0.5,
+            2,
+            r"label 0.5 is out of range in `data.y` \(row 1; 20 of 40 .*threshold",
+        ),
     ],
 )
 def test_out_of_range_labels_are_refused_before_training(labels, classes, message):
