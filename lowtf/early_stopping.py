@@ -101,6 +101,7 @@ class EarlyStopping(tf.Module):
         _checks.positive_int("patience", patience)
         _checks.non_negative("min_delta", min_delta)
         _checks.non_negative_int("warmup", warmup)
+        _checks.boolean("prune_on_save", prune_on_save)
         if best_dir is not None and checkpoint is None:
             raise ValueError(
                 "`best_dir` needs `checkpoint=`, the tf.train.Checkpoint of what the "

@@ -83,6 +83,10 @@ def test_bad_arguments_raise_one_readable_error():
         lowtf.EarlyStopping(min_delta=-1)
     with pytest.raises(ValueError, match="`best_dir` needs `checkpoint=`"):
         lowtf.EarlyStopping(best_dir="/tmp/x")
+    with pytest.raises(
+        ValueError, match=r"`prune_on_save` \('no'\) must be True or False"
+    ):
+        lowtf.EarlyStopping(prune_on_save="no")  # a truthy string: would prune
     stopper = lowtf.EarlyStopping()
     with pytest.raises(
         ValueError, match=r"`monitor` \('val_cross_entropy'\) is not among"
