@@ -1,0 +1,209 @@
+"""The state :func:`lowtf.fit` keeps in ``model_dir``: saving it, resuming from it.
+
+``model_dir/ckpt`` holds the "latest" checkpoints (a
+``tf.train.CheckpointManager``): model, optimizer, global step and data
+position (the :class:`lowtf.TrainStep` tracks them), the early-stopping
+state and the running training means (:class:`RunningMeans`), so a run
+resumed between two evaluations reports the same means as one that was never
+stopped. ``model_dir/best`` holds the best snapshot (see
+:mod:`lowtf.early_stopping`); :data:`WRITTEN` lists all that ``fit`` writes.
+
+Two rules keep an existing ``model_dir`` usable:
+
+* a checkpoint is compared with this run's variables (names, dtypes,
+  shapes) before anything is restored, so one made for another model or
+  data is refused with a ValueError before the model or the directory is
+  touched;
+* a state with NaN/Inf weights is never saved, so the checkpoint to resume
+  from never holds them.
+
+Under a ``tf.distribute`` strategy only the chief writes into ``model_dir``;
+another worker takes part in each save (which may need collective ops)
+through a scratch copy (:func:`write_path`, deleted by
+:func:`remove_scratch`), and every worker resumes from, and ends holding, the
+chief's checkpoints, so ``model_dir`` must be on a file system they share.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import tensorflow as tf
+
+from lowtf import distribute, early_stopping
+from lowtf import step as step_lib
+
+# What fit writes into model_dir (each through write_path).
+WRITTEN = ("best", "ckpt", "history.csv", "tensorboard")
+
+
+def write_path(model_dir: str, name: str, strategy) -> str:
+    """Where this worker writes ``model_dir/name``: there (chief) or a scratch twin."""
+    return distribute.write_dir(os.path.join(model_dir, name), strategy)
+
+
+def remove_scratch(model_dir: str, strategy) -> None:
+    """Deletes this worker's scratch copies of :data:`WRITTEN`; no-op on the chief."""
+    for name in WRITTEN:
+        distribute.remove_write_dir(os.path.join(model_dir, name), strategy)
+
+
+class RunningMeans(tf.Module):
+    """Sums of the step metrics since the last evaluation (checkpointed)."""
+
+    def __init__(self):
+        super().__init__(name="running_means")
+        self.sums = tf.Variable(
+            tf.zeros([len(step_lib.METRICS)], tf.float64), name="sums"
+        )
+        self.count = tf.Variable(0, dtype=tf.int64, name="count")
+
+    def add(self, means: dict, num_steps: int) -> None:
+        values = [means[name] * num_steps for name in step_lib.METRICS]
+        self.sums.assign_add(tf.constant(values, tf.float64))
+        self.count.assign_add(num_steps)
+
+    def means(self) -> dict | None:
+        count = int(self.count.numpy())
+        if not count:
+            return None
+        return dict(
+            zip(step_lib.METRICS, (float(s) / count for s in self.sums.numpy()))
+        )
+
+    def reset(self) -> None:
+        self.sums.assign(tf.zeros_like(self.sums))
+        self.count.assign(0)
+
+
+class Checkpoints:
+    """The "latest" checkpoints of one fit, and the restore of its best snapshot.
+
+    Args:
+      model_dir: the run's directory; checkpoints go to ``model_dir/ckpt``.
+      train_step: the run's :class:`lowtf.TrainStep`.
+      stopper: the run's :class:`lowtf.EarlyStopping`, made with
+        ``prune_on_save=False`` (its old snapshots go after each save here).
+      snapshot: the ``tf.train.Checkpoint`` the stopper saves as best.
+      running: the run's :class:`RunningMeans`.
+      keep: how many latest checkpoints to keep.
+      strategy: the ``tf.distribute`` strategy the run is under.
+    """
+
+    def __init__(
+        self, model_dir, *, train_step, stopper, snapshot, running, keep, strategy
+    ):
+        self.model_dir, self.strategy = model_dir, strategy
+        self.train_step, self.stopper, self.snapshot = train_step, stopper, snapshot
+        self.state = tf.train.Checkpoint(
+            train_step=train_step, early_stopping=stopper, running=running
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.state,
+            write_path(model_dir, "ckpt", strategy),
+            max_to_keep=keep,
+            checkpoint_name="ckpt",
+        )
+        # The step of the checkpoint on disk that the state equals, if any.
+        self.saved_step = None
+
+    def restore_latest(self) -> str | None:
+        """Restores the chief's newest checkpoint, if any, on every worker.
+
+        Returns:
+          Its path, or None (nothing restored) when there is none.
+
+        Raises:
+          ValueError: the checkpoint does not fit this run's variables;
+            nothing was restored.
+        """
+        # Every worker resumes from the chief's checkpoint (see write_path).
+        path = tf.train.latest_checkpoint(os.path.join(self.model_dir, "ckpt"))
+        if path is not None:
+            self._restore(path)
+            self.saved_step = int(self.train_step.step.numpy())
+        # Every worker has read the chief's checkpoint before any one writes.
+        distribute.barrier(self.strategy)
+        return path
+
+    def save(self) -> bool:
+        """Saves the latest checkpoint; False, and nothing saved, on NaN/Inf weights."""
+        step = int(self.train_step.step.numpy())
+        if step == self.saved_step:
+            return True  # already on disk; rewriting it would expose it to a crash
+        # The last step of a call can break the weights after its (finite)
+        # loss was computed; such a state must not become the one to resume.
+        variables = self.train_step.model.variables
+        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables):
+            return False
+        self.manager.save(checkpoint_number=step)
+        self.saved_step = step
+        # The saved state now names the current best; older snapshots may go.
+        self.stopper.prune()
+        return True
+
+    def restore_best(self) -> None:
+        """Restores the chief's best snapshot into the model, on every worker."""
+        # Every worker waits until the chief's snapshot is complete, then
+        # reads the chief's: a worker's own scratch copy may be gone.
+        distribute.barrier(self.strategy)
+        if distribute.is_chief(self.strategy):
+            self.stopper.restore_best()
+            return
+        best_dir = os.path.join(self.model_dir, "best")
+        pointer = early_stopping.best_checkpoint(best_dir)
+        if pointer is None:
+            raise ValueError(
+                f"this worker cannot read the chief's best snapshot in {best_dir}: "
+                "under MultiWorkerMirroredStrategy `model_dir` must be on a file "
+                "system every worker shares (NFS, GCS, ...)"
+            )
+        self.snapshot.read(pointer["prefix"]).assert_existing_objects_matched()
+
+    def _restore(self, path: str) -> None:
+        # Compared before restoring: a failed restore would leave the model
+        # half overwritten (and TensorFlow warning about it at exit).
+        reason = _mismatch(self.state, path)
+        if reason is None:
+            try:
+                self.state.restore(path).assert_consumed()
+            except (AssertionError, ValueError, tf.errors.OpError) as error:
+                reason = str(error).strip().splitlines()[0][:300]
+        if reason is not None:
+            raise ValueError(
+                f"`model_dir` ({self.model_dir!r}) holds a checkpoint ({path}) that "
+                f"does not fit this model, optimizer and data ({reason}); resume with "
+                "the same settings or pick a new model_dir"
+            )
+
+
+def _mismatch(state, path) -> str | None:
+    """How the checkpoint at ``path`` differs from ``state``'s variables, or None."""
+    with tempfile.TemporaryDirectory() as scratch:
+        ours = _variable_specs(state.write(os.path.join(scratch, "probe")))
+    theirs = _variable_specs(path)
+    for key in sorted(ours.keys() | theirs.keys()):
+        if key not in theirs:
+            return f"{key} is not in the checkpoint"
+        if key not in ours:
+            return f"the checkpoint has {key}, which this run does not"
+        if ours[key] != theirs[key]:
+            return f"{key} is {theirs[key]} in the checkpoint but {ours[key]} here"
+    return None
+
+
+def _variable_specs(path) -> dict:
+    """``{variable key: "dtype[shape]"}`` of the checkpoint at ``path``."""
+    reader = tf.train.load_checkpoint(path)
+    shapes, dtypes = (
+        reader.get_variable_to_shape_map(),
+        reader.get_variable_to_dtype_map(),
+    )
+    specs = {}
+    for key, shape in shapes.items():
+        if key.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/")):
+            continue  # bookkeeping, not state
+        name = key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE")
+        specs[name] = f"{dtypes[key].name}{list(shape)}"
+    return specs

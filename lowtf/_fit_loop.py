@@ -1,0 +1,330 @@
+"""One call of :func:`lowtf.fit`: its set-up, the loop over compiled calls, its endings.
+
+:class:`FitLoop` checks the data, builds the :class:`lowtf.TrainStep`, the
+:class:`lowtf.Evaluator`, :class:`lowtf.EarlyStopping` and the checkpoints
+(:mod:`lowtf._checkpointing`), and resumes from ``model_dir``. Its loop then
+alternates ``step.run(k)`` calls, cut so that they land on every evaluation
+and checkpoint step, with evaluations: each one updates early stopping and
+writes a history row, TensorBoard scalars and the one-line progress log.
+Stopping on patience, max_steps or a stop request saves the latest state
+first; a non-finite loss or weights, or a KeyboardInterrupt (which may land
+mid-update), keep the last checkpoint as it is. Either way
+:meth:`FitLoop.finish` restores the best snapshot.
+
+:mod:`lowtf.trainer` is the public face: :func:`lowtf.fit`, its settings, its
+result and the stop signals it turns into stop requests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from lowtf import (
+    _checkpointing,
+    distribute,
+    early_stopping,
+    regularizers,
+    summaries,
+)
+from lowtf import (
+    step as step_lib,
+)
+
+# The metrics of an evaluation row that early stopping may monitor.
+MONITORS = (
+    "val_cross_entropy",
+    "val_accuracy",
+    "train_cross_entropy",
+    "train_accuracy",
+    "regularization_loss",
+    "total_loss",
+)
+
+
+class FitLoop:
+    """One call of :func:`lowtf.fit`: the objects it builds and the loop over them."""
+
+    def __init__(
+        self,
+        model,
+        optimizer,
+        train,
+        validation,
+        model_dir,
+        config,
+        options,
+        log,
+        augment=None,
+    ):
+        self.config, self.log, self.model_dir = config, log, model_dir
+        x, y = _pair("train", train)
+        self.x_val, self.y_val = _pair("validation", validation)
+        if x.shape[1:] != self.x_val.shape[1:]:
+            raise ValueError(
+                f"training examples have shape {x.shape[1:]} but validation examples "
+                f"{self.x_val.shape[1:]}; both sets need the same features"
+            )
+        if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+            raise ValueError(f"`model_dir` ({model_dir!r}) is a file; pick a directory")
+        self.model, self.optimizer = model, optimizer
+        self.strategy = tf.distribute.get_strategy()
+        data = step_lib.InMemoryBatches(x, y, config.batch_size, seed=config.seed)
+        self.step = step_lib.TrainStep(
+            model, optimizer, data=data, augment=augment, options=options
+        )
+        self.step.build(data.x[:1])
+        self.evaluator = step_lib.Evaluator(
+            model,
+            loss=options.loss,
+            batch_size=config.eval_batch_size,
+            # The step's options, where jit_compile="auto" is resolved.
+            jit_compile=self.step.options.jit_compile and not options.run_eagerly,
+        )
+        self.snapshot = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, step=self.step.step
+        )
+        self.stopper = early_stopping.EarlyStopping(
+            monitor=config.monitor,
+            mode=config.mode,
+            patience=config.patience,
+            min_delta=config.min_delta,
+            warmup=config.warmup,
+            best_dir=self._write_path("best"),
+            checkpoint=self.snapshot,
+            prune_on_save=False,
+        )
+        self.running = _checkpointing.RunningMeans()
+        self.checkpoints = _checkpointing.Checkpoints(
+            model_dir,
+            train_step=self.step,
+            stopper=self.stopper,
+            snapshot=self.snapshot,
+            running=self.running,
+            keep=config.keep_checkpoints,
+            strategy=self.strategy,
+        )
+        resumed = self.checkpoints.restore_latest()
+        # Everything is checked; from here on the directory is written.
+        tf.io.gfile.makedirs(model_dir)
+        # A worker other than the chief writes into its scratch twin (_write_path).
+        tf.io.gfile.makedirs(os.path.dirname(self._write_path("history.csv")))
+        self.history = summaries.History(self._write_path("history.csv"))
+        self.history.start(keep_upto=self.last_step if resumed else None)
+        self.stopper.prune()
+        self.board = summaries.Summaries(self._write_path("tensorboard"))
+        if resumed:
+            log(f"resuming from {resumed} at step {self.last_step}")
+        else:
+            self._evaluate()
+            self._save()
+
+    @property
+    def last_step(self) -> int:
+        return int(self.step.step.numpy())
+
+    def _write_path(self, name: str) -> str:
+        return _checkpointing.write_path(self.model_dir, name, self.strategy)
+
+    # -- the loop -------------------------------------------------------------
+
+    def loop(self, signals) -> str:
+        """Trains until a stop; returns the reason, one of trainer.STOP_REASONS.
+
+        Args:
+          signals: its ``requested`` is None, or the name of a stop request
+            (e.g. ``"SIGTERM"``) that ends the loop at the next call boundary.
+        """
+        self._tick = (time.monotonic(), self.last_step)
+        try:
+            reason = None
+            while reason is None:
+                reason = self._ending(signals) or self._advance()
+            return reason
+        except KeyboardInterrupt:
+            # Raised outside our SIGINT handler (a second Ctrl-C, or a thread):
+            # the state may be mid-update, so the last checkpoint is kept as is.
+            self.log(f"KeyboardInterrupt at step {self.last_step}: stopping")
+            return "interrupted"
+
+    def _ending(self, signals) -> str | None:
+        """The reason to stop before the next call, after saving; None to go on."""
+        step = self.last_step
+        if self.stopper.stopped:
+            reason = "patience"
+        elif step >= self.config.max_steps:
+            reason = "max_steps"
+        elif distribute.any_worker(bool(signals.requested), self.strategy):
+            # Workers get a signal at different steps; they stop together.
+            what = signals.requested or "a stop request on another worker"
+            self.log(f"{what} received at step {step}: stopping")
+            reason = "interrupted"
+        else:
+            return None
+        return reason if self._save() else "non_finite"
+
+    def _advance(self) -> str | None:
+        """One compiled call up to the next boundary, then its evaluation and save.
+
+        Returns "non_finite" if the call or the evaluation broke down, else None.
+        """
+        config = self.config
+        step = self.last_step
+        num_steps = min(config.steps_per_call, self._next_boundary(step) - step)
+        means = step_lib.as_numpy(self.step.run(num_steps))
+        bad = [name for name, value in means.items() if not math.isfinite(value)]
+        if bad:
+            where = f"in steps {step + 1}-{step + num_steps}"
+            self._non_finite(f"training loss ({bad[0]} = {means[bad[0]]}) {where}")
+            return "non_finite"
+        self.running.add(means, num_steps)
+        step += num_steps
+        if step % config.eval_every == 0 or step == config.max_steps:
+            row = self._evaluate()
+            if not math.isfinite(row["val_cross_entropy"]):
+                self._non_finite(f"validation cross-entropy at step {step}")
+                return "non_finite"
+        if step % config.checkpoint_every == 0 and not self._save():
+            return "non_finite"
+        return None
+
+    def _save(self) -> bool:
+        """Saves the latest checkpoint; False, and nothing saved, on NaN/Inf weights."""
+        if self.checkpoints.save():
+            return True
+        self._non_finite(f"weights at step {self.last_step}")
+        return False
+
+    def _non_finite(self, what: str) -> None:
+        self.log(
+            f"non-finite {what}: stopping; the latest checkpoint (step "
+            f"{self.checkpoints.saved_step}) is left intact. Lower the learning rate "
+            "or look for NaN/Inf in the data."
+        )
+
+    def finish(self, reason: str) -> None:
+        """Logs why training stopped and restores the best snapshot."""
+        stopper = self.stopper
+        best_step = int(stopper.best_step.numpy())
+        best = float(stopper.best_value.numpy())
+        if reason == "patience":
+            idle = int(stopper.steps_without_progress.numpy())
+            self.log(
+                f"early stop at step {self.last_step}: {stopper.monitor} has not "
+                f"improved for {idle} steps (patience {stopper.patience})"
+            )
+        elif reason == "max_steps":
+            self.log(f"reached max_steps ({self.config.max_steps})")
+        if stopper.has_best:
+            self.checkpoints.restore_best()
+            self.log(
+                f"restored the best snapshot: step {best_step}, "
+                f"{stopper.monitor} {best:.6g}"
+            )
+        else:
+            self.log("no best snapshot was recorded; the model keeps its last weights")
+        self.board.close()
+        _checkpointing.remove_scratch(self.model_dir, self.strategy)
+
+    # -- pieces ---------------------------------------------------------------
+
+    def _next_boundary(self, step: int) -> int:
+        config = self.config
+        return min(
+            _next_multiple(step, config.eval_every),
+            _next_multiple(step, config.checkpoint_every),
+            config.max_steps,
+        )
+
+    def _evaluate(self) -> dict:
+        step = self.last_step
+        val = self.evaluator(self.x_val, self.y_val)
+        train = self.running.means()
+        if train is None:  # step 0: no training step to average yet
+            regularization = float(regularizers.total_regularization_loss(self.model))
+            train = {"cross_entropy": None, "accuracy": None, "total_loss": None}
+        else:
+            regularization = train["regularization_loss"]
+        row = {
+            "step": step,
+            "train_cross_entropy": train["cross_entropy"],
+            "train_accuracy": train["accuracy"],
+            "val_cross_entropy": val["cross_entropy"],
+            "val_accuracy": val["accuracy"],
+            "regularization_loss": regularization,
+            "total_loss": train["total_loss"],
+            "learning_rate": _learning_rate(self.optimizer),
+        }
+        metrics = {
+            name: math.nan if row[name] is None else row[name] for name in MONITORS
+        }
+        self.stopper.update(step, metrics)
+        self.running.reset()
+        self.history.append(row)
+        self.board.write(row, summaries.max_unit_norms(self.model))
+        self.log(self._progress(row))
+        return row
+
+    def _progress(self, row: dict) -> str:
+        now, step = time.monotonic(), row["step"]
+        then, start = getattr(self, "_tick", (now, step))
+        self._tick = (now, step)
+        rate = (step - start) / (now - then) if now > then and step > start else None
+        left = self.config.max_steps - step
+        eta = _clock(left / rate) if rate else "?"
+        speed = f"{rate:,.0f} steps/s" if rate else "- steps/s"
+        stopper = self.stopper
+        return (
+            f"step {step}/{self.config.max_steps}"
+            f"  train ce {_fmt(row['train_cross_entropy'])}"
+            f" acc {_fmt(row['train_accuracy'])}"
+            f"  val ce {_fmt(row['val_cross_entropy'])}"
+            f" acc {_fmt(row['val_accuracy'])}"
+            f"  reg {_fmt(row['regularization_loss'], '.3g')}"
+            f"  {speed}  ETA {eta}"
+            f"  best {stopper.monitor} {_fmt(float(stopper.best_value.numpy()))}"
+            f" @ {int(stopper.best_step.numpy())}"
+        )
+
+
+def _pair(name: str, data) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(
+            f"`{name}` must be a pair (x, y) of arrays; got {type(data).__name__}"
+        )
+    x, y = (np.asarray(a) for a in data)
+    if x.ndim < 2 or y.ndim != 1:
+        raise ValueError(
+            f"`{name}` needs x of shape [n, features...] and y of shape [n]; "
+            f"got {x.shape} and {y.shape}"
+        )
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(
+            f"`{name}` has {len(x)} examples but {len(y)} labels; both must match "
+            "and be > 0"
+        )
+    return x, y
+
+
+def _next_multiple(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def _learning_rate(optimizer) -> float | None:
+    try:
+        return float(np.asarray(optimizer.learning_rate))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _clock(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
