@@ -20,6 +20,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# tests/_fixtures.py: this script's folder comes first on sys.path.
+import _fixtures  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -29,10 +31,7 @@ from lowtf import distribute  # noqa: E402
 
 def data():
     """A small noisy problem that a wide net overfits within a few steps."""
-    rs = np.random.RandomState(0)
-    x = rs.randn(160, 8).astype(np.float32)
-    y = (x[:, 0] + 0.6 * rs.randn(160) > 0).astype(np.float32)
-    return (x[:64], y[:64]), (x[64:], y[64:])
+    return _fixtures.noisy_split(64, 96, 8, seed=0, weights=(1.0,), noise=0.6)
 
 
 def _sigterm_at_step_40(lines, line):

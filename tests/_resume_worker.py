@@ -21,6 +21,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# tests/_fixtures.py: this script's folder comes first on sys.path.
+import _fixtures  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -40,10 +42,7 @@ CONFIG = lowtf.TrainConfig(
 
 def data():
     """Few noisy examples and a wide net: validation loss turns up early."""
-    rs = np.random.RandomState(1)
-    x = rs.randn(300, 12).astype(np.float32)
-    y = (x[:, 0] - x[:, 1] + 1.5 * rs.randn(300) > 0).astype(np.float32)
-    return (x[:100], y[:100]), (x[100:], y[100:])
+    return _fixtures.noisy_split(100, 200, 12, seed=1, weights=(1.0, -1.0), noise=1.5)
 
 
 def main():
@@ -56,13 +55,9 @@ def main():
 
     def log(line):
         print(line, flush=True)
-        step = line.split("/")[0].removeprefix("step ")
-        if (
-            args.pause_on_best_after is not None
-            and line.startswith("step ")
-            and int(step) >= args.pause_on_best_after
-            and line.endswith(f" @ {step}")
-        ):
+        step = _fixtures.new_best_at(line)
+        after = args.pause_on_best_after
+        if after is not None and step is not None and step >= after:
             time.sleep(120)  # the test kills us here
 
     for run in args.runs:

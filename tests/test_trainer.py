@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 
+import _fixtures  # tests/_fixtures.py; pytest puts tests/ on sys.path
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,10 +27,7 @@ WORKER = os.path.join(os.path.dirname(__file__), "_resume_worker.py")
 
 def _noisy(n_train=200, n_val=400, features=20, seed=0):
     """Few examples with 20% of the signal's variance in label noise."""
-    rs = np.random.RandomState(seed)
-    x = rs.randn(n_train + n_val, features).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] + rs.randn(n_train + n_val) > 0).astype(np.float32)
-    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+    return _fixtures.noisy_split(n_train, n_val, features, seed=seed)
 
 
 def _values(model):
@@ -454,18 +452,13 @@ def test_sigkill_at_any_moment_then_resume_ends_like_an_uninterrupted_run(tmp_pa
     seen = []
     for line in run.stdout:
         seen.append(line)
-        step = line.split("/")[0].removeprefix("step ")
-        if (
-            line.startswith("step ")
-            and int(step) >= 20
-            and line.rstrip().endswith(f"@ {step}")
-        ):
+        kill_step = _fixtures.new_best_at(line)
+        if kill_step is not None and kill_step >= 20:
             break
     else:
         pytest.fail(
             "the worker ended without a new best to be killed at:\n" + "".join(seen)
         )
-    kill_step = int(step)
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=60)
     run.stdout.close()

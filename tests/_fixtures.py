@@ -1,0 +1,45 @@
+"""Set-up shared by the fit tests and their subprocess workers (numpy only).
+
+Importable as ``_fixtures`` from the tests (pytest puts tests/ on sys.path)
+and from the workers run as ``python tests/_x_worker.py`` (the script's
+folder comes first on sys.path). It imports no TensorFlow, so a worker may
+import it before it makes its ``tf.distribute`` strategy.
+"""
+
+import numpy as np
+
+
+def noisy_split(n_train, n_val, features, *, seed, weights=(1.0, 1.0), noise=1.0):
+    """A noisy linear binary problem as ``((x, y), (x_val, y_val))``, float32.
+
+    ``x`` is standard normal; the label is ``sum(weights[i] * x[:, i]) +
+    noise * N(0, 1) > 0``. Few examples and that much noise make a net
+    overfit within a few hundred steps.
+
+    Args:
+      n_train: training examples (the first ones drawn).
+      n_val: validation examples (the rest).
+      features: columns of ``x``.
+      seed: seed of the ``np.random.RandomState`` that draws ``x``, then
+        the noise.
+      weights: weights of the first features in the label (default (1, 1)).
+      noise: standard deviation of the label noise (default 1).
+    """
+    rs = np.random.RandomState(seed)
+    n = n_train + n_val
+    x = rs.randn(n, features).astype(np.float32)
+    signal = sum(w * x[:, i] for i, w in enumerate(weights))
+    y = (signal + noise * rs.randn(n) > 0).astype(np.float32)
+    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+
+
+def new_best_at(line: str) -> int | None:
+    """The step of a fit progress line that reports a new best at that step.
+
+    None for any other line, e.g. ``"step 40/500 ... best val_cross_entropy
+    0.6123 @ 20"`` or ``"resuming from ..."``.
+    """
+    if not line.startswith("step "):
+        return None
+    step = line.split("/")[0].removeprefix("step ")
+    return int(step) if line.rstrip().endswith(f" @ {step}") else None
