@@ -30,321 +30,69 @@ A :class:`Pipeline` chains ops and is built from a short spec,
 the compiled step, or map it over a ``tf.data`` pipeline with an explicit
 ``seed``. Inference never augments: the step applies the hook to training
 batches only, and ``pipeline(x, training=False)`` is the identity.
+
+This module is the public surface: the spec, :class:`Op`, :class:`Pipeline`
+and the ops themselves. The geometric ops and their sampler live in
+``lowtf._geometry``, the photometric ones in ``lowtf._photometric``, and the
+draws they share in ``lowtf._draws``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import tensorflow as tf
 
 from lowtf import _checks, rng
+from lowtf._draws import fold_in, probability
+from lowtf._geometry import affine, flip, rotate, shift, translate, zoom
+from lowtf._photometric import brightness, contrast, noise
 
-# Ops by spec name: (magnitude kind, default probability). "int" magnitudes
-# are whole pixels; None means the op takes no magnitude.
+__all__ = [
+    "DEFAULT_SEED",
+    "OPS",
+    "Op",
+    "Pipeline",
+    "affine",
+    "brightness",
+    "contrast",
+    "flip",
+    "noise",
+    "parse",
+    "rotate",
+    "shift",
+    "translate",
+    "zoom",
+]
+
+
+class _Entry(NamedTuple):
+    """How the spec names, checks and runs one op."""
+
+    function: Callable
+    kind: str | None  # "int" (whole pixels), "degrees", "fraction", "stddev"
+    prob: float  # the default probability
+    example: str  # a spec term, for the error of a missing magnitude
+
+
+# The ops by spec name; a kind of None means the op takes no magnitude.
 _OPS = {
-    "translate": ("int", 1.0),
-    "rotate": ("degrees", 1.0),
-    "zoom": ("fraction", 1.0),
-    "flip": (None, 0.5),
-    "brightness": ("fraction", 1.0),
-    "contrast": ("fraction", 1.0),
-    "noise": ("stddev", 1.0),
+    "translate": _Entry(translate, "int", 1.0, "translate:1"),
+    "rotate": _Entry(rotate, "degrees", 1.0, "rotate:10"),
+    "zoom": _Entry(zoom, "fraction", 1.0, "zoom:0.1"),
+    "flip": _Entry(flip, None, 0.5, "flip"),
+    "brightness": _Entry(brightness, "fraction", 1.0, "brightness:0.1"),
+    "contrast": _Entry(contrast, "fraction", 1.0, "contrast:0.2"),
+    "noise": _Entry(noise, "stddev", 1.0, "noise:0.05"),
 }
 
 OPS = tuple(_OPS)
 
 # Folded into the step key so augmentation never shares draws with dropout.
 DEFAULT_SEED = 0x5EED
-
-
-# -- the ops ------------------------------------------------------------------
-
-
-def translate(
-    images,
-    seed,
-    max_shift: int = 1,
-    *,
-    prob=1.0,
-    value_range=(0.0, 1.0),
-    alg=rng.GRAPH_ALG,
-):
-    """Shifts each image by whole pixels, up to ``max_shift`` in each direction.
-
-    Each image draws a vertical and a horizontal shift, uniform over the
-    integers ``-max_shift..max_shift``. The shift is exact: pixel ``(i, j)``
-    of the output is pixel ``(i - dy, j - dx)`` of the input, or the
-    background (``value_range[0]``) where that falls outside the image.
-
-    Args:
-      images: ``[batch, h, w, c]`` float images.
-      seed: int ``[2]`` key.
-      max_shift: largest shift in pixels (an integer >= 0), default 1.
-      prob: probability of shifting each image, default 1.
-      value_range: ``(low, high)`` of the pixel values, default ``(0, 1)``.
-      alg: stateless RNG algorithm (``"philox"`` or ``"threefry"``).
-    """
-    _checks.non_negative_int("max_shift", max_shift)
-    images = _as_images(images)
-    if max_shift == 0:
-        return images
-    batch = tf.shape(images)[0]
-    # floor(u * (2k + 1)) - k is uniform over -k..k (u < 1 keeps it <= k).
-    u = _uniform([2, batch], seed, alg)
-    shifts = tf.cast(tf.floor(u * (2 * max_shift + 1)), tf.int32) - max_shift
-    shifted = shift(images, shifts[0], shifts[1], fill=value_range[0])
-    return _with_prob(images, shifted, prob, seed, alg)
-
-
-def shift(images, dy, dx, fill=0.0):
-    """Moves image ``b`` down by ``dy[b]`` and right by ``dx[b]`` whole pixels.
-
-    The exact, deterministic core of :func:`translate`: two gathers along
-    the rows and columns, and a mask that fills what was uncovered.
-    """
-    images = _as_images(images)
-    fill = tf.cast(fill, images.dtype)
-    shape = tf.shape(images)
-    rows = tf.range(shape[1])[None, :] - tf.cast(dy, tf.int32)[:, None]  # [b, h]
-    cols = tf.range(shape[2])[None, :] - tf.cast(dx, tf.int32)[:, None]  # [b, w]
-    row_ok = (rows >= 0) & (rows < shape[1])
-    col_ok = (cols >= 0) & (cols < shape[2])
-    out = tf.gather(
-        images, tf.clip_by_value(rows, 0, shape[1] - 1), axis=1, batch_dims=1
-    )
-    out = tf.gather(out, tf.clip_by_value(cols, 0, shape[2] - 1), axis=2, batch_dims=1)
-    inside = row_ok[:, :, None, None] & col_ok[:, None, :, None]
-    return tf.where(inside, out, fill)
-
-
-def rotate(
-    images,
-    seed,
-    max_degrees: float = 10.0,
-    *,
-    prob=1.0,
-    value_range=(0.0, 1.0),
-    alg=rng.GRAPH_ALG,
-):
-    """Rotates each image about its centre by up to ``±max_degrees``.
-
-    Bilinear sampling (:func:`affine`); the corners uncovered by the
-    rotation take the background value.
-
-    Args:
-      images: ``[batch, h, w, c]`` float images.
-      seed: int ``[2]`` key.
-      max_degrees: largest rotation in degrees, in [0, 180]; default 10.
-      prob, value_range, alg: as in :func:`translate`.
-    """
-    _checks.non_negative("max_degrees", max_degrees)
-    if max_degrees > 180:
-        raise ValueError(f"`max_degrees` ({max_degrees!r}) must be <= 180")
-    images = _as_images(images)
-    batch = tf.shape(images)[0]
-    limit = math.radians(max_degrees)
-    angle = _uniform([batch], seed, alg, -limit, limit)
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    # The inverse map (output -> source) of a rotation by `angle`.
-    matrix = tf.stack([tf.stack([cos, sin], -1), tf.stack([-sin, cos], -1)], -2)
-    rotated = affine(images, matrix, fill=value_range[0])
-    return _with_prob(images, rotated, prob, seed, alg)
-
-
-def zoom(
-    images,
-    seed,
-    max_zoom: float = 0.1,
-    *,
-    prob=1.0,
-    value_range=(0.0, 1.0),
-    alg=rng.GRAPH_ALG,
-):
-    """Rescales each image about its centre by a factor in ``1 ± max_zoom``.
-
-    A factor above 1 zooms in (a centre crop rescaled to full size), below 1
-    zooms out (a smaller image framed by background); the output keeps the
-    input's size. Height and width share the factor, so shapes keep their
-    aspect. Combine with ``translate`` for a random crop position.
-
-    Args:
-      images: ``[batch, h, w, c]`` float images.
-      seed: int ``[2]`` key.
-      max_zoom: largest relative change of scale, in [0, 1); default 0.1.
-      prob, value_range, alg: as in :func:`translate`.
-    """
-    _checks.rate("max_zoom", max_zoom)
-    images = _as_images(images)
-    batch = tf.shape(images)[0]
-    scale = _uniform([batch], seed, alg, 1.0 - max_zoom, 1.0 + max_zoom)
-    inverse = 1.0 / scale
-    zeros = tf.zeros_like(inverse)
-    matrix = tf.stack(
-        [tf.stack([inverse, zeros], -1), tf.stack([zeros, inverse], -1)], -2
-    )
-    zoomed = affine(images, matrix, fill=value_range[0])
-    return _with_prob(images, zoomed, prob, seed, alg)
-
-
-def flip(images, seed, *, prob=0.5, value_range=(0.0, 1.0), alg=rng.GRAPH_ALG):
-    """Mirrors each image left-right with probability ``prob`` (default 0.5).
-
-    Not for digits or text, whose mirror images are not realistic examples;
-    no pipeline flips unless its spec names ``flip``.
-    """
-    del value_range  # A mirror image stays in range.
-    images = _as_images(images)
-    return _with_prob(images, tf.reverse(images, axis=[2]), prob, seed, alg)
-
-
-def brightness(
-    images,
-    seed,
-    max_delta: float = 0.1,
-    *,
-    prob=1.0,
-    value_range=(0.0, 1.0),
-    alg=rng.GRAPH_ALG,
-):
-    """Adds a per-image offset up to ``±max_delta`` of the value range, then clips.
-
-    Args:
-      max_delta: largest offset as a fraction of ``high - low``, in [0, 1);
-        default 0.1.
-      images, seed, prob, value_range, alg: as in :func:`translate`.
-    """
-    _checks.rate("max_delta", max_delta)
-    images = _as_images(images)
-    low, high = value_range
-    batch = tf.shape(images)[0]
-    delta = _uniform([batch, 1, 1, 1], seed, alg, -max_delta, max_delta) * (high - low)
-    brighter = tf.clip_by_value(images + tf.cast(delta, images.dtype), low, high)
-    return _with_prob(images, brighter, prob, seed, alg)
-
-
-def contrast(
-    images,
-    seed,
-    max_change: float = 0.2,
-    *,
-    prob=1.0,
-    value_range=(0.0, 1.0),
-    alg=rng.GRAPH_ALG,
-):
-    """Scales each image's deviation from its mean by ``1 ± max_change``, then clips.
-
-    Args:
-      max_change: largest relative change of contrast, in [0, 1); default 0.2.
-      images, seed, prob, value_range, alg: as in :func:`translate`.
-    """
-    _checks.rate("max_change", max_change)
-    images = _as_images(images)
-    low, high = value_range
-    batch = tf.shape(images)[0]
-    factor = _uniform([batch, 1, 1, 1], seed, alg, 1.0 - max_change, 1.0 + max_change)
-    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-    changed = tf.clip_by_value(
-        (images - mean) * tf.cast(factor, images.dtype) + mean, low, high
-    )
-    return _with_prob(images, changed, prob, seed, alg)
-
-
-def noise(
-    images,
-    seed,
-    stddev: float = 0.05,
-    *,
-    prob=1.0,
-    value_range=(0.0, 1.0),
-    alg=rng.GRAPH_ALG,
-):
-    """Adds gaussian noise of ``stddev`` (a fraction of the value range), then clips.
-
-    Args:
-      stddev: noise standard deviation as a fraction of ``high - low``, >= 0;
-        default 0.05.
-      images, seed, prob, value_range, alg: as in :func:`translate`.
-    """
-    _checks.non_negative("stddev", stddev)
-    images = _as_images(images)
-    low, high = value_range
-    draws = tf.cast(_normal(tf.shape(images), seed, alg), images.dtype)
-    noisy = tf.clip_by_value(
-        images + draws * tf.cast(stddev * (high - low), images.dtype), low, high
-    )
-    return _with_prob(images, noisy, prob, seed, alg)
-
-
-_FUNCTIONS = {
-    "translate": translate,
-    "rotate": rotate,
-    "zoom": zoom,
-    "flip": flip,
-    "brightness": brightness,
-    "contrast": contrast,
-    "noise": noise,
-}
-
-
-# -- the bilinear sampler -----------------------------------------------------
-
-
-def affine(images, matrix, offset=None, fill=0.0):
-    """Resamples images under per-image affine maps, bilinearly, with gathers.
-
-    Output pixel ``p`` (``(row, col)``, measured from the image centre) reads
-    the input at ``matrix[b] @ p + offset[b]``; the four pixels around that
-    point are blended bilinearly, and points outside the image read
-    ``fill``. Gathers and arithmetic only, so XLA compiles it on any device.
-
-    Args:
-      images: ``[batch, h, w, c]`` float images.
-      matrix: ``[batch, 2, 2]`` inverse (output-to-source) linear maps.
-      offset: ``[batch, 2]`` source offsets in pixels; default none.
-      fill: value of the pixels outside the input.
-    """
-    images = _as_images(images)
-    shape = tf.shape(images)
-    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
-    dtype = images.dtype
-    centre = tf.cast(tf.stack([height - 1, width - 1]), dtype) / 2.0
-    rows, cols = tf.meshgrid(tf.range(height), tf.range(width), indexing="ij")
-    grid = (
-        tf.cast(tf.reshape(tf.stack([rows, cols], -1), [-1, 2]), dtype) - centre
-    )  # [hw, 2]
-    source = (
-        tf.einsum("bij,pj->bpi", tf.cast(matrix, dtype), grid) + centre
-    )  # [b, hw, 2]
-    if offset is not None:
-        source += tf.cast(offset, dtype)[:, None, :]
-    top_left = tf.floor(source)
-    frac = source - top_left  # [b, hw, 2]
-    top_left = tf.cast(top_left, tf.int32)
-    flat = tf.reshape(images, [batch, -1, channels])
-    fill = tf.cast(fill, dtype)
-    out = tf.zeros([batch, height * width, channels], dtype)
-    for drow in (0, 1):
-        for dcol in (0, 1):
-            r = top_left[..., 0] + drow
-            c = top_left[..., 1] + dcol
-            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-            index = tf.clip_by_value(r, 0, height - 1) * width + tf.clip_by_value(
-                c, 0, width - 1
-            )
-            values = tf.where(
-                inside[..., None], tf.gather(flat, index, batch_dims=1), fill
-            )
-            weight = (frac[..., 0] if drow else 1 - frac[..., 0]) * (
-                frac[..., 1] if dcol else 1 - frac[..., 1]
-            )
-            out += values * weight[..., None]
-    return tf.reshape(out, shape)
-
-
-# -- the pipeline -------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,11 +113,11 @@ class Op:
 
     def __post_init__(self):
         _checks.one_of("op", self.name, OPS)
-        kind, default_prob = _OPS[self.name]
+        entry = _OPS[self.name]
         if self.prob is None:
-            object.__setattr__(self, "prob", default_prob)
-        _probability(f"{self.name} probability", self.prob)
-        if kind is None:
+            object.__setattr__(self, "prob", entry.prob)
+        probability(f"{self.name} probability", self.prob)
+        if entry.kind is None:
             if self.magnitude is not None:
                 raise ValueError(
                     f"`{self.name}` takes no magnitude (got {self.magnitude!r}); "
@@ -377,27 +125,14 @@ class Op:
                 )
             return
         if self.magnitude is None:
-            raise ValueError(
-                f"`{self.name}` needs a magnitude, e.g. `{_EXAMPLES[self.name]}`"
-            )
-        _check_magnitude(self.name, kind, self.magnitude)
+            raise ValueError(f"`{self.name}` needs a magnitude, e.g. `{entry.example}`")
+        _check_magnitude(self.name, entry.kind, self.magnitude)
 
     def __call__(self, images, seed, *, value_range, alg):
         args = () if self.magnitude is None else (self.magnitude,)
-        return _FUNCTIONS[self.name](
+        return _OPS[self.name].function(
             images, seed, *args, prob=self.prob, value_range=value_range, alg=alg
         )
-
-
-_EXAMPLES = {
-    "translate": "translate:1",
-    "rotate": "rotate:10",
-    "zoom": "zoom:0.1",
-    "flip": "flip",
-    "brightness": "brightness:0.1",
-    "contrast": "contrast:0.2",
-    "noise": "noise:0.05",
-}
 
 
 class Pipeline:
@@ -437,7 +172,8 @@ class Pipeline:
         self.ops = tuple(ops)
         for op in self.ops:
             if not isinstance(op, Op):
-                raise ValueError(f"`ops` must hold lowtf.augment.Op values; got {op!r}")
+                # lowtf reports every bad argument as a ValueError (STYLE.md).
+                raise ValueError(f"`ops` must hold lowtf.augment.Op values; got {op!r}")  # noqa: TRY004
         if image_shape is not None:
             image_shape = _checks.image_shape("image_shape", image_shape)
         self.image_shape = image_shape
@@ -481,7 +217,7 @@ class Pipeline:
             seed, step_alg = current
             alg = alg or step_alg
         alg = alg or rng.GRAPH_ALG
-        key = _fold_in(tf.cast(seed, tf.int64), self.seed)
+        key = fold_in(tf.cast(seed, tf.int64), self.seed)
         flat_shape = None
         if self.image_shape is not None and tuple(images.shape[1:]) != self.image_shape:
             flat_shape = tf.shape(images)
@@ -491,7 +227,7 @@ class Pipeline:
         if self.mean is not None:
             x = x * self._stats(self.std, x) + self._stats(self.mean, x)
         for i, op in enumerate(self.ops):
-            x = op(x, _fold_in(key, i), value_range=self.value_range, alg=alg)
+            x = op(x, fold_in(key, i), value_range=self.value_range, alg=alg)
         if self.mean is not None:
             x = (x - self._stats(self.mean, x)) / self._stats(self.std, x)
         x = tf.cast(x, dtype)
@@ -529,7 +265,7 @@ def parse(spec: str, **kwargs) -> Pipeline:
       ValueError: naming the bad term, for an unknown op or a bad value.
     """
     if not isinstance(spec, str):
-        raise ValueError(f"the augmentation spec ({spec!r}) must be a string")
+        raise ValueError(f"the augmentation spec ({spec!r}) must be a string")  # noqa: TRY004
     ops = []
     if spec.strip().lower() not in ("", "none"):
         for term in spec.split(","):
@@ -564,19 +300,19 @@ def _number(text: str, name: str, what: str):
         raise ValueError(f"`{name}` {what} {text!r} is not a number") from None
     return (
         int(value)
-        if _OPS[name][0] == "int" and value.is_integer() and "." not in text
+        if _OPS[name].kind == "int" and value.is_integer() and "." not in text
         else value
     )
 
 
 def _op_spec(op: Op) -> str:
     text = op.name if op.magnitude is None else f"{op.name}:{op.magnitude:g}"
-    if op.prob != _OPS[op.name][1]:
+    if op.prob != _OPS[op.name].prob:
         text += f"@{op.prob:g}"
     return text
 
 
-# -- checks and helpers ---------------------------------------------------------
+# -- checks ----------------------------------------------------------------------
 
 
 def _check_magnitude(name, kind, value):
@@ -597,12 +333,6 @@ def _check_magnitude(name, kind, value):
         _checks.non_negative(label, value)
 
 
-def _probability(name, value):
-    _checks.finite(name, value)
-    if not 0 <= value <= 1:
-        raise ValueError(f"`{name}` ({value!r}) must be in [0, 1]")
-
-
 def _range(value_range):
     try:
         low, high = (float(v) for v in value_range)
@@ -615,60 +345,3 @@ def _range(value_range):
             f"`value_range` ({value_range!r}) must be finite with low < high"
         )
     return low, high
-
-
-def _as_images(images):
-    images = tf.convert_to_tensor(images)
-    if images.shape.rank != 4:
-        raise ValueError(
-            f"images must be a batch [batch, height, width, channels]; got shape {images.shape}"
-        )
-    return images
-
-
-def _with_prob(images, augmented, prob, seed, alg):
-    """Keeps ``augmented`` for each image with probability ``prob``."""
-    _probability("prob", prob)
-    if prob >= 1:
-        return augmented
-    if prob <= 0:
-        return images
-    # A key of its own, so the choice is independent of the op's magnitude.
-    u = _uniform(tf.shape(images)[:1], _fold_in(seed, 0x9E3779B1), alg)
-    return tf.where((u < prob)[:, None, None, None], augmented, images)
-
-
-def _uniform(shape, seed, alg, minval=0.0, maxval=1.0):
-    """Stateless U[minval, maxval) float32 draws, equal with and without XLA.
-
-    Built from raw uint32 draws, because TensorFlow's kernels and XLA turn
-    the same philox bits into *different* float32 values (measured with TF
-    2.21: ``stateless_uniform(alg="philox")`` differs under
-    ``jit_compile=True``, while its uint32, int32 and float64 draws agree).
-    """
-    bits = tf.random.stateless_uniform(
-        shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg=alg
-    )
-    # The top 24 bits fill a float32 mantissa exactly: u in [0, 1 - 2^-24].
-    u = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
-    return minval + (maxval - minval) * u
-
-
-def _normal(shape, seed, alg):
-    """Standard normal draws by Box-Muller from :func:`_uniform` pairs."""
-    u = _uniform(tf.concat([[2], shape], 0), seed, alg)
-    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - u[0]))  # 1 - u is in (0, 1].
-    return radius * tf.cos(2.0 * math.pi * u[1])
-
-
-def _fold_in(key, data):
-    """A new key from ``key`` and ``data``, equal with and without XLA.
-
-    ``tf.random.experimental.stateless_fold_in`` (and :func:`lowtf.rng.fold_in`)
-    default to ``alg="auto_select"``, which under XLA gives other keys than
-    TensorFlow's kernels once the key's first word is large; philox int64
-    draws agree in both modes.
-    """
-    return tf.random.experimental.stateless_fold_in(
-        tf.cast(key, tf.int64), tf.cast(data, tf.int64), alg=rng.GRAPH_ALG
-    )

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import augment, rng
+from lowtf import _draws, augment, rng
 
 SEED = tf.constant([3, 7], tf.int64)
 
@@ -189,6 +189,26 @@ def test_xla_and_graph_agree_with_the_same_algorithm():
         and y.max() <= 1
         and not np.allclose(y, eager)
     )
+
+
+def test_uniform_draws_sit_on_a_24_bit_grid_and_agree_under_xla():
+    # Floats come from uint32 bits because XLA turns the same philox bits into
+    # other float32 values; a large first key word is where fold-ins differed.
+    def draw(key, minval=0.0, maxval=1.0):
+        key = _draws.fold_in(key, 7)
+        return _draws.uniform([4096], key, rng.GRAPH_ALG, minval, maxval)
+
+    key = tf.constant([2**40, 5], tf.int64)
+    u = draw(key).numpy()
+    np.testing.assert_array_equal(tf.function(draw, jit_compile=True)(key), u)
+    np.testing.assert_array_equal(u * 2**24, np.floor(u * 2**24))
+    assert 0 <= u.min() < 0.001 and 0.999 < u.max() < 1 and 0.48 < u.mean() < 0.52
+    # Rescaled draws may round differently under XLA (a fused multiply-add),
+    # by one float32 ulp at most.
+    scaled = draw(key, -2.0, 3.0).numpy()
+    xla = tf.function(draw, jit_compile=True)(key, -2.0, 3.0).numpy()
+    np.testing.assert_allclose(xla, scaled, rtol=0, atol=2**-22)
+    np.testing.assert_allclose(scaled, -2.0 + 5.0 * u, rtol=0, atol=2**-22)
 
 
 def test_inference_is_the_identity():
