@@ -49,6 +49,20 @@ def remove_scratch(model_dir: str, strategy) -> None:
         distribute.remove_write_dir(os.path.join(model_dir, name), strategy)
 
 
+def finite_weights(model) -> bool:
+    """Whether every floating-point variable of ``model`` is free of NaN and Inf.
+
+    Integer variables (a Keras ``Dropout``'s int64 seed-generator state, a
+    counter) are skipped: they cannot be NaN, and ``tf.math.is_finite``
+    refuses them.
+    """
+    return all(
+        bool(tf.reduce_all(tf.math.is_finite(v)))
+        for v in model.variables
+        if tf.as_dtype(v.dtype).is_floating
+    )
+
+
 class RunningMeans(tf.Module):
     """Sums of the step metrics since the last evaluation (checkpointed)."""
 
@@ -115,11 +129,22 @@ class Checkpoints:
           Its path, or None (nothing restored) when there is none.
 
         Raises:
-          ValueError: the checkpoint does not fit this run's variables;
-            nothing was restored.
+          ValueError: the checkpoint does not fit this run's variables,
+            cannot be read, or is named in ``ckpt/checkpoint`` but missing;
+            ``model_dir`` is left as it is.
         """
         # Every worker resumes from the chief's checkpoint (see write_path).
-        path = tf.train.latest_checkpoint(os.path.join(self.model_dir, "ckpt"))
+        ckpt_dir = os.path.join(self.model_dir, "ckpt")
+        path = tf.train.latest_checkpoint(ckpt_dir)
+        if path is None and tf.io.gfile.exists(os.path.join(ckpt_dir, "checkpoint")):
+            # The state file names a checkpoint that is gone (or is itself
+            # unreadable): starting over would rewrite history.csv and prune
+            # the best snapshots of the run it describes.
+            named = _named_checkpoint(ckpt_dir)
+            if named is None:
+                state_file = os.path.join(ckpt_dir, "checkpoint")
+                raise self._unusable(state_file, "this state file cannot be parsed")
+            raise self._unusable(named, "its files are missing")
         if path is not None:
             self._restore(path)
             self.saved_step = int(self.train_step.step.numpy())
@@ -134,8 +159,7 @@ class Checkpoints:
             return True  # already on disk; rewriting it would expose it to a crash
         # The last step of a call can break the weights after its (finite)
         # loss was computed; such a state must not become the one to resume.
-        variables = self.train_step.model.variables
-        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables):
+        if not finite_weights(self.train_step.model):
             return False
         self.manager.save(checkpoint_number=step)
         self.saved_step = step
@@ -164,18 +188,48 @@ class Checkpoints:
     def _restore(self, path: str) -> None:
         # Compared before restoring: a failed restore would leave the model
         # half overwritten (and TensorFlow warning about it at exit).
-        reason = _mismatch(self.state, path)
-        if reason is None:
-            try:
-                self.state.restore(path).assert_consumed()
-            except (AssertionError, ValueError, tf.errors.OpError) as error:
-                reason = str(error).strip().splitlines()[0][:300]
+        try:
+            reason = _mismatch(self.state, path)
+            if reason is None:
+                try:
+                    self.state.restore(path).assert_consumed()
+                except (AssertionError, ValueError) as error:
+                    reason = _first_line(error)
+        except tf.errors.OpError as error:
+            # A truncated or zeroed file: "file is too short to be an sstable".
+            raise self._unusable(
+                path, f"it cannot be read: {_first_line(error)}"
+            ) from None
         if reason is not None:
             raise ValueError(
                 f"`model_dir` ({self.model_dir!r}) holds a checkpoint ({path}) that "
                 f"does not fit this model, optimizer and data ({reason}); resume with "
                 "the same settings or pick a new model_dir"
             )
+
+    def _unusable(self, path: str, why: str) -> ValueError:
+        ckpt_dir = os.path.join(self.model_dir, "ckpt")
+        return ValueError(
+            f"`model_dir` ({self.model_dir!r}) has a latest checkpoint ({path}) "
+            f"that cannot be resumed ({why}); model_dir was left as it is. Restore "
+            f"its files from a copy, delete {ckpt_dir} to train this model_dir from "
+            "step 0 again, or pick another model_dir"
+        )
+
+
+def _named_checkpoint(ckpt_dir: str) -> str | None:
+    """The checkpoint ``ckpt_dir/checkpoint`` names as the latest; None if unreadable."""
+    try:
+        state = tf.train.get_checkpoint_state(ckpt_dir)
+    except (tf.errors.OpError, ValueError):
+        state = None
+    if state is None or not state.model_checkpoint_path:
+        return None
+    return os.path.join(ckpt_dir, state.model_checkpoint_path)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0][:300]
 
 
 def _mismatch(state, path) -> str | None:

@@ -64,11 +64,7 @@ class FitLoop:
         self.config, self.log, self.model_dir = config, log, model_dir
         x, y = _pair("train", train)
         self.x_val, self.y_val = _pair("validation", validation)
-        if x.shape[1:] != self.x_val.shape[1:]:
-            raise ValueError(
-                f"training examples have shape {x.shape[1:]} but validation examples "
-                f"{self.x_val.shape[1:]}; both sets need the same features"
-            )
+        _check_validation_features(x, self.x_val)
         if os.path.exists(model_dir) and not os.path.isdir(model_dir):
             raise ValueError(f"`model_dir` ({model_dir!r}) is a file; pick a directory")
         self.model, self.optimizer = model, optimizer
@@ -77,7 +73,14 @@ class FitLoop:
         self.step = step_lib.TrainStep(
             model, optimizer, data=data, augment=augment, options=options
         )
-        self.step.build(data.x[:1])
+        self.step.build(data.x[:1])  # checks the training labels against the head
+        # Bad validation labels would give a meaningless validation loss (a
+        # sigmoid head takes 3 as "more than 1") or fail at the step-0
+        # evaluation, after model_dir was written.
+        step_lib._check_labels(
+            self.y_val, self.step.head, self.step._num_logits, "validation[1]"
+        )
+        _check_monitor(config.monitor, model)
         self.evaluator = step_lib.Evaluator(
             model,
             loss=options.loss,
@@ -184,6 +187,12 @@ class FitLoop:
         self.running.add(means, num_steps)
         step += num_steps
         if step % config.eval_every == 0 or step == config.max_steps:
+            # The training means come from before each update: the last one
+            # may have broken the weights, and an improving training metric
+            # would then make them the best snapshot.
+            if not _checkpointing.finite_weights(self.model):
+                self._non_finite(f"weights at step {step}")
+                return "non_finite"
             row = self._evaluate()
             if not math.isfinite(row["val_cross_entropy"]):
                 self._non_finite(f"validation cross-entropy at step {step}")
@@ -308,6 +317,38 @@ def _pair(name: str, data) -> tuple[np.ndarray, np.ndarray]:
             "and be > 0"
         )
     return x, y
+
+
+def _check_validation_features(x: np.ndarray, x_val: np.ndarray) -> None:
+    """Refuses validation features the model, built on ``x``, cannot take."""
+    if x.shape[1:] != x_val.shape[1:]:
+        raise ValueError(
+            f"training examples have shape {x.shape[1:]} but validation examples "
+            f"{x_val.shape[1:]}; both sets need the same features"
+        )
+    if x.dtype != x_val.dtype:
+        raise ValueError(
+            f"training features are {x.dtype.name} but validation features "
+            f"(validation[0]) {x_val.dtype.name}; cast them to one dtype, e.g. "
+            f"x_val.astype(np.{x.dtype.name})"
+        )
+    # A NaN or Inf feature makes the validation loss NaN, which stops the run.
+    step_lib._check_finite(x_val, "validation[0]")
+
+
+def _check_monitor(monitor: str, model) -> None:
+    """Refuses a monitor that cannot improve on this model."""
+    if monitor == "regularization_loss" and not regularizers.regularization_losses(
+        model
+    ):
+        # The penalty is 0.0 at step 0 and stays so: the run would stop after
+        # `patience` steps and restore the untrained weights.
+        raise ValueError(
+            "`monitor` ('regularization_loss') never improves on this model: it "
+            "has no regularization loss (no weight carries an L1/L2 regularizer), "
+            "so the penalty stays 0.0; monitor 'val_cross_entropy', or regularize "
+            "the model (e.g. lowtf.mlp(..., l2=1e-4))"
+        )
 
 
 def _next_multiple(step: int, every: int) -> int:

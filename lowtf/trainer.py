@@ -173,8 +173,12 @@ def fit(
       A :class:`FitResult`; the model then holds the best snapshot.
 
     Raises:
-      ValueError: bad arguments, or a ``model_dir`` whose checkpoint does not
-        fit this model and data.
+      ValueError: bad arguments (validation labels the model's head cannot
+        take, validation features of another dtype or shape than the
+        training ones, ``monitor="regularization_loss"`` on a model without
+        regularization, ...), or a ``model_dir`` whose latest checkpoint
+        does not fit this model and data, cannot be read, or is named in
+        ``ckpt/checkpoint`` but missing.
     """
     started = time.monotonic()
     if not isinstance(config, TrainConfig):

@@ -7,6 +7,7 @@ named, a state already on disk is not written again.
 """
 
 import os
+import shutil
 
 import _fixtures
 import numpy as np
@@ -152,3 +153,74 @@ def test_mismatch_names_the_variable_and_how_it_differs(tmp_path):
     assert (
         mismatch(state(a=[1.0, 2.0], b=3, c=0.0), path) == "c is not in the checkpoint"
     )
+
+
+def _digest(root):
+    return {
+        os.path.relpath(os.path.join(folder, name), root): open(
+            os.path.join(folder, name), "rb"
+        ).read()
+        for folder, _, names in os.walk(root)
+        for name in names
+    }
+
+
+def test_an_unreadable_latest_checkpoint_is_refused_and_left_as_it_is(tmp_path):
+    first = _checkpoints(tmp_path)
+    first.save()
+    first.train_step.step.assign(5)
+    first.save()
+    # A truncated copy or a full disk: the index file of ckpt-5 is zeroed.
+    (tmp_path / "ckpt" / "ckpt-5.index").write_bytes(b"")
+    before = _digest(tmp_path)
+    other = _checkpoints(tmp_path, seed=3)
+    weights = _values(other)
+    with pytest.raises(
+        ValueError,
+        match=r"has a latest checkpoint \(.*ckpt-5\) that cannot be resumed \(it "
+        r"cannot be read: .*too short.*\); model_dir was left as it is\. Restore its "
+        r"files from a copy, delete .*ckpt to train this model_dir from step 0 "
+        r"again, or pick another model_dir",
+    ):
+        other.restore_latest()
+    assert _digest(tmp_path) == before
+    for a, b in zip(weights, _values(other)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_latest_checkpoint_named_but_missing_is_refused(tmp_path):
+    first = _checkpoints(tmp_path)
+    first.save()
+    first.train_step.step.assign(5)
+    first.save()
+    # ckpt/checkpoint names ckpt-5, whose index is gone: TensorFlow finds no
+    # checkpoint, and starting over would rewrite this run's history.
+    os.remove(tmp_path / "ckpt" / "ckpt-5.index")
+    before = _digest(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"has a latest checkpoint \(.*ckpt-5\) that cannot be resumed \(its "
+        r"files are missing\); model_dir was left as it is",
+    ):
+        _checkpoints(tmp_path).restore_latest()
+    assert _digest(tmp_path) == before
+    # A state file that does not parse is refused too.
+    (tmp_path / "ckpt" / "checkpoint").write_text("model_checkpoint_path: ckpt-5 {")
+    with pytest.raises(
+        ValueError,
+        match=r"has a latest checkpoint \(.*ckpt/checkpoint\) that cannot be resumed "
+        r"\(this state file cannot be parsed\)",
+    ):
+        _checkpoints(tmp_path).restore_latest()
+    # With the checkpoints deleted, as the message says, a run starts at step 0.
+    shutil.rmtree(tmp_path / "ckpt")
+    assert _checkpoints(tmp_path).restore_latest() is None
+
+
+def test_finite_weights_skips_integer_variables():
+    model = tf.Module()
+    model.seed = tf.Variable([3, 7], dtype=tf.int64)
+    model.kernel = tf.Variable([1.0, 2.0])
+    assert _checkpointing.finite_weights(model)
+    model.kernel.assign([1.0, float("inf")])
+    assert not _checkpointing.finite_weights(model)

@@ -543,3 +543,146 @@ def test_a_keras_model_trains_reports_its_kernel_norms_and_restores(tmp_path):
     expected = lowtf.unit_norms(tf.identity(kernel)).numpy().max()
     assert norms[("max_unit_norm/hidden", result.best_step)] == np.float32(expected)
     assert ("max_unit_norm/out", 40) in norms
+
+
+def test_a_keras_model_with_dropout_saves_and_resumes(tmp_path):
+    # Keras 3 Dropout keeps an int64 seed-generator state among the model's
+    # variables: the NaN/Inf check before each save must skip it.
+    def keras_dropout_mlp():
+        return tf.keras.Sequential(
+            [
+                tf.keras.Input((20,)),
+                tf.keras.layers.Dense(16, activation="elu"),
+                tf.keras.layers.Dropout(0.3, seed=1),
+                tf.keras.layers.Dense(1),
+            ]
+        )
+
+    model = keras_dropout_mlp()
+    assert tf.int64 in [v.dtype for v in model.variables]
+    config = lowtf.TrainConfig(
+        batch_size=40, max_steps=40, eval_every=20, checkpoint_every=20
+    )
+    result, _ = _fit(tmp_path, config, model=model)
+    assert (result.stop_reason, result.last_step) == ("max_steps", 40)
+    state = tf.train.get_checkpoint_state(str(tmp_path / "ckpt"))
+    assert [p.rsplit("-", 1)[1] for p in state.all_model_checkpoint_paths] == [
+        "0",
+        "20",
+        "40",
+    ]
+    _, validation = _noisy()
+    evaluate = lowtf.Evaluator(model, jit_compile=False)
+    assert evaluate(*validation)["cross_entropy"] == result.best_value
+    # A new model resumes from step 40 and, at max_steps already, ends there.
+    again, lines = _fit(tmp_path, config, model=keras_dropout_mlp())
+    assert lines[0].endswith("at step 40")
+    assert (again.best_step, again.best_value) == (result.best_step, result.best_value)
+
+
+def test_bad_validation_data_is_refused_before_model_dir_is_written(tmp_path):
+    config = lowtf.TrainConfig(batch_size=40, max_steps=40, eval_every=20)
+    (x, y), (x_val, y_val) = _noisy()
+    three = y_val.copy()
+    three[5] = 3.0
+    nan = x_val.copy()
+    nan[7, 2] = np.nan
+    softmax = lowtf.mlp("small", num_classes=3, seed=1)
+    cases = [
+        # A sigmoid head would take 3 as "more than 1" in silence.
+        (
+            None,
+            (x_val, three),
+            (
+                r"label 3\.0 is out of range in `validation\[1\]` \(row 5; 1 of 400 "
+                r"labels are out.*sigmoid head with 1 logit"
+            ),
+        ),
+        # A softmax head fails in the graph, or gives NaN under XLA.
+        (
+            softmax,
+            (x_val, np.where(np.arange(400) == 9, 3, y_val.astype(np.int64))),
+            (
+                r"label 3 is out of range in `validation\[1\]` \(row 9; .*softmax "
+                r"head with 3 logit\(s\) takes labels that are integers in \[0, 3\)"
+            ),
+        ),
+        (
+            None,
+            (x_val.astype(np.float64), y_val),
+            (
+                r"training features are float32 but validation features "
+                r"\(validation\[0\]\) float64; cast them to one dtype, e.g. "
+                r"x_val.astype\(np.float32\)"
+            ),
+        ),
+        (
+            None,
+            (nan, y_val),
+            r"`validation\[0\]` holds NaN or Inf: validation\[0\]\[7, 2\] is nan",
+        ),
+        (None, (x_val, y_val[:-1]), r"`validation` has 400 examples but 399 labels"),
+        (None, (x_val[:0], y_val[:0]), r"`validation` has 0 examples but 0 labels"),
+    ]
+    fresh = tmp_path / "fresh"
+    for model, validation, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _fit(fresh, config, model=model, data=((x, y), validation))
+        assert not fresh.exists()
+    existing = tmp_path / "existing"
+    _fit(existing, config)
+    before = _tree_digest(existing)
+    with pytest.raises(ValueError, match=r"label 3\.0 is out of range"):
+        _fit(existing, config, data=((x, y), (x_val, three)))
+    assert _tree_digest(existing) == before
+
+
+def test_regularization_loss_monitor_needs_a_regularized_model(tmp_path):
+    config = lowtf.TrainConfig(monitor="regularization_loss", batch_size=40)
+    with pytest.raises(
+        ValueError,
+        match=r"`monitor` \('regularization_loss'\) never improves on this model: "
+        r"it has no regularization loss .* the penalty stays 0\.0; monitor "
+        r"'val_cross_entropy', or regularize the model \(e\.g\. "
+        r"lowtf\.mlp\(\.\.\., l2=1e-4\)\)",
+    ):
+        _fit(tmp_path / "run", config)
+    assert not (tmp_path / "run").exists()
+    # With an L2 penalty it is a metric that moves, and is accepted.
+    config = dataclasses.replace(config, max_steps=20, eval_every=10)
+    result, _ = _fit(tmp_path / "l2", config, model=lowtf.mlp("small", l2=1e-2))
+    assert result.monitor == "regularization_loss"
+    values = [row["regularization_loss"] for row in result.history]
+    assert values[0] > 0 and values[-1] != values[0]
+
+
+def test_weights_broken_before_an_evaluation_never_become_the_best(tmp_path):
+    # Monitoring a training metric, whose means come from before each update:
+    # step 40's update uses a NaN rate, yet the training loss of steps 21-40
+    # improves on that of steps 1-20. The NaN weights must not be snapshot.
+    model = lowtf.mlp("small", seed=6)
+    config = lowtf.TrainConfig(
+        batch_size=40,
+        max_steps=500,
+        eval_every=20,
+        steps_per_call=7,
+        checkpoint_every=1000,
+        monitor="train_cross_entropy",
+    )
+    result, lines = _fit(
+        tmp_path,
+        config,
+        model=model,
+        optimizer=tf.keras.optimizers.Adam(_NanAfter(39, 1e-2)),
+    )
+    # Unchecked, the step-40 NaN weights were the best (train ce 0.353 < 0.516).
+    assert result.best_step == 20
+    assert all(np.isfinite(v).all() for v in _values(model))
+    assert (result.stop_reason, result.last_step) == ("non_finite", 40)
+    assert any(line.startswith("non-finite weights at step 40") for line in lines)
+    assert [row["step"] for row in result.history] == [0, 20]
+    assert len(glob.glob(str(tmp_path / "best" / "best-*.index"))) == 1
+    copy = lowtf.mlp("small", seed=7)
+    copy(_noisy()[0][0][:1])
+    for restored, stored in zip(_values(model), _best_weights(tmp_path, copy)):
+        np.testing.assert_array_equal(restored, stored)
