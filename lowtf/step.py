@@ -237,10 +237,14 @@ class TrainStep(tf.Module):
         logits for a softmax head, 0 or 1 for a sigmoid head) and its
         features (no NaN or Inf). Under XLA a bad label or feature gives a
         NaN loss or a wrong one, not an error. The checks read NumPy arrays
-        and tensors in host memory in place (a max over the labels, a sum
-        over the features); a batch already on an accelerator, or a symbolic
+        and tensors in host memory in place (a comparison and a count over
+        the labels, an isfinite and a count over the features); a batch already on an accelerator, or a symbolic
         one (the step called inside your own ``tf.function``), is not read
-        back and goes unchecked.
+        back and goes unchecked. They take 6 us in a hot loop, but between
+        steps NumPy runs with cold caches: measured on a loaded 2-core CPU,
+        they add 50-75 us to a tiny MLP's 0.5-0.8 ms call (batch 500), a
+        constant cost that larger models dilute. :meth:`run` checks its data
+        once and has no per-step cost.
 
         Raises:
           ValueError: a bad batch, naming the argument and the bad value.
@@ -572,8 +576,8 @@ def _check_labels(y, head, num_logits, name):
         return
     if y.dtype.kind not in "biuf":
         raise ValueError(
-            f"`{name}` holds {y.dtype} labels; they must be numbers: integer class "
-            "indices, or 0/1 for a sigmoid head"
+            f"`{name}` holds labels of dtype {y.dtype} (the first is {y.flat[0]!r}); "
+            "labels must be numbers: class indices, or 0/1 for a sigmoid head"
         )
     y = y.astype(np.int8) if y.dtype.kind == "b" else y
     whole = np.isfinite(y) & (y == np.round(y))

@@ -435,6 +435,8 @@ def test_each_batch_is_checked_on_the_host_before_the_compiled_call(binary_data)
     ]:
         with pytest.raises(ValueError, match=message):
             binary(x, labels)
+    with pytest.raises(ValueError, match=r"^`y` holds labels of dtype <U3 .*'yes'"):
+        binary(x, np.array(["yes", "no"] * 16))
     assert int(binary.step) == 1
     with pytest.raises(ValueError, match=r"^`x` holds NaN or Inf: x\[2, 0\] is nan"):
         lowtf.InMemoryBatches(np.where(rows[:, None] == 2, np.nan, x), y, 8)
