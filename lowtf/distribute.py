@@ -103,8 +103,13 @@ def make_strategy(
         ``"multi_worker"`` (see the module docstring).
       devices: for ``"mirrored"``, the devices to mirror on (default: every
         local GPU, else the CPU).
-      timeout_seconds: for ``"multi_worker"``, how long a collective op may
-        wait for the other workers before failing (default: no limit).
+      timeout_seconds: for ``"multi_worker"``, how long one collective op
+        may wait for the other workers before it fails with
+        ``tf.errors.DeadlineExceededError`` (default None: no limit). For a
+        worker that hangs without dying; one that dies is seen without it
+        (see :func:`lost_worker`). TensorFlow keeps one sleeping thread per
+        collective op for this long: at 85 steps/s (about 700 collective ops
+        per second) 300 s piled up some 15,000 threads and aborted the run.
 
     Raises:
       ValueError: an unknown name, or ``"multi_worker"`` without TF_CONFIG.
@@ -220,6 +225,32 @@ def _replica_sum(strategy, value):
     # In a tf.function: strategy.run outside one warns of eager overhead.
     per_replica = strategy.run(tf.identity, args=(value,))
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+
+def lost_worker(error: BaseException, strategy=None) -> bool:
+    """Whether ``error`` means that another worker stopped or cannot be reached.
+
+    Under ``MultiWorkerMirroredStrategy`` TensorFlow (2.21) aborts every
+    collective op of a worker once another one is gone, and the next op run
+    raises (``tests/test_distribute.py`` kills a ``bin/train`` worker):
+
+    * ``tf.errors.UnavailableError``: the coordination service missed the
+      dead worker's heartbeats (about 10 s), or the connection to it broke
+      (at once when the chief died);
+    * ``tf.errors.DeadlineExceededError``: a collective op outlived
+      ``timeout_seconds`` of :func:`make_strategy`.
+
+    The worker cannot go on (its collectives stay aborted): save nothing
+    more, exit, and run every worker again to resume from the latest
+    checkpoint. Always False outside a cluster, where these errors mean
+    something else.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if task(strategy)[0] is None:
+        return False
+    return isinstance(
+        error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
+    )
 
 
 def describe(strategy=None) -> str:

@@ -378,3 +378,176 @@ def test_a_multi_worker_run_stops_together_and_resumes_from_the_latest_checkpoin
             _weights(out, index, "resumed-1"), _weights(out, index, "straight-0")
         ):
             np.testing.assert_array_equal(a, b)
+
+
+# -- bin/train when a worker dies: one line, status 3, checkpoints intact ------
+
+BIN_TRAIN = os.path.join(os.path.dirname(HERE), "bin", "train")
+# A tiny model that trains far longer than the test lets it: a checkpoint and
+# an evaluation every 50 steps.
+DIE_FLAGS = [
+    "--dataset=synthetic",
+    "--train_size=400",
+    "--validation_size=100",
+    "--model=tiny",
+    "--noxla",
+    "--batch_size=50",
+    "--max_steps=1000000",
+    "--eval_every=50",
+    "--checkpoint_every=50",
+    "--steps_per_call=50",
+    "--patience=1000000",
+]
+
+
+def _start_bin_train_workers(out, model_dir, *flags):
+    """Two bin/train workers on localhost; their stdout and stderr go to files."""
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    procs = []
+    for index in range(2):
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        with (
+            open(out / f"w{index}.out", "w") as stdout,
+            open(out / f"w{index}.err", "w") as stderr,
+        ):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        BIN_TRAIN,
+                        "--strategy=multi_worker",
+                        *flags,
+                        f"--model_dir={model_dir}",
+                    ],
+                    stdout=stdout,
+                    stderr=stderr,
+                    env=dict(ENV, TF_CONFIG=json.dumps(config)),
+                )
+            )
+    return procs
+
+
+def _wait_for_line(procs, path, prefix, timeout):
+    """Waits until the file at ``path`` has a line starting with ``prefix``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(line.startswith(prefix) for line in path.read_text().splitlines()):
+            return True
+        if any(p.poll() is not None for p in procs):
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_lost_worker_errors():
+    unavailable = tf.errors.UnavailableError(None, None, "stopped sending heartbeats")
+    timed_out = tf.errors.DeadlineExceededError(None, None, "Collective has timed out")
+    for error in (unavailable, timed_out):
+        assert distribute.lost_worker(error, _worker(0))
+        assert distribute.lost_worker(error, _worker(1))
+        assert not distribute.lost_worker(error)  # one process: something else
+    assert not distribute.lost_worker(
+        tf.errors.InternalError(None, None, "x"), _worker(1)
+    )
+    assert not distribute.lost_worker(ValueError("x"), _worker(1))
+
+
+def test_bin_train_refuses_collective_timeout_without_multi_worker(tmp_path):
+    for strategy, args in [("default", []), ("mirrored", ["--strategy=mirrored"])]:
+        run = subprocess.run(
+            [
+                sys.executable,
+                BIN_TRAIN,
+                *args,
+                "--collective_timeout=30",
+                f"--model_dir={tmp_path / 'run'}",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
+        expected = (
+            "error: --collective_timeout bounds how long a worker waits for the others, "
+            f"so it needs --strategy=multi_worker (not {strategy}); drop it"
+        )
+        assert run.returncode == 2
+        assert run.stderr.strip().splitlines() == [expected]
+    assert not (tmp_path / "run").exists()
+
+
+def test_bin_train_stops_with_one_line_when_a_worker_dies(tmp_path):
+    model_dir = tmp_path / "run"
+    # Below the coordination service's 10 s heartbeat timeout, so the survivor's
+    # collective times out first (the other path raises UnavailableError).
+    timeout = 5
+    for attempt in range(2):
+        out = tmp_path / f"try{attempt}"
+        out.mkdir()
+        procs = _start_bin_train_workers(
+            out, model_dir, *DIE_FLAGS, f"--collective_timeout={timeout}"
+        )
+        try:
+            # Step 100's line comes after its checkpoint (ckpt-100) is saved.
+            started = _wait_for_line(procs, out / "w0.out", "step 100/", 120)
+            if not started:
+                logs = (out / "w0.err").read_text() + (out / "w1.err").read_text()
+                # Another process may take a free port before a worker binds it.
+                if attempt == 0 and "ddress already in use" in logs:
+                    continue
+                pytest.fail("the workers did not reach step 100:\n" + logs[-4000:])
+            procs[1].kill()  # SIGKILL: no handler runs, no goodbye to the chief
+            try:
+                code = procs[0].wait(timeout=timeout + 60)
+            except subprocess.TimeoutExpired:
+                pytest.fail("worker 0 still waits for the killed worker 1")
+            break
+        finally:
+            for p in procs:  # a hung worker must not outlive the test
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    stderr = (out / "w0.err").read_text()
+    assert code == 3, stderr[-4000:]
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr[-4000:]
+    (error,) = errors
+    assert error.startswith("error: worker 0 lost contact with the other workers")
+    assert "a worker stopped or is unreachable" in error
+    assert "run the same command on every worker again" in error
+    # The latest checkpoint it names is on disk, step 100 or later ...
+    latest = tf.train.latest_checkpoint(str(model_dir / "ckpt"))
+    assert error.endswith(f"training resumes from the latest checkpoint, {latest}")
+    step = int(latest.rsplit("-", 1)[1])
+    assert step >= 100 and step % 50 == 0
+    # ... the best snapshot restores and evaluates to its recorded value ...
+    data = lowtf.load_dataset("synthetic", train_size=400, validation_size=100)
+    pointer = lowtf.best_checkpoint(str(model_dir / "best"))
+    model = lowtf.mlp("tiny", num_classes=2)
+    model(np.zeros([1, data.train[0].shape[1]], np.float32))
+    tf.train.Checkpoint(model=model).read(
+        pointer["prefix"]
+    ).assert_existing_objects_matched()
+    evaluation = lowtf.Evaluator(model)(*data.validation)
+    assert abs(evaluation["cross_entropy"] - pointer["value"]) < 1e-5
+    # ... and one worker alone resumes from the latest checkpoint.
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            BIN_TRAIN,
+            *DIE_FLAGS,
+            f"--max_steps={step + 50}",
+            f"--model_dir={model_dir}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resuming from {latest} at step {step}" in resumed.stdout
+    with open(model_dir / "summary.json") as f:
+        assert json.load(f)["last_step"] == step + 50
