@@ -421,6 +421,8 @@ class Evaluator:
 
     def __init__(self, model, *, loss="auto", batch_size=4096, jit_compile=True):
         _checks.positive_int("batch_size", batch_size)
+        _checks.one_of("loss", loss, losses.HEADS)
+        _checks.boolean("jit_compile", jit_compile)
         self.model = model
         self.loss = loss
         self.batch_size = batch_size

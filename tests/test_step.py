@@ -457,6 +457,11 @@ def test_step_option_flags_take_only_bools(field):
             ValueError, match=r"`jit_compile` .* True, False or 'auto'$"
         ):
             lowtf.StepOptions(jit_compile=bad)
+    model = lowtf.mlp("tiny")
+    with pytest.raises(ValueError, match=r"^`jit_compile` \('auto'\) must be True or"):
+        lowtf.Evaluator(model, jit_compile="auto")  # no "auto" rule there
+    with pytest.raises(ValueError, match=r"^`loss` \('hinge'\) must be one of"):
+        lowtf.Evaluator(model, loss="hinge")
 
 
 # -- tf.distribute arithmetic (one process, one device) -----------------------------
