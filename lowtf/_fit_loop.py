@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from lowtf import (
+    _batch_checks,
     _checkpointing,
     distribute,
     early_stopping,
@@ -77,8 +78,8 @@ class FitLoop:
         # Bad validation labels would give a meaningless validation loss (a
         # sigmoid head takes 3 as "more than 1") or fail at the step-0
         # evaluation, after model_dir was written.
-        step_lib._check_labels(
-            self.y_val, self.step.head, self.step._num_logits, "validation[1]"
+        _batch_checks.check_labels(
+            self.y_val, self.step.head, self.step.num_logits, "validation[1]"
         )
         _check_monitor(config.monitor, model)
         self.evaluator = step_lib.Evaluator(
@@ -333,7 +334,7 @@ def _check_validation_features(x: np.ndarray, x_val: np.ndarray) -> None:
             f"x_val.astype(np.{x.dtype.name})"
         )
     # A NaN or Inf feature makes the validation loss NaN, which stops the run.
-    step_lib._check_finite(x_val, "validation[0]")
+    _batch_checks.check_finite(x_val, "validation[0]")
 
 
 def _check_monitor(monitor: str, model) -> None:

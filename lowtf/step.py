@@ -32,7 +32,16 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks, constraints, losses, regularizers, rng
+from lowtf import (
+    _batch_checks,
+    _checks,
+    _evaluator,
+    constraints,
+    losses,
+    regularizers,
+    rng,
+)
+from lowtf._evaluator import Evaluator, auto_jit_compile  # noqa: F401 (re-export)
 
 METRICS = ("cross_entropy", "regularization_loss", "total_loss", "accuracy")
 
@@ -45,8 +54,9 @@ class StepOptions:
       jit_compile: compile the step with XLA (default True). False runs it
         as a plain ``tf.function`` graph; both give the same numbers.
         ``"auto"`` picks by :func:`auto_jit_compile`: XLA, except for a
-        model with convolutions on a machine without a GPU, where XLA's CPU
-        convolutions are far slower than TensorFlow's (see BENCHMARKS.md).
+        model with convolutions on a machine without a GPU, where a graph
+        runs a step about as fast and compiles faster (about 2 s against
+        3-7 s under XLA).
       run_eagerly: no ``tf.function`` at all, for debugging (default False).
       loss: ``"auto"`` (default: sigmoid for 1 logit, else softmax),
         ``"softmax"`` or ``"sigmoid"``.
@@ -102,8 +112,8 @@ class InMemoryBatches(tf.Module):
         # The same rules as a batch given to the step, checked here and not
         # deep inside the compiled loop that draws the batches (the labels
         # wait for the model's head, in TrainStep.build).
-        _check_batch(self.x, self.y)
-        _check_finite(np.asarray(self.x), "x")
+        _batch_checks.check_batch(self.x, self.y)
+        _batch_checks.check_finite(np.asarray(self.x), "x")
         if batch_size > n:
             raise ValueError(f"`batch_size` ({batch_size}) exceeds the {n} examples")
         self.size = n
@@ -196,7 +206,9 @@ class TrainStep(tf.Module):
             )
         _check_optimizer_strategy(optimizer, self._strategy)
         if data is not None:  # refused here, before a trainer writes anything
-            _check_shardable("`data.batch_size`", data.batch_size, self._strategy)
+            _batch_checks.check_shardable(
+                "`data.batch_size`", data.batch_size, self._strategy
+            )
         self._built = False
         self._head = None
         self._num_logits = None
@@ -238,12 +250,13 @@ class TrainStep(tf.Module):
         features (no NaN or Inf). Under XLA a bad label or feature gives a
         NaN loss or a wrong one, not an error. The checks read NumPy arrays
         and tensors in host memory in place (a comparison and a count over
-        the labels, an isfinite and a count over the features); a batch already on an accelerator, or a symbolic
-        one (the step called inside your own ``tf.function``), is not read
-        back and goes unchecked. They take 6 us in a hot loop, but between
-        steps NumPy runs with cold caches: measured on a loaded 2-core CPU,
-        they add 50-75 us to a tiny MLP's 0.5-0.8 ms call (batch 500), a
-        constant cost that larger models dilute. :meth:`run` checks its data
+        the labels, an isfinite and a count over the features); a batch
+        already on an accelerator, or a symbolic one (the step called inside
+        your own ``tf.function``), is not read back and goes unchecked. They
+        take 6 us in a hot loop, but between steps NumPy runs with cold
+        caches: measured on a loaded 2-core CPU, they add 50-75 us to a tiny
+        MLP's 0.5-0.8 ms call (batch 500), a constant cost that larger models
+        dilute. :meth:`run` checks its data
         once and has no per-step cost.
 
         Raises:
@@ -251,16 +264,16 @@ class TrainStep(tf.Module):
         """
         host_x, host_y = x, y
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-        _check_batch(x, y)
-        _check_shardable("the global batch", x.shape[0], self._strategy)
+        _batch_checks.check_batch(x, y)
+        _batch_checks.check_shardable("the global batch", x.shape[0], self._strategy)
         self.build(x)
-        _check_features(x, self._x_spec)
-        host_y = _on_host(host_y, y)
+        _batch_checks.check_features(x, self._x_spec)
+        host_y = _batch_checks.on_host(host_y, y)
         if host_y is not None and self._num_logits is not None:
-            _check_labels(host_y, self._head, self._num_logits, "y")
-        host_x = _on_host(host_x, x)
+            _batch_checks.check_labels(host_y, self._head, self._num_logits, "y")
+        host_x = _batch_checks.on_host(host_x, x)
         if host_x is not None:
-            _check_finite(host_x, "x")
+            _batch_checks.check_finite(host_x, "x")
         return self._one(x, y)
 
     def run(self, num_steps) -> dict:
@@ -272,7 +285,9 @@ class TrainStep(tf.Module):
         if self.data is None:
             raise ValueError("`run` needs the step to be built with `data=`")
         _checks.positive_int("num_steps", num_steps)
-        _check_shardable("`data.batch_size`", self.data.batch_size, self._strategy)
+        _batch_checks.check_shardable(
+            "`data.batch_size`", self.data.batch_size, self._strategy
+        )
         self.build(self.data.x[:1])
         return self._many(tf.constant(num_steps, tf.int64))
 
@@ -287,6 +302,11 @@ class TrainStep(tf.Module):
     def head(self) -> str:
         """The resolved loss head, ``"softmax"`` or ``"sigmoid"``."""
         return self._head
+
+    @property
+    def num_logits(self) -> int | None:
+        """Logits per example, from the model's output; None before :meth:`build`."""
+        return self._num_logits
 
     def build(self, x) -> None:
         """Makes the model's and optimizer's variables and checks the options."""
@@ -305,7 +325,7 @@ class TrainStep(tf.Module):
         if self.data is not None:
             # Once, on the whole training set: under XLA an out-of-range label
             # gives a NaN loss, not an error.
-            _check_labels(
+            _batch_checks.check_labels(
                 np.asarray(self.data.y), self._head, int(logits.shape[-1]), "data.y"
             )
         if self._distributed:
@@ -352,7 +372,7 @@ class TrainStep(tf.Module):
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
         if replicas > 1:
-            x, y = _shard(x, y, context.replica_id_in_sync_group, replicas)
+            x, y = _evaluator.shard(x, y, context.replica_id_in_sync_group, replicas)
             # Each replica draws its own dropout masks.
             key = rng.fold_in(key, context.replica_id_in_sync_group)
         grads, metrics = self._gradients(x, y, key, replicas)
@@ -403,120 +423,6 @@ class TrainStep(tf.Module):
             )
 
 
-class Evaluator:
-    """Cross-entropy and accuracy of a model on a data set, in inference mode.
-
-    Made inside a ``tf.distribute`` strategy's scope, it splits every chunk
-    across the replicas and sums their totals (an all-reduce), so the result
-    is that of the whole data set. Under ``MultiWorkerMirroredStrategy``
-    every worker must call it, with the same data. Batch-norm layers read
-    each replica's own moving statistics, as in Keras.
-
-    Args:
-      model: the model (called with ``training=False``).
-      loss: the head, as in :class:`StepOptions`.
-      batch_size: examples per compiled call (default 4096).
-      jit_compile: XLA (default True).
-    """
-
-    def __init__(self, model, *, loss="auto", batch_size=4096, jit_compile=True):
-        _checks.positive_int("batch_size", batch_size)
-        _checks.one_of("loss", loss, losses.HEADS)
-        _checks.boolean("jit_compile", jit_compile)
-        self.model = model
-        self.loss = loss
-        self.batch_size = batch_size
-        self._strategy = tf.distribute.get_strategy()
-        sums = tf.function(self._sums, jit_compile=jit_compile, reduce_retracing=True)
-        if tf.distribute.has_strategy():
-            # XLA compiles the per-replica sums only, as in TrainStep.
-            self._replica_sums = sums
-            self._fn = tf.function(self._distributed_sums, reduce_retracing=True)
-        else:
-            self._fn = sums
-
-    def _distributed_sums(self, x, y):
-        per_replica = self._strategy.run(self._shard_sums, args=(x, y))
-        return tuple(
-            self._strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-            for value in per_replica
-        )
-
-    def _shard_sums(self, x, y):
-        context = tf.distribute.get_replica_context()
-        x, y = _shard(
-            x, y, context.replica_id_in_sync_group, context.num_replicas_in_sync
-        )
-        return self._replica_sums(x, y)
-
-    def _sums(self, x, y):
-        logits = tf.cast(self.model(x, training=False), tf.float32)
-        head = losses.resolve_head(self.loss, logits.shape)
-        return (
-            tf.reduce_sum(losses.cross_entropy(head, logits, y)),
-            tf.reduce_sum(losses.correct(head, logits, y)),
-        )
-
-    def __call__(self, x, y) -> dict:
-        """Returns ``{"cross_entropy", "accuracy"}`` as Python floats."""
-        n = len(y)
-        ce_sum = correct = 0.0
-        for start in range(0, n, self.batch_size):
-            ce, hits = self._fn(
-                x[start : start + self.batch_size], y[start : start + self.batch_size]
-            )
-            ce_sum += float(ce)
-            correct += float(hits)
-        return {"cross_entropy": ce_sum / n, "accuracy": correct / n}
-
-
-def auto_jit_compile(model) -> bool:
-    """The ``jit_compile="auto"`` rule: XLA unless convolutions run on a CPU.
-
-    Measured on a 2-core CPU (BENCHMARKS.md): XLA makes every MLP step
-    faster, but a small CNN's step 2-3x slower as a single call (XLA's CPU
-    pooling and convolution gradients) and 20-50x slower inside the N-steps
-    loop of :meth:`TrainStep.run`.
-    """
-    if tf.config.list_logical_devices("GPU"):
-        return True
-    return not _has_convolutions(model)
-
-
-def _has_convolutions(model) -> bool:
-    if isinstance(model, tf.keras.layers.Layer):
-        sublayers = (
-            model._flatten_layers() if hasattr(model, "_flatten_layers") else [model]
-        )
-        return any("Conv" in type(layer).__name__ for layer in sublayers)
-    from lowtf import layers  # a module tree: its Conv2D layers
-
-    return any(isinstance(m, layers.Conv2D) for m in (model, *model.submodules))
-
-
-def _shard(x, y, replica_id, replicas):
-    """The replica's slice of a global batch given as one tensor.
-
-    Slices are ``ceil(n / replicas)`` rows, the last ones shorter (or empty)
-    when ``n`` does not divide: the evaluator sums, so uneven is fine there;
-    the train step checks that its batches divide.
-    """
-    size = tf.shape(x)[0]
-    local = (size + replicas - 1) // replicas
-    start = tf.minimum(tf.cast(replica_id, size.dtype) * local, size)
-    end = tf.minimum(start + local, size)
-    return x[start:end], y[start:end]
-
-
-def _check_shardable(what, batch, strategy):
-    replicas = strategy.num_replicas_in_sync
-    if batch is not None and batch % replicas:
-        raise ValueError(
-            f"{what} ({batch}) must be divisible by the {replicas} replicas of "
-            f"the tf.distribute strategy; use a multiple of {replicas}"
-        )
-
-
 def _check_optimizer_strategy(optimizer, strategy):
     # A Keras optimizer captures the strategy current when it is made and
     # updates the variables through it: made outside the scope, it would
@@ -527,108 +433,6 @@ def _check_optimizer_strategy(optimizer, strategy):
             "the optimizer was made under another tf.distribute strategy than the "
             "TrainStep: make the model, the optimizer and the TrainStep (or call "
             "lowtf.fit) all inside `with strategy.scope():`"
-        )
-
-
-def _check_batch(x, y):
-    if x.shape.rank is not None and x.shape.rank < 2:
-        raise ValueError(f"x must be a batch [batch, features...]; got shape {x.shape}")
-    if y.shape.rank is not None and y.shape.rank != 1:
-        raise ValueError(f"y must be a vector of labels [batch]; got shape {y.shape}")
-    if x.shape[0] is not None and y.shape[0] is not None and x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
-
-
-def _on_host(raw, tensor):
-    """The batch as a NumPy array when reading it is cheap, else None.
-
-    A NumPy input is used as given and an eager tensor in host memory is
-    read in place (``np.asarray`` shares its buffer; ``.numpy()`` would
-    copy it); a tensor on an accelerator is not read (the copy back would
-    stall the device), nor a symbolic one, which has no value yet.
-    """
-    if isinstance(raw, np.ndarray):
-        return raw
-    if tf.is_symbolic_tensor(tensor) or "CPU" not in tensor.device:
-        return None
-    return np.asarray(tensor)
-
-
-def _labels_surely_valid(y, high) -> bool:
-    """One cheap pass that clears labels in [0, high]; False means look closer.
-
-    Comparisons and ``np.count_nonzero`` only: between two steps NumPy runs
-    with cold caches, and each further kind of call (a ``max``, an ``all``)
-    costs 10-20 us there, several times the arithmetic (see
-    :meth:`TrainStep.__call__`).
-    """
-    if y.dtype.kind in "iu":
-        # Seen as unsigned, a negative label is huge: one test for both ends.
-        return not np.count_nonzero(y.view(y.dtype.str.replace("i", "u")) > high)
-    if y.dtype.kind == "f" and high == 1:
-        # 0/1 labels iff every nonzero label is 1 (a NaN is nonzero, not 1).
-        return np.count_nonzero(y) == np.count_nonzero(y == 1)
-    return False
-
-
-def _check_labels(y, head, num_logits, name):
-    """Refuses a label the head cannot take; ``y`` is a NumPy vector."""
-    high = 1 if head == "sigmoid" else num_logits - 1
-    if not y.size or _labels_surely_valid(y, high):
-        return
-    if y.dtype.kind not in "biuf":
-        raise ValueError(
-            f"`{name}` holds labels of dtype {y.dtype} (the first is {y.flat[0]!r}); "
-            "labels must be numbers: class indices, or 0/1 for a sigmoid head"
-        )
-    y = y.astype(np.int8) if y.dtype.kind == "b" else y
-    whole = np.isfinite(y) & (y == np.round(y))
-    valid = whole & (y >= 0) & (y <= high)
-    if valid.all():
-        return
-    rows = np.flatnonzero(~valid)
-    bad = y[rows]
-    values = ", ".join(repr(v.item()) for v in np.unique(bad)[:4])
-    expected = "0 or 1" if head == "sigmoid" else f"integers in [0, {num_logits})"
-    if not whole[rows].all():
-        fix = "labels are class indices: round or threshold them (e.g. y > 0.5)"
-    elif (bad < 0).any():
-        fix = "map them to 0, 1, ... first (e.g. np.unique(y, return_inverse=True)[1])"
-    else:
-        classes = int(bad.max()) + 1
-        fix = (
-            f"give the model {classes} classes (lowtf.mlp(..., num_classes={classes}))"
-        )
-    raise ValueError(
-        f"label {bad[0].item()!r} is out of range in `{name}` (row {rows[0]}; "
-        f"{len(rows)} of {y.size} labels are out, values {values}): the model's "
-        f"{head} head with {num_logits} logit(s) takes labels that are {expected}; "
-        f"{fix}"
-    )
-
-
-def _check_finite(x, name):
-    """Refuses NaN or Inf in floating-point features; ``x`` is a NumPy array."""
-    # Exact, and no overflow warning as a test of the sum would give; the
-    # count shares its code with the label check (see _labels_surely_valid).
-    if x.dtype.kind != "f" or np.count_nonzero(np.isfinite(x)) == x.size:
-        return
-    bad = np.argwhere(~np.isfinite(x))
-    where = ", ".join(str(i) for i in bad[0])
-    rows = len(np.unique(bad[:, 0]))
-    raise ValueError(
-        f"`{name}` holds NaN or Inf: {name}[{where}] is {x[tuple(bad[0])].item()!r} "
-        f"({rows} of {len(x)} rows); a non-finite feature makes the loss and then "
-        f"every weight NaN: drop or impute those rows first"
-    )
-
-
-def _check_features(x, spec):
-    if not spec.is_compatible_with(x):
-        raise ValueError(
-            f"x has shape {x.shape} and dtype {x.dtype.name} but the model was built "
-            f"for [batch, {', '.join(str(d) for d in spec.shape[1:])}] "
-            f"{spec.dtype.name}; feed every batch at the same width and dtype"
         )
 
 
