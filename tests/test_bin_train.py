@@ -189,6 +189,35 @@ def test_npz_images(tmp_path):
         assert summary(again)[name] == got[name], name
 
 
+def test_flags_txt_holds_only_the_given_flags(tmp_path):
+    # The cnn is relu and, on a CPU, off XLA only while --activation and --xla
+    # are not given: flags.txt must not give them on the rerun.
+    model_dir = str(tmp_path / "run")
+    given = ["--model=cnn", "--train_size=100", "--max_steps=4", "--eval_every=2", "--batch_size=50"]
+    result = train(*given, f"--model_dir={model_dir}")
+    assert result.returncode == 0, result.stderr
+    with open(os.path.join(model_dir, "flags.txt")) as f:
+        lines = f.read().splitlines()
+    assert sorted(lines) == sorted([*given, f"--model_dir={model_dir}"])
+    assert summary(model_dir)["last_step"] == 4
+
+
+def test_unusable_model_dir_is_one_line_and_status_2(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = train(f"--model_dir={afile / 'run'}", "--max_steps=1")
+    assert_refused(result, f"error: --model_dir ({afile / 'run'}) is under {afile}, a file; pick a directory")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert afile.read_text() == "x"
+    # A write that fails later (here flags.txt's temporary name is taken by a
+    # directory) is one line too, not a traceback.
+    model_dir = tmp_path / "run"
+    (model_dir / "flags.txt.tmp").mkdir(parents=True)
+    result = train(f"--model_dir={model_dir}", "--hidden=4", "--train_size=100", "--noxla", "--batch_size=50", "--max_steps=2")
+    assert_refused(result, "error: IsADirectoryError: ")
+    assert result.returncode == 2 and "flags.txt.tmp" in result.stderr.strip().splitlines()[-1]
+
+
 # Refused at flag parsing or in check_flags, before TensorFlow is imported.
 BAD_FLAGS = [
     (["--dropout=1"], "--dropout must be in [0, 1)"),
@@ -199,7 +228,12 @@ BAD_FLAGS = [
     (["--model=small", "--hidden=8"], "error: give --model or --hidden, not both"),
     (["--hidden=8,x"], "error: --hidden=8,x: widths must be positive integers"),
     (["--weight_decay=0.01"], "error: --weight_decay is the decoupled decay of AdamW"),
+    (["--learning_rate=inf"], "--learning_rate must be a finite number (not nan or inf)"),
+    (["--optimizer=adamw", "--weight_decay=inf"], "--weight_decay must be a finite number"),
 ]
+# NaN passes every bound (each comparison with it is false): each float flag refuses it.
+FLOAT_FLAGS = ("dropout", "l1", "l2", "maxnorm", "learning_rate", "weight_decay", "min_delta", "collective_timeout")
+BAD_FLAGS += [([f"--{name}=nan"], f"flag --{name}=nan: --{name} must be a finite number") for name in FLOAT_FLAGS]
 
 
 @pytest.mark.parametrize("args,message", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
@@ -242,3 +276,9 @@ def test_choices_match_the_library():
     assert constants["PRESETS"] == tuple(lowtf.PRESETS)
     assert constants["ACTIVATIONS"] == layers.ACTIVATIONS
     assert constants["MONITORS"] == lowtf.MONITORS
+    floats = {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "DEFINE_float"
+    }
+    assert floats == set(FLOAT_FLAGS) == set(constants["FLOAT_FLAGS"])
