@@ -90,7 +90,7 @@ def auto_jit_compile(model) -> bool:
 
     With a GPU, XLA compiles every model. On a CPU it makes an MLP's step
     faster (BENCHMARKS.md). A CNN's convolutions and non-overlapping pooling
-    run there as matrix products and reshapes (:mod:`lowtf._conv_ops`),
+    run there as matrix products and reshapes (:mod:`lowtf._xla_cpu`),
     which puts its step on par with a plain graph, not ahead, and XLA
     compiles more slowly. Measured by ``bin/bench --models=cnn
     --modes=xla,graph`` (batch 500, 100 steps per call): 13.8 ms a step

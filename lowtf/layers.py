@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
-from lowtf import _checks, _conv_ops, rng
+from lowtf import _checks, _xla_cpu, rng
 
 _ACTIVATIONS = {
     None: tf.identity,
@@ -379,7 +379,7 @@ class Conv2D(Layer):
                 f"{self.name}: expects images with {channels} channels (as built), "
                 f"got shape {x.shape}"
             )
-        y = _conv_ops.conv2d(x, self.kernel, self.strides, self.padding)
+        y = _xla_cpu.conv2d(x, self.kernel, self.strides, self.padding)
         if self.use_bias:
             y = tf.nn.bias_add(y, self.bias)
         return self.activation(y)
@@ -410,13 +410,13 @@ class _Pool2D(Layer):
 class MaxPool2D(_Pool2D):
     """Max pooling over ``pool_size`` windows (default 2, stride = pool size, VALID)."""
 
-    _op = staticmethod(_conv_ops.max_pool2d)
+    _op = staticmethod(_xla_cpu.max_pool2d)
 
 
 class AvgPool2D(_Pool2D):
     """Average pooling over ``pool_size`` windows (default 2, stride = pool size, VALID)."""
 
-    _op = staticmethod(_conv_ops.avg_pool2d)
+    _op = staticmethod(_xla_cpu.avg_pool2d)
 
 
 class Reshape(Layer):

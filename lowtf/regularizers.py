@@ -20,7 +20,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from lowtf import _checks
+from lowtf import _checks, _xla_cpu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +46,9 @@ class Regularizer:
     def __call__(self, w: tf.Tensor) -> tf.Tensor:
         penalty = tf.zeros([], w.dtype)
         if self.l1:
-            penalty += tf.cast(self.l1, w.dtype) * tf.reduce_sum(tf.abs(w))
+            penalty += tf.cast(self.l1, w.dtype) * _xla_cpu.total(tf.abs(w))
         if self.l2:
-            penalty += tf.cast(self.l2, w.dtype) * tf.reduce_sum(tf.square(w))
+            penalty += tf.cast(self.l2, w.dtype) * _xla_cpu.total(tf.square(w))
         return penalty
 
 

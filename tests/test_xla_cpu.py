@@ -1,10 +1,10 @@
-"""lowtf._conv_ops: the XLA-on-CPU forms equal tf.nn's ops, values and gradients."""
+"""lowtf._xla_cpu: the XLA-on-CPU forms equal tf.nn's ops, values and gradients."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowtf import _conv_ops
+from lowtf import _xla_cpu
 
 CONVS = [  # image [h, w, in], kernel [kh, kw, out], strides, padding
     ((8, 8, 1), (3, 3, 4), (1, 1), "SAME"),
@@ -41,7 +41,7 @@ def test_conv2d_under_xla_equals_tf_nn_with_gradients(image, kernel, strides, pa
         return (y, *tape.gradient(loss, [x, w]))
 
     expected = value_and_grads(tf.nn.conv2d)  # eager: TensorFlow's own kernels
-    actual = tf.function(lambda: value_and_grads(_conv_ops.conv2d), jit_compile=True)()
+    actual = tf.function(lambda: value_and_grads(_xla_cpu.conv2d), jit_compile=True)()
     for a, e in zip(actual, expected):
         assert a.shape == e.shape
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
@@ -70,7 +70,7 @@ def test_pooling_under_xla_equals_tf_nn_with_gradients(image, pool, padding, nam
 
     expected = value_and_grad(getattr(tf.nn, name))
     actual = tf.function(
-        lambda: value_and_grad(getattr(_conv_ops, name)), jit_compile=True
+        lambda: value_and_grad(getattr(_xla_cpu, name)), jit_compile=True
     )()
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
@@ -80,13 +80,32 @@ def test_xla_on_cpu_takes_the_matmul_forms_and_tf_nn_elsewhere():
     x, w = tf.zeros([2, 8, 8, 1]), tf.zeros([3, 3, 1, 4])
 
     def step(x, w):
-        y = _conv_ops.conv2d(x, w, (1, 1), "SAME")
-        return _conv_ops.max_pool2d(y, (2, 2), (2, 2), "VALID")
+        y = _xla_cpu.conv2d(x, w, (1, 1), "SAME")
+        return _xla_cpu.max_pool2d(y, (2, 2), (2, 2), "VALID")
 
     under_xla = _ops_in(step, x, w)
     assert "MatMul" in under_xla and not {"Conv2D", "MaxPool"} & under_xla
     graph = tf.function(step).get_concrete_function(x, w).graph
     assert {"Conv2D", "MaxPool"} <= {op.type for op in graph.get_operations()}
     # Overlapping windows keep tf.nn's pooling, under XLA too.
-    overlapping = _ops_in(lambda x: _conv_ops.max_pool2d(x, (3, 3), (2, 2), "VALID"), x)
+    overlapping = _ops_in(lambda x: _xla_cpu.max_pool2d(x, (3, 3), (2, 2), "VALID"), x)
     assert "MaxPool" in overlapping
+
+
+@pytest.mark.parametrize(
+    "shape", [(512, 512), (28, 512), (3, 3, 32, 64), (96, 7), (64,), ()]
+)
+def test_total_under_xla_equals_the_float64_sum(shape):
+    t = tf.square(_normal(shape, 6))
+    expected = np.sum(t.numpy().astype(np.float64))
+    actual = tf.function(_xla_cpu.total, jit_compile=True)(t)
+    np.testing.assert_allclose(actual, expected, rtol=2e-6)
+    assert float(_xla_cpu.total(t)) == float(
+        tf.reduce_sum(t)
+    )  # eager: tf.reduce_sum itself
+
+
+def test_total_takes_blocks_only_for_long_reductions():
+    assert "MatMul" in _ops_in(_xla_cpu.total, tf.zeros([512, 512]))
+    assert "MatMul" not in _ops_in(_xla_cpu.total, tf.zeros([28, 512]))  # fused already
+    assert "MatMul" not in _ops_in(_xla_cpu.total, tf.zeros([100, 3]))  # no even blocks

@@ -1,24 +1,30 @@
-"""Convolution and pooling ops that compile well under XLA on a CPU.
+"""Ops written in forms that XLA's CPU backend compiles well.
 
-XLA's CPU backend is slow at the ops a CNN training step is made of
-(BENCHMARKS.md, 2-core CPU, ``lowtf.cnn("digits")``, batch 500): the
-filter gradient of a convolution with one input channel took 97 ms of a
-130 ms step, and the max-pool gradient (select-and-scatter) another 10 ms.
-Written differently, the same step takes 12.5 ms:
+XLA's CPU backend is slow at some ops of a training step (BENCHMARKS.md,
+2-core CPU, batch 500): in ``lowtf.cnn("digits")`` the filter gradient of a
+convolution with one input channel took 97 ms of a 130 ms step and the
+max-pool gradient (select-and-scatter) another 10 ms; in the large MLP the
+L2 penalties took about 0.5 ms of a 13 ms step. Written differently:
 
-* a convolution as one matrix product over image patches (im2col): the
+* a convolution is one matrix product over image patches (im2col): the
   ``kh * kw`` shifted views of the padded input, concatenated along the
   channels, times the kernel reshaped to ``[kh * kw * in, out]``. Its
-  gradients are matrix products and slices, which XLA compiles well.
+  gradients are matrix products and slices, which XLA compiles well. With
+  the pooling below, the CNN step takes 12.5 ms.
 * pooling over windows that do not overlap (stride = window, the default)
-  as a reshape and a reduction over the window axes, whose gradient is an
+  is a reshape and a reduction over the window axes, whose gradient is an
   element-wise select instead of a scatter.
+* a sum over a whole weight (the L1 and L2 penalties) runs in blocks of 32
+  rows and a product with ones: XLA fuses a reduction of at most 32 rows
+  with the square that feeds it, while a longer one becomes a tree of
+  reduce-windows that first writes every square out.
 
 Outside XLA, or when a GPU is visible (where XLA calls cuDNN), the usual
-``tf.nn`` ops run: TensorFlow's own CPU kernels are faster than the patches
-there. The two forms give the same values up to float rounding; the
-max-pool gradients differ only on ties (``tf.nn.max_pool2d`` gives the
-gradient to one maximum of a window, ``tf.reduce_max`` splits it).
+``tf.nn`` ops and ``tf.reduce_sum`` run: TensorFlow's own CPU kernels are
+faster than the patches there. The two forms give the same values up to
+float rounding; the max-pool gradients differ only on ties
+(``tf.nn.max_pool2d`` gives the gradient to one maximum of a window,
+``tf.reduce_max`` splits it).
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ import functools
 
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
+
+# The most rows XLA's CPU backend sums in a loop fused with their producer.
+_FUSED_ROWS = 32
 
 
 def conv2d(x, kernel, strides, padding: str):
@@ -58,6 +67,23 @@ def avg_pool2d(x, pool_size, strides, padding: str):
     if _windows_tile(x, pool_size, strides, padding):
         return tf.reduce_mean(_windows(x, pool_size), axis=[2, 4])
     return tf.nn.avg_pool2d(x, pool_size, strides, padding)
+
+
+def total(t):
+    """``tf.reduce_sum(t)`` over every axis, in one fused pass under XLA on CPU."""
+    units = t.shape[-1] if t.shape.rank else 1
+    size = t.shape.num_elements()
+    if not _xla_on_cpu() or not size or not units:
+        return tf.reduce_sum(t)
+    rows = size // units
+    if rows <= _FUSED_ROWS or rows % _FUSED_ROWS:
+        return tf.reduce_sum(t)  # fused as it is, or no even blocks
+    blocks = tf.reduce_sum(tf.reshape(t, [-1, _FUSED_ROWS, units]), axis=1)
+    # A product, not a second reduce_sum: XLA would merge two reductions
+    # back into the long one.
+    return tf.tensordot(
+        tf.reshape(blocks, [-1]), tf.ones([size // _FUSED_ROWS], t.dtype), 1
+    )
 
 
 def _xla_on_cpu() -> bool:
