@@ -146,11 +146,33 @@ class Checkpoints:
                 raise self._unusable(state_file, "this state file cannot be parsed")
             raise self._unusable(named, "its files are missing")
         if path is not None:
+            self._check_monitor()
             self._restore(path)
             self.saved_step = int(self.train_step.step.numpy())
         # Every worker has read the chief's checkpoint before any one writes.
         distribute.barrier(self.strategy)
         return path
+
+    def _check_monitor(self) -> None:
+        """Refuses to resume a run whose best value is of another metric or mode.
+
+        The checkpoint holds the best value as a number: compared with another
+        metric (a cross-entropy against an accuracy), or in the other
+        direction, every later evaluation would look like an improvement, or
+        none would.
+        """
+        pointer = early_stopping.best_checkpoint(os.path.join(self.model_dir, "best"))
+        if not pointer:
+            return
+        theirs = (pointer.get("monitor"), pointer.get("mode"))
+        ours = (self.stopper.monitor, self.stopper.mode)
+        if theirs != ours:
+            raise ValueError(
+                f"{self.model_dir} was trained monitoring {theirs[0]!r} (mode "
+                f"{theirs[1]!r}) but this run monitors {ours[0]!r} (mode {ours[1]!r}): "
+                "its best value cannot be compared; resume with the same monitor and "
+                "mode, or train in a new model_dir"
+            )
 
     def save(self) -> bool:
         """Saves the latest checkpoint; False, and nothing saved, on NaN/Inf weights."""

@@ -686,3 +686,32 @@ def test_weights_broken_before_an_evaluation_never_become_the_best(tmp_path):
     copy(_noisy()[0][0][:1])
     for restored, stored in zip(_values(model), _best_weights(tmp_path, copy)):
         np.testing.assert_array_equal(restored, stored)
+
+
+# val_accuracy's "auto" mode resolves to max, like the explicit one.
+@pytest.mark.parametrize(
+    "monitor, mode", [("val_accuracy", "auto"), ("val_cross_entropy", "max")]
+)
+def test_resume_with_another_monitor_or_mode_is_refused(tmp_path, monitor, mode):
+    config = lowtf.TrainConfig(
+        batch_size=50, max_steps=40, eval_every=20, checkpoint_every=20
+    )
+    first, _ = _fit(tmp_path, config)
+    assert first.last_step == 40
+    files = {
+        path: pathlib.Path(path).read_bytes()
+        for path in glob.glob(str(tmp_path / "**" / "*"), recursive=True)
+        if os.path.isfile(path)
+    }
+    other = dataclasses.replace(config, max_steps=80, monitor=monitor, mode=mode)
+    with pytest.raises(
+        ValueError,
+        match=rf"was trained monitoring 'val_cross_entropy' \(mode 'min'\) but this run "
+        rf"monitors '{monitor}' \(mode 'max'\): its best value cannot be compared",
+    ):
+        _fit(tmp_path, other)
+    after = {path: pathlib.Path(path).read_bytes() for path in files}
+    assert after == files  # nothing rewritten, nothing pruned
+    # The same monitor resumes where the first run stopped.
+    resumed, _ = _fit(tmp_path, dataclasses.replace(config, max_steps=80))
+    assert resumed.last_step == 80
