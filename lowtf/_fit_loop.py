@@ -235,6 +235,13 @@ class FitLoop:
                 f"restored the best snapshot: step {best_step}, "
                 f"{stopper.monitor} {best:.6g}"
             )
+        elif reason == "non_finite" and self.checkpoints.restore_latest():
+            # Broken before any snapshot (a training metric has none at step
+            # 0): the latest checkpoint is never saved with NaN/Inf weights.
+            self.log(
+                "no best snapshot was recorded; restored the latest checkpoint "
+                f"(step {int(self.step.step.numpy())}), whose weights are finite"
+            )
         else:
             self.log("no best snapshot was recorded; the model keeps its last weights")
         self.board.close()

@@ -688,6 +688,42 @@ def test_weights_broken_before_an_evaluation_never_become_the_best(tmp_path):
         np.testing.assert_array_equal(restored, stored)
 
 
+def test_weights_broken_before_any_snapshot_fall_back_to_the_latest_checkpoint(
+    tmp_path,
+):
+    # A training metric has no value at step 0, so no best snapshot exists
+    # until step 20; the update of step 10 breaks the weights before that.
+    model = lowtf.mlp("small", seed=6)
+    config = lowtf.TrainConfig(
+        batch_size=40,
+        max_steps=500,
+        eval_every=20,
+        steps_per_call=5,
+        checkpoint_every=1000,
+        monitor="train_cross_entropy",
+    )
+    result, lines = _fit(
+        tmp_path,
+        config,
+        model=model,
+        optimizer=tf.keras.optimizers.Adam(_NanAfter(9, 1e-2)),
+    )
+    # Step 10's update is the first with a NaN rate; the call ending at step 15
+    # reports the NaN loss. best_step -1: no snapshot.
+    assert (result.stop_reason, result.last_step, result.best_step) == (
+        "non_finite",
+        15,
+        -1,
+    )
+    assert not glob.glob(str(tmp_path / "best" / "best-*.index"))
+    assert any("restored the latest checkpoint (step 0)" in line for line in lines)
+    # The step-0 checkpoint holds the initial weights: the model has them again.
+    initial = lowtf.mlp("small", seed=6)
+    initial(_noisy()[0][0][:1])
+    for restored, start in zip(_values(model), _values(initial)):
+        np.testing.assert_array_equal(restored, start)
+
+
 # val_accuracy's "auto" mode resolves to max, like the explicit one.
 @pytest.mark.parametrize(
     "monitor, mode", [("val_accuracy", "auto"), ("val_cross_entropy", "max")]
