@@ -656,25 +656,27 @@ def test_regularization_loss_monitor_needs_a_regularized_model(tmp_path):
     assert values[0] > 0 and values[-1] != values[0]
 
 
+def _fit_monitoring_training_loss(tmp_path, model, steps_per_call, *, nan_after):
+    """fit() on train_cross_entropy, evaluated every 20 steps, whose learning
+    rate turns NaN from update ``nan_after`` (0-based) on."""
+    config = lowtf.TrainConfig(
+        batch_size=40,
+        max_steps=500,
+        eval_every=20,
+        steps_per_call=steps_per_call,
+        checkpoint_every=1000,
+        monitor="train_cross_entropy",
+    )
+    optimizer = tf.keras.optimizers.Adam(_NanAfter(nan_after, 1e-2))
+    return _fit(tmp_path, config, model=model, optimizer=optimizer)
+
+
 def test_weights_broken_before_an_evaluation_never_become_the_best(tmp_path):
     # Monitoring a training metric, whose means come from before each update:
     # step 40's update uses a NaN rate, yet the training loss of steps 21-40
     # improves on that of steps 1-20. The NaN weights must not be snapshot.
     model = lowtf.mlp("small", seed=6)
-    config = lowtf.TrainConfig(
-        batch_size=40,
-        max_steps=500,
-        eval_every=20,
-        steps_per_call=7,
-        checkpoint_every=1000,
-        monitor="train_cross_entropy",
-    )
-    result, lines = _fit(
-        tmp_path,
-        config,
-        model=model,
-        optimizer=tf.keras.optimizers.Adam(_NanAfter(39, 1e-2)),
-    )
+    result, lines = _fit_monitoring_training_loss(tmp_path, model, 7, nan_after=39)
     # Unchecked, the step-40 NaN weights were the best (train ce 0.353 < 0.516).
     assert result.best_step == 20
     assert all(np.isfinite(v).all() for v in _values(model))
@@ -694,20 +696,7 @@ def test_weights_broken_before_any_snapshot_fall_back_to_the_latest_checkpoint(
     # A training metric has no value at step 0, so no best snapshot exists
     # until step 20; the update of step 10 breaks the weights before that.
     model = lowtf.mlp("small", seed=6)
-    config = lowtf.TrainConfig(
-        batch_size=40,
-        max_steps=500,
-        eval_every=20,
-        steps_per_call=5,
-        checkpoint_every=1000,
-        monitor="train_cross_entropy",
-    )
-    result, lines = _fit(
-        tmp_path,
-        config,
-        model=model,
-        optimizer=tf.keras.optimizers.Adam(_NanAfter(9, 1e-2)),
-    )
+    result, lines = _fit_monitoring_training_loss(tmp_path, model, 5, nan_after=9)
     # Step 10's update is the first with a NaN rate; the call ending at step 15
     # reports the NaN loss. best_step -1: no snapshot.
     assert (result.stop_reason, result.last_step, result.best_step) == (
