@@ -72,7 +72,7 @@ def run_once(x, y, seed, augment_spec):
         options=lowtf.StepOptions(seed=seed),
     )
     start = time.perf_counter()
-    metrics = lowtf.step.as_numpy(step.run(_STEPS.value))
+    metrics = lowtf.train.step.as_numpy(step.run(_STEPS.value))
     seconds = time.perf_counter() - start
     evaluate = lowtf.Evaluator(model)
     return evaluate(x[held_out], y[held_out])["accuracy"], metrics["accuracy"], seconds

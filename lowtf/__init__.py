@@ -3,14 +3,12 @@
 The public API is what this module exports; everything else may move.
 """
 
-from lowtf import augment, distribute
-from lowtf.constraints import MaxNorm, apply_constraints, max_norm, unit_norms
-from lowtf.datasets import DATASETS, DataError, Dataset
-from lowtf.datasets import load as load_dataset
-from lowtf.datasets import pipeline as input_pipeline
+from lowtf import augment, data, distribute, nn, random, train
+from lowtf.data import DataError, Dataset, InMemoryBatches
+from lowtf.data import load as load_dataset
 from lowtf.distribute import make_strategy
-from lowtf.early_stopping import EarlyStopping, best_checkpoint
-from lowtf.layers import (
+from lowtf.models import cnn, mlp
+from lowtf.nn import (
     AvgPool2D,
     BatchNorm,
     Conv2D,
@@ -19,41 +17,32 @@ from lowtf.layers import (
     Flatten,
     Lambda,
     Layer,
+    MaxNorm,
     MaxPool2D,
+    Regularizer,
     Reshape,
     Sequential,
-)
-from lowtf.models import CNN_INPUTS, PRESETS, cnn, mlp
-from lowtf.plot import write_png as plot_learning_curves
-from lowtf.regularizers import (
-    Regularizer,
     l1,
     l1_l2,
     l2,
+    max_norm,
     regularization_losses,
-    total_regularization_loss,
 )
-from lowtf.step import (
-    METRICS,
+from lowtf.train import (
+    EarlyStopping,
     Evaluator,
-    InMemoryBatches,
+    FitResult,
     StepOptions,
+    TrainConfig,
     TrainStep,
-    auto_jit_compile,
+    fit,
+    read_history,
 )
-from lowtf.summaries import HISTORY_COLUMNS, read_history
-from lowtf.trainer import MONITORS, STOP_REASONS, FitResult, TrainConfig, fit
+from lowtf.train.plot import write_png as plot_learning_curves
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CNN_INPUTS",
-    "DATASETS",
-    "HISTORY_COLUMNS",
-    "METRICS",
-    "MONITORS",
-    "PRESETS",
-    "STOP_REASONS",
     "AvgPool2D",
     "BatchNorm",
     "Conv2D",
@@ -76,14 +65,11 @@ __all__ = [
     "StepOptions",
     "TrainConfig",
     "TrainStep",
-    "auto_jit_compile",
-    "apply_constraints",
     "augment",
-    "best_checkpoint",
     "cnn",
+    "data",
     "distribute",
     "fit",
-    "input_pipeline",
     "l1",
     "l1_l2",
     "l2",
@@ -91,9 +77,10 @@ __all__ = [
     "make_strategy",
     "max_norm",
     "mlp",
+    "nn",
     "plot_learning_curves",
+    "random",
     "read_history",
     "regularization_losses",
-    "total_regularization_loss",
-    "unit_norms",
+    "train",
 ]

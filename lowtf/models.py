@@ -11,10 +11,10 @@ regularization switches. :func:`cnn` builds a small convolutional net for
 from __future__ import annotations
 
 import functools
-
 from typing import Sequence
 
-from lowtf import _checks, constraints, layers, regularizers
+from lowtf import _checks, nn
+from lowtf.nn import constraints, regularizers
 
 PRESETS = {
     "tiny": (16,),
@@ -56,7 +56,7 @@ def mlp(
     maxnorm_output: bool = False,
     seed: int = 0,
     name: str = "mlp",
-) -> layers.Sequential:
+) -> nn.Sequential:
     """Builds an MLP classifier.
 
     Each hidden layer is Dense → [BatchNorm] → activation → [Dropout]; the
@@ -80,13 +80,13 @@ def mlp(
     regularizer = regularizers.make(l1, l2)
     constraint = constraints.max_norm(maxnorm) if maxnorm else None
 
-    act = layers.activation_fn(activation)
+    act = nn.activation_fn(activation)
     kernels = dict(kernel_regularizer=regularizer, kernel_constraint=constraint)
 
     stack = []
     for i, width in enumerate(units):
         dense = functools.partial(
-            layers.Dense, width, seed=seed * 1000 + i, name=f"dense_{i}", **kernels
+            nn.Dense, width, seed=seed * 1000 + i, name=f"dense_{i}", **kernels
         )
         stack += _hidden_block(
             dense, act, batchnorm, f"batchnorm_{i}", dropout, seed * 1000 + 500 + i
@@ -100,7 +100,7 @@ def mlp(
             seed * 1000 + len(units),
         )
     )
-    return layers.Sequential(stack, name=name)
+    return nn.Sequential(stack, name=name)
 
 
 # Image shapes the CNN is sized for: the embedded 8x8 digits and MNIST.
@@ -123,7 +123,7 @@ def cnn(
     maxnorm_output: bool = False,
     seed: int = 0,
     name: str = "cnn",
-) -> layers.Sequential:
+) -> nn.Sequential:
     """Builds a small CNN classifier for single images.
 
     Layout: Reshape to ``input_shape`` (so flat pixel rows work too), then
@@ -166,15 +166,15 @@ def cnn(
     _checks.non_negative("maxnorm", maxnorm)
     regularizer = regularizers.make(l1, l2)
     constraint = constraints.max_norm(maxnorm) if maxnorm else None
-    act = layers.activation_fn(activation)
+    act = nn.activation_fn(activation)
 
     kernels = dict(kernel_regularizer=regularizer, kernel_constraint=constraint)
 
-    stack = [layers.Reshape(input_shape, name="image")]
+    stack = [nn.Reshape(input_shape, name="image")]
     height, width = input_shape[:2]
     for i, channels in enumerate(filters):
         conv = functools.partial(
-            layers.Conv2D,
+            nn.Conv2D,
             channels,
             kernel_size,
             seed=seed * 1000 + i,
@@ -183,12 +183,12 @@ def cnn(
         )
         stack += _hidden_block(conv, act, batchnorm, f"conv_batchnorm_{i}")
         if height >= 2 and width >= 2:
-            stack.append(layers.MaxPool2D(2, name=f"pool_{i}"))
+            stack.append(nn.MaxPool2D(2, name=f"pool_{i}"))
             height, width = height // 2, width // 2
-    stack.append(layers.Flatten())
+    stack.append(nn.Flatten())
     for i, units in enumerate(dense):
         hidden = functools.partial(
-            layers.Dense,
+            nn.Dense,
             units,
             seed=seed * 1000 + 100 + i,
             name=f"dense_{i}",
@@ -200,7 +200,7 @@ def cnn(
     stack.append(
         _logits(num_classes, regularizer, constraint, maxnorm_output, seed * 1000 + 999)
     )
-    return layers.Sequential(stack, name=name)
+    return nn.Sequential(stack, name=name)
 
 
 def _hidden_block(
@@ -215,15 +215,15 @@ def _hidden_block(
         make_layer(activation=None if batchnorm else activation, use_bias=not batchnorm)
     ]
     if batchnorm:
-        block += [layers.BatchNorm(name=batchnorm_name), layers.Lambda(activation)]
+        block += [nn.BatchNorm(name=batchnorm_name), nn.Lambda(activation)]
     if dropout:
-        block.append(layers.Dropout(dropout, seed=dropout_seed))
+        block.append(nn.Dropout(dropout, seed=dropout_seed))
     return block
 
 
 def _logits(num_classes, regularizer, constraint, maxnorm_output, seed):
     """The linear output layer; max-norm only if ``maxnorm_output``."""
-    return layers.Dense(
+    return nn.Dense(
         num_logits(num_classes),
         kernel_regularizer=regularizer,
         kernel_constraint=constraint if maxnorm_output else None,

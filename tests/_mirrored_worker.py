@@ -58,7 +58,7 @@ def _train(strategy, *, jit, feed, steps=9, batchnorm=False):
     else:  # batches drawn in the graph, across an epoch boundary (6 per epoch)
         step.run(steps - 4)
         metrics = step.run(4)
-    return model, step, lowtf.step.as_numpy(metrics)
+    return model, step, lowtf.train.step.as_numpy(metrics)
 
 
 def check_same_weights():
@@ -66,7 +66,7 @@ def check_same_weights():
     for name, jit, feed in [("graph", False, False), ("xla", True, True)]:
         one, _, m_one = _train(tf.distribute.get_strategy(), jit=jit, feed=feed)
         two, step_two, m_two = _train(MIRRORED, jit=jit, feed=feed)
-        norms = lowtf.unit_norms(one.layers[0].kernel).numpy()
+        norms = lowtf.nn.unit_norms(one.layers[0].kernel).numpy()
         out[name] = {
             "weight_diff": _max_diff(_weights(one), _weights(two)),
             "metric_diff": max(abs(m_one[k] - m_two[k]) for k in m_one),

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import _draws, augment, rng
+from lowtf import augment, random
+from lowtf.augment import _draws
 
 SEED = tf.constant([3, 7], tf.int64)
 
@@ -150,7 +151,7 @@ def test_inside_a_step_key_each_step_draws_anew_and_repeats_when_rerun():
     pipeline = augment.parse("translate:1,rotate:10")
     outputs = []
     for step in (0, 1, 0):
-        with rng.step_key(rng.make_key(5, step)):
+        with random.step_key(random.make_key(5, step)):
             outputs.append(pipeline(x).numpy())
     np.testing.assert_array_equal(outputs[0], outputs[2])
     assert not np.allclose(outputs[0], outputs[1])
@@ -165,7 +166,7 @@ def test_xla_and_graph_agree_with_the_same_algorithm():
     pipeline = augment.parse(ALL_OPS)
 
     def run(images_):
-        return pipeline(images_, seed=SEED, alg=rng.GRAPH_ALG)
+        return pipeline(images_, seed=SEED, alg=random.GRAPH_ALG)
 
     eager = run(x).numpy()
     graph = tf.function(run)(x).numpy()
@@ -180,7 +181,7 @@ def test_xla_and_graph_agree_with_the_same_algorithm():
     )
     # The step's XLA algorithm compiles too and stays in range.
     threefry = tf.function(
-        lambda i: pipeline(i, seed=SEED, alg=rng.XLA_ALG), jit_compile=True
+        lambda i: pipeline(i, seed=SEED, alg=random.XLA_ALG), jit_compile=True
     )
     y = threefry(x).numpy()
     assert (
@@ -196,7 +197,7 @@ def test_uniform_draws_sit_on_a_24_bit_grid_and_agree_under_xla():
     # other float32 values; a large first key word is where fold-ins differed.
     def draw(key, minval=0.0, maxval=1.0):
         key = _draws.fold_in(key, 7)
-        return _draws.uniform([4096], key, rng.GRAPH_ALG, minval, maxval)
+        return _draws.uniform([4096], key, random.GRAPH_ALG, minval, maxval)
 
     key = tf.constant([2**40, 5], tf.int64)
     u = draw(key).numpy()
@@ -257,7 +258,7 @@ def test_works_in_a_tf_data_pipeline():
     x = images(12)
     pipeline = augment.parse("translate:1,noise:0.05")
     ds = tf.data.Dataset.from_tensor_slices(x).batch(4).enumerate()
-    ds = ds.map(lambda i, xb: pipeline(xb, seed=rng.make_key(9, i)))
+    ds = ds.map(lambda i, xb: pipeline(xb, seed=random.make_key(9, i)))
     batches = np.concatenate(list(ds.as_numpy_iterator()))
     again = np.concatenate(list(ds.as_numpy_iterator()))
     np.testing.assert_array_equal(batches, again)
@@ -360,6 +361,7 @@ def test_step_hook_applies_to_training_batches_only():
     assert np.std(logits, axis=0).max() > 1e-3  # inference is not blanked
 
 
+@pytest.mark.e2e
 def test_bin_train_runs_the_cnn_with_augmentation(tmp_path):
     binary = os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "train"

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import bench, step
+from lowtf import bench
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bin" / "bench"
 
@@ -92,7 +92,7 @@ def test_keras_peer_has_the_same_layers_weights_and_penalties():
     # The penalties agree: Keras' model.losses and lowtf's gathered losses.
     keras_penalty = float(tf.add_n(peer.losses))
     assert keras_penalty == pytest.approx(
-        float(lowtf.total_regularization_loss(model)), rel=1e-5
+        float(lowtf.nn.total_regularization_loss(model)), rel=1e-5
     )
 
 
@@ -114,10 +114,10 @@ def test_configs_cover_every_combination():
 
 
 def test_auto_jit_compile_rule():
-    assert step.auto_jit_compile(lowtf.mlp("large")) is True
+    assert lowtf.train.auto_jit_compile(lowtf.mlp("large")) is True
     # No GPU here: a model with convolutions runs as a plain graph.
     on_gpu = bool(tf.config.list_logical_devices("GPU"))
-    assert step.auto_jit_compile(lowtf.cnn("digits")) is on_gpu
+    assert lowtf.train.auto_jit_compile(lowtf.cnn("digits")) is on_gpu
     chosen = lowtf.TrainStep(
         lowtf.cnn("digits"),
         tf.keras.optimizers.Adam(),
@@ -126,6 +126,7 @@ def test_auto_jit_compile_rule():
     assert chosen.options.jit_compile is on_gpu
 
 
+@pytest.mark.e2e
 def test_run_reports_lowtf_keras_and_ceiling_for_a_tiny_configuration():
     configs = [
         bench.Config("tiny", 500, "full", "graph", 2),
@@ -183,6 +184,7 @@ def _bench(*args, tmp_path):
     )
 
 
+@pytest.mark.e2e
 def test_binary_writes_table_and_json(tmp_path):
     out = tmp_path / "report.json"
     result = _bench(
@@ -208,6 +210,7 @@ def test_binary_writes_table_and_json(tmp_path):
     assert "ms/step" in result.stdout
 
 
+@pytest.mark.e2e
 def test_binary_rejects_bad_batch_sizes_with_one_line(tmp_path):
     result = _bench("--batch_sizes=0", tmp_path=tmp_path)
     assert result.returncode == 2
@@ -215,6 +218,7 @@ def test_binary_rejects_bad_batch_sizes_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("output", ["missing/report.json", "."])
 def test_binary_refuses_an_unwritable_output_before_timing(tmp_path, output):
     result = _bench("--quick", f"--output={output}", tmp_path=tmp_path)
@@ -245,6 +249,7 @@ def test_binary_choices_match_the_library():
     assert namespace["MODES"] == bench.MODES
 
 
+@pytest.mark.e2e
 def test_binary_rejects_an_unknown_model_with_one_line(tmp_path):
     result = _bench("--models=tiny,huge", tmp_path=tmp_path)
     assert result.returncode == 2

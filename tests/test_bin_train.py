@@ -18,7 +18,11 @@ import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import layers, summaries
+from lowtf import nn
+from lowtf.train import summaries
+
+# Subprocesses: bin/ runs and multi-device workers (the slow tier).
+pytestmark = pytest.mark.e2e
 
 BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "train")
 SUMMARY_FIELDS = {
@@ -112,7 +116,7 @@ def test_failed_start_leaves_the_model_dir_intact(default_run):
 
 def test_maxnorm_holds_in_the_saved_best_snapshot(tmp_path):
     # A csv file (header, label column named) of the synthetic problem.
-    x, y = lowtf.datasets.synthetic(900, num_features=6, seed=1)
+    x, y = lowtf.data.datasets.synthetic(900, num_features=6, seed=1)
     path = tmp_path / "data.csv"
     rows = [",".join(["kind"] + [f"f{i}" for i in range(6)])]
     rows += [",".join([str(label)] + [f"{v:.5f}" for v in row]) for label, row in zip(y, x)]
@@ -128,13 +132,13 @@ def test_maxnorm_holds_in_the_saved_best_snapshot(tmp_path):
     # Rebuild the network and read the best snapshot into it.
     model = lowtf.mlp("small", num_classes=2, maxnorm=0.5, l2=1e-4, dropout=0.1)
     model(tf.zeros([1, 6]))
-    snapshot = lowtf.best_checkpoint(os.path.join(model_dir, "best"))
+    snapshot = lowtf.train.best_checkpoint(os.path.join(model_dir, "best"))
     assert snapshot["step"] == got["best_step"]
     tf.train.Checkpoint(model=model).read(snapshot["prefix"]).expect_partial().assert_existing_objects_matched()
-    hidden = [m for m in model.submodules if isinstance(m, layers.Dense) and m.name != "logits"]
+    hidden = [m for m in model.submodules if isinstance(m, nn.Dense) and m.name != "logits"]
     assert len(hidden) == 2
     for dense in hidden:
-        norms = lowtf.unit_norms(dense.kernel).numpy()
+        norms = lowtf.nn.unit_norms(dense.kernel).numpy()
         assert norms.max() <= 0.5 * (1 + 1e-5)
         assert norms.max() >= 0.5 * (1 - 1e-3)  # the cap is reached: it did work
 
@@ -272,10 +276,10 @@ def test_choices_match_the_library():
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
         and isinstance(node.value, ast.Tuple)
     }  # fmt: skip
-    assert constants["DATASETS"] == lowtf.DATASETS
-    assert constants["PRESETS"] == tuple(lowtf.PRESETS)
-    assert constants["ACTIVATIONS"] == layers.ACTIVATIONS
-    assert constants["MONITORS"] == lowtf.MONITORS
+    assert constants["DATASETS"] == lowtf.data.DATASETS
+    assert constants["PRESETS"] == tuple(lowtf.models.PRESETS)
+    assert constants["ACTIVATIONS"] == nn.ACTIVATIONS
+    assert constants["MONITORS"] == lowtf.train.metrics.MONITORS
     floats = {
         node.args[0].value
         for node in ast.walk(tree)

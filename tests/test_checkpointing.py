@@ -15,8 +15,7 @@ import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import _checkpointing
-from lowtf import step as step_lib
+from lowtf.train import checkpointing
 
 
 def _checkpoints(model_dir, hidden=(8,), seed=1):
@@ -38,12 +37,12 @@ def _checkpoints(model_dir, hidden=(8,), seed=1):
         checkpoint=snapshot,
         prune_on_save=False,
     )
-    return _checkpointing.Checkpoints(
+    return checkpointing.Checkpoints(
         str(model_dir),
         train_step=step,
         stopper=stopper,
         snapshot=snapshot,
-        running=_checkpointing.RunningMeans(),
+        running=checkpointing.RunningMeans(),
         keep=3,
         strategy=tf.distribute.get_strategy(),
     )
@@ -54,9 +53,9 @@ def _values(checkpoints):
 
 
 def test_running_means_weigh_each_call_by_its_steps_and_reset():
-    running = _checkpointing.RunningMeans()
+    running = checkpointing.RunningMeans()
     assert running.means() is None
-    metrics = step_lib.METRICS
+    metrics = lowtf.train.metrics.STEP_METRICS
     running.add({name: float(i) for i, name in enumerate(metrics)}, 3)
     running.add({name: 10.0 for name in metrics}, 1)
     means = running.means()
@@ -75,7 +74,7 @@ def test_save_then_restore_latest_brings_back_the_whole_state(tmp_path):
     first.train_step.step.assign(5)
     data.epoch.assign(2)
     data.cursor.assign(16)
-    first.state.running.add({name: 0.5 for name in step_lib.METRICS}, 1)
+    first.state.running.add({name: 0.5 for name in lowtf.train.metrics.STEP_METRICS}, 1)
     assert first.save() and first.saved_step == 5
     # Already on disk: not written again.
     assert first.save() and len(first.manager.checkpoints) == 1
@@ -136,7 +135,7 @@ def test_mismatch_names_the_variable_and_how_it_differs(tmp_path):
         )
 
     path = state(a=[1.0, 2.0], b=3).write(str(tmp_path / "probe"))
-    mismatch = _checkpointing._mismatch
+    mismatch = checkpointing._mismatch
     assert mismatch(state(a=[5.0, 6.0], b=7), path) is None
     assert (
         mismatch(state(a=[1.0, 2.0, 3.0], b=3), path)
@@ -221,6 +220,6 @@ def test_finite_weights_skips_integer_variables():
     model = tf.Module()
     model.seed = tf.Variable([3, 7], dtype=tf.int64)
     model.kernel = tf.Variable([1.0, 2.0])
-    assert _checkpointing.finite_weights(model)
+    assert checkpointing.finite_weights(model)
     model.kernel.assign([1.0, float("inf")])
-    assert not _checkpointing.finite_weights(model)
+    assert not checkpointing.finite_weights(model)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import rng
+from lowtf import random
 
 REGISTRY = {
     "dense": (lambda: lowtf.Dense(5, activation="elu", seed=1), (4, 3)),
@@ -42,7 +42,7 @@ REGISTRY = {
     ),
     **{
         f"mlp_{preset}": (lambda preset=preset: lowtf.mlp(preset, seed=7), (4, 28))
-        for preset in lowtf.PRESETS
+        for preset in lowtf.models.PRESETS
     },
     "conv2d": (
         lambda: lowtf.Conv2D(
@@ -123,7 +123,7 @@ def test_eager_and_function_agree_in_training_under_a_step_key(name):
     x = _input(shape, seed=4)
 
     def train(t):
-        with rng.step_key(rng.make_key(0, 5), rng.GRAPH_ALG):
+        with random.step_key(random.make_key(0, 5), random.GRAPH_ALG):
             return module(t, training=True)
 
     eager = train(x).numpy()

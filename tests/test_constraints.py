@@ -41,16 +41,16 @@ def test_max_norm_clips_only_units_over_the_cap():
     # Units over it: brought to the cap, direction kept.
     np.testing.assert_allclose(after[2:], 3.0, rtol=1e-6)
     np.testing.assert_allclose(out[:, 2:], w[:, 2:] * (3.0 / before[2:]), rtol=1e-5)
-    np.testing.assert_allclose(lowtf.unit_norms(out).numpy(), after, rtol=1e-6)
+    np.testing.assert_allclose(lowtf.nn.unit_norms(out).numpy(), after, rtol=1e-6)
 
 
 def test_conv_kernel_norm_is_taken_over_axes_0_1_2():
     w = RS.randn(3, 3, 2, 5).astype(np.float32)  # [h, w, in, out]
     norms = np.sqrt(np.square(w.astype(np.float64)).sum(axis=(0, 1, 2)))
     assert lowtf.max_norm(1.0).norm_axes(4) == [0, 1, 2]
-    np.testing.assert_allclose(lowtf.unit_norms(w).numpy(), norms, rtol=1e-6)
+    np.testing.assert_allclose(lowtf.nn.unit_norms(w).numpy(), norms, rtol=1e-6)
     out = lowtf.max_norm(1.0)(tf.constant(w)).numpy()
-    np.testing.assert_allclose(lowtf.unit_norms(out).numpy(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(lowtf.nn.unit_norms(out).numpy(), 1.0, rtol=1e-6)
     explicit = lowtf.max_norm(1.0, axes=[0, 1, 2])(tf.constant(w)).numpy()
     assert np.array_equal(out, explicit)
 
@@ -148,7 +148,7 @@ def test_conv_kernel_is_capped_per_output_channel_in_the_step():
     conv = _Conv(4, lowtf.max_norm(1.5))
     model = lowtf.Sequential([conv, lowtf.Flatten(), lowtf.Dense(1, seed=0)])
     model(x[:1])
-    assert lowtf.unit_norms(conv.kernel).numpy().min() > 1.5  # 18 N(0,1) draws
+    assert lowtf.nn.unit_norms(conv.kernel).numpy().min() > 1.5  # 18 N(0,1) draws
     step = lowtf.TrainStep(
         model,
         tf.keras.optimizers.Adam(0.01),

@@ -56,7 +56,7 @@ def test_conv2d_regularizer_is_gathered_on_the_kernel_only():
     conv(tf.ones([1, 5, 5, 2]))
     expected = 0.01 * np.sum(np.square(conv.kernel.numpy()))
     np.testing.assert_allclose(
-        float(lowtf.total_regularization_loss(conv)), expected, rtol=1e-6
+        float(lowtf.nn.total_regularization_loss(conv)), expected, rtol=1e-6
     )
 
 
@@ -114,7 +114,7 @@ def test_cnn_switches_reach_every_kernel():
     model = lowtf.cnn("digits", l1=1e-5, l2=1e-4, maxnorm=2.0, dropout=0.3, seed=0)
     model(tf.zeros([1, 64]))
     kernels = {v.name for v in model.trainable_variables if "kernel" in v.name}
-    pairs = lowtf.constraints.constrained_weights(model)
+    pairs = lowtf.nn.constraints.constrained_weights(model)
     # Max-norm on the two conv kernels and the dense one, not on the logits.
     assert sorted(v.shape.rank for v, _ in pairs) == [2, 4, 4]
     assert len(lowtf.regularization_losses(model)) == len(kernels) == 4
@@ -136,7 +136,7 @@ def test_conv_max_norm_over_axes_012_holds_after_every_step():
     for _ in range(4):
         step.run(5)
         for conv in convs:
-            norms = lowtf.unit_norms(conv.kernel).numpy()  # over axes [0, 1, 2]
+            norms = lowtf.nn.unit_norms(conv.kernel).numpy()  # over axes [0, 1, 2]
             assert norms.shape == (8,)
             assert norms.max() <= r * (1 + 1e-5)
             grew |= bool(np.isclose(norms.max(), r, rtol=1e-4))

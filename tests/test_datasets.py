@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowtf import datasets
-from lowtf.datasets import DataError
+from lowtf.data import datasets
+from lowtf.data.datasets import DataError
 
 # Per-class counts of the embedded digits (lowtf/data/README.md).
 DIGITS_CLASS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]

@@ -23,6 +23,9 @@ import tensorflow as tf
 import lowtf
 from lowtf import distribute
 
+# Subprocesses: bin/ runs and multi-device workers (the slow tier).
+pytestmark = pytest.mark.e2e
+
 HERE = os.path.dirname(__file__)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
@@ -326,7 +329,7 @@ def test_only_the_chief_writes_and_the_best_snapshot_restores(multi_worker):
     ]
     rows = lowtf.read_history(str(model_dir / "history.csv"))
     assert [row["step"] for row in rows] == list(range(0, 81, 10))
-    pointer = lowtf.best_checkpoint(str(model_dir / "best"))
+    pointer = lowtf.train.best_checkpoint(str(model_dir / "best"))
     assert pointer["step"] == result["best_step"]
     # The chief's snapshot loads into a fresh one-device model...
     model = lowtf.mlp((32,), l2=1e-4, maxnorm=2.0, dropout=0.1, batchnorm=True, seed=1)
@@ -524,7 +527,7 @@ def test_bin_train_stops_with_one_line_when_a_worker_dies(tmp_path):
     assert step >= 100 and step % 50 == 0
     # ... the best snapshot restores and evaluates to its recorded value ...
     data = lowtf.load_dataset("synthetic", train_size=400, validation_size=100)
-    pointer = lowtf.best_checkpoint(str(model_dir / "best"))
+    pointer = lowtf.train.best_checkpoint(str(model_dir / "best"))
     model = lowtf.mlp("tiny", num_classes=2)
     model(np.zeros([1, data.train[0].shape[1]], np.float32))
     tf.train.Checkpoint(model=model).read(

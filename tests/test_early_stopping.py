@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import early_stopping
+from lowtf.train import early_stopping
 
 
 def _feed(stopper, values, every=100, start=100):
@@ -114,7 +114,7 @@ def test_restore_best_brings_back_the_best_weights_bit_for_bit(tmp_path):
     stopper.restore_best()
     np.testing.assert_array_equal(w.numpy(), weights[200])
     # One snapshot left, and the pointer names it with its step and value.
-    pointer = lowtf.best_checkpoint(str(tmp_path))
+    pointer = lowtf.train.best_checkpoint(str(tmp_path))
     assert pointer["step"] == 200 and pointer["value"] == 0.4
     snapshots = {n.split(".")[0] for n in os.listdir(tmp_path) if n.startswith("best-")}
     assert snapshots == {os.path.basename(pointer["prefix"])}
@@ -137,7 +137,7 @@ def test_a_crash_while_saving_leaves_the_previous_snapshot_restorable(
         patience=1000, best_dir=str(tmp_path), checkpoint=ckpt
     )
     stopper.update(100, {"val_cross_entropy": 0.5})
-    good = lowtf.best_checkpoint(str(tmp_path))
+    good = lowtf.train.best_checkpoint(str(tmp_path))
 
     def crash_half_way(prefix):
         # The index file lands, the data file is cut short, then the process "dies".
@@ -153,7 +153,7 @@ def test_a_crash_while_saving_leaves_the_previous_snapshot_restorable(
         stopper.update(200, {"val_cross_entropy": 0.1})
     monkeypatch.undo()
     # Neither the pointer nor the state moved to the broken snapshot.
-    assert lowtf.best_checkpoint(str(tmp_path)) == good
+    assert lowtf.train.best_checkpoint(str(tmp_path)) == good
     assert int(stopper.best_step.numpy()) == 100
     stopper.restore_best()
     np.testing.assert_array_equal(w.numpy(), [1.0, 2.0])

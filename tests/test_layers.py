@@ -5,14 +5,14 @@ import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import rng
+from lowtf import random
 
 RS = np.random.RandomState(3)
 
 
-def _dropout_in_step(layer, x, step, alg=rng.GRAPH_ALG, seed=0):
+def _dropout_in_step(layer, x, step, alg=random.GRAPH_ALG, seed=0):
     """The layer's training output under the key of global step ``step``."""
-    with rng.step_key(rng.make_key(seed, step), alg):
+    with random.step_key(random.make_key(seed, step), alg):
         return layer(x, training=True)
 
 
@@ -89,14 +89,14 @@ def test_dropout_scales_kept_units_and_preserves_the_mean():
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_dropout_masks_change_per_step_and_repeat_per_key(jit):
-    alg = rng.XLA_ALG if jit else rng.GRAPH_ALG
+    alg = random.XLA_ALG if jit else random.GRAPH_ALG
     layer = lowtf.Dropout(0.5, seed=3)
     other = lowtf.Dropout(0.5, seed=4)
 
     @tf.function(jit_compile=jit)
     def masks(step):
         x = tf.ones([64, 32])
-        with rng.step_key(rng.make_key(0, step), alg):
+        with random.step_key(random.make_key(0, step), alg):
             return layer(x, training=True) != 0, other(x, training=True) != 0
 
     m0, o0 = (t.numpy() for t in masks(tf.constant(0, tf.int64)))

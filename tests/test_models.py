@@ -21,7 +21,7 @@ def _dense(model):
     ],
 )
 def test_presets_match_the_tutorials_models(preset, widths):
-    assert lowtf.PRESETS[preset] == widths
+    assert lowtf.models.PRESETS[preset] == widths
     model = lowtf.mlp(preset)
     out = model(tf.zeros([2, 28]))
     assert out.shape == (2, 1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowtf import plot
+from lowtf.train import plot
 
 
 def overfitting_history():

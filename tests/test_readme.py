@@ -34,7 +34,7 @@ def test_own_loop_example_runs():
         exec(compile(source, "README.md", "exec"), namespace)
 
     metrics = {k: float(v) for k, v in namespace["metrics"].items()}
-    assert set(metrics) == set(lowtf.METRICS)
+    assert set(metrics) == set(lowtf.train.metrics.STEP_METRICS)
     assert all(math.isfinite(v) for v in metrics.values())
     assert metrics["total_loss"] == pytest.approx(
         metrics["cross_entropy"] + metrics["regularization_loss"], rel=1e-5
@@ -44,8 +44,8 @@ def test_own_loop_example_runs():
     # The example caps hidden units at norm 3.
     model = namespace["model"]
     for layer in [m for m in model.layers if isinstance(m, lowtf.Dense)][:-1]:
-        assert lowtf.unit_norms(layer.kernel).numpy().max() <= 3.0 + 1e-6
-    assert all(k in printed.getvalue() for k in lowtf.METRICS)
+        assert lowtf.nn.unit_norms(layer.kernel).numpy().max() <= 3.0 + 1e-6
+    assert all(k in printed.getvalue() for k in lowtf.train.metrics.STEP_METRICS)
 
 
 def test_ci_runs_the_readmes_install_and_test_commands():

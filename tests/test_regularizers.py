@@ -17,7 +17,7 @@ def _sgd_step(model, x, y, **options):
         tf.keras.optimizers.SGD(0.1),
         options=lowtf.StepOptions(jit_compile=False, **options),
     )
-    return step, lowtf.step.as_numpy(step(x, y))
+    return step, lowtf.train.step.as_numpy(step(x, y))
 
 
 def _sigmoid_xent(logits, labels):
@@ -75,7 +75,7 @@ def test_only_kernels_carry_a_regularizer_by_default():
         losses = lowtf.regularization_losses(m)
         assert len(losses) == 3
         expected = sum(0.01 * np.square(k).sum() for k in kernels)
-        assert float(lowtf.total_regularization_loss(m)) == pytest.approx(
+        assert float(lowtf.nn.total_regularization_loss(m)) == pytest.approx(
             expected, 1e-6
         )
 
@@ -129,7 +129,7 @@ def test_gathers_every_loss_in_a_nested_tree():
     got = sorted(float(v) for v in lowtf.regularization_losses(tower))
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert lowtf.regularization_losses(lowtf.mlp("tiny")) == []
-    assert float(lowtf.total_regularization_loss(lowtf.mlp("tiny"))) == 0.0
+    assert float(lowtf.nn.total_regularization_loss(lowtf.mlp("tiny"))) == 0.0
 
 
 def test_step_adds_the_penalty_by_hand_and_reports_both_terms(binary_data):

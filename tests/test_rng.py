@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import rng
+from lowtf import random
 
 
 @pytest.mark.parametrize("size", [1, 2, 7, 500, 4097])
@@ -13,7 +13,7 @@ def test_permutation_holds_every_index_once_with_and_without_xla(size):
     outputs = []
     for jit in (False, True):
         fn = tf.function(
-            lambda epoch: rng.permutation(size, rng.make_key(3, epoch)), jit_compile=jit
+            lambda epoch: random.permutation(size, random.make_key(3, epoch)), jit_compile=jit
         )
         outputs.append(fn(tf.constant(5, tf.int64)).numpy())
     np.testing.assert_array_equal(np.sort(outputs[0]), np.arange(size))
@@ -21,15 +21,15 @@ def test_permutation_holds_every_index_once_with_and_without_xla(size):
 
 
 def test_permute_is_random_access_into_the_permutation():
-    key = rng.make_key(1, 2)
-    full = rng.permutation(1000, key).numpy()
+    key = random.make_key(1, 2)
+    full = random.permutation(1000, key).numpy()
     positions = tf.constant([999, 0, 500, 17], tf.int64)
-    np.testing.assert_array_equal(rng.permute(positions, 1000, key).numpy(), full[[999, 0, 500, 17]])
+    np.testing.assert_array_equal(random.permute(positions, 1000, key).numpy(), full[[999, 0, 500, 17]])
 
 
 def test_permutations_differ_by_key_and_look_shuffled():
     size, epochs = 1000, 200
-    perms = np.stack([rng.permutation(size, rng.make_key(7, e)).numpy() for e in range(epochs)])
+    perms = np.stack([random.permutation(size, random.make_key(7, e)).numpy() for e in range(epochs)])
     assert len({p.tobytes() for p in perms}) == epochs
     # Where element 0 lands is uniform over the ten deciles (chi-square, 9 dof,
     # 99.9% quantile 27.9), and neighbours in a permutation are uncorrelated.
@@ -55,8 +55,8 @@ def test_per_batch_rows_equal_the_materialized_permutation():
 def test_xla_dropout_draws_are_uniform_and_new_at_every_step():
     @tf.function(jit_compile=True)
     def draws(step):
-        with rng.step_key(rng.make_key(0, step), rng.XLA_ALG):
-            return rng.uniform([400, 256], seed=7), rng.uniform([400, 256], seed=8)
+        with random.step_key(random.make_key(0, step), random.XLA_ALG):
+            return random.uniform([400, 256], seed=7), random.uniform([400, 256], seed=8)
 
     a, other_layer = (t.numpy() for t in draws(tf.constant(1, tf.int64)))
     b, _ = (t.numpy() for t in draws(tf.constant(2, tf.int64)))

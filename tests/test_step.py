@@ -37,7 +37,7 @@ def test_softmax_head_with_integer_labels():
     logits = model(x).numpy().astype(np.float64)
     log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     step = lowtf.TrainStep(model, tf.keras.optimizers.SGD(0.1), options=GRAPH)
-    metrics = lowtf.step.as_numpy(step(x, y))
+    metrics = lowtf.train.step.as_numpy(step(x, y))
     assert step.head == "softmax"
     assert metrics["cross_entropy"] == pytest.approx(
         -log_p[np.arange(96), y].mean(), 1e-5
@@ -52,7 +52,7 @@ def test_sigmoid_head_with_binary_labels(binary_data):
     z = model(x).numpy().reshape(-1).astype(np.float64)
     expected = np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))
     step = lowtf.TrainStep(model, tf.keras.optimizers.SGD(0.1), options=GRAPH)
-    metrics = lowtf.step.as_numpy(step(x, y.astype(np.int64)))  # int 0/1 works too
+    metrics = lowtf.train.step.as_numpy(step(x, y.astype(np.int64)))  # int 0/1 works too
     assert step.head == "sigmoid"
     assert metrics["cross_entropy"] == pytest.approx(expected, rel=1e-5)
     assert metrics["accuracy"] == pytest.approx(((z > 0) == y).mean())
@@ -106,8 +106,8 @@ def test_adam_with_the_tutorials_inverse_time_decay_trains_under_xla(binary_data
         optimizer,
         data=lowtf.InMemoryBatches(x, y, 100),
     )
-    first = lowtf.step.as_numpy(step.run(5))
-    last = lowtf.step.as_numpy(step.run(45))
+    first = lowtf.train.step.as_numpy(step.run(5))
+    last = lowtf.train.step.as_numpy(step.run(45))
     assert int(optimizer.iterations) == 50 == int(step.step)
     assert float(optimizer.learning_rate) == pytest.approx(
         0.01 / (1 + 50 / 10), rel=1e-6
@@ -162,13 +162,13 @@ def test_keras_model_trains_and_its_losses_are_gathered(binary_data):
     penalty = sum(
         1e-2 * np.square(layer.kernel.numpy()).sum() for layer in model.layers[::2]
     )
-    first = lowtf.step.as_numpy(step(x, y))
+    first = lowtf.train.step.as_numpy(step(x, y))
     assert first["regularization_loss"] == pytest.approx(penalty, rel=1e-5)
     assert first["total_loss"] == pytest.approx(
         first["cross_entropy"] + penalty, rel=1e-5
     )
     for _ in range(20):
-        last = lowtf.step.as_numpy(step(x, y))
+        last = lowtf.train.step.as_numpy(step(x, y))
     assert last["cross_entropy"] < first["cross_entropy"]
     norms = np.linalg.norm(model.layers[0].kernel.numpy(), axis=0)
     assert norms.max() <= 0.5 + 1e-6  # the Keras constraint, applied by the optimizer
@@ -190,14 +190,14 @@ def test_eager_graph_and_xla_agree(binary_data):
         model = lowtf.mlp("small", l2=1e-3, maxnorm=1.0, batchnorm=True, seed=6)
         step = lowtf.TrainStep(model, tf.keras.optimizers.Adam(1e-2), options=options)
         for i in range(3):
-            metrics = lowtf.step.as_numpy(
+            metrics = lowtf.train.step.as_numpy(
                 step(x[i * 50 : i * 50 + 100], y[i * 50 : i * 50 + 100])
             )
         results[name] = metrics, _weights(model)
     eager_metrics, eager_weights = results["eager"]
     for name in ("graph", "xla"):
         metrics, weights = results[name]
-        for key in lowtf.METRICS:
+        for key in lowtf.train.metrics.STEP_METRICS:
             assert metrics[key] == pytest.approx(eager_metrics[key], rel=1e-5, abs=1e-6)
         for a, b in zip(weights, eager_weights):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -237,14 +237,14 @@ def test_run_n_equals_n_single_steps_on_the_same_batches(binary_data):
         )
 
     model_a, step_a = make()
-    averaged = lowtf.step.as_numpy(step_a.run(n))
+    averaged = lowtf.train.step.as_numpy(step_a.run(n))
 
     model_b, step_b = make()
     twin = lowtf.InMemoryBatches(x, y, batch, seed=3)
-    singles = [lowtf.step.as_numpy(step_b(*twin.next())) for _ in range(n)]
+    singles = [lowtf.train.step.as_numpy(step_b(*twin.next())) for _ in range(n)]
     assert int(step_a.step) == int(step_b.step) == n
     assert int(step_a.data.epoch) == 1 and int(step_a.data.cursor) == 2 * batch
-    for key in lowtf.METRICS:
+    for key in lowtf.train.metrics.STEP_METRICS:
         assert averaged[key] == pytest.approx(
             np.mean([m[key] for m in singles]), rel=1e-5
         )
@@ -480,9 +480,9 @@ def test_mirrored_strategy_on_one_device_matches_the_default_strategy(binary_dat
                 data=lowtf.InMemoryBatches(x, y, 100),
                 options=lowtf.StepOptions(jit_compile=jit),
             )
-        metrics = [lowtf.step.as_numpy(step(x[:100], y[:100]))]
+        metrics = [lowtf.train.step.as_numpy(step(x[:100], y[:100]))]
         if not jit:  # one XLA compile per strategy is enough to be slow
-            metrics.append(lowtf.step.as_numpy(step.run(3)))
+            metrics.append(lowtf.train.step.as_numpy(step.run(3)))
         return metrics, [v.numpy() for v in model.variables]
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
@@ -490,7 +490,7 @@ def test_mirrored_strategy_on_one_device_matches_the_default_strategy(binary_dat
     base_metrics, base_weights = train(tf.distribute.get_strategy())
     metrics, weights = train(mirrored)
     for got, want in zip(metrics, base_metrics):
-        for key in lowtf.METRICS:
+        for key in lowtf.train.metrics.STEP_METRICS:
             assert got[key] == pytest.approx(want[key], rel=1e-6)
     for a, b in zip(weights, base_weights):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -523,7 +523,7 @@ def test_replica_losses_sum_to_one_global_step(binary_data, monkeypatch):
     with tf.GradientTape() as tape:
         z = tf.reshape(model(x, training=True), [-1])
         ce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, z))
-        reg = lowtf.total_regularization_loss(model)
+        reg = lowtf.nn.total_regularization_loss(model)
         loss = ce + reg
     want_grads = tape.gradient(loss, variables)
 
@@ -532,13 +532,13 @@ def test_replica_losses_sum_to_one_global_step(binary_data, monkeypatch):
         model, optimizer, options=lowtf.StepOptions(run_eagerly=True)
     )
     step.build(x[:1])
-    key = lowtf.rng.make_key(0, 0)
+    key = lowtf.random.make_key(0, 0)
     totals, grads = {}, []
     for replica in range(2):
         monkeypatch.setattr(
             tf.distribute, "get_replica_context", lambda r=replica: _FakeReplica(r, 2)
         )
-        part = lowtf.step.as_numpy(
+        part = lowtf.train.step.as_numpy(
             step._replica_step(tf.constant(x), tf.constant(y), key)
         )
         # Each replica sees its half, divided by the global batch of 64.

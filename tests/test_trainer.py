@@ -36,7 +36,7 @@ def _values(model):
 
 def _best_weights(model_dir, like):
     """The model variables stored in the best snapshot, read into a copy of `like`."""
-    prefix = lowtf.best_checkpoint(os.path.join(model_dir, "best"))["prefix"]
+    prefix = lowtf.train.best_checkpoint(os.path.join(model_dir, "best"))["prefix"]
     tf.train.Checkpoint(model=like).read(prefix).expect_partial()
     return _values(like)
 
@@ -77,7 +77,7 @@ def _fit(
         (
             "monitor",
             "val_loss",
-            r"`monitor` \('val_loss'\) must be one of 'val_cross_entropy'",
+            r"`monitor` \('val_loss'\) must be one of 'train_cross_entropy'",
         ),
         (
             "mode",
@@ -154,7 +154,7 @@ def test_history_tensorboard_and_progress_lines(tmp_path):
     assert [row["step"] for row in result.history] == [0, 20, 40, 50]
     assert lowtf.read_history(str(tmp_path / "history.csv")) == result.history
     with open(tmp_path / "history.csv") as f:
-        assert f.readline().strip().split(",") == list(lowtf.HISTORY_COLUMNS)
+        assert f.readline().strip().split(",") == list(lowtf.train.metrics.COLUMNS)
     first, rows = result.history[0], result.history[1:]
     assert first["train_cross_entropy"] is None and first["regularization_loss"] > 0
     for row in rows:
@@ -433,6 +433,7 @@ def test_a_failed_start_leaves_an_existing_model_dir_untouched(tmp_path):
         _fit(tmp_path / "file", config)
 
 
+@pytest.mark.e2e
 def test_sigkill_at_any_moment_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     killed_dir, ref_dir = tmp_path / "killed", tmp_path / "reference"
@@ -471,7 +472,7 @@ def test_sigkill_at_any_moment_then_resume_ends_like_an_uninterrupted_run(tmp_pa
     assert latest_step % 20 != 0
     latest = tf.train.latest_checkpoint(str(killed_dir / "ckpt"))
     assert latest.endswith(f"ckpt-{latest_step}")
-    assert lowtf.best_checkpoint(str(killed_dir / "best"))["step"] == kill_step
+    assert lowtf.train.best_checkpoint(str(killed_dir / "best"))["step"] == kill_step
     assert lowtf.read_history(str(killed_dir / "history.csv"))[-1]["step"] == kill_step
 
     # One process resumes the killed run, then trains a reference from scratch.
@@ -540,7 +541,7 @@ def test_a_keras_model_trains_reports_its_kernel_norms_and_restores(tmp_path):
             for value in event.summary.value:
                 norms[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
     kernel = model.get_layer("hidden").kernel
-    expected = lowtf.unit_norms(tf.identity(kernel)).numpy().max()
+    expected = lowtf.nn.unit_norms(tf.identity(kernel)).numpy().max()
     assert norms[("max_unit_norm/hidden", result.best_step)] == np.float32(expected)
     assert ("max_unit_norm/out", 40) in norms
 

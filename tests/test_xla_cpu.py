@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowtf import _xla_cpu
+from lowtf.nn import _xla_cpu
 
 CONVS = [  # image [h, w, in], kernel [kh, kw, out], strides, padding
     ((8, 8, 1), (3, 3, 4), (1, 1), "SAME"),

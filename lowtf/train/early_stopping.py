@@ -32,6 +32,7 @@ import re
 import tensorflow as tf
 
 from lowtf import _checks
+from lowtf.train import metrics
 
 MODES = ("auto", "min", "max")
 POINTER = "best.json"
@@ -44,6 +45,9 @@ def resolve_mode(monitor: str, mode: str) -> str:
     _checks.one_of("mode", mode, MODES)
     if mode != "auto":
         return mode
+    if monitor in metrics.MONITORS:
+        return metrics.monitor_mode(monitor)
+    # A metric of the user's own loop: accuracies improve upwards, as in Keras.
     return "max" if "accuracy" in monitor else "min"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from lowtf import _checks
-from lowtf._draws import ALG, UNIT, as_images, normal, uniform, with_prob
+from lowtf.augment._draws import ALG, UNIT, as_images, normal, uniform, with_prob
 
 
 def brightness(

@@ -1,7 +1,7 @@
 """What the training loop leaves in the model directory: history and TensorBoard.
 
 * ``history.csv``: one row per evaluation, the columns of
-  :data:`HISTORY_COLUMNS`. Floats are written with ``repr``, so reading the
+  :data:`COLUMNS`. Floats are written with ``repr``, so reading the
   file back gives the very numbers the loop saw; a value that does not exist
   (the training means at step 0, before any step) is an empty cell.
 * ``tensorboard/train`` and ``tensorboard/validation``: event files with the
@@ -25,18 +25,9 @@ import os
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from lowtf import constraints
-
-HISTORY_COLUMNS = (
-    "step",
-    "train_cross_entropy",
-    "train_accuracy",
-    "val_cross_entropy",
-    "val_accuracy",
-    "regularization_loss",
-    "total_loss",
-    "learning_rate",
-)
+from lowtf.nn import constraints
+from lowtf.nn.base import keras_layers
+from lowtf.train.metrics import COLUMNS, Evaluation
 
 
 class History:
@@ -64,7 +55,7 @@ class History:
         tmp = f"{self.path}.tmp-{os.getpid()}"
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(HISTORY_COLUMNS)
+            writer.writerow(COLUMNS)
             writer.writerows(_cells(r) for r in rows)
         os.replace(tmp, self.path)
         self.rows = rows
@@ -86,7 +77,7 @@ def read_history(path: str) -> list[dict]:
         for record in csv.DictReader(f):
             try:
                 row = {"step": int(record["step"])}
-                for name in HISTORY_COLUMNS[1:]:
+                for name in COLUMNS[1:]:
                     cell = record[name]
                     row[name] = None if cell == "" else float(cell)
             except (KeyError, TypeError, ValueError):
@@ -97,7 +88,7 @@ def read_history(path: str) -> list[dict]:
 
 def _cells(row: dict) -> list[str]:
     return [
-        "" if row.get(name) is None else repr(row[name]) for name in HISTORY_COLUMNS
+        "" if row.get(name) is None else repr(row[name]) for name in COLUMNS
     ]
 
 
@@ -119,43 +110,23 @@ def scalar(tag: str, value: float, step: int) -> None:
 class Summaries:
     """TensorBoard writers for ``<logdir>/train`` and ``<logdir>/validation``."""
 
-    _TRAIN = {
-        "cross_entropy": "train_cross_entropy",
-        "accuracy": "train_accuracy",
-        "regularization_loss": "regularization_loss",
-        "total_loss": "total_loss",
-        "learning_rate": "learning_rate",
-    }
-
     def __init__(self, logdir: str):
         self._train = tf.summary.create_file_writer(os.path.join(logdir, "train"))
         self._validation = tf.summary.create_file_writer(
             os.path.join(logdir, "validation")
         )
 
-    def write(self, row: dict, unit_norms: dict | None = None) -> None:
-        """Writes one evaluation row and the layers' max unit norms at its step."""
-        step = int(row["step"])
-        with self._train.as_default():
-            for tag, name in self._TRAIN.items():
-                if row.get(name) is not None:
-                    scalar(tag, row[name], step)
-            for layer, norm in (unit_norms or {}).items():
-                scalar(f"max_unit_norm/{layer}", norm, step)
-        validation = {
-            "cross_entropy": row["val_cross_entropy"],
-            "accuracy": row["val_accuracy"],
-            "regularization_loss": row.get("regularization_loss"),
-        }
-        if row.get("regularization_loss") is not None:
-            # The objective on validation data: its cross-entropy plus the same penalty.
-            validation["total_loss"] = (
-                row["val_cross_entropy"] + row["regularization_loss"]
-            )
-        with self._validation.as_default():
-            for tag, value in validation.items():
-                if value is not None:
+    def write(self, evaluation: Evaluation, unit_norms: dict | None = None) -> None:
+        """Writes one evaluation and the layers' max unit norms at its step."""
+        step = int(evaluation.step)
+        runs = evaluation.board()
+        for run, writer in (("train", self._train), ("validation", self._validation)):
+            with writer.as_default():
+                for tag, value in runs[run].items():
                     scalar(tag, value, step)
+                if run == "train":
+                    for layer, norm in (unit_norms or {}).items():
+                        scalar(f"max_unit_norm/{layer}", norm, step)
         # Flushed per evaluation, so a killed run loses no written point.
         self._train.flush()
         self._validation.flush()
@@ -174,7 +145,7 @@ def max_unit_norms(model) -> dict[str, float]:
     """
     norms = {}
     for layer in _layers(model):
-        kernels = [var for var, _ in getattr(layer, "_lowtf_constraints", ())]
+        kernels = [var for var, _ in getattr(layer, "constrained_weights", ())]
         kernel = getattr(layer, "kernel", None)
         if not kernels and kernel is not None and hasattr(kernel, "shape"):
             kernels = [kernel]  # a tf.Variable, or a Keras 3 variable
@@ -190,8 +161,7 @@ def max_unit_norms(model) -> dict[str, float]:
 
 def _layers(model):
     if isinstance(model, tf.keras.layers.Layer):
-        flatten = getattr(model, "_flatten_layers", None)
-        return list(flatten(include_self=True)) if flatten else [model]
+        return keras_layers(model)
     if isinstance(model, tf.Module):
         return [model, *model.submodules]
     return []

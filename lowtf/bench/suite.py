@@ -27,39 +27,14 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _bench_configs, _checks, layers
-
-# The configurations, the runners, the Keras peer and the report live in
-# private modules; lowtf.bench is where users, bin/bench and the tests
-# reach them.
-from lowtf._bench_configs import (  # noqa: F401 (re-export)
-    DATA_SIZE,
-    DROPOUT,
-    L2,
-    LEARNING_RATE,
-    MAXNORM,
-    MODELS,
-    MODES,
-    REGULARIZATION,
-    Config,
-    make_data,
-    make_model,
-)
-from lowtf._bench_report import (  # noqa: F401 (re-export)
-    machine,
-    regularization_cost,
-    summarize,
-    table,
-)
-from lowtf._bench_runners import DotsRunner, LowtfRunner
-from lowtf._keras_peer import KerasRunner, keras_peer  # noqa: F401 (re-export)
-
-# Assigned rather than imported: run's `configs` argument shadows the name,
-# which linters flag as an unused import redefined.
-configs = _bench_configs.configs
+from lowtf import _checks, nn
+from lowtf.bench.configs import DATA_SIZE, Config, input_shape, make_data
+from lowtf.bench.keras_peer import KerasRunner
+from lowtf.bench.report import machine, regularization_cost, summarize
+from lowtf.bench.runners import DotsRunner, LowtfRunner
 
 
-def dense_flops(model: layers.Sequential, input_shape, batch_size: int) -> dict:
+def dense_flops(model: nn.Sequential, input_shape, batch_size: int) -> dict:
     """Forward and backward FLOPs of a built model's Dense and Conv2D layers.
 
     A layer's forward pass costs ``2 * batch * outputs * fan_in`` FLOPs; the
@@ -72,7 +47,7 @@ def dense_flops(model: layers.Sequential, input_shape, batch_size: int) -> dict:
     first = True
     for layer in model.layers:
         y = layer(x, training=False)
-        if isinstance(layer, (layers.Dense, layers.Conv2D)):
+        if isinstance(layer, (nn.Dense, nn.Conv2D)):
             fan_in = math.prod(layer.kernel.shape[:-1])
             macs = batch_size * math.prod(y.shape[1:]) * fan_in
             forward += 2 * macs
@@ -235,7 +210,7 @@ def _run_group(members, repeats, min_time, keras_variants, bound):
         for runner in timed:
             samples[id(runner)].append(runner.repeat())
     flops = dense_flops(
-        model, _bench_configs.input_shape(first.model), first.batch_size
+        model, input_shape(first.model), first.batch_size
     )
     keras_rows = []
     for peer in peers:

@@ -12,8 +12,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lowtf import layers, step
-from lowtf._bench_configs import LEARNING_RATE, Config, make_model
+from lowtf import nn
+from lowtf.bench.configs import LEARNING_RATE, Config, make_model
+from lowtf.train import step
 
 _JIT = {"xla": True, "graph": False, "auto": "auto"}
 
@@ -81,10 +82,10 @@ class DotsRunner(_BlockTimer):
     """
 
     def __init__(
-        self, model: layers.Sequential, batch_size: int, *, xla: bool, steps: int
+        self, model: nn.Sequential, batch_size: int, *, xla: bool, steps: int
     ):
         self.xla, self.steps = xla, steps
-        dense = [layer for layer in model.layers if isinstance(layer, layers.Dense)]
+        dense = [layer for layer in model.layers if isinstance(layer, nn.Dense)]
         self.kernels = kernels = [tf.Variable(layer.kernel) for layer in dense]
         x = tf.random.stateless_normal([batch_size, kernels[0].shape[0]], seed=[5, 6])
 

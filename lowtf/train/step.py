@@ -32,18 +32,11 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from lowtf import (
-    _batch_checks,
-    _checks,
-    _evaluator,
-    constraints,
-    losses,
-    regularizers,
-    rng,
-)
-from lowtf._evaluator import Evaluator, auto_jit_compile  # noqa: F401 (re-export)
-
-METRICS = ("cross_entropy", "regularization_loss", "total_loss", "accuracy")
+from lowtf import _checks, random
+from lowtf.data import checks
+from lowtf.nn import constraints, losses, regularizers
+from lowtf.train import evaluator
+from lowtf.train.metrics import STEP_METRICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,88 +78,12 @@ class StepOptions:
         _checks.boolean("require_constraints", self.require_constraints)
 
 
-class InMemoryBatches(tf.Module):
-    """A training set held in memory, batched inside the compiled step.
-
-    Batches are drawn without replacement from a fresh permutation every
-    epoch (a stateless shuffle keyed by ``seed`` and the epoch number, see
-    :func:`lowtf.rng.permute`), the incomplete tail of each epoch is dropped,
-    and the position (epoch, cursor) lives in variables, so a checkpoint
-    resumes the exact stream.
-
-    Args:
-      x: features, ``[n, ...]``.
-      y: labels, ``[n]``.
-      batch_size: examples per global batch (<= n).
-      seed: seed of the per-epoch shuffles, default 0.
-    """
-
-    def __init__(self, x, y, batch_size: int, *, seed: int = 0, name=None):
-        super().__init__(name=name)
-        _checks.positive_int("batch_size", batch_size)
-        self.x = tf.convert_to_tensor(x)
-        self.y = tf.convert_to_tensor(y)
-        n = int(self.x.shape[0])
-        if int(self.y.shape[0]) != n:
-            raise ValueError(f"x has {n} rows but y has {int(self.y.shape[0])}")
-        # The same rules as a batch given to the step, checked here and not
-        # deep inside the compiled loop that draws the batches (the labels
-        # wait for the model's head, in TrainStep.build).
-        _batch_checks.check_batch(self.x, self.y)
-        _batch_checks.check_finite(np.asarray(self.x), "x")
-        if batch_size > n:
-            raise ValueError(f"`batch_size` ({batch_size}) exceeds the {n} examples")
-        self.size = n
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.cursor = tf.Variable(0, dtype=tf.int64, trainable=False, name="cursor")
-        self._offsets = tf.range(batch_size, dtype=tf.int64)
-        # A cache of the permutation of epoch `order_epoch`, for the
-        # materialized path of `next`; the per-batch path leaves it stale.
-        self.order = tf.Variable(self._permutation(0), trainable=False, name="order")
-        self.order_epoch = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="order_epoch"
-        )
-
-    def _permutation(self, epoch):
-        return rng.permutation(self.size, rng.make_key(self.seed, epoch))
-
-    def next(self, *, per_batch: bool = False):
-        """The next ``(x, y)`` batch; advances the position variables.
-
-        Args:
-          per_batch: compute the batch's rows of the epoch's permutation
-            directly (a few element-wise passes over the batch: best under
-            XLA) instead of materializing the whole permutation once per
-            epoch (fewer ops per step: best in a plain TF graph). Both give
-            the same batches. Default False.
-        """
-        if self.cursor + self.batch_size > self.size:
-            self.epoch.assign_add(1)
-            self.cursor.assign(0)
-        positions = self.cursor + self._offsets
-        if per_batch:
-            index = rng.permute(
-                positions, self.size, rng.make_key(self.seed, self.epoch)
-            )
-        else:
-            if self.order_epoch != self.epoch:
-                self.order.assign(self._permutation(self.epoch))
-                self.order_epoch.assign(self.epoch)
-            # A gather, not tf.slice: XLA would take the slice's start as a
-            # compile-time constant and compile once per cursor value.
-            index = tf.gather(self.order, positions)
-        self.cursor.assign_add(self.batch_size)
-        return tf.gather(self.x, index), tf.gather(self.y, index)
-
-
 class TrainStep(tf.Module):
     """A compiled training step to call from your own loop.
 
     >>> step = lowtf.TrainStep(model, tf.keras.optimizers.Adam(1e-3))
     >>> for x, y in dataset:
-    ...     metrics = step(x, y)   # dict of scalar tensors, see METRICS
+    ...     metrics = step(x, y)   # dict of scalar tensors, see STEP_METRICS
 
     Args:
       model: a lowtf module or any ``tf.Module``/Keras model called as
@@ -176,7 +93,7 @@ class TrainStep(tf.Module):
       augment: optional callable ``augment(x) -> x`` applied to every
         training batch inside the compiled step (never at inference), e.g.
         ``lowtf.augment.parse("translate:1,rotate:10")``. It runs under the
-        step's random key (:func:`lowtf.rng.step_key`), so its draws are
+        step's random key (:func:`lowtf.random.step_key`), so its draws are
         stateless: reproducible from ``options.seed``, new at every step.
         Default None.
       options: :class:`StepOptions`.
@@ -206,7 +123,7 @@ class TrainStep(tf.Module):
             )
         _check_optimizer_strategy(optimizer, self._strategy)
         if data is not None:  # refused here, before a trainer writes anything
-            _batch_checks.check_shardable(
+            checks.check_shardable(
                 "`data.batch_size`", data.batch_size, self._strategy
             )
         self._built = False
@@ -216,10 +133,10 @@ class TrainStep(tf.Module):
         self._averaged = []
         self._distributed = tf.distribute.has_strategy()
         if options.jit_compile == "auto":
-            options = dataclasses.replace(options, jit_compile=auto_jit_compile(model))
+            options = dataclasses.replace(options, jit_compile=evaluator.auto_jit_compile(model))
             self.options = options
         jit = options.jit_compile and not options.run_eagerly
-        self._alg = rng.XLA_ALG if jit else rng.GRAPH_ALG
+        self._alg = random.XLA_ALG if jit else random.GRAPH_ALG
         # Under a tf.distribute strategy XLA compiles the replica's forward and
         # backward pass only (see the module docstring); else the whole step.
         distributed = self._distributed
@@ -242,7 +159,7 @@ class TrainStep(tf.Module):
     # -- public API ---------------------------------------------------------
 
     def __call__(self, x, y) -> dict:
-        """Runs one step on one (global) batch; returns the METRICS.
+        """Runs one step on one (global) batch; returns the STEP_METRICS.
 
         Every batch is checked on the host before the compiled call: its
         shapes and dtype, its labels (class indices below the number of
@@ -264,28 +181,28 @@ class TrainStep(tf.Module):
         """
         host_x, host_y = x, y
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-        _batch_checks.check_batch(x, y)
-        _batch_checks.check_shardable("the global batch", x.shape[0], self._strategy)
+        checks.check_batch(x, y)
+        checks.check_shardable("the global batch", x.shape[0], self._strategy)
         self.build(x)
-        _batch_checks.check_features(x, self._x_spec)
-        host_y = _batch_checks.on_host(host_y, y)
+        checks.check_features(x, self._x_spec)
+        host_y = checks.on_host(host_y, y)
         if host_y is not None and self._num_logits is not None:
-            _batch_checks.check_labels(host_y, self._head, self._num_logits, "y")
-        host_x = _batch_checks.on_host(host_x, x)
+            checks.check_labels(host_y, self._head, self._num_logits, "y")
+        host_x = checks.on_host(host_x, x)
         if host_x is not None:
-            _batch_checks.check_finite(host_x, "x")
+            checks.check_finite(host_x, "x")
         return self._one(x, y)
 
     def run(self, num_steps) -> dict:
         """Runs ``num_steps`` steps on batches from ``data`` in one call.
 
-        Returns the METRICS averaged over those steps. ``num_steps`` enters
+        Returns the STEP_METRICS averaged over those steps. ``num_steps`` enters
         as a tensor, so calling with another value does not retrace.
         """
         if self.data is None:
             raise ValueError("`run` needs the step to be built with `data=`")
         _checks.positive_int("num_steps", num_steps)
-        _batch_checks.check_shardable(
+        checks.check_shardable(
             "`data.batch_size`", self.data.batch_size, self._strategy
         )
         self.build(self.data.x[:1])
@@ -325,7 +242,7 @@ class TrainStep(tf.Module):
         if self.data is not None:
             # Once, on the whole training set: under XLA an out-of-range label
             # gives a NaN loss, not an error.
-            _batch_checks.check_labels(
+            checks.check_labels(
                 np.asarray(self.data.y), self._head, int(logits.shape[-1]), "data.y"
             )
         if self._distributed:
@@ -338,20 +255,20 @@ class TrainStep(tf.Module):
     # -- traced internals ---------------------------------------------------
 
     def _steps(self, num_steps):
-        totals = {name: tf.zeros([]) for name in METRICS}
+        totals = {name: tf.zeros([]) for name in STEP_METRICS}
         # A while loop on a counter, not `for _ in tf.range(n)`: XLA would take
         # the range's length as a compile-time constant and recompile per n.
         i = tf.constant(0, tf.int64)
         while i < num_steps:
             x, y = self.data.next(per_batch=self._rows_per_batch)
             metrics = self._one_step(x, y)
-            totals = {name: totals[name] + metrics[name] for name in METRICS}
+            totals = {name: totals[name] + metrics[name] for name in STEP_METRICS}
             i += 1
         count = tf.cast(num_steps, tf.float32)
         return {name: value / count for name, value in totals.items()}
 
     def _one_step(self, x, y):
-        key = rng.make_key(self.options.seed, self.step)
+        key = random.make_key(self.options.seed, self.step)
         per_replica = self._strategy.run(self._replica_step, args=(x, y, key))
         metrics = {
             name: self._strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
@@ -372,9 +289,9 @@ class TrainStep(tf.Module):
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
         if replicas > 1:
-            x, y = _evaluator.shard(x, y, context.replica_id_in_sync_group, replicas)
+            x, y = evaluator.shard(x, y, context.replica_id_in_sync_group, replicas)
             # Each replica draws its own dropout masks.
-            key = rng.fold_in(key, context.replica_id_in_sync_group)
+            key = random.fold_in(key, context.replica_id_in_sync_group)
         grads, metrics = self._gradients(x, y, key, replicas)
         # In replica context a Keras optimizer all-reduces (sums) the gradients
         # and updates every copy of the mirrored variables identically.
@@ -385,7 +302,7 @@ class TrainStep(tf.Module):
         global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            with rng.step_key(key, self._alg):
+            with random.step_key(key, self._alg):
                 if self._augment is not None:
                     x = self._augment(x)
                 logits = self.model(x, training=True)
@@ -427,8 +344,10 @@ def _check_optimizer_strategy(optimizer, strategy):
     # A Keras optimizer captures the strategy current when it is made and
     # updates the variables through it: made outside the scope, it would
     # treat mirrored variables as plain ones.
-    captured = getattr(optimizer, "_distribution_strategy", strategy)
-    if captured is not strategy:
+    # Its step counter tells: a variable made in the strategy's scope.
+    iterations = getattr(optimizer, "iterations", None)
+    iterations = getattr(iterations, "value", iterations)
+    if iterations is not None and not strategy.extended.variable_created_in_scope(iterations):
         raise ValueError(
             "the optimizer was made under another tf.distribute strategy than the "
             "TrainStep: make the model, the optimizer and the TrainStep (or call "

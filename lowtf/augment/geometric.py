@@ -15,7 +15,7 @@ import math
 import tensorflow as tf
 
 from lowtf import _checks
-from lowtf._draws import ALG, UNIT, as_images, uniform, with_prob
+from lowtf.augment._draws import ALG, UNIT, as_images, uniform, with_prob
 
 
 def translate(images, seed, max_shift: int = 1, *, prob=1.0, value_range=UNIT, alg=ALG):

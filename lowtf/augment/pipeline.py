@@ -46,27 +46,10 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from lowtf import _checks, rng
-from lowtf._draws import fold_in, probability
-from lowtf._geometry import affine, flip, rotate, shift, translate, zoom
-from lowtf._photometric import brightness, contrast, noise
-
-__all__ = [
-    "DEFAULT_SEED",
-    "OPS",
-    "Op",
-    "Pipeline",
-    "affine",
-    "brightness",
-    "contrast",
-    "flip",
-    "noise",
-    "parse",
-    "rotate",
-    "shift",
-    "translate",
-    "zoom",
-]
+from lowtf import _checks, random
+from lowtf.augment._draws import fold_in, probability
+from lowtf.augment.geometric import flip, rotate, translate, zoom
+from lowtf.augment.photometric import brightness, contrast, noise
 
 
 class _Entry(NamedTuple):
@@ -140,7 +123,7 @@ class Pipeline:
 
     Call it as ``pipeline(images, seed=key)`` (a ``tf.data`` map, any
     ``tf.function``) or with no ``seed`` inside a lowtf training step, where
-    it draws from the step's key (:func:`lowtf.rng.step_key`): stateless,
+    it draws from the step's key (:func:`lowtf.random.step_key`): stateless,
     reproducible from the run's seed, and new at every step.
 
     Args:
@@ -151,7 +134,7 @@ class Pipeline:
         reshaped back. Default None: images arrive as ``[batch, h, w, c]``.
       value_range: ``(low, high)`` of the raw pixel values, default ``(0, 1)``.
       mean, std: for inputs standardized as ``(raw - mean) / std`` (e.g. by
-        :func:`lowtf.datasets.load`, per pixel): the pipeline un-standardizes,
+        :func:`lowtf.data.datasets.load`, per pixel): the pipeline un-standardizes,
         augments the raw pixels and standardizes again, so that a shifted
         pixel keeps its meaning. Shaped like one example (flat or image) or
         broadcastable to it; default None (inputs are raw pixels).
@@ -208,7 +191,7 @@ class Pipeline:
         if not training or not self.ops:
             return images
         if seed is None:
-            current = rng.current_key()
+            current = random.current_key()
             if current is None:
                 raise ValueError(
                     "augmentation needs a `seed` (an int [2] key) outside a lowtf "
@@ -216,7 +199,7 @@ class Pipeline:
                 )
             seed, step_alg = current
             alg = alg or step_alg
-        alg = alg or rng.GRAPH_ALG
+        alg = alg or random.GRAPH_ALG
         key = fold_in(tf.cast(seed, tf.int64), self.seed)
         flat_shape = None
         if self.image_shape is not None and tuple(images.shape[1:]) != self.image_shape:

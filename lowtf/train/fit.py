@@ -34,7 +34,7 @@ resumes from, and ends holding, the chief's checkpoints.
 
 This module is the public surface (:func:`fit`, :class:`TrainConfig`,
 :class:`FitResult`) and the stop signals; the loop itself is in
-``lowtf/_fit_loop.py``, the checkpoints in ``lowtf/_checkpointing.py``.
+``lowtf/_fit_loop.py``, the checkpoints in ``lowtf/checkpointing.py``.
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ import signal
 import threading
 import time
 
-from lowtf import _checks, early_stopping
-from lowtf import step as step_lib
-from lowtf._fit_loop import MONITORS, FitLoop
+from lowtf import _checks
+from lowtf.train import early_stopping
+from lowtf.train import step as step_lib
+from lowtf.train.controller import FitLoop
+from lowtf.train.metrics import MONITORS
 
 # How a fit can end (FitResult.stop_reason).
 STOP_REASONS = ("patience", "max_steps", "non_finite", "interrupted")
@@ -66,7 +68,7 @@ class TrainConfig:
       patience: stop once the monitored metric has not improved for this
         many steps (default 2000); see :class:`lowtf.EarlyStopping`.
       min_delta: smallest change that counts as an improvement (default 0.0).
-      monitor: one of :data:`MONITORS` (default ``"val_cross_entropy"``).
+      monitor: one of :data:`lowtf.train.metrics.MONITORS` (default ``"val_cross_entropy"``).
       mode: ``"auto"`` (default), ``"min"`` or ``"max"``.
       warmup: no early stop before this step (default 0).
       checkpoint_every: save the "latest" checkpoint every this many steps

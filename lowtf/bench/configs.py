@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from lowtf import _checks, layers, models
+from lowtf import _checks, models, nn
 
 MODELS = (*models.PRESETS, "cnn")
 REGULARIZATION = ("full", "dropout", "none")
@@ -32,7 +32,7 @@ class Config:
         every hidden layer, max-norm 3 on hidden kernels; default),
         ``"dropout"`` (dropout only) or ``"none"``.
       mode: ``"xla"`` (default), ``"graph"`` (``tf.function`` without XLA)
-        or ``"auto"`` (:func:`lowtf.step.auto_jit_compile` decides).
+        or ``"auto"`` (:func:`lowtf.train.step.auto_jit_compile` decides).
       steps_per_call: steps per ``TrainStep.run`` call, default 100.
     """
 
@@ -90,7 +90,7 @@ def make_data(model: str, seed: int = 0):
     return x, (x[:, 0] + rs.randn(DATA_SIZE) > 0).astype(np.float32)
 
 
-def make_model(model: str, regularization: str, seed: int = 0) -> layers.Sequential:
+def make_model(model: str, regularization: str, seed: int = 0) -> nn.Sequential:
     """The lowtf model of a configuration (see :class:`Config`)."""
     full = regularization == "full"
     switches = dict(

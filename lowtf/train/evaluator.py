@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from lowtf import _checks, losses
+from lowtf import _checks, nn
+from lowtf.nn import losses
+from lowtf.nn.base import keras_layers
 
 
 class Evaluator:
@@ -104,13 +106,8 @@ def auto_jit_compile(model) -> bool:
 
 def _has_convolutions(model) -> bool:
     if isinstance(model, tf.keras.layers.Layer):
-        sublayers = (
-            model._flatten_layers() if hasattr(model, "_flatten_layers") else [model]
-        )
-        return any("Conv" in type(layer).__name__ for layer in sublayers)
-    from lowtf import layers  # a module tree: its Conv2D layers
-
-    return any(isinstance(m, layers.Conv2D) for m in (model, *model.submodules))
+        return any("Conv" in type(layer).__name__ for layer in keras_layers(model))
+    return any(isinstance(m, nn.Conv2D) for m in (model, *model.submodules))
 
 
 def shard(x, y, replica_id, replicas):

@@ -67,7 +67,7 @@ def constrained_weights(model) -> list[tuple[tf.Variable, MaxNorm]]:
     """Every (variable, constraint) pair in a lowtf module tree."""
     pairs = []
     for m in (model, *model.submodules):
-        pairs.extend(getattr(m, "_lowtf_constraints", ()))
+        pairs.extend(getattr(m, "constrained_weights", ()))
     return pairs
 
 

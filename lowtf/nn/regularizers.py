@@ -20,7 +20,8 @@ import dataclasses
 
 import tensorflow as tf
 
-from lowtf import _checks, _xla_cpu
+from lowtf import _checks
+from lowtf.nn import _xla_cpu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +110,7 @@ def total_regularization_loss(model, dtype=tf.float32) -> tf.Tensor:
 def _regularized_weights(module: tf.Module):
     """Yields (variable, regularizer) for every regularized weight in a tree."""
     for m in _modules(module):
-        for var, regularizer in getattr(m, "_lowtf_regularizers", ()):
+        for var, regularizer in getattr(m, "regularized_weights", ()):
             yield var, regularizer
 
 

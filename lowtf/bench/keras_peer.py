@@ -14,30 +14,36 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _bench_configs, layers
-from lowtf._bench_configs import DATA_SIZE, LEARNING_RATE, Config, make_model
+from lowtf import nn
+from lowtf.bench.configs import (
+    DATA_SIZE,
+    LEARNING_RATE,
+    Config,
+    input_shape,
+    make_model,
+)
 
 
-def keras_peer(model: layers.Sequential, input_shape) -> tf.keras.Model:
+def keras_peer(model: nn.Sequential, input_shape) -> tf.keras.Model:
     """A ``tf.keras`` model with the same layers and initial weights."""
     keras = tf.keras
-    names = {fn: name for name, fn in layers._ACTIVATIONS.items() if name}
+    names = {nn.activation_fn(name): name for name in nn.ACTIVATIONS}
     model(tf.zeros([1, *input_shape]), training=False)  # builds the variables
     stack = [keras.Input(input_shape)]
     weights = []
     for layer in model.layers:
-        if isinstance(layer, (layers.Dense, layers.Conv2D)):
+        if isinstance(layer, (nn.Dense, nn.Conv2D)):
             args = dict(
                 activation=names.get(layer.activation, "linear"),
                 use_bias=layer.use_bias,
                 kernel_regularizer=_keras_regularizer(
-                    _attached(layer._lowtf_regularizers, layer.kernel)
+                    _attached(layer.regularized_weights, layer.kernel)
                 ),
                 kernel_constraint=_keras_constraint(
-                    _attached(layer._lowtf_constraints, layer.kernel), layer.kernel
+                    _attached(layer.constrained_weights, layer.kernel), layer.kernel
                 ),
             )
-            if isinstance(layer, layers.Dense):
+            if isinstance(layer, nn.Dense):
                 stack.append(keras.layers.Dense(layer.units, **args))
             else:
                 stack.append(
@@ -51,9 +57,9 @@ def keras_peer(model: layers.Sequential, input_shape) -> tf.keras.Model:
                 )
             values = [layer.kernel] + ([layer.bias] if layer.use_bias else [])
             weights.append((stack[-1], [v.numpy() for v in values]))
-        elif isinstance(layer, layers.Dropout):
+        elif isinstance(layer, nn.Dropout):
             stack.append(keras.layers.Dropout(layer.rate))
-        elif isinstance(layer, layers.MaxPool2D):
+        elif isinstance(layer, nn.MaxPool2D):
             stack.append(
                 keras.layers.MaxPooling2D(
                     layer.pool_size,
@@ -61,9 +67,9 @@ def keras_peer(model: layers.Sequential, input_shape) -> tf.keras.Model:
                     padding=layer.padding.lower(),
                 )
             )
-        elif isinstance(layer, layers.Flatten):
+        elif isinstance(layer, nn.Flatten):
             stack.append(keras.layers.Flatten())
-        elif isinstance(layer, layers.Reshape):
+        elif isinstance(layer, nn.Reshape):
             stack.append(keras.layers.Reshape(layer.shape))
         else:
             raise ValueError(
@@ -120,7 +126,7 @@ class KerasRunner:
         rows = self.steps_per_epoch * self.batch_size
         self.data = tuple(array[:rows] for array in data)
         lowtf_model = make_model(config.model, config.regularization)
-        self.model = keras_peer(lowtf_model, _bench_configs.input_shape(config.model))
+        self.model = keras_peer(lowtf_model, input_shape(config.model))
         loss, accuracy = _loss_and_accuracy(self.model.output_shape[-1])
         self.model.compile(
             optimizer=tf.keras.optimizers.Adam(LEARNING_RATE),

@@ -14,11 +14,11 @@ import math
 
 import tensorflow as tf
 
-from lowtf import _checks, rng
+from lowtf import _checks, random
 
 # The keyword defaults every op shares: pixel values in [0, 1], philox draws.
 UNIT = (0.0, 1.0)
-ALG = rng.GRAPH_ALG
+ALG = random.GRAPH_ALG
 
 
 def as_images(images):
@@ -76,11 +76,11 @@ def normal(shape, seed, alg):
 def fold_in(key, data):
     """A new key from ``key`` and ``data``, equal with and without XLA.
 
-    ``tf.random.experimental.stateless_fold_in`` (and :func:`lowtf.rng.fold_in`)
+    ``tf.random.experimental.stateless_fold_in`` (and :func:`lowtf.random.fold_in`)
     default to ``alg="auto_select"``, which under XLA gives other keys than
     TensorFlow's kernels once the key's first word is large; philox int64
     draws agree in both modes.
     """
     return tf.random.experimental.stateless_fold_in(
-        tf.cast(key, tf.int64), tf.cast(data, tf.int64), alg=rng.GRAPH_ALG
+        tf.cast(key, tf.int64), tf.cast(data, tf.int64), alg=random.GRAPH_ALG
     )

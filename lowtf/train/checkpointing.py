@@ -31,8 +31,9 @@ import tempfile
 
 import tensorflow as tf
 
-from lowtf import distribute, early_stopping
-from lowtf import step as step_lib
+from lowtf import distribute
+from lowtf.train import early_stopping
+from lowtf.train.metrics import STEP_METRICS
 
 # What fit writes into model_dir (each through write_path).
 WRITTEN = ("best", "ckpt", "history.csv", "tensorboard")
@@ -69,12 +70,12 @@ class RunningMeans(tf.Module):
     def __init__(self):
         super().__init__(name="running_means")
         self.sums = tf.Variable(
-            tf.zeros([len(step_lib.METRICS)], tf.float64), name="sums"
+            tf.zeros([len(STEP_METRICS)], tf.float64), name="sums"
         )
         self.count = tf.Variable(0, dtype=tf.int64, name="count")
 
     def add(self, means: dict, num_steps: int) -> None:
-        values = [means[name] * num_steps for name in step_lib.METRICS]
+        values = [means[name] * num_steps for name in STEP_METRICS]
         self.sums.assign_add(tf.constant(values, tf.float64))
         self.count.assign_add(num_steps)
 
@@ -83,7 +84,7 @@ class RunningMeans(tf.Module):
         if not count:
             return None
         return dict(
-            zip(step_lib.METRICS, (float(s) / count for s in self.sums.numpy()))
+            zip(STEP_METRICS, (float(s) / count for s in self.sums.numpy()))
         )
 
     def reset(self) -> None:

@@ -40,8 +40,9 @@ import importlib.resources
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks, readers
-from lowtf.readers import DataError
+from lowtf import _checks
+from lowtf.data import readers
+from lowtf.data.readers import DataError
 
 DATASETS = ("digits", "higgs", "npz", "csv", "synthetic")
 

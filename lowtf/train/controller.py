@@ -24,27 +24,13 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lowtf import (
-    _batch_checks,
-    _checkpointing,
-    distribute,
-    early_stopping,
-    regularizers,
-    summaries,
-)
-from lowtf import (
-    step as step_lib,
-)
-
-# The metrics of an evaluation row that early stopping may monitor.
-MONITORS = (
-    "val_cross_entropy",
-    "val_accuracy",
-    "train_cross_entropy",
-    "train_accuracy",
-    "regularization_loss",
-    "total_loss",
-)
+from lowtf import distribute
+from lowtf.data import InMemoryBatches, checks
+from lowtf.nn import regularizers
+from lowtf.train import checkpointing, early_stopping, summaries
+from lowtf.train import step as step_lib
+from lowtf.train.evaluator import Evaluator
+from lowtf.train.metrics import Evaluation, format_number
 
 
 class FitLoop:
@@ -70,7 +56,7 @@ class FitLoop:
             raise ValueError(f"`model_dir` ({model_dir!r}) is a file; pick a directory")
         self.model, self.optimizer = model, optimizer
         self.strategy = tf.distribute.get_strategy()
-        data = step_lib.InMemoryBatches(x, y, config.batch_size, seed=config.seed)
+        data = InMemoryBatches(x, y, config.batch_size, seed=config.seed)
         self.step = step_lib.TrainStep(
             model, optimizer, data=data, augment=augment, options=options
         )
@@ -78,11 +64,11 @@ class FitLoop:
         # Bad validation labels would give a meaningless validation loss (a
         # sigmoid head takes 3 as "more than 1") or fail at the step-0
         # evaluation, after model_dir was written.
-        _batch_checks.check_labels(
+        checks.check_labels(
             self.y_val, self.step.head, self.step.num_logits, "validation[1]"
         )
         _check_monitor(config.monitor, model)
-        self.evaluator = step_lib.Evaluator(
+        self.evaluator = Evaluator(
             model,
             loss=options.loss,
             batch_size=config.eval_batch_size,
@@ -102,8 +88,8 @@ class FitLoop:
             checkpoint=self.snapshot,
             prune_on_save=False,
         )
-        self.running = _checkpointing.RunningMeans()
-        self.checkpoints = _checkpointing.Checkpoints(
+        self.running = checkpointing.RunningMeans()
+        self.checkpoints = checkpointing.Checkpoints(
             model_dir,
             train_step=self.step,
             stopper=self.stopper,
@@ -132,7 +118,7 @@ class FitLoop:
         return int(self.step.step.numpy())
 
     def _write_path(self, name: str) -> str:
-        return _checkpointing.write_path(self.model_dir, name, self.strategy)
+        return checkpointing.write_path(self.model_dir, name, self.strategy)
 
     # -- the loop -------------------------------------------------------------
 
@@ -191,7 +177,7 @@ class FitLoop:
             # The training means come from before each update: the last one
             # may have broken the weights, and an improving training metric
             # would then make them the best snapshot.
-            if not _checkpointing.finite_weights(self.model):
+            if not checkpointing.finite_weights(self.model):
                 self._non_finite(f"weights at step {step}")
                 return "non_finite"
             row = self._evaluate()
@@ -245,7 +231,7 @@ class FitLoop:
         else:
             self.log("no best snapshot was recorded; the model keeps its last weights")
         self.board.close()
-        _checkpointing.remove_scratch(self.model_dir, self.strategy)
+        checkpointing.remove_scratch(self.model_dir, self.strategy)
 
     # -- pieces ---------------------------------------------------------------
 
@@ -266,28 +252,25 @@ class FitLoop:
             train = {"cross_entropy": None, "accuracy": None, "total_loss": None}
         else:
             regularization = train["regularization_loss"]
-        row = {
-            "step": step,
-            "train_cross_entropy": train["cross_entropy"],
-            "train_accuracy": train["accuracy"],
-            "val_cross_entropy": val["cross_entropy"],
-            "val_accuracy": val["accuracy"],
-            "regularization_loss": regularization,
-            "total_loss": train["total_loss"],
-            "learning_rate": _learning_rate(self.optimizer),
-        }
-        metrics = {
-            name: math.nan if row[name] is None else row[name] for name in MONITORS
-        }
-        self.stopper.update(step, metrics)
+        evaluation = Evaluation(
+            step=step,
+            train_cross_entropy=train["cross_entropy"],
+            train_accuracy=train["accuracy"],
+            val_cross_entropy=val["cross_entropy"],
+            val_accuracy=val["accuracy"],
+            regularization_loss=regularization,
+            total_loss=train["total_loss"],
+            learning_rate=_learning_rate(self.optimizer),
+        )
+        self.stopper.update(step, evaluation.monitored())
         self.running.reset()
-        self.history.append(row)
-        self.board.write(row, summaries.max_unit_norms(self.model))
-        self.log(self._progress(row))
-        return row
+        self.history.append(evaluation.as_dict())
+        self.board.write(evaluation, summaries.max_unit_norms(self.model))
+        self.log(self._progress(evaluation))
+        return evaluation.as_dict()
 
-    def _progress(self, row: dict) -> str:
-        now, step = time.monotonic(), row["step"]
+    def _progress(self, evaluation: Evaluation) -> str:
+        now, step = time.monotonic(), evaluation.step
         then, start = getattr(self, "_tick", (now, step))
         self._tick = (now, step)
         rate = (step - start) / (now - then) if now > then and step > start else None
@@ -297,13 +280,9 @@ class FitLoop:
         stopper = self.stopper
         return (
             f"step {step}/{self.config.max_steps}"
-            f"  train ce {_fmt(row['train_cross_entropy'])}"
-            f" acc {_fmt(row['train_accuracy'])}"
-            f"  val ce {_fmt(row['val_cross_entropy'])}"
-            f" acc {_fmt(row['val_accuracy'])}"
-            f"  reg {_fmt(row['regularization_loss'], '.3g')}"
+            f"  {evaluation.progress()}"
             f"  {speed}  ETA {eta}"
-            f"  best {stopper.monitor} {_fmt(float(stopper.best_value.numpy()))}"
+            f"  best {stopper.monitor} {format_number(float(stopper.best_value.numpy()))}"
             f" @ {int(stopper.best_step.numpy())}"
         )
 
@@ -341,7 +320,7 @@ def _check_validation_features(x: np.ndarray, x_val: np.ndarray) -> None:
             f"x_val.astype(np.{x.dtype.name})"
         )
     # A NaN or Inf feature makes the validation loss NaN, which stops the run.
-    _batch_checks.check_finite(x_val, "validation[0]")
+    checks.check_finite(x_val, "validation[0]")
 
 
 def _check_monitor(monitor: str, model) -> None:
@@ -368,10 +347,6 @@ def _learning_rate(optimizer) -> float | None:
         return float(np.asarray(optimizer.learning_rate))
     except (AttributeError, TypeError, ValueError):
         return None
-
-
-def _fmt(value, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def _clock(seconds: float) -> str:

@@ -1,0 +1,58 @@
+"""Layers, regularizers, constraints and losses: what a lowtf network is made of.
+
+Layers are ``tf.Module`` objects with lazy variables; a weight may carry a
+regularizer (its penalty gathered by the training step and added to the
+cross-entropy by hand) and a constraint (applied by an assign op after every
+update).
+"""
+
+from lowtf.nn.base import (
+    ACTIVATIONS,
+    Flatten,
+    Lambda,
+    Layer,
+    Reshape,
+    Sequential,
+    activation_fn,
+    glorot_uniform,
+)
+from lowtf.nn.constraints import MaxNorm, apply_constraints, max_norm, unit_norms
+from lowtf.nn.conv import AvgPool2D, Conv2D, MaxPool2D
+from lowtf.nn.dense import Dense
+from lowtf.nn.dropout import Dropout
+from lowtf.nn.normalization import BatchNorm
+from lowtf.nn.regularizers import (
+    Regularizer,
+    l1,
+    l1_l2,
+    l2,
+    regularization_losses,
+    total_regularization_loss,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "AvgPool2D",
+    "BatchNorm",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "Lambda",
+    "Layer",
+    "MaxNorm",
+    "MaxPool2D",
+    "Regularizer",
+    "Reshape",
+    "Sequential",
+    "activation_fn",
+    "apply_constraints",
+    "glorot_uniform",
+    "l1",
+    "l1_l2",
+    "l2",
+    "max_norm",
+    "regularization_losses",
+    "total_regularization_loss",
+    "unit_norms",
+]

@@ -1,0 +1,64 @@
+"""Batch normalization."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from lowtf import _checks
+from lowtf.nn.base import Layer
+
+
+class BatchNorm(Layer):
+    """Batch normalization (Ioffe & Szegedy 2015) over the last axis.
+
+    Training normalizes with the batch's mean and variance and updates the
+    moving averages in place (``moving = momentum * moving + (1 - momentum)
+    * batch``) inside the step; inference uses the moving statistics. The
+    moving statistics are ON_READ variables averaged across replicas, as
+    Keras does, so they behave under ``tf.distribute``.
+
+    Args:
+      momentum: moving-average momentum in [0, 1), default 0.99.
+      epsilon: variance floor, default 1e-3.
+      center: learn an offset (beta), default True.
+      scale: learn a scale (gamma), default True.
+      name: module name.
+    """
+
+    def __init__(
+        self, *, momentum=0.99, epsilon=1e-3, center=True, scale=True, name=None
+    ):
+        super().__init__(name=name)
+        _checks.rate("momentum", momentum)
+        _checks.positive("epsilon", epsilon)
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.center = center
+        self.scale = scale
+
+    def build(self, input_shape):
+        depth = input_shape[-1]
+        self.gamma = self.add_weight("gamma", tf.ones([depth])) if self.scale else None
+        self.beta = self.add_weight("beta", tf.zeros([depth])) if self.center else None
+        local = dict(
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.MEAN,
+        )
+        self.moving_mean = self.add_weight("moving_mean", tf.zeros([depth]), **local)
+        self.moving_variance = self.add_weight(
+            "moving_variance", tf.ones([depth]), **local
+        )
+
+    def call(self, x, training):
+        if training:
+            axes = list(range(x.shape.rank - 1))
+            mean, variance = tf.nn.moments(x, axes=axes)
+            decay = tf.cast(1.0 - self.momentum, x.dtype)
+            self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
+            self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        return tf.nn.batch_normalization(
+            x, mean, variance, self.beta, self.gamma, self.epsilon
+        )

@@ -1,0 +1,26 @@
+"""Training: the compiled step, evaluation, early stopping by steps, and ``fit``.
+
+Data flows one way: ``fit`` (the controller in :mod:`lowtf.train.controller`)
+drives a :class:`TrainStep`, an :class:`Evaluator` and an
+:class:`EarlyStopping`, and writes checkpoints, history.csv and TensorBoard
+events to its model directory.
+"""
+
+from lowtf.train.early_stopping import EarlyStopping, best_checkpoint
+from lowtf.train.evaluator import Evaluator, auto_jit_compile
+from lowtf.train.fit import FitResult, TrainConfig, fit
+from lowtf.train.step import StepOptions, TrainStep
+from lowtf.train.summaries import read_history
+
+__all__ = [
+    "EarlyStopping",
+    "Evaluator",
+    "FitResult",
+    "StepOptions",
+    "TrainConfig",
+    "TrainStep",
+    "auto_jit_compile",
+    "best_checkpoint",
+    "fit",
+    "read_history",
+]
