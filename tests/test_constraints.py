@@ -51,7 +51,7 @@ def test_conv_kernel_norm_is_taken_over_axes_0_1_2():
     np.testing.assert_allclose(lowtf.nn.unit_norms(w).numpy(), norms, rtol=1e-6)
     out = lowtf.max_norm(1.0)(tf.constant(w)).numpy()
     np.testing.assert_allclose(lowtf.nn.unit_norms(out).numpy(), 1.0, rtol=1e-6)
-    explicit = lowtf.max_norm(1.0, axes=[0, 1, 2])(tf.constant(w)).numpy()
+    explicit = lowtf.max_norm(1.0, axis=[0, 1, 2])(tf.constant(w)).numpy()
     assert np.array_equal(out, explicit)
 
 
@@ -173,3 +173,18 @@ def test_require_constraints_without_a_constrained_variable_raises():
     )
     with pytest.raises(ValueError, match="no variable of the model carries one"):
         step(x, y)
+
+
+def test_max_norm_takes_keras_arguments_and_matches_keras_on_a_dense_kernel():
+    w = np.random.RandomState(3).randn(6, 5).astype(np.float32) * 2
+    ours = lowtf.MaxNorm(max_value=1.5, axis=0)(tf.constant(w)).numpy()
+    theirs = tf.keras.constraints.MaxNorm(max_value=1.5, axis=0)(tf.constant(w)).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=0).max(), 1.5, rtol=1e-6)
+    assert lowtf.MaxNorm(2.0, axis=1).norm_axes(2) == [1]
+
+
+@pytest.mark.parametrize("axis", ["0", [], [0, 1.5], True])
+def test_max_norm_refuses_a_bad_axis_at_construction(axis):
+    with pytest.raises(ValueError, match="`axis`"):
+        lowtf.MaxNorm(1.0, axis=axis)

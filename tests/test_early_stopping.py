@@ -1,4 +1,4 @@
-"""EarlyStopping on its own: patience in steps, modes, min_delta, warm-up, snapshots."""
+"""EarlyStopping on its own: patience in steps, modes, min_delta, baseline, start step, snapshots."""
 
 import json
 import math
@@ -58,8 +58,8 @@ def test_auto_mode_maximizes_accuracy():
     assert lowtf.EarlyStopping(monitor="val_accuracy", mode="min").mode == "min"
 
 
-def test_warmup_defers_the_stop():
-    stopper = lowtf.EarlyStopping(patience=100, warmup=500)
+def test_start_from_step_defers_the_stop():
+    stopper = lowtf.EarlyStopping(patience=100, start_from_step=500)
     stop = _feed(stopper, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     assert stop == 500
     assert int(stopper.best_step.numpy()) == 100
@@ -165,10 +165,10 @@ def test_a_crash_while_saving_leaves_the_previous_snapshot_restorable(
 
 
 def test_state_round_trips_through_a_checkpoint(tmp_path):
-    stopper = lowtf.EarlyStopping(monitor="val_accuracy", patience=300, warmup=100)
+    stopper = lowtf.EarlyStopping(monitor="val_accuracy", patience=300, start_from_step=100)
     _feed(stopper, [0.5, 0.7, 0.6, 0.65])
     path = tf.train.Checkpoint(stopper=stopper).write(str(tmp_path / "state"))
-    fresh = lowtf.EarlyStopping(monitor="val_accuracy", patience=300, warmup=100)
+    fresh = lowtf.EarlyStopping(monitor="val_accuracy", patience=300, start_from_step=100)
     tf.train.Checkpoint(stopper=fresh).read(path).assert_consumed()
     for name in (
         "best_value",
@@ -212,3 +212,30 @@ def test_deferred_prune_keeps_the_snapshot_a_restored_state_names(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith("best-200")]
     resumed.restore_best()
     assert float(w.numpy()) == 1.0
+
+
+def test_baseline_improvements_that_miss_it_do_not_restart_the_patience():
+    # As Keras: the best is tracked, but the patience runs from the first
+    # update until a value beats the baseline.
+    stopper = lowtf.EarlyStopping(patience=300, baseline=0.5)
+    stop = _feed(stopper, [0.9, 0.8, 0.7, 0.6, 0.55])
+    assert stop == 400  # first update at 100, no value below 0.5
+    assert (int(stopper.best_step.numpy()), float(stopper.best_value.numpy())) == (500 - 100, 0.6)
+    beaten = lowtf.EarlyStopping(patience=300, baseline=0.5)
+    assert _feed(beaten, [0.9, 0.45, 0.6, 0.6, 0.6, 0.6]) == 500  # 200 + 300
+    with pytest.raises(ValueError, match="`baseline`"):
+        lowtf.EarlyStopping(baseline=math.nan)
+
+
+def test_restore_best_weights_restores_when_update_signals_the_stop(tmp_path):
+    var = tf.Variable(0.0)
+    stopper = lowtf.EarlyStopping(
+        patience=200, best_dir=str(tmp_path / "best"),
+        checkpoint=tf.train.Checkpoint(v=var), restore_best_weights=True,
+    )
+    for step, (value, weight) in enumerate([(0.9, 1.0), (0.3, 2.0), (0.6, 3.0), (0.7, 4.0)]):
+        var.assign(weight)
+        stopped = stopper.update(100 * (step + 1), {"val_cross_entropy": value})
+    assert stopped and float(var.numpy()) == 2.0  # the weights of step 200
+    with pytest.raises(ValueError, match="needs `best_dir=`"):
+        lowtf.EarlyStopping(restore_best_weights=True)

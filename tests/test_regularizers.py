@@ -189,3 +189,13 @@ def test_require_regularization_without_a_regularizer_raises(binary_data):
     x, y = binary_data[0][:8], binary_data[1][:8]
     with pytest.raises(ValueError, match="regularization was requested.*lowtf.l2"):
         _sgd_step(lowtf.mlp("tiny"), x, y, require_regularization=True)
+
+
+def test_keyword_names_are_keras_ones():
+    w = tf.constant([[1.0, -2.0], [3.0, 0.5]])
+    ours = lowtf.l1_l2(l1=0.01, l2=0.02)(w).numpy()
+    theirs = tf.keras.regularizers.l1_l2(l1=0.01, l2=0.02)(w).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    assert lowtf.l1_l2(l2=0.1).l1 == 0.0
+    with pytest.raises(ValueError, match="needs `l1` or `l2`"):
+        lowtf.l1_l2()

@@ -84,7 +84,7 @@ def _fit(
             "largest",
             r"`mode` \('largest'\) must be one of 'auto', 'min', 'max'",
         ),
-        ("warmup", -1, r"`warmup` \(-1\) must be an integer >= 0"),
+        ("start_from_step", -1, r"`start_from_step` \(-1\) must be an integer >= 0"),
         ("checkpoint_every", 0, r"`checkpoint_every` \(0\) must be a positive integer"),
     ],
 )

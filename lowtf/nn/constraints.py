@@ -31,21 +31,36 @@ from lowtf import _checks
 class MaxNorm:
     """Caps the L2 norm of each unit's incoming weights at ``max_value``.
 
+    The arguments are those of ``tf.keras.constraints.MaxNorm`` with one
+    difference, on purpose: Keras' default ``axis=0`` is right for a Dense
+    kernel only (a Conv2D kernel needs ``axis=[0, 1, 2]``), so lowtf's default
+    ``axis=None`` means every axis but the last, right for both.
+
     Attributes:
-      max_value: the cap ``r`` (> 0).
-      axes: the axes the norm is taken over; None (default) means every axis
-        but the last, i.e. the incoming weights of each output unit.
+      max_value: the cap ``r`` (> 0), checked at construction.
+      axis: an axis or a list of axes the norm is taken over; None (default)
+        means every axis but the last, i.e. the incoming weights of each
+        output unit.
     """
 
     max_value: float
-    axes: Sequence[int] | None = None
+    axis: int | Sequence[int] | None = None
 
     def __post_init__(self):
         _checks.positive("max_value", self.max_value)
+        axes = [self.axis] if isinstance(self.axis, int) else self.axis
+        if axes is not None and (
+            not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
+        ):
+            raise ValueError(
+                f"`axis` ({self.axis!r}) must be an int, a non-empty list of ints or "
+                "None (every axis but the last)"
+            )
 
     def norm_axes(self, rank: int) -> list[int]:
-        if self.axes is not None:
-            return list(self.axes)
+        """The axes the norm is taken over, for a weight of rank ``rank``."""
+        if self.axis is not None:
+            return [self.axis] if isinstance(self.axis, int) else list(self.axis)
         return list(range(max(rank - 1, 1)))
 
     def __call__(self, w: tf.Tensor) -> tf.Tensor:
@@ -58,9 +73,9 @@ class MaxNorm:
         return tf.where(_norms(w, axes, keepdims=True) > r, clipped, w)
 
 
-def max_norm(max_value: float, axes: Sequence[int] | None = None) -> MaxNorm:
+def max_norm(max_value: float, axis: int | Sequence[int] | None = None) -> MaxNorm:
     """The max-norm constraint with cap ``max_value`` (see :class:`MaxNorm`)."""
-    return MaxNorm(max_value, axes)
+    return MaxNorm(max_value, axis)
 
 
 def constrained_weights(model) -> list[tuple[tf.Variable, MaxNorm]]:

@@ -53,26 +53,36 @@ class Regularizer:
         return penalty
 
 
-def l1(scale: float) -> Regularizer:
-    """L1 penalty ``scale * sum(|w|)`` (drives weights to exactly zero)."""
-    return Regularizer(l1=scale)
+def l1(l1: float) -> Regularizer:
+    """L1 penalty ``l1 * sum(|w|)`` (drives weights to exactly zero).
+
+    As ``tf.keras.regularizers.l1``, but the scale has no default: a penalty
+    whose size the reader cannot see is a hyper-parameter nobody chose.
+    """
+    return Regularizer(l1=l1)
 
 
-def l2(scale: float) -> Regularizer:
-    """L2 penalty ``scale * sum(w**2)`` (weight decay, Krogh & Hertz 1992)."""
-    return Regularizer(l2=scale)
+def l2(l2: float) -> Regularizer:
+    """L2 penalty ``l2 * sum(w**2)`` (weight decay, Krogh & Hertz 1992).
+
+    As ``tf.keras.regularizers.l2``, with no default scale (see :func:`l1`).
+    """
+    return Regularizer(l2=l2)
 
 
-def l1_l2(l1_scale: float, l2_scale: float) -> Regularizer:
-    """Elastic-net penalty ``l1 * sum(|w|) + l2 * sum(w**2)``."""
-    return Regularizer(l1=l1_scale, l2=l2_scale)
+def l1_l2(l1: float = 0.0, l2: float = 0.0) -> Regularizer:
+    """Elastic-net penalty ``l1 * sum(|w|) + l2 * sum(w**2)``, as Keras' ``l1_l2``.
+
+    At least one of the two must be above 0.
+    """
+    return Regularizer(l1=l1, l2=l2)
 
 
-def make(l1_scale: float = 0.0, l2_scale: float = 0.0) -> Regularizer | None:
+def make(l1: float = 0.0, l2: float = 0.0) -> Regularizer | None:
     """Returns the regularizer for these scales, or None when both are 0."""
-    if not l1_scale and not l2_scale:
+    if not l1 and not l2:
         return None
-    return Regularizer(l1=l1_scale, l2=l2_scale)
+    return Regularizer(l1=l1, l2=l2)
 
 
 def regularization_losses(model) -> list[tf.Tensor]:

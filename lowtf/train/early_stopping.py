@@ -63,19 +63,33 @@ class EarlyStopping(tf.Module):
     ...         break
     >>> stopper.restore_best()
 
+    The arguments are those of ``tf.keras.callbacks.EarlyStopping``, counted
+    in global steps instead of epochs: ``start_from_step`` is Keras'
+    ``start_from_epoch``. Two differences, on purpose: the best weights are a
+    ``tf.train.Checkpoint`` snapshot on disk (``best_dir``), not a copy in
+    memory, so they survive a crash and a resume; and ``patience`` defaults to
+    1000 steps (Keras: 0 epochs), the default of :class:`lowtf.TrainConfig`
+    and ``bin/train``.
+
     Args:
       monitor: key of the metrics dict to watch, default
         ``"val_cross_entropy"`` (the validation cross-entropy, not the total
         loss, which carries the regularization term).
       mode: ``"min"``, ``"max"`` or ``"auto"`` (default: max when the name
         contains "accuracy", else min).
-      patience: steps without improvement after which to stop, default 4000.
+      patience: steps without improvement after which to stop, default 1000.
         Training stops at the first update whose step is at least
         ``best_step + patience``.
       min_delta: an improvement must beat the best by more than this
         (default 0.0: any improvement counts).
-      warmup: no stop is signalled at a step below this (default 0). The best
-        is tracked from the start all the same.
+      baseline: a value the monitored metric must beat (by ``min_delta``) for
+        an improvement to restart the patience, as in Keras; None (default)
+        means any improvement does. The best is tracked all the same.
+      restore_best_weights: when :meth:`update` signals the stop, restore the
+        best snapshot into the checkpointed objects first (default False, as
+        in Keras; :meth:`restore_best` does it on demand). Needs ``best_dir``.
+      start_from_step: no stop is signalled at a step below this (default 0).
+        The best is tracked from the start all the same.
       best_dir: directory of the best snapshot; None (default) tracks the best
         without saving anything.
       checkpoint: the ``tf.train.Checkpoint`` to snapshot (any other
@@ -91,9 +105,11 @@ class EarlyStopping(tf.Module):
         *,
         monitor: str = "val_cross_entropy",
         mode: str = "auto",
-        patience: int = 4000,
+        patience: int = 1000,
         min_delta: float = 0.0,
-        warmup: int = 0,
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_step: int = 0,
         best_dir: str | None = None,
         checkpoint=None,
         prune_on_save: bool = True,
@@ -104,7 +120,15 @@ class EarlyStopping(tf.Module):
             raise ValueError(f"`monitor` ({monitor!r}) must be a metric name")
         _checks.positive_int("patience", patience)
         _checks.non_negative("min_delta", min_delta)
-        _checks.non_negative_int("warmup", warmup)
+        _checks.non_negative_int("start_from_step", start_from_step)
+        if baseline is not None:
+            _checks.finite("baseline", baseline)
+        _checks.boolean("restore_best_weights", restore_best_weights)
+        if restore_best_weights and best_dir is None:
+            raise ValueError(
+                "`restore_best_weights=True` needs `best_dir=`, where the best "
+                "snapshot is saved"
+            )
         _checks.boolean("prune_on_save", prune_on_save)
         if best_dir is not None and checkpoint is None:
             raise ValueError(
@@ -117,7 +141,9 @@ class EarlyStopping(tf.Module):
         self.mode = resolve_mode(monitor, mode)
         self.patience = int(patience)
         self.min_delta = float(min_delta)
-        self.warmup = int(warmup)
+        self.baseline = None if baseline is None else float(baseline)
+        self.restore_best_weights = restore_best_weights
+        self.start_from_step = int(start_from_step)
         self.best_dir = None if best_dir is None else os.fspath(best_dir)
         self.prune_on_save = prune_on_save
         self._checkpoint = checkpoint
@@ -137,6 +163,11 @@ class EarlyStopping(tf.Module):
         # Number of the best snapshot's prefix; with best_step it names the
         # snapshot, so a restored state always finds its own snapshot.
         self.best_id = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_id")
+        # The step the patience counts from: the best step, or with a
+        # baseline the last improvement that beat it (the first update if none).
+        self.patience_from = tf.Variable(
+            -1, dtype=tf.int64, trainable=False, name="patience_from"
+        )
 
     # -- the technique ------------------------------------------------------
 
@@ -145,10 +176,7 @@ class EarlyStopping(tf.Module):
 
         A NaN never improves; the first finite value always does.
         """
-        best = float(self.best_value.numpy())
-        if self.mode == "min":
-            return value < best - self.min_delta
-        return value > best + self.min_delta
+        return self._beats(value, float(self.best_value.numpy()))
 
     def update(self, step: int, metrics: dict) -> bool:
         """Records an evaluation at ``step``; returns True when training should stop.
@@ -174,6 +202,8 @@ class EarlyStopping(tf.Module):
                 f"({int(self.last_step.numpy())}); steps must not go back"
             )
         value = float(metrics[self.monitor])
+        if int(self.patience_from.numpy()) < 0:
+            self.patience_from.assign(step)
         if self.improves(value):
             new_id = self._save_best(step, value) if self.best_dir else 0
             self.best_value.assign(value)
@@ -181,16 +211,25 @@ class EarlyStopping(tf.Module):
             self.best_id.assign(new_id)
             if self.best_dir and self.prune_on_save:
                 self.prune()
+            if self.baseline is None or self._beats(value, self.baseline):
+                self.patience_from.assign(step)
         self.last_step.assign(step)
-        self.steps_without_progress.assign(step - int(self.best_step.numpy()))
+        self.steps_without_progress.assign(step - int(self.patience_from.numpy()))
+        if self.stopped and self.restore_best_weights:
+            self.restore_best()
         return self.stopped
+
+    def _beats(self, value: float, reference: float) -> bool:
+        if self.mode == "min":
+            return value < reference - self.min_delta
+        return value > reference + self.min_delta
 
     @property
     def stopped(self) -> bool:
-        """True once the patience is used up at a step at or past ``warmup``."""
+        """True once the patience is used up at a step at or past ``start_from_step``."""
         return (
             int(self.best_step.numpy()) >= 0
-            and int(self.last_step.numpy()) >= self.warmup
+            and int(self.last_step.numpy()) >= self.start_from_step
             and int(self.steps_without_progress.numpy()) >= self.patience
         )
 

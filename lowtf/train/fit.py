@@ -60,17 +60,20 @@ class TrainConfig:
     """Cadence and early-stopping settings of :func:`fit`; all steps are global steps.
 
     Attributes:
-      batch_size: examples per training step (default 500).
+      batch_size: examples per training step (default 128, as ``bin/train``).
       max_steps: stop at this step at the latest (default 10000).
       eval_every: evaluate every this many steps (default 100).
       steps_per_call: steps per compiled call at most (default 100); calls
         are cut to land on evaluation and checkpoint steps.
       patience: stop once the monitored metric has not improved for this
-        many steps (default 2000); see :class:`lowtf.EarlyStopping`.
+        many steps (default 1000, as ``EarlyStopping`` and ``bin/train``).
       min_delta: smallest change that counts as an improvement (default 0.0).
       monitor: one of :data:`lowtf.train.metrics.MONITORS` (default ``"val_cross_entropy"``).
       mode: ``"auto"`` (default), ``"min"`` or ``"max"``.
-      warmup: no early stop before this step (default 0).
+      start_from_step: no early stop before this step (default 0; Keras'
+        ``start_from_epoch``, in steps).
+      baseline: the value the monitored metric must beat for an improvement
+        to restart the patience (default None: any improvement).
       checkpoint_every: save the "latest" checkpoint every this many steps
         (default 1000).
       seed: seed of the per-epoch shuffles of the training set (default 0);
@@ -79,15 +82,16 @@ class TrainConfig:
       eval_batch_size: examples per evaluation call (default 4096).
     """
 
-    batch_size: int = 500
+    batch_size: int = 128
     max_steps: int = 10000
     eval_every: int = 100
     steps_per_call: int = 100
-    patience: int = 2000
+    patience: int = 1000
     min_delta: float = 0.0
     monitor: str = "val_cross_entropy"
     mode: str = "auto"
-    warmup: int = 0
+    start_from_step: int = 0
+    baseline: float | None = None
     checkpoint_every: int = 1000
     seed: int = 0
     keep_checkpoints: int = 3
@@ -108,7 +112,9 @@ class TrainConfig:
         _checks.non_negative("min_delta", self.min_delta)
         _checks.one_of("monitor", self.monitor, MONITORS)
         _checks.one_of("mode", self.mode, early_stopping.MODES)
-        _checks.non_negative_int("warmup", self.warmup)
+        _checks.non_negative_int("start_from_step", self.start_from_step)
+        if self.baseline is not None:
+            _checks.finite("baseline", self.baseline)
         _checks.non_negative_int("seed", self.seed)
 
 

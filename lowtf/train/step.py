@@ -113,7 +113,6 @@ class TrainStep(tf.Module):
         self.optimizer = optimizer
         self.data = data
         self.options = options
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self._strategy = tf.distribute.get_strategy()
         methods = ("build", "apply_gradients")
         if not all(callable(getattr(optimizer, m, None)) for m in methods):
@@ -209,6 +208,17 @@ class TrainStep(tf.Module):
         return self._many(tf.constant(num_steps, tf.int64))
 
     @property
+    def step(self) -> tf.Variable:
+        """The global step: the optimizer's ``iterations``, lowtf's one step counter.
+
+        ``apply_gradients`` advances it once per step, also under a strategy;
+        dropout keys, learning-rate schedules, evaluations and checkpoints all
+        read this one variable.
+        """
+        iterations = self.optimizer.iterations
+        return getattr(iterations, "value", iterations)  # Keras 3 wraps a tf.Variable
+
+    @property
     def trace_count(self) -> int:
         """How many times the compiled functions were traced."""
         if self.options.run_eagerly:
@@ -282,7 +292,6 @@ class TrainStep(tf.Module):
         # evaluation, checkpoints and resumed runs all see the same values.
         for var in self._averaged:
             var.assign(var.read_value())
-        self.step.assign_add(1)
         return metrics
 
     def _replica_step(self, x, y, key):
