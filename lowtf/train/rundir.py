@@ -1,0 +1,282 @@
+"""A model directory belongs to one run: its lock, its identity, its traces.
+
+* :class:`RunLock`: an exclusive lock for the life of a run, a file
+  ``<model_dir>/lock`` created atomically and holding the owner's host and
+  pid. A second run on the directory is refused with one line naming the
+  holder; a lock left by a dead process on this host is taken over.
+* :func:`identity` and :func:`differences`: the settings that define a run
+  (the model's layers, the optimizer, the data's content hash, seeds, batch
+  size), recorded in ``<model_dir>/run.json`` when the run starts and
+  compared when it is resumed, so that a resume is the same run or is
+  refused, setting by setting.
+* :func:`traces`: what an earlier run left in a directory, so that a run
+  never starts from step 0 over another run's files.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import socket
+
+import numpy as np
+import tensorflow as tf
+
+from lowtf.nn.base import keras_layers
+
+LOCK = "lock"
+RECORD = "run.json"
+# What a run writes into its model directory; any of them is a trace of a run.
+TRACES = ("ckpt", "best", "history.csv", "summary.json", RECORD)
+# Characters TensorFlow's checkpoint and file functions read as glob patterns.
+GLOB_CHARACTERS = "[]*?"
+
+
+def check_path(model_dir: str) -> None:
+    """Refuses a ``model_dir`` that TensorFlow would read as a glob pattern.
+
+    ``tf.train.latest_checkpoint`` and the checkpoint readers glob their
+    paths: a directory named ``run[1]`` trains, then cannot find its own
+    best snapshot. Refused at start, before anything runs.
+    """
+    bad = sorted({c for c in os.fspath(model_dir) if c in GLOB_CHARACTERS})
+    if bad:
+        raise ValueError(
+            f"`model_dir` ({model_dir!r}) contains {' '.join(bad)}, which TensorFlow's "
+            "checkpoint functions read as a glob pattern; pick a name without "
+            f"{''.join(GLOB_CHARACTERS)}"
+        )
+
+
+def traces(model_dir: str) -> list[str]:
+    """The files and folders of an earlier run found in ``model_dir``."""
+    if not tf.io.gfile.isdir(model_dir):
+        return []
+    found = set(tf.io.gfile.listdir(model_dir))
+    # gfile lists folders with a trailing slash on some file systems.
+    found |= {name.rstrip("/") for name in found}
+    return [name for name in TRACES if name in found]
+
+
+class RunLock:
+    """An exclusive lock on a model directory, held for the life of a run.
+
+    Use it as a context manager. On a local disk the lock file is created
+    with ``O_CREAT | O_EXCL`` (atomic); on other TensorFlow file systems
+    (gs://, ...) by writing a unique file and renaming it without overwrite,
+    which is as close as those systems allow.
+
+    Args:
+      model_dir: the directory (made if missing).
+      log: called with one line when a stale lock is taken over.
+    """
+
+    def __init__(self, model_dir: str, log=print):
+        self.model_dir = os.fspath(model_dir)
+        self.path = os.path.join(self.model_dir, LOCK)
+        self.log = log
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Takes the lock, or raises ValueError naming the run that holds it."""
+        tf.io.gfile.makedirs(self.model_dir)
+        owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(2):  # a second try after taking over a stale lock
+            if self._create(json.dumps(owner) + "\n"):
+                self.held = True
+                return
+            holder = self.holder()
+            if holder is not None and not _dead_here(holder):
+                raise ValueError(
+                    f"`model_dir` ({self.model_dir!r}) is in use by another run "
+                    f"(pid {holder.get('pid')} on {holder.get('host')}, {self.path}); "
+                    "wait for it to finish, or pick another model_dir"
+                )
+            what = "unreadable" if holder is None else f"pid {holder['pid']}, not running"
+            self.log(f"taking over the stale lock {self.path} ({what})")
+            try:
+                tf.io.gfile.remove(self.path)
+            except tf.errors.NotFoundError:
+                pass  # released meanwhile
+        raise ValueError(f"could not take the lock {self.path}; another run took it first")
+
+    def release(self) -> None:
+        """Removes the lock file if this object holds it."""
+        if self.held:
+            self.held = False
+            if tf.io.gfile.exists(self.path):
+                tf.io.gfile.remove(self.path)
+
+    def holder(self) -> dict | None:
+        """The lock's owner as ``{"host", "pid"}``, or None if unreadable."""
+        try:
+            with tf.io.gfile.GFile(self.path) as f:
+                owner = json.loads(f.read())
+        except (tf.errors.OpError, ValueError):
+            return None
+        if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+            return None
+        return owner
+
+    def _create(self, text: str) -> bool:
+        if "://" not in self.path:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return True
+        # Not named lock.*: TensorFlow's ram:// file system takes a file whose
+        # name starts with the target's for the target itself.
+        temporary = os.path.join(
+            self.model_dir, f"claim-{socket.gethostname()}-{os.getpid()}.tmp"
+        )
+        with tf.io.gfile.GFile(temporary, "w") as f:
+            f.write(text)
+        try:
+            tf.io.gfile.rename(temporary, self.path, overwrite=False)
+            return True
+        except tf.errors.AlreadyExistsError:
+            tf.io.gfile.remove(temporary)
+            return False
+
+
+def _dead_here(owner: dict) -> bool:
+    """True when ``owner`` is a process of this host that no longer runs."""
+    if owner.get("host") != socket.gethostname():
+        return False  # another machine's process: it cannot be checked from here
+    try:
+        os.kill(owner["pid"], 0)
+    except OSError as error:
+        return error.errno == errno.ESRCH
+    return False
+
+
+# -- the run's identity -------------------------------------------------------
+
+
+def fingerprint(*arrays) -> str:
+    """A content hash of arrays (shape, dtype and bytes): the data's identity."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape}{array.dtype.str}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def describe_model(model) -> list[str]:
+    """One line per layer: its kind and the settings that define the network."""
+    if isinstance(model, tf.keras.layers.Layer):
+        lines = []
+        for layer in keras_layers(model)[1:] or [model]:
+            config = {k: v for k, v in layer.get_config().items() if k != "name"}
+            lines.append(f"{type(layer).__name__} {json.dumps(config, sort_keys=True, default=str)}")
+        return lines
+    lines = []
+    for module in (model, *model.submodules):
+        if isinstance(module, tf.Variable) or not hasattr(module, "call"):
+            continue
+        settings = {}
+        for key in ("units", "filters", "kernel_size", "strides", "padding", "rate",
+                    "use_bias", "momentum", "epsilon", "shape", "pool_size"):
+            if hasattr(module, key):
+                settings[key] = getattr(module, key)
+        activation = getattr(module, "activation", None)
+        if activation is not None:
+            settings["activation"] = getattr(activation, "__name__", repr(activation))
+        for key in ("kernel_regularizer", "bias_regularizer", "kernel_constraint"):
+            value = getattr(module, key, None)
+            if value is not None:
+                settings[key] = repr(value)
+        if settings or type(module).__name__ not in ("Sequential",):
+            lines.append(f"{type(module).__name__} {json.dumps(settings, sort_keys=True, default=str)}")
+    return lines
+
+
+def describe_optimizer(optimizer) -> dict:
+    """The optimizer's class and its Keras config, less what may change on resume."""
+    config = dict(optimizer.get_config())
+    for key in ("name", "learning_rate"):
+        config.pop(key, None)
+    return {"class": type(optimizer).__name__, **config}
+
+
+def identity(*, model, optimizer, train, validation, settings: dict) -> dict:
+    """The settings that define a run; a resume must match every one.
+
+    Args:
+      model: the network (lowtf module tree or Keras model).
+      optimizer: the Keras optimizer.
+      train, validation: the ``(x, y)`` arrays, identified by content hash.
+      settings: other defining settings (seeds, batch size, monitor, ...).
+    """
+    return {
+        "model": describe_model(model),
+        "optimizer": json.loads(json.dumps(describe_optimizer(optimizer), default=str)),
+        "train_data": fingerprint(*train),
+        "validation_data": fingerprint(*validation),
+        **json.loads(json.dumps(settings, default=str)),
+    }
+
+
+def differences(recorded: dict, current: dict) -> list[str]:
+    """Each defining setting that differs, as ``name: recorded X, now Y``."""
+    lines = []
+    for key in sorted(set(recorded) | set(current)):
+        before, now = recorded.get(key), current.get(key)
+        if before == now:
+            continue
+        if key == "model" and isinstance(before, list) and isinstance(now, list):
+            for i in range(max(len(before), len(now))):
+                a = before[i] if i < len(before) else None
+                b = now[i] if i < len(now) else None
+                if a != b:
+                    lines.append(f"model layer {i}: recorded {a}, now {b}")
+            continue
+        lines.append(f"{key}: recorded {before!r}, now {now!r}")
+    return lines
+
+
+def read_record(model_dir: str) -> dict | None:
+    """``run.json`` of ``model_dir``, or None; a damaged one is a ValueError."""
+    path = os.path.join(model_dir, RECORD)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            record = json.loads(f.read())
+    except (ValueError, UnicodeDecodeError, tf.errors.OpError) as error:
+        raise ValueError(
+            f"{path} cannot be read ({type(error).__name__}); it records which run "
+            "owns this model_dir: restore it from a copy, or pick another model_dir"
+        ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("identity"), dict):
+        raise ValueError(
+            f"{path} is not a lowtf run record (no 'identity' object); restore it "
+            "from a copy, or pick another model_dir"
+        )
+    return record
+
+
+def write_record(model_dir: str, record: dict) -> None:
+    """Writes ``run.json`` atomically (a temporary file renamed over it)."""
+    path = os.path.join(model_dir, RECORD)
+    temporary = path + ".tmp"
+    try:
+        with tf.io.gfile.GFile(temporary, "w") as f:
+            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        tf.io.gfile.rename(temporary, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(temporary):
+            tf.io.gfile.remove(temporary)

@@ -1,0 +1,101 @@
+"""A model directory's lock, identity record and traces (lowtf.train.rundir)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import lowtf
+from lowtf.train import rundir
+
+
+def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    with rundir.RunLock(str(tmp_path)) as lock:
+        assert json.loads((tmp_path / "lock").read_text()) == {
+            "host": socket.gethostname(), "pid": os.getpid()}
+        with pytest.raises(ValueError, match=rf"in use by another run \(pid {os.getpid()} on"):
+            rundir.RunLock(str(tmp_path)).acquire()
+        assert lock.held
+    assert not (tmp_path / "lock").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_log_line(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    (tmp_path / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+    lines = []
+    with rundir.RunLock(str(tmp_path), log=lines.append):
+        assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+    assert lines == [f"taking over the stale lock {tmp_path / 'lock'} (pid {pid}, not running)"]
+
+
+def test_a_lock_of_another_host_is_never_taken_over(tmp_path):
+    (tmp_path / "lock").write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    with pytest.raises(ValueError, match="pid 1 on elsewhere"):
+        rundir.RunLock(str(tmp_path)).acquire()
+    assert json.loads((tmp_path / "lock").read_text())["host"] == "elsewhere"
+
+
+def test_lock_on_a_tensorflow_file_system():
+    path = "ram://lowtf_rundir_lock/run"
+    with rundir.RunLock(path):
+        with pytest.raises(ValueError, match="in use by another run"):
+            rundir.RunLock(path).acquire()
+    assert not tf.io.gfile.exists(path + "/lock")
+
+
+@pytest.mark.parametrize("name", ["run[1]", "a*b", "what?"])
+def test_glob_characters_are_refused(name):
+    with pytest.raises(ValueError, match="glob pattern"):
+        rundir.check_path(f"/tmp/{name}")
+    rundir.check_path("/tmp/run-1_ok.d")
+
+
+def test_identity_lists_each_differing_setting_with_both_values():
+    rs = np.random.RandomState(0)
+    train = (rs.randn(20, 4).astype(np.float32), np.arange(20) % 2)
+    val = (rs.randn(8, 4).astype(np.float32), np.arange(8) % 2)
+
+    def ident(activation="elu", dropout=0.0, x=train[0], seed=0):
+        model = lowtf.mlp([8], num_classes=2, activation=activation, dropout=dropout, seed=seed)
+        model(x[:1])
+        return rundir.identity(model=model, optimizer=tf.keras.optimizers.Adam(1e-3),
+                               train=(x, train[1]), validation=val,
+                               settings={"seed": seed, "batch_size": 4})
+
+    base = ident()
+    assert rundir.differences(base, ident()) == []
+    assert base["train_data"] == rundir.fingerprint(*train)
+    changed = rundir.differences(base, ident(activation="relu", dropout=0.2, seed=1))
+    assert any("activation" in line and "elu" in line and "relu" in line for line in changed)
+    assert any("rate" in line and "0.2" in line for line in changed)
+    assert "seed: recorded 0, now 1" in changed
+    other_rows = train[0].copy()
+    other_rows[3, 1] += 1.0
+    assert [line.split(":")[0] for line in rundir.differences(base, ident(x=other_rows))] == [
+        "train_data"]
+
+
+def test_record_round_trip_and_damaged_records(tmp_path):
+    rundir.write_record(str(tmp_path), {"identity": {"seed": 3}})
+    assert rundir.read_record(str(tmp_path)) == {"identity": {"seed": 3}}
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "run.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a lowtf run record"):
+        rundir.read_record(str(tmp_path))
+    (tmp_path / "run.json").write_text("{trunc")
+    with pytest.raises(ValueError, match="cannot be read"):
+        rundir.read_record(str(tmp_path))
+
+
+def test_traces_name_what_an_earlier_run_left(tmp_path):
+    assert rundir.traces(str(tmp_path / "missing")) == []
+    (tmp_path / "best").mkdir()
+    (tmp_path / "history.csv").write_text("step\n")
+    assert rundir.traces(str(tmp_path)) == ["best", "history.csv"]
