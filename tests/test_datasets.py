@@ -302,3 +302,31 @@ def test_pipeline_reshuffles_every_epoch():
     with pytest.raises(DataError, match="exceeds the 10 training examples"):
         datasets.pipeline(x, y, 11)
     assert isinstance(evaluation, tf.data.Dataset)
+
+
+def _npz(tmp_path, y_train, y_test, x_train=None):
+    rs = np.random.RandomState(0)
+    x_train = rs.randn(len(y_train), 3) if x_train is None else x_train
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=x_train, y_train=np.asarray(y_train),
+             x_test=rs.randn(len(y_test), 3), y_test=np.asarray(y_test))
+    return str(path)
+
+
+def test_labels_one_to_k_are_refused_as_off_by_one(tmp_path):
+    y = np.arange(40) % 3 + 1  # 1..3, no 0
+    with pytest.raises(DataError, match=r"no training label is 0: labels must be class indices 0..3; labels 1..K are off by one"):
+        datasets.load("npz", data_path=_npz(tmp_path, y, y[:6]), validation_size=6)
+
+
+def test_a_class_seen_only_outside_training_is_refused(tmp_path):
+    y_train = np.arange(40) % 2
+    with pytest.raises(DataError, match="class 2 never occurs in the training split"):
+        datasets.load("npz", data_path=_npz(tmp_path, y_train, [0, 1, 2, 2]), validation_size=6)
+
+
+def test_complex_features_are_refused_not_truncated(tmp_path):
+    y = np.arange(40) % 2
+    x = np.random.RandomState(1).randn(40, 3) + 1j
+    with pytest.raises(DataError, match=r"train features are complex \(complex128\)"):
+        datasets.load("npz", data_path=_npz(tmp_path, y, y[:6], x_train=x), validation_size=6)

@@ -280,6 +280,7 @@ def _finish(name, splits, num_classes, path) -> Dataset:
         num_classes = found
         if num_classes < 2:
             raise DataError(f"{where}: every label is 0; a classifier needs at least 2 classes")
+        _check_label_convention(where, labels[0], num_classes)
     elif found > num_classes:
         raise DataError(
             f"{where}: label {found - 1} is out of range; {name} labels are 0..{num_classes - 1}"
@@ -289,6 +290,12 @@ def _finish(name, splits, num_classes, path) -> Dataset:
         x = np.asarray(x)
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
             raise DataError(f"{where}: {part} features are {x.dtype}, not numbers")
+        if np.iscomplexobj(x):
+            # A cast to float would silently drop the imaginary part.
+            raise DataError(
+                f"{where}: {part} features are complex ({x.dtype}); give real features, "
+                "e.g. the real and imaginary parts as two features"
+            )
         x = x.astype(np.float64)
         bad = np.argwhere(~np.isfinite(x.reshape(len(x), -1)))
         if len(bad):
@@ -357,6 +364,32 @@ def _labels(where, part, y) -> np.ndarray:
     if values.max() > 1e6:
         raise DataError(f"{where}: {part} label {values.max():.0f} is out of range (> 1e6 classes)")
     return values.astype(np.int32)
+
+
+def _check_label_convention(where, train_labels, num_classes) -> None:
+    """Refuses labels whose classes are not 0..K-1 as seen in the training split.
+
+    Labels are class indices 0, 1, ..., K-1, where K is one more than the
+    largest label: labels 1..10 would make a class 0 that never occurs, and a
+    class seen only in validation or test cannot be learned from training.
+    """
+    counts = np.bincount(train_labels, minlength=num_classes)
+    missing = np.flatnonzero(counts == 0)
+    if not len(missing):
+        return
+    if missing[0] == 0 and len(missing) == 1:
+        hint = (
+            f"no training label is 0: labels must be class indices 0..{num_classes - 1}; "
+            "labels 1..K are off by one (subtract 1)"
+        )
+    else:
+        shown = ", ".join(str(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        hint = (
+            f"class {shown} never occurs in the training split (labels go up to "
+            f"{num_classes - 1}); it could not be learned: renumber the classes 0..K-1 "
+            "or give the training split examples of every class"
+        )
+    raise DataError(f"{where}: {hint}")
 
 
 def _fit_sizes(where, available, val, train_size, extra="") -> int:
