@@ -264,8 +264,8 @@ def test_csv_unknown_label_column_and_not_text(tmp_path):
 
 
 def test_csv_reads_as_python_reads_it(tmp_path):
-    # NumPy's parser refuses "1_000" and a quoted cell's line break; csv and
-    # float take them, and read_csv reads such a file as it did before NumPy.
+    # NumPy's parser refuses "1_000"; float takes it, and read_csv reads such
+    # a file as it did before NumPy (a quoted line break in a cell too).
     odd = tmp_path / "odd.csv"
     odd.write_bytes(b'u,v\r\n1_000,"2\n"\r\n\r\n3, 4.5\r\n')
     header, rows = readers.read_csv(str(odd), header=None)

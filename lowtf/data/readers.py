@@ -45,7 +45,7 @@ def read_csv(path, *, header):
     NumPy's C parser (``np.loadtxt``) reads the rows. When it refuses the file,
     :func:`_read_csv_exactly` reads it again by Python's rules (``csv`` and
     ``float``) to name the first bad row or cell; it also returns the values
-    of a file that only NumPy refuses (``1_000``, a quoted line break), so a
+    of a file that only NumPy refuses (``1_000``, say), so a
     file reads the same either way.
 
     Args:
