@@ -108,9 +108,10 @@ def _parse_csv(path, text, header):
 def _read_csv_exactly(path, text, header, width):
     """The rows of ``text`` by ``csv`` and ``float``, or a DataError naming the bad one.
 
-    Only called when ``np.loadtxt`` refused the file. Lines are counted as the
-    ``csv`` records (blank ones included); the first problem in file order
-    is reported, a wrong column count before a bad cell of the same row.
+    Only called when ``np.loadtxt`` refused the file, found no rows, or rows
+    of another width than the header's. Lines are counted as the ``csv``
+    records (blank ones included); the first problem in file order is
+    reported, a wrong column count before a bad cell of the same row.
     """
     records = [
         (line, row) for line, row in enumerate(csv.reader(io.StringIO(text)), 1) if row
