@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowtf.data import datasets
+from lowtf.data import datasets, readers
 from lowtf.data.datasets import DataError
 
 # Per-class counts of the embedded digits (lowtf/data/README.md).
@@ -261,6 +261,30 @@ def test_csv_unknown_label_column_and_not_text(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00\x01" * 10)
     with pytest.raises(DataError, match="not a text CSV"):
         datasets.load("csv", data_path=str(binary))
+
+
+def test_csv_reads_as_python_reads_it(tmp_path):
+    # NumPy's parser refuses "1_000"; float takes it, and read_csv reads such
+    # a file as it did before NumPy (a quoted line break in a cell too).
+    odd = tmp_path / "odd.csv"
+    odd.write_bytes(b'u,v\r\n1_000,"2\n"\r\n\r\n3, 4.5\r\n')
+    header, rows = readers.read_csv(str(odd), header=None)
+    assert header == ["u", "v"] and rows.tolist() == [[1000.0, 2.0], [3.0, 4.5]]
+    odd.write_bytes(b"u,v\r1,2\r")  # csv refuses bare \r line ends
+    with pytest.raises(DataError, match="odd.csv: not readable as CSV"):
+        readers.read_csv(str(odd), header=None)
+    # Lines are counted with the blank ones, in a gzip file too.
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(gzip.compress(b"1,2\n\n3,4\n\n5,x y\n6\n"))
+    with pytest.raises(DataError, match="line 5, column 2: 'x y' is not a number"):
+        readers.read_csv(str(bad), header=None)
+    bad.write_bytes(gzip.compress(b"a,b\n1,2\n3\n5,x\n"))
+    with pytest.raises(DataError, match="line 3: 1 columns, expected 2"):
+        readers.read_csv(str(bad), header=None)
+    good = tmp_path / "good.csv"
+    good.write_text("a,b\n\n1, 2.5\n-3e2,inf\n")
+    header, rows = readers.read_csv(str(good), header=None)
+    assert header == ["a", "b"] and rows.tolist() == [[1.0, 2.5], [-300.0, np.inf]]
 
 
 # -- synthetic, arguments, pipelines ----------------------------------------------

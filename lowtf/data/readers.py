@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import os
 import re
+import warnings
 import zipfile
 import zlib
 
@@ -40,6 +42,12 @@ def check_file(path) -> None:
 def read_csv(path, *, header):
     """Reads a numeric CSV (gzip or plain); returns ``(header or None, rows float64)``.
 
+    NumPy's C parser (``np.loadtxt``) reads the rows. When it refuses the file,
+    :func:`_read_csv_exactly` reads it again by Python's rules (``csv`` and
+    ``float``) to name the first bad row or cell; it also returns the values
+    of a file that only NumPy refuses (``1_000``, say), so a
+    file reads the same either way.
+
     Args:
       path: the file.
       header: True/False, or None to treat a first row with a non-numeric
@@ -56,28 +64,79 @@ def read_csv(path, *, header):
         raise DataError(f"{path}: cannot be read or decompressed ({e})") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a text CSV file (not UTF-8)") from None
-    lines = [(i, row) for i, row in enumerate(csv.reader(io.StringIO(text)), 1) if row]
+    try:
+        return _parse_csv(path, text, header)
+    except csv.Error as e:  # a bare \r line end, a cell over csv's size limit
+        raise DataError(f"{path}: not readable as CSV ({e})") from None
+
+
+def _parse_csv(path, text, header):
+    """:func:`read_csv` once the file is text; csv.Error escapes."""
+    # The first record alone decides the header: a few cells, checked in Python.
+    stream = io.StringIO(text)
+    reader = csv.reader(stream)
+    first = next((row for row in reader if row), None)
     if header is None:
-        header = bool(lines) and not all(_is_number(cell) for cell in lines[0][1])
-    names = None
-    if header and lines:
-        names = [cell.strip() for cell in lines[0][1]]
-        lines = lines[1:]
-    if not lines:
-        raise DataError(f"{path}: no data rows")
-    width = len(names) if names else len(lines[0][1])
-    values = np.empty((len(lines), width), np.float64)
-    for r, (line, row) in enumerate(lines):
-        if len(row) != width:
-            raise DataError(f"{path}, line {line}: {len(row)} columns, expected {width}")
+        header = first is not None and not all(_is_number(cell) for cell in first)
+    names = [cell.strip() for cell in first] if header and first is not None else None
+    if not header:
+        stream.seek(0)
+    width = len(names) if names else len(first or ())
+    values = None
+    if first is not None:
         try:
-            values[r] = [float(cell) for cell in row]
+            with warnings.catch_warnings():
+                # A header and no rows: "no data rows" below says it better.
+                warnings.simplefilter("ignore", UserWarning)
+                values = np.loadtxt(
+                    stream,
+                    np.float64,
+                    delimiter=",",
+                    quotechar='"',
+                    comments=None,
+                    ndmin=2,
+                )
         except ValueError:
-            col = next(c for c, cell in enumerate(row) if not _is_number(cell))
-            raise DataError(
-                f"{path}, line {line}, column {col + 1}: {row[col]!r} is not a number"
-            ) from None
+            values = None
+    if values is None or values.shape[1] != width:
+        values = _read_csv_exactly(path, text, header, width)
+    if not len(values):
+        raise DataError(f"{path}: no data rows")
     return names, values
+
+
+def _read_csv_exactly(path, text, header, width):
+    """The rows of ``text`` by ``csv`` and ``float``, or a DataError naming the bad one.
+
+    Only called when ``np.loadtxt`` refused the file, found no rows, or rows
+    of another width than the header's. Lines are counted as the ``csv``
+    records (blank ones included); the first problem in file order is
+    reported, a wrong column count before a bad cell of the same row.
+    """
+    records = [
+        (line, row) for line, row in enumerate(csv.reader(io.StringIO(text)), 1) if row
+    ]
+    records = records[1:] if header else records
+    widths = np.fromiter((len(row) for _, row in records), np.int64, len(records))
+    ragged = np.flatnonzero(widths != width)
+    end = ragged[0] if len(ragged) else len(records)
+    numbers = []
+    try:
+        # list.extend keeps what it converted before float raised, so the
+        # count of numbers is the flat index of the first bad cell.
+        numbers.extend(
+            map(float, itertools.chain.from_iterable(r for _, r in records[:end]))
+        )
+    except ValueError:
+        row, col = divmod(len(numbers), width)
+        line, cells = records[row]
+        raise DataError(
+            f"{path}, line {line}, column {col + 1}: {cells[col]!r} is not a number"
+        ) from None
+    if len(ragged):
+        line, cells = records[end]
+        raise DataError(f"{path}, line {line}: {len(cells)} columns, expected {width}")
+    return np.array(numbers, np.float64).reshape(len(records), width)
 
 
 def label_index(path, header, width, label_column) -> int:
@@ -89,10 +148,16 @@ def label_index(path, header, width, label_column) -> int:
     try:
         index = int(label_column)
     except (TypeError, ValueError):
-        known = f"; the header has {', '.join(header)}" if header else "; the file has no header"
+        known = (
+            f"; the header has {', '.join(header)}"
+            if header
+            else "; the file has no header"
+        )
         raise DataError(f"{path}: no label column {label_column!r}{known}") from None
     if not -width <= index < width:
-        raise DataError(f"{path}: label column {index} is out of range for {width} columns")
+        raise DataError(
+            f"{path}: label column {index} is out of range for {width} columns"
+        )
     return index % width
 
 
