@@ -253,6 +253,82 @@ def lost_worker(error: BaseException, strategy=None) -> bool:
     )
 
 
+class WorkerLost(Exception):
+    """Another worker of a multi_worker run stopped or cannot be reached.
+
+    Its message is :func:`lost_worker_message`'s one line.
+    """
+
+
+def lost_worker_message(
+    error: BaseException,
+    strategy=None,
+    *,
+    checkpoint_dir: str | None = None,
+    timeout_seconds: float | None = None,
+) -> str:
+    """The one line that says which worker gave up, why, and how to resume.
+
+    Args:
+      error: the error for which :func:`lost_worker` holds.
+      strategy: the run's strategy (default: the current one).
+      checkpoint_dir: where the run's latest checkpoints are, to name the
+        one a rerun resumes from (default None: not named).
+      timeout_seconds: the ``timeout_seconds`` of :func:`make_strategy`,
+        named when it is what ran out (default None).
+    """
+    kind, index = task(strategy)
+    reason = error_gist(error)
+    if (
+        isinstance(error, tf.errors.DeadlineExceededError)
+        and timeout_seconds is not None
+    ):
+        reason += f" (collective timeout {timeout_seconds:g} s)"
+    message = (
+        f"{kind} {index} lost contact with the other workers "
+        f"({type(error).__name__}: {reason}): a worker stopped or is unreachable. "
+        f"Stop every worker still running, then run the same command on every "
+        f"worker again"
+    )
+    if checkpoint_dir is None:
+        return message
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest:
+        return f"{message}; training resumes from the latest checkpoint, {latest}"
+    return f"{message}; training resumes from the start (no checkpoint was saved yet)"
+
+
+# Lines of a TensorFlow error message that are about the graph or gRPC, not
+# about what went wrong.
+_NOISE = (
+    "Graph execution error",
+    "Detected at node",
+    "File ",
+    "[[",
+    "Additional GRPC",
+    ":UNKNOWN",
+    "The error",
+)
+
+
+def error_gist(error: BaseException) -> str:
+    """The gist of a TensorFlow error: its message less the graph and gRPC details.
+
+    At most its first two meaningful lines, 300 characters, e.g.
+    "Collective has timed out during execution.", or "Error reported from
+    /job:worker/task:1: The following tasks are unhealthy (stopped sending
+    heartbeats): /job:worker/replica:0/task:1". Any other error: its message.
+    """
+    text = str(getattr(error, "message", error))
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [
+        line.removeprefix("Collective ops is aborted by: ")
+        for line in lines
+        if line and not line.startswith(_NOISE)
+    ]
+    return " ".join(lines[:2])[:300]
+
+
 def describe(strategy=None) -> str:
     """One line for the log.
 

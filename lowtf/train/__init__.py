@@ -3,12 +3,15 @@
 Data flows one way: ``fit`` (the controller in :mod:`lowtf.train.controller`)
 drives a :class:`TrainStep`, an :class:`Evaluator` and an
 :class:`EarlyStopping`, and writes checkpoints, history.csv and TensorBoard
-events to its model directory.
+events to its model directory. :func:`run_job` runs a whole job from one
+:class:`JobConfig` (what ``bin/train`` calls): data, model, ``fit``, the test
+evaluation and summary.json.
 """
 
 from lowtf.train.early_stopping import EarlyStopping, best_checkpoint
 from lowtf.train.evaluator import Evaluator, auto_jit_compile
 from lowtf.train.fit import FitResult, TrainConfig, fit
+from lowtf.train.job import JobConfig, JobResult, run_job
 from lowtf.train.step import StepOptions, TrainStep
 from lowtf.train.summaries import read_history
 
@@ -16,6 +19,8 @@ __all__ = [
     "EarlyStopping",
     "Evaluator",
     "FitResult",
+    "JobConfig",
+    "JobResult",
     "StepOptions",
     "TrainConfig",
     "TrainStep",
@@ -23,4 +28,5 @@ __all__ = [
     "best_checkpoint",
     "fit",
     "read_history",
+    "run_job",
 ]

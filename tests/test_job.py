@@ -1,0 +1,343 @@
+"""Tests of lowtf.train.job: JobConfig's checks and run_job in process, on tiny runs."""
+
+import ast
+import json
+import os
+import re
+import types
+
+import pytest
+import tensorflow as tf
+
+import lowtf
+from lowtf import distribute
+from lowtf.train import job, metrics, summaries
+
+BIN = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "train"
+)
+# Synthetic data (28 features, 2 classes), the tiny MLP (16 units), no XLA.
+TINY = {
+    "dataset": "synthetic",
+    "train_size": 200,
+    "validation_size": 100,
+    "model": "tiny",
+    "xla": False,
+    "batch_size": 50,
+    "max_steps": 60,
+    "eval_every": 20,
+    "steps_per_call": 20,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("job") / "run")
+    lines = []
+    config = job.JobConfig(**TINY, model_dir=model_dir)
+    result = job.run_job(
+        config, flags_text="--model=tiny\n--max_steps=60\n", log=lines.append
+    )
+    return model_dir, result, lines
+
+
+def test_run_job_writes_summary_flags_and_curves(tiny_run):
+    model_dir, result, lines = tiny_run
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert list(summary) == list(job.SUMMARY_FIELDS)
+    assert summary == result.as_dict()
+    assert (
+        summary["train_size"],
+        summary["validation_size"],
+        summary["test_size"],
+    ) == (200, 100, 500)
+    assert (
+        summary["dataset"] == "synthetic"
+        and summary["model"] == "tiny"
+        and summary["augment"] is None
+    )
+    assert summary["num_parameters"] == 28 * 16 + 16 + 16 + 1
+    # Patience (1000) never ran out: the run went to max_steps, evaluating every 20.
+    assert summary["stop_reason"] == "max_steps" and summary["last_step"] == 60
+    assert summary["best_step"] % 20 == 0 and 0 <= summary["best_step"] <= 60
+    history = summaries.read_history(os.path.join(model_dir, "history.csv"))
+    assert [row["step"] for row in history] == [0, 20, 40, 60]
+    best = min(history, key=lambda row: row["val_cross_entropy"])
+    assert summary["best_step"] == best["step"]
+    assert summary["best_value"] == pytest.approx(best["val_cross_entropy"], rel=1e-6)
+    # The best snapshot was restored before the final evaluations.
+    assert summary["validation_cross_entropy"] == pytest.approx(
+        summary["best_value"], rel=1e-5
+    )
+    assert (
+        isinstance(summary["test_accuracy"], float)
+        and 0 <= summary["test_accuracy"] <= 1
+    )
+    assert 0 < summary["test_cross_entropy"] < 2
+    with open(os.path.join(model_dir, "flags.txt")) as f:
+        assert f.read() == "--model=tiny\n--max_steps=60\n"
+    image = tf.io.decode_png(
+        tf.io.read_file(os.path.join(model_dir, "curves.png"))
+    ).numpy()
+    assert image.ndim == 3 and image.shape[-1] == 3 and image.std() > 0
+    assert not any(name.endswith(".tmp") for name in os.listdir(model_dir))
+    assert (
+        lines[0]
+        == "synthetic: 200 train / 100 validation / 500 test; features 28; 2 classes"
+    )
+    assert lines[1] == f"model tiny, adam lr 0.001; writing to {model_dir}"
+    assert lines[-1].endswith(f"test accuracy {summary['test_accuracy']:.4f}")
+
+
+def test_run_job_resumes_and_keeps_the_flags_text(tiny_run):
+    model_dir, first, _ = tiny_run
+    lines = []
+    config = job.JobConfig(**{**TINY, "max_steps": 80}, model_dir=model_dir)
+    result = job.run_job(config, log=lines.append)  # no flags_text: flags.txt stays
+    assert any(
+        line.startswith("resuming from ") and "at step 60" in line for line in lines
+    )
+    assert result.last_step == 80 and result.best_step % 20 == 0
+    assert result.best_value <= first.best_value
+    with open(os.path.join(model_dir, "flags.txt")) as f:
+        assert f.read() == "--model=tiny\n--max_steps=60\n"
+
+
+def test_run_job_augments_digit_images_for_an_mlp(tmp_path):
+    config = job.JobConfig(
+        hidden=[16], augment="translate:1", train_size=100, xla=False,
+        batch_size=50, max_steps=4, eval_every=2, model_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    result = job.run_job(config, log=lambda line: None)
+    assert result.model == "16" and result.augment == "translate:1"
+    assert result.num_parameters == 64 * 16 + 16 + 16 * 10 + 10
+    assert (
+        result.last_step == 4 and result.train_size == 100 and result.num_classes == 10
+    )
+    assert 0 <= result.test_accuracy <= 1
+
+
+# Each combination that bin/train refuses with status 2, and the one line it prints.
+REFUSED = [
+    ({"model": "small", "hidden": (8,)}, "give --model or --hidden, not both"),
+    ({"model": "medium", "hidden": [8]}, "give --model or --hidden, not both"),
+    (
+        {"weight_decay": 0.01},
+        "--weight_decay is the decoupled decay of AdamW; add --optimizer=adamw (not adam) or use --l2",
+    ),
+    (
+        {"strategy": "mirrored", "collective_timeout": 30.0},
+        (
+            "--collective_timeout bounds how long a worker waits for the others, so it "
+            "needs --strategy=multi_worker (not mirrored); drop it"
+        ),
+    ),
+    (
+        {"monitor": "regularization_loss"},
+        "--monitor=regularization_loss needs a penalty to watch",
+    ),
+    # Single values that absl's bounds refuse in bin/train.
+    ({"dropout": 1.0}, "`dropout` (1.0) must be in [0, 1)"),
+    ({"learning_rate": 0.0}, "`learning_rate` (0.0) must be > 0"),
+    ({"l2": float("nan")}, "`l2` (nan) must be a finite number"),
+    (
+        {"collective_timeout": float("inf"), "strategy": "multi_worker"},
+        "`collective_timeout` (inf)",
+    ),
+    ({"hidden": (8, 0)}, "`hidden[1]` (0) must be a positive integer"),
+    (
+        {"model": "huge"},
+        "`model` ('huge') must be one of 'tiny', 'small', 'medium', 'large', 'cnn'",
+    ),
+    ({"batch_size": 0}, "`batch_size` (0) must be a positive integer"),
+    ({"monitor": "loss"}, "`monitor` ('loss') must be one of 'train_cross_entropy'"),
+    ({"augment": "spin:3"}, "unknown augmentation op 'spin'"),
+    ({"xla": 1}, "`xla` (1) must be True or False"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", REFUSED, ids=[str(k) for k, _ in REFUSED])
+def test_job_config_refuses(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        job.JobConfig(**kwargs)
+
+
+def test_job_config_accepts_what_bin_train_accepts():
+    assert (
+        job.JobConfig(monitor="regularization_loss", l1=1e-5).monitor
+        == "regularization_loss"
+    )
+    assert job.JobConfig(optimizer="adamw", weight_decay=0.01).weight_decay == 0.01
+    assert (
+        job.JobConfig(
+            strategy="multi_worker", collective_timeout=5.0
+        ).collective_timeout
+        == 5.0
+    )
+    with pytest.raises(TypeError):  # keyword-only
+        job.JobConfig("digits")
+
+
+def test_default_model_dir():
+    assert job.JobConfig().resolved_model_dir == os.path.join("runs", "digits-medium")
+    assert job.JobConfig(
+        dataset="higgs", hidden=[512, 512]
+    ).resolved_model_dir == os.path.join("runs", "higgs-512x512")
+    assert job.JobConfig(model="cnn", model_dir="out").resolved_model_dir == "out"
+
+
+def tree(path):
+    return sorted(
+        os.path.relpath(os.path.join(root, name), path)
+        for root, _, names in os.walk(path)
+        for name in names
+    )
+
+
+def test_unusable_model_dir_is_refused_before_anything_is_written(tmp_path, tiny_run):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    refused = {
+        str(
+            afile / "run"
+        ): f"--model_dir ({afile / 'run'}) is under {afile}, a file; pick a directory",
+        str(afile): f"--model_dir ({afile}) is a file; pick a directory",
+        os.path.join(
+            os.path.dirname(lowtf.__file__), "runs"
+        ): "is inside the lowtf package",
+    }
+    for model_dir, message in refused.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            job.run_job(job.JobConfig(**TINY, model_dir=model_dir), flags_text="x\n")
+    assert afile.read_text() == "x" and sorted(os.listdir(tmp_path)) == ["afile"]
+    assert not os.path.exists(os.path.join(os.path.dirname(lowtf.__file__), "runs"))
+    # A batch larger than the training set, or another network on a model
+    # directory: refused before flags.txt (or anything else) is written.
+    model_dir, _, _ = tiny_run
+    before = {
+        name: os.path.getmtime(os.path.join(model_dir, name))
+        for name in tree(model_dir)
+    }
+    with pytest.raises(
+        ValueError,
+        match=re.escape("--batch_size (201) exceeds the 200 training examples"),
+    ):
+        job.run_job(
+            job.JobConfig(**{**TINY, "batch_size": 201}, model_dir=model_dir),
+            flags_text="x\n",
+        )
+    with pytest.raises(ValueError, match="does not fit this model"):
+        job.run_job(
+            job.JobConfig(**{**TINY, "model": "small"}, model_dir=model_dir),
+            flags_text="x\n",
+        )
+    assert {
+        name: os.path.getmtime(os.path.join(model_dir, name))
+        for name in tree(model_dir)
+    } == before
+    with pytest.raises(
+        ValueError, match=re.escape("--model=cnn needs images: --dataset=digits")
+    ):
+        job.run_job(
+            job.JobConfig(**{**TINY, "model": "cnn"}, model_dir=str(tmp_path / "cnn"))
+        )
+    assert not (tmp_path / "cnn").exists()
+
+
+def _worker(index):
+    """A stand-in strategy whose cluster resolver says this is worker ``index``."""
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec({"worker": ["a:1", "b:1"]}),
+        task_type="worker",
+        task_id=index,
+    )
+    return types.SimpleNamespace(cluster_resolver=resolver, num_replicas_in_sync=2)
+
+
+def test_worker_lost_message(tmp_path):
+    timed_out = tf.errors.DeadlineExceededError(
+        None,
+        None,
+        "Graph execution error:\n\nDetected at node CollectiveReduceV2 defined at:\n"
+        '  File "bin/train", line 1\n'
+        "Collective ops is aborted by: Collective has timed out during execution.\n"
+        "Additional GRPC error information: {...}\n"
+        "\t [[{{node CollectiveReduceV2}}]]",
+    )
+    assert (
+        distribute.error_gist(timed_out) == "Collective has timed out during execution."
+    )
+    ckpt_dir = str(tmp_path / "ckpt")
+    message = distribute.lost_worker_message(
+        timed_out, _worker(0), checkpoint_dir=ckpt_dir, timeout_seconds=5.0
+    )
+    assert message == (
+        "worker 0 lost contact with the other workers (DeadlineExceededError: Collective "
+        "has timed out during execution. (collective timeout 5 s)): a worker stopped or "
+        "is unreachable. Stop every worker still running, then run the same command on "
+        "every worker again; training resumes from the start (no checkpoint was saved yet)"
+    )
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(v=tf.Variable(1.0)),
+        ckpt_dir,
+        max_to_keep=1,
+        checkpoint_name="ckpt",
+    )
+    latest = manager.save(checkpoint_number=150)
+    unavailable = tf.errors.UnavailableError(
+        None,
+        None,
+        "Error reported from /job:worker/task:0: stopped sending heartbeats\nThe error could be",
+    )
+    message = distribute.lost_worker_message(
+        unavailable, _worker(1), checkpoint_dir=ckpt_dir
+    )
+    assert message.startswith(
+        "worker 1 lost contact with the other workers (UnavailableError: Error reported "
+        "from /job:worker/task:0: stopped sending heartbeats): "
+    )
+    assert message.endswith(f"training resumes from the latest checkpoint, {latest}")
+    assert "\n" not in message and issubclass(distribute.WorkerLost, Exception)
+    assert not issubclass(
+        distribute.WorkerLost, ValueError
+    )  # bin/train: status 3, not 2
+
+
+def test_write_text_is_atomic_on_any_file_system():
+    tf.io.gfile.makedirs("ram://job")
+    job.write_text("ram://job/summary.json", "old\n")
+    job.write_text("ram://job/summary.json", "new\n")
+    assert tf.io.gfile.listdir("ram://job") == ["summary.json"]
+    with tf.io.gfile.GFile("ram://job/summary.json") as f:
+        assert f.read() == "new\n"
+
+
+def test_summary_fields_use_the_metric_names():
+    assert set(job.EVALUATED) <= set(metrics.STEP_METRICS)
+    for split in ("test", "validation"):
+        for name in job.EVALUATED:
+            assert f"{split}_{name}" in job.SUMMARY_FIELDS
+    assert {"best_step", "best_value", "monitor", "stop_reason", "last_step"} <= set(
+        job.SUMMARY_FIELDS
+    )
+    result = job.JobResult(**{name: None for name in job.SUMMARY_FIELDS})
+    assert json.loads(result.to_json()) == dict.fromkeys(job.SUMMARY_FIELDS)
+
+
+def test_bin_train_choices_match_the_library():
+    """bin/train spells its choices out (to answer --help without TensorFlow)."""
+    with open(BIN) as f:
+        tree = ast.parse(f.read())
+    constants = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Tuple)
+    }  # fmt: skip
+    assert constants["PRESETS"] + ("cnn",) == job.MODELS  # bin/train's MODELS
+    assert constants["OPTIMIZERS"] == job.OPTIMIZERS
+    assert constants["STRATEGIES"] == distribute.STRATEGIES
+    assert constants["DATASETS"] == lowtf.data.DATASETS
+    assert constants["MONITORS"] == metrics.MONITORS
+    assert constants["PRESETS"] == tuple(lowtf.models.PRESETS)
