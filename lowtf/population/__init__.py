@@ -7,7 +7,20 @@ snapshots and resume, as :func:`lowtf.fit` is for one model; :func:`k_fold`
 makes stratified cross-validation folds as members' row indices.
 """
 
+from lowtf.population.fit import (
+    MemberResult,
+    PopulationResult,
+    fit_population,
+    read_best_weights,
+)
 from lowtf.population.members import k_fold
 from lowtf.population.population import Population
 
-__all__ = ["Population", "k_fold"]
+__all__ = [
+    "MemberResult",
+    "Population",
+    "PopulationResult",
+    "fit_population",
+    "k_fold",
+    "read_best_weights",
+]

@@ -82,9 +82,10 @@ class Population:
       monitor: the metric early stopping watches, one of
         :data:`lowtf.train.metrics.MONITORS` (default ``"val_cross_entropy"``).
       mode: ``"auto"`` (default), ``"min"`` or ``"max"``.
-      patience: steps without improvement after which a member stops
+      patience: per member, steps without improvement after which it stops
         (default 1000).
-      min_delta: smallest change that counts as an improvement (default 0).
+      min_delta: per member, smallest change that counts as an improvement
+        (default 0).
       eval_batch_size: validation rows per member per evaluation call
         (default 4096).
       jit_compile: XLA (default True) or a plain ``tf.function`` graph
@@ -152,12 +153,11 @@ class Population:
         _checks.positive_int("batch_size", batch_size)
         _checks.positive_int("eval_batch_size", eval_batch_size)
         _checks.one_of("monitor", monitor, MONITORS)
-        _checks.positive_int("patience", patience)
-        _checks.non_negative("min_delta", min_delta)
         _checks.boolean("jit_compile", jit_compile, also=("auto",))
         self.monitor = monitor
         self.mode = early_stopping.resolve_mode(monitor, mode)
-        self.patience, self.min_delta = int(patience), float(min_delta)
+        self.patience = members.vector("patience", patience, size, _checks.positive_int)
+        self.min_delta = members.vector("min_delta", min_delta, size, _checks.non_negative)
         self.batch_size = batch_size
         methods = ("build", "apply_gradients")
         if not all(callable(getattr(optimizer, m, None)) for m in methods):
@@ -264,6 +264,11 @@ class Population:
         return tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, state=self.state
         )
+
+    @property
+    def variables(self) -> list:
+        """Every variable the checkpoint holds: weights, best weights, state, optimizer."""
+        return [*self.model.state, *self.state.variables, *self.optimizer.variables]
 
     def run(self, num_steps: int) -> dict[str, np.ndarray]:
         """Runs ``num_steps`` steps in one compiled call.
