@@ -149,8 +149,10 @@ def fit_population(
     _write_history(history_path, rows)
 
     def evaluate():
+        # A stopped member's history ends at its last evaluation, as a single fit's.
+        training = ~population.stopped
         record = population.evaluate()
-        new = _rows(record, population.size)
+        new = [row for row in _rows(record, population.size) if training[row["member"]]]
         rows.extend(new)
         # Rewritten whole: not every TensorFlow file system can append.
         _write_history(history_path, rows)
