@@ -141,7 +141,7 @@ class StackedMLP(tf.Module):
         h = x
         biases = iter(self.biases)
         for i in range(len(self.units)):
-            h = tf.linalg.matmul(h, self.kernels[i])
+            h = _matmul(h, self.kernels[i])
             if self.batchnorm:
                 h = self._batchnorm(i, h, training)
             else:
@@ -149,7 +149,7 @@ class StackedMLP(tf.Module):
             h = self.activation(h)
             if training and any(self.dropout):
                 h = self._dropout(i, h, keys, jit)
-        return tf.linalg.matmul(h, self.kernels[-1]) + next(biases)[:, None, :]
+        return _matmul(h, self.kernels[-1]) + next(biases)[:, None, :]
 
     def _batchnorm(self, i, h, training):
         if training:
@@ -213,3 +213,13 @@ class StackedMLP(tf.Module):
             safe = tf.where(over, norm, tf.ones_like(norm))
             clipped = w * r / tf.maximum(safe, r)
             kernel.assign(tf.where(over, clipped, w))
+
+
+def _matmul(h, kernel):
+    """``[K, B, in] @ [K, in, out]``, one product per member.
+
+    Measured (bin/bench --population, XLA on a 2-core CPU): XLA's CPU backend
+    emits a dot with a batch dimension as a naive loop, several times slower
+    than K plain products, which it hands to Eigen.
+    """
+    return tf.stack([tf.matmul(h[k], kernel[k]) for k in range(kernel.shape[0])])
