@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from _fixtures import noisy_split
 
 import lowtf
-from _fixtures import noisy_split
 from lowtf.population import Population, fit_population, k_fold
 
 (X, Y), _ = noisy_split(400, 0, 5, seed=7, weights=(1.0, -1.0, 0.5))
@@ -44,7 +44,11 @@ def _weights(model):
 def test_member_equals_its_single_fit(tmp_path, jit):
     pop = _population(jit=jit, patience=100)
     result = fit_population(
-        pop, model_dir=tmp_path / "pop", max_steps=300, eval_every=50, log=lambda s: None
+        pop,
+        model_dir=tmp_path / "pop",
+        max_steps=300,
+        eval_every=50,
+        log=lambda s: None,
     )
     for k in (0, 2):  # dropout, L2 (and L1) and max-norm on both
         seed = MEMBERS["seeds"][k]
@@ -87,7 +91,10 @@ def test_members_do_not_interact():
     changed = dict(MEMBERS, l2=[1e-3, 0.5, 0.0], dropout=[0.3, 0.5, 0.0])
     changed["maxnorm"] = [0.8, 0.1, 0.0]
     other = _population(
-        jit=True, members=changed, train=[TRAIN[0], PERM[:300], TRAIN[1]], val=[VAL[0], PERM[300:], VAL[1]]
+        jit=True,
+        members=changed,
+        train=[TRAIN[0], PERM[:300], TRAIN[1]],
+        val=[VAL[0], PERM[300:], VAL[1]],
     )
     second = [other.run(40)["total_loss"] for _ in range(2)]
     assert [m[0] for m in first] == [m[0] for m in second]  # bit for bit
@@ -120,12 +127,20 @@ def test_a_stopped_member_no_longer_changes():
     assert record["stopped"].tolist() == [True, False, False]
     assert pop.stop_step.tolist() == [40, -1, -1]
     frozen = [v.numpy()[0] for v in pop.model.state]
-    slots = [v.numpy()[0] for v in pop.optimizer.variables if len(v.shape) and v.shape[0] == 3]
+    slots = [
+        v.numpy()[0]
+        for v in pop.optimizer.variables
+        if len(v.shape) and v.shape[0] == 3
+    ]
     moving = [v.numpy()[1] for v in pop.model.state]
     pop.run(30)
     for v, before in zip(pop.model.state, frozen):
         np.testing.assert_array_equal(v.numpy()[0], before)
-    after = [v.numpy()[0] for v in pop.optimizer.variables if len(v.shape) and v.shape[0] == 3]
+    after = [
+        v.numpy()[0]
+        for v in pop.optimizer.variables
+        if len(v.shape) and v.shape[0] == 3
+    ]
     for a, b in zip(after, slots):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(pop.model.state[0].numpy()[1], moving[0])
@@ -161,7 +176,9 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_member_holds_the_best_weights_bit_for_bit(tmp_path):
     pop = _population(patience=1000)
-    fit_population(pop, model_dir=tmp_path, max_steps=120, eval_every=40, log=lambda s: None)
+    fit_population(
+        pop, model_dir=tmp_path, max_steps=120, eval_every=40, log=lambda s: None
+    )
     for k in range(3):
         model = pop.member(k)
         dense = [m for m in model.layers if isinstance(m, lowtf.Dense)]
@@ -203,7 +220,9 @@ def test_batch_norm_statistics_are_per_member():
         val=[VAL[0]],
     )
     single.run(30)
-    np.testing.assert_allclose(single.model.moving_means[0].numpy()[0], means[0], atol=1e-6)
+    np.testing.assert_allclose(
+        single.model.moving_means[0].numpy()[0], means[0], atol=1e-6
+    )
     model = pop.member(0, weights="latest")
     bn = [m for m in model.layers if isinstance(m, lowtf.BatchNorm)][0]
     np.testing.assert_array_equal(bn.moving_mean.numpy(), means[0])

@@ -17,7 +17,14 @@ import numpy as np
 import tensorflow as tf
 
 from lowtf import population
-from lowtf.bench.configs import DROPOUT, L2, LEARNING_RATE, MAXNORM, make_data, make_model
+from lowtf.bench.configs import (
+    DROPOUT,
+    L2,
+    LEARNING_RATE,
+    MAXNORM,
+    make_data,
+    make_model,
+)
 from lowtf.data import InMemoryBatches
 from lowtf.train import step as step_lib
 
@@ -36,7 +43,9 @@ def _timed(call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_population(model: str, members: int, *, steps: int = 100, repeats: int = 3) -> dict:
+def run_population(
+    model: str, members: int, *, steps: int = 100, repeats: int = 3
+) -> dict:
     """One record: member-steps/s of a population and of back-to-back single runs."""
     x, y = make_data(model)
     train, val = np.arange(TRAIN_ROWS), np.arange(TRAIN_ROWS, len(x))

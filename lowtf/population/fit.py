@@ -189,9 +189,7 @@ def fit_population(
                 best_value=float(population.best_value[k]),
                 stop_step=int(stopped[k]) if stopped[k] >= 0 else step,
                 stop_reason="patience" if stopped[k] >= 0 else "max_steps",
-                history=[
-                    {c: r[c] for c in COLUMNS} for r in rows if r["member"] == k
-                ],
+                history=[{c: r[c] for c in COLUMNS} for r in rows if r["member"] == k],
             )
         )
     log(
@@ -228,7 +226,11 @@ def read_best_weights(best_dir: str) -> dict | None:
 def _save_best(population: Population, best_dir: str) -> None:
     """Writes the stacked best weights under a fresh prefix, then moves the pointer."""
     tf.io.gfile.makedirs(best_dir)
-    taken = [int(m.group(2)) for m in map(_SNAPSHOT.match, tf.io.gfile.listdir(best_dir)) if m]
+    taken = [
+        int(m.group(2))
+        for m in map(_SNAPSHOT.match, tf.io.gfile.listdir(best_dir))
+        if m
+    ]
     step = int(population.step.numpy())
     name = f"best-{step}-{max(taken, default=0) + 1}"
     tf.train.Checkpoint(best=population.state.best).write(os.path.join(best_dir, name))
@@ -277,7 +279,13 @@ def _read_history(path: str, keep_upto: int) -> list[dict]:
         rows = []
         for r in reader:
             row = {
-                c: (int(r[c]) if c in ("member", "step") else float(r[c]) if r[c] else None)
+                c: (
+                    int(r[c])
+                    if c in ("member", "step")
+                    else float(r[c])
+                    if r[c]
+                    else None
+                )
                 for c in HISTORY_COLUMNS
             }
             if row["step"] <= keep_upto:

@@ -51,7 +51,9 @@ def rows(name: str, value, size: int, n: int) -> list[np.ndarray]:
     for k, r in enumerate(members):
         r = np.asarray(r)
         if r.ndim != 1 or not (r.size == 0 or np.issubdtype(r.dtype, np.integer)):
-            raise ValueError(f"`{name}[{k}]` must be a 1-D array of integer row indices")
+            raise ValueError(
+                f"`{name}[{k}]` must be a 1-D array of integer row indices"
+            )
         if r.size == 0:
             raise ValueError(
                 f"`{name}[{k}]` is empty: member {k} needs at least one row"
@@ -111,8 +113,6 @@ def k_fold(y, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         # then do not all land in fold 0.
         fold[where] = (start + np.arange(len(where))) % k
         start = (start + len(where)) % k
-    folds = [
-        (np.flatnonzero(fold != i), np.flatnonzero(fold == i)) for i in range(k)
-    ]
+    folds = [(np.flatnonzero(fold != i), np.flatnonzero(fold == i)) for i in range(k)]
     check_no_leak([t for t, _ in folds], [v for _, v in folds])
     return folds

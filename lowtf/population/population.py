@@ -5,7 +5,7 @@ dropout rate, max-norm cap, training and validation rows of one shared data
 set, batch order, dropout masks, metrics and early stopping; they share the
 architecture, the optimizer (and its learning rate or schedule) and the
 global step. One step gathers a ``[K, B, features]`` batch (member ``k``'s
-rows), runs one batched matrix product per layer, sums the members' losses
+rows), runs each layer's products for every member, sums the members' losses
 (their parameters are disjoint, so member ``k``'s gradient is that of its
 own loss alone) and applies one optimizer update to the stacked variables.
 
@@ -157,7 +157,9 @@ class Population:
         self.monitor = monitor
         self.mode = early_stopping.resolve_mode(monitor, mode)
         self.patience = members.vector("patience", patience, size, _checks.positive_int)
-        self.min_delta = members.vector("min_delta", min_delta, size, _checks.non_negative)
+        self.min_delta = members.vector(
+            "min_delta", min_delta, size, _checks.non_negative
+        )
         self.batch_size = batch_size
         methods = ("build", "apply_gradients")
         if not all(callable(getattr(optimizer, m, None)) for m in methods):
@@ -204,7 +206,9 @@ class Population:
             maxnorm=self.maxnorm,
         )
         self.optimizer.build(self.model.trainable)
-        self.state = _State(self.model, size, math.inf if self.mode == "min" else -math.inf)
+        self.state = _State(
+            self.model, size, math.inf if self.mode == "min" else -math.inf
+        )
         self._jit = jit_compile in (True, "auto")
         self._train_index = [tf.constant(r) for r in self.train_rows]
         self._offsets = tf.range(batch_size, dtype=tf.int64)
@@ -212,9 +216,7 @@ class Population:
         # moving statistics, of the optimizer's slots (any optimizer variable
         # with a leading member axis) and its data position.
         slots = [
-            v
-            for v in optimizer.variables
-            if len(v.shape) >= 1 and v.shape[0] == size
+            v for v in optimizer.variables if len(v.shape) >= 1 and v.shape[0] == size
         ]
         self._frozen = [*self.model.state, *slots, self.state.epoch, self.state.cursor]
         self._val_index, self._val_weight = _padded_rows(self.val_rows, eval_batch_size)
@@ -449,7 +451,9 @@ class Population:
         self.model.apply_max_norm()
         for var, old in zip(self._frozen, before):
             var.assign(tf.where(_expand(active, old), var, old))
-        accuracy = tf.reduce_sum(self._per_example(losses.correct, logits, y), 1) / batch
+        accuracy = (
+            tf.reduce_sum(self._per_example(losses.correct, logits, y), 1) / batch
+        )
         return {
             "cross_entropy": cross_entropy,
             "regularization_loss": regularization,
@@ -484,7 +488,9 @@ class Population:
         return tf.gather(self.x, rows), tf.gather(self.y, rows)
 
     def _validation_sums(self, index, weight):
-        logits = tf.cast(self.model(tf.gather(self.x, index), training=False), tf.float32)
+        logits = tf.cast(
+            self.model(tf.gather(self.x, index), training=False), tf.float32
+        )
         y = tf.gather(self.y, index)
         keep = weight > 0  # padding rows count for nothing, even with an Inf loss
         ce = self._per_example(losses.cross_entropy, logits, y)
@@ -511,15 +517,27 @@ class _State(tf.Module):
         self.best_value = tf.Variable(
             tf.fill([size], tf.constant(worst, tf.float64)), name="best_value", **local
         )
-        self.best_step = tf.Variable(tf.fill([size], tf.constant(-1, tf.int64)), **local)
-        self.patience_from = tf.Variable(tf.fill([size], tf.constant(-1, tf.int64)), **local)
-        self.last_step = tf.Variable(tf.fill([size], tf.constant(-1, tf.int64)), **local)
-        self.stop_step = tf.Variable(tf.fill([size], tf.constant(-1, tf.int64)), **local)
-        self.sums = tf.Variable(tf.zeros([len(STEP_METRICS), size], tf.float64), **local)
+        self.best_step = tf.Variable(
+            tf.fill([size], tf.constant(-1, tf.int64)), **local
+        )
+        self.patience_from = tf.Variable(
+            tf.fill([size], tf.constant(-1, tf.int64)), **local
+        )
+        self.last_step = tf.Variable(
+            tf.fill([size], tf.constant(-1, tf.int64)), **local
+        )
+        self.stop_step = tf.Variable(
+            tf.fill([size], tf.constant(-1, tf.int64)), **local
+        )
+        self.sums = tf.Variable(
+            tf.zeros([len(STEP_METRICS), size], tf.float64), **local
+        )
         self.count = tf.Variable(tf.constant(0, tf.int64), **local)
 
     def add_means(self, means: dict, num_steps: int) -> None:
-        values = np.stack([np.asarray(means[n], np.float64) * num_steps for n in STEP_METRICS])
+        values = np.stack(
+            [np.asarray(means[n], np.float64) * num_steps for n in STEP_METRICS]
+        )
         self.sums.assign_add(values)
         self.count.assign_add(num_steps)
 

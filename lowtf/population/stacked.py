@@ -4,8 +4,8 @@ Member ``k``'s slice of every variable is the matching variable of
 ``lowtf.mlp(..., seed=seeds[k])``: its kernels are drawn by the same
 ``glorot_uniform(shape, seed)`` calls with the same layer seeds
 (``seed * 1000 + i``, see :func:`lowtf.models.mlp`), so they are bit-identical.
-A forward pass is one batched matrix product per layer on ``[K, B, in]``
-inputs; dropout masks are drawn per member under that member's step key, and
+A forward pass takes ``[K, B, in]`` inputs (one product per member and
+layer, see :func:`_matmul`); dropout masks are drawn per member under that member's step key, and
 the penalty and the max-norm cap are per member, so nothing flows between
 members.
 """
@@ -78,7 +78,12 @@ class StackedMLP(tf.Module):
         self._any_l2 = bool(np.any(np.asarray(l2) > 0))
         widths = (features, *self.units, models.num_logits(num_classes))
         self.kernels, self.biases = [], []
-        self.gammas, self.betas, self.moving_means, self.moving_variances = [], [], [], []
+        self.gammas, self.betas, self.moving_means, self.moving_variances = (
+            [],
+            [],
+            [],
+            [],
+        )
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             # models.mlp: dense_i takes seed*1000 + i, the logits seed*1000 + len(units).
             init = [glorot_uniform([fan_in, fan_out], s * 1000 + i) for s in self.seeds]
@@ -87,14 +92,18 @@ class StackedMLP(tf.Module):
             zeros = tf.zeros([self.size, fan_out])
             hidden = i < len(self.units)
             if hidden and batchnorm:  # the offset beta replaces the bias
-                self.gammas.append(tf.Variable(tf.ones_like(zeros), name=f"bn_{i}/gamma"))
+                self.gammas.append(
+                    tf.Variable(tf.ones_like(zeros), name=f"bn_{i}/gamma")
+                )
                 self.betas.append(tf.Variable(zeros, name=f"bn_{i}/beta"))
                 local = dict(trainable=False)
                 self.moving_means.append(
                     tf.Variable(zeros, name=f"bn_{i}/moving_mean", **local)
                 )
                 self.moving_variances.append(
-                    tf.Variable(tf.ones_like(zeros), name=f"bn_{i}/moving_variance", **local)
+                    tf.Variable(
+                        tf.ones_like(zeros), name=f"bn_{i}/moving_variance", **local
+                    )
                 )
             else:
                 self.biases.append(tf.Variable(zeros, name=f"{name}/bias"))
@@ -179,7 +188,9 @@ class StackedMLP(tf.Module):
                 parts.append(h[k])
                 continue
             with member_key(keys[k], jit):
-                u = random.uniform(tf.shape(h[k]), self.seeds[k] * 1000 + 500 + i, h.dtype)
+                u = random.uniform(
+                    tf.shape(h[k]), self.seeds[k] * 1000 + 500 + i, h.dtype
+                )
             scale = tf.cast(1.0 / (1.0 - rate), h.dtype)
             keep = u >= tf.cast(rate, h.dtype)
             parts.append(tf.where(keep, h[k] * scale, tf.zeros_like(h[k])))
