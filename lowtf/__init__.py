@@ -3,11 +3,12 @@
 The public API is what this module exports; everything else may move.
 """
 
-from lowtf import augment, data, distribute, nn, random, train
+from lowtf import augment, data, distribute, nn, population, random, train
 from lowtf.data import DataError, Dataset, InMemoryBatches
 from lowtf.data import load as load_dataset
 from lowtf.distribute import make_strategy
 from lowtf.models import cnn, mlp
+from lowtf.population import Population, fit_population, k_fold
 from lowtf.nn import (
     AvgPool2D,
     BatchNorm,
@@ -59,6 +60,7 @@ __all__ = [
     "Layer",
     "MaxNorm",
     "MaxPool2D",
+    "Population",
     "Regularizer",
     "Reshape",
     "Sequential",
@@ -70,8 +72,10 @@ __all__ = [
     "data",
     "distribute",
     "fit",
+    "fit_population",
     "l1",
     "l1_l2",
+    "k_fold",
     "l2",
     "load_dataset",
     "make_strategy",
@@ -79,6 +83,7 @@ __all__ = [
     "mlp",
     "nn",
     "plot_learning_curves",
+    "population",
     "random",
     "read_history",
     "regularization_losses",

@@ -6,6 +6,7 @@ import math
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 import lowtf
@@ -46,6 +47,33 @@ def test_own_loop_example_runs():
     for layer in [m for m in model.layers if isinstance(m, lowtf.Dense)][:-1]:
         assert lowtf.nn.unit_norms(layer.kernel).numpy().max() <= 3.0 + 1e-6
     assert all(k in printed.getvalue() for k in lowtf.train.metrics.STEP_METRICS)
+
+
+def test_population_example_runs():
+    blocks = re.findall(
+        r"```python\n(.*?)```", _section("Populations"), flags=re.DOTALL
+    )
+    assert len(blocks) == 1
+    source = blocks[0]
+    assert 10 <= len(source.strip().splitlines()) <= 25  # "about 15 lines"
+
+    namespace = {"__name__": "readme_population"}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(source, "README.md", "exec"), namespace)
+
+    pop, record = namespace["pop"], namespace["record"]
+    assert pop.size == 8
+    assert set(namespace["metrics"]) == set(lowtf.train.metrics.STEP_METRICS)
+    val = record["val_cross_entropy"]
+    assert val.shape == (8,) and (val < 0.6).all()  # every member learned
+    # Each member's penalty is its own: L2 1e-2 members pay more than 1e-4 ones.
+    assert record["regularization_loss"][4:].min() > record["regularization_loss"][:4].max()
+    best = namespace["best"]
+    k = int(np.argmin(pop.best_value))
+    val_rows = pop.val_rows[k]
+    x, y = namespace["x"], namespace["y"]
+    result = lowtf.Evaluator(best)(x[val_rows], y[val_rows])
+    assert result["cross_entropy"] == pytest.approx(pop.best_value[k], rel=1e-5)
 
 
 def test_ci_runs_the_readmes_install_and_test_commands():

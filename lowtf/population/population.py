@@ -1,0 +1,584 @@
+"""A population: K configurations of one MLP trained together in one compiled step.
+
+Each of K members has its own initial weights (its seed), L1 and L2 scales,
+dropout rate, max-norm cap, training and validation rows of one shared data
+set, batch order, dropout masks, metrics and early stopping; they share the
+architecture, the optimizer (and its learning rate or schedule) and the
+global step. One step gathers a ``[K, B, features]`` batch (member ``k``'s
+rows), runs each layer's products for every member, sums the members' losses
+(their parameters are disjoint, so member ``k``'s gradient is that of its
+own loss alone) and applies one optimizer update to the stacked variables.
+
+Why member ``k`` equals a single run (``lowtf.mlp(..., seed=s)``,
+``StepOptions(seed=s)``, ``TrainConfig(seed=s)`` on ``x[train_rows[k]]``,
+with ``s = seeds[k]``): its initial weights come from the same
+``glorot_uniform`` calls; its batches from the same
+:func:`lowtf.random.permute` of its rows keyed by ``make_key(s, epoch)``
+(the tail of each epoch dropped, as :class:`lowtf.InMemoryBatches`); its
+dropout masks from :func:`lowtf.random.uniform` under ``make_key(s, step)``
+and the same layer seeds. An element-wise optimizer (SGD, momentum, Adam,
+AdamW, RMSprop, Adagrad, ... without a global ``clipnorm``) applied to
+stacked variables does, slot for slot, what K optimizers would do. The
+batched products may round differently from K separate ones, so the match
+is to float tolerance, not bit for bit.
+
+A member whose patience has run out stops changing: after every step its
+slices of the weights, moving statistics, optimizer slots and data position
+are put back to their values before the step, while the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from lowtf import _checks, models, random
+from lowtf.data import checks
+from lowtf.nn import BatchNorm, Dense, losses
+from lowtf.population import members
+from lowtf.population.stacked import StackedMLP
+from lowtf.train import early_stopping
+from lowtf.train.metrics import MONITORS, STEP_METRICS
+
+
+class Population:
+    """K members of one MLP architecture, trained in one compiled step.
+
+    >>> pop = lowtf.Population(x, y, train_rows=[t0, t1], val_rows=[v0, v1],
+    ...                        seeds=[0, 1], l2=[1e-4, 1e-3], optimizer=Adam(1e-3))
+    >>> metrics = pop.run(100)    # STEP_METRICS, each a [K] array
+    >>> record = pop.evaluate()   # per-member evaluation, early stopping
+    >>> best = pop.member(0)      # a plain lowtf.mlp with member 0's best weights
+
+    The data set ``(x, y)`` is held once; each member holds row indices into
+    it. Every per-member argument takes one value per member (a list or
+    array of length K) or one number for all.
+
+    Args:
+      x: features ``[n, features]`` (float32), shared by every member.
+      y: labels ``[n]`` (class indices, or 0/1 for two classes).
+      train_rows: K arrays of row indices, member k's training rows (at
+        least ``batch_size`` each).
+      val_rows: K arrays of row indices, member k's validation rows (at
+        least one each, none among its training rows).
+      seeds: K seeds; ``len(seeds)`` is the population size K. Member k's
+        seed makes its initial weights, batch order and dropout masks, as
+        ``lowtf.mlp(seed=)``, ``TrainConfig(seed=)`` and ``StepOptions(seed=)``
+        do for a single run.
+      optimizer: a Keras optimizer, shared (one learning rate or schedule).
+      model: a preset name or hidden widths, as :func:`lowtf.mlp` (default
+        ``"small"``).
+      num_classes: classes (default 2: one sigmoid logit).
+      activation: hidden activation (default ``"elu"``).
+      batchnorm: batch norm before each hidden activation, statistics per
+        member (default False).
+      maxnorm_output: also cap the output layer (default False).
+      l1, l2: per-member kernel penalty scales (default 0).
+      dropout: per-member dropout rate after each hidden layer (default 0).
+      maxnorm: per-member max-norm cap of each hidden unit (default 0: off).
+      batch_size: examples per member per step (default 128).
+      monitor: the metric early stopping watches, one of
+        :data:`lowtf.train.metrics.MONITORS` (default ``"val_cross_entropy"``).
+      mode: ``"auto"`` (default), ``"min"`` or ``"max"``.
+      patience: per member, steps without improvement after which it stops
+        (default 1000).
+      min_delta: per member, smallest change that counts as an improvement
+        (default 0).
+      eval_batch_size: validation rows per member per evaluation call
+        (default 4096).
+      jit_compile: XLA (default True) or a plain ``tf.function`` graph
+        (False); ``"auto"`` is XLA, as for any MLP.
+
+    Raises:
+      ValueError: a per-member vector of another length than K, a member
+        without validation rows or with fewer training rows than
+        ``batch_size``, validation rows among a member's training rows, a
+        row index outside ``x``, bad labels or features, or a
+        ``tf.distribute`` strategy in scope (populations train on one
+        device).
+    """
+
+    def __init__(
+        self,
+        x,
+        y,
+        *,
+        train_rows,
+        val_rows,
+        seeds,
+        optimizer,
+        model="small",
+        num_classes: int = 2,
+        activation: str = "elu",
+        batchnorm: bool = False,
+        maxnorm_output: bool = False,
+        l1=0.0,
+        l2=0.0,
+        dropout=0.0,
+        maxnorm=0.0,
+        batch_size: int = 128,
+        monitor: str = "val_cross_entropy",
+        mode: str = "auto",
+        patience: int = 1000,
+        min_delta: float = 0.0,
+        eval_batch_size: int = 4096,
+        jit_compile=True,
+    ):
+        if tf.distribute.has_strategy():
+            raise ValueError(
+                "a lowtf Population trains on one device and is refused under a "
+                "tf.distribute strategy; build it outside `strategy.scope()`"
+            )
+        seeds = list(np.asarray(seeds).reshape(-1).tolist())
+        if not seeds:
+            raise ValueError("`seeds` is empty: give one seed per member")
+        size = len(seeds)
+        for k, s in enumerate(seeds):
+            _checks.non_negative_int(f"seeds[{k}]", s)
+        self.size = size
+        self.seeds = np.asarray(seeds, np.int64)
+        self.l1 = members.vector("l1", l1, size, _checks.non_negative)
+        self.l2 = members.vector("l2", l2, size, _checks.non_negative)
+        self.dropout = members.vector("dropout", dropout, size, _checks.rate)
+        self.maxnorm = members.vector("maxnorm", maxnorm, size, _checks.non_negative)
+        self.units = models.hidden_units(model)
+        self.num_logits = models.num_logits(num_classes)
+        self.num_classes = num_classes
+        self.activation = activation
+        _checks.boolean("batchnorm", batchnorm)
+        _checks.boolean("maxnorm_output", maxnorm_output)
+        self.batchnorm, self.maxnorm_output = bool(batchnorm), bool(maxnorm_output)
+        _checks.positive_int("batch_size", batch_size)
+        _checks.positive_int("eval_batch_size", eval_batch_size)
+        _checks.one_of("monitor", monitor, MONITORS)
+        _checks.boolean("jit_compile", jit_compile, also=("auto",))
+        self.monitor = monitor
+        self.mode = early_stopping.resolve_mode(monitor, mode)
+        self.patience = members.vector("patience", patience, size, _checks.positive_int)
+        self.min_delta = members.vector(
+            "min_delta", min_delta, size, _checks.non_negative
+        )
+        self.batch_size = batch_size
+        methods = ("build", "apply_gradients")
+        if not all(callable(getattr(optimizer, m, None)) for m in methods):
+            raise ValueError(
+                f"`optimizer` ({optimizer!r}) must be a Keras optimizer, e.g. "
+                "tf.keras.optimizers.Adam(1e-3)"
+            )
+        self.optimizer = optimizer
+
+        # The data, held once and checked once, as InMemoryBatches does.
+        x_t, y_t = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+        checks.check_batch(x_t, y_t)
+        if x_t.shape.rank != 2 or x_t.dtype != tf.float32:
+            raise ValueError(
+                f"`x` must be float32 features [n, features], got {x_t.dtype.name} "
+                f"{x_t.shape}; cast with x.astype(np.float32)"
+            )
+        checks.check_finite(np.asarray(x), "x")
+        self.head = "sigmoid" if self.num_logits == 1 else "softmax"
+        checks.check_labels(np.asarray(y), self.head, self.num_logits, "y")
+        n = int(x_t.shape[0])
+        self.x, self.y = x_t, y_t
+        self.train_rows = members.rows("train_rows", train_rows, size, n)
+        self.val_rows = members.rows("val_rows", val_rows, size, n)
+        members.check_no_leak(self.train_rows, self.val_rows)
+        for k, r in enumerate(self.train_rows):
+            if len(r) < batch_size:
+                raise ValueError(
+                    f"`train_rows[{k}]` has {len(r)} rows, fewer than `batch_size` "
+                    f"({batch_size}); give member {k} more rows or lower batch_size"
+                )
+
+        self.model = StackedMLP(
+            units=self.units,
+            num_classes=num_classes,
+            activation=activation,
+            batchnorm=self.batchnorm,
+            maxnorm_output=self.maxnorm_output,
+            features=int(x_t.shape[1]),
+            seeds=self.seeds,
+            l1=self.l1,
+            l2=self.l2,
+            dropout=self.dropout,
+            maxnorm=self.maxnorm,
+        )
+        self.optimizer.build(self.model.trainable)
+        self.state = _State(
+            self.model, size, math.inf if self.mode == "min" else -math.inf
+        )
+        self._jit = jit_compile in (True, "auto")
+        self._train_index = [tf.constant(r) for r in self.train_rows]
+        self._offsets = tf.range(batch_size, dtype=tf.int64)
+        # Everything a stopped member must keep: its slices of the weights and
+        # moving statistics, of the optimizer's slots (any optimizer variable
+        # with a leading member axis) and its data position.
+        slots = [
+            v for v in optimizer.variables if len(v.shape) >= 1 and v.shape[0] == size
+        ]
+        self._frozen = [*self.model.state, *slots, self.state.epoch, self.state.cursor]
+        self._val_index, self._val_weight = _padded_rows(self.val_rows, eval_batch_size)
+        compile_ = {"jit_compile": self._jit, "reduce_retracing": True}
+        self._many = tf.function(self._steps, **compile_)
+        self._val_sums = tf.function(self._validation_sums, **compile_)
+
+    # -- the embeddable API ------------------------------------------------
+
+    @property
+    def step(self) -> tf.Variable:
+        """The global step: the shared optimizer's ``iterations``."""
+        iterations = self.optimizer.iterations
+        return getattr(iterations, "value", iterations)
+
+    @property
+    def stopped(self) -> np.ndarray:
+        """``[K]`` bools: which members' patience ran out (they no longer change)."""
+        return self.state.stop_step.numpy() >= 0
+
+    @property
+    def done(self) -> bool:
+        """Whether every member has stopped."""
+        return bool(self.stopped.all())
+
+    @property
+    def best_step(self) -> np.ndarray:
+        return self.state.best_step.numpy()
+
+    @property
+    def best_value(self) -> np.ndarray:
+        return self.state.best_value.numpy()
+
+    @property
+    def stop_step(self) -> np.ndarray:
+        """``[K]``: the step at which each member stopped, -1 while it trains."""
+        return self.state.stop_step.numpy()
+
+    @property
+    def trace_count(self) -> int:
+        """How many times the compiled training function was traced."""
+        return self._many.experimental_get_tracing_count()
+
+    @property
+    def checkpoint(self) -> tf.train.Checkpoint:
+        """All the state: stacked weights, best weights, optimizer, stopping, positions."""
+        return tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, state=self.state
+        )
+
+    @property
+    def variables(self) -> list:
+        """Every variable the checkpoint holds: weights, best weights, state, optimizer."""
+        return [*self.model.state, *self.state.variables, *self.optimizer.variables]
+
+    def run(self, num_steps: int) -> dict[str, np.ndarray]:
+        """Runs ``num_steps`` steps in one compiled call.
+
+        ``num_steps`` enters as a tensor: another value does not retrace.
+
+        Returns:
+          The :data:`lowtf.train.metrics.STEP_METRICS`, each a ``[K]`` array
+          of that member's means over those steps (a stopped member's are
+          those of its frozen weights).
+        """
+        _checks.positive_int("num_steps", num_steps)
+        means = self._many(tf.constant(num_steps, tf.int64))
+        means = {name: means[name].numpy() for name in STEP_METRICS}
+        self.state.add_means(means, num_steps)
+        return means
+
+    def evaluate(self, *, update: bool = True) -> dict[str, np.ndarray]:
+        """Evaluates every member on its validation rows; updates early stopping.
+
+        The training metrics are each member's means over the steps since the
+        previous evaluation (NaN at step 0), as :func:`lowtf.fit` reports them.
+
+        Args:
+          update: update each training member's early stopping (best value,
+            best step, best weights, patience) and restart the training
+            means (default True); False only reads.
+
+        Returns:
+          The fields of :class:`lowtf.train.metrics.Evaluation` (``step`` an
+          int, the others ``[K]`` float64 arrays), plus ``stopped`` (``[K]``
+          bools, after this update) and ``improved`` (``[K]`` bools).
+        """
+        step = int(self.step.numpy())
+        ce, hits = np.zeros(self.size), np.zeros(self.size)
+        for index, weight in zip(self._val_index, self._val_weight):
+            c, h = self._val_sums(index, weight)
+            ce += c.numpy()
+            hits += h.numpy()
+        counts = np.array([len(r) for r in self.val_rows], np.float64)
+        train = self.state.means()
+        nan = np.full(self.size, math.nan)
+        if train is None:
+            regularization = self.model.penalties().numpy().astype(np.float64)
+            train = {"cross_entropy": nan, "accuracy": nan, "total_loss": nan}
+        else:
+            regularization = train["regularization_loss"]
+        record = {
+            "step": step,
+            "train_cross_entropy": train["cross_entropy"],
+            "train_accuracy": train["accuracy"],
+            "val_cross_entropy": ce / counts,
+            "val_accuracy": hits / counts,
+            "regularization_loss": regularization,
+            "total_loss": train["total_loss"],
+            "learning_rate": np.full(self.size, _learning_rate(self.optimizer)),
+        }
+        improved = np.zeros(self.size, bool)
+        if update:
+            improved = self._update_stopping(step, record[self.monitor])
+            self.state.reset_means()
+        record["improved"] = improved
+        record["stopped"] = self.stopped
+        return record
+
+    def member(self, k: int, *, weights: str = "best"):
+        """Member ``k`` as a plain ``lowtf.mlp`` with its hyper-parameters.
+
+        Args:
+          k: the member, ``0 <= k < K``.
+          weights: ``"best"`` (default: its weights at its best evaluation,
+            bit for bit) or ``"latest"`` (its current weights).
+
+        Returns:
+          A built :func:`lowtf.mlp` that :class:`lowtf.Evaluator`,
+          :class:`lowtf.TrainStep`, checkpoints and the rest of lowtf accept.
+        """
+        if not isinstance(k, (int, np.integer)) or not 0 <= k < self.size:
+            raise ValueError(f"`k` ({k!r}) must be a member index in [0, {self.size})")
+        _checks.one_of("weights", weights, ("best", "latest"))
+        k = int(k)
+        model = models.mlp(
+            self.units,
+            num_classes=self.num_classes,
+            activation=self.activation,
+            dropout=float(self.dropout[k]),
+            batchnorm=self.batchnorm,
+            l1=float(self.l1[k]),
+            l2=float(self.l2[k]),
+            maxnorm=float(self.maxnorm[k]),
+            maxnorm_output=self.maxnorm_output,
+            seed=int(self.seeds[k]),
+        )
+        model(self.x[:1], training=False)  # makes its variables
+        source = self.state.best if weights == "best" else self.model.state
+        values = iter(v[k] for v in source)
+        for layer in model.layers:
+            if isinstance(layer, Dense):
+                targets = [layer.kernel] + ([layer.bias] if layer.use_bias else [])
+            elif isinstance(layer, BatchNorm):
+                targets = [
+                    layer.gamma,
+                    layer.beta,
+                    layer.moving_mean,
+                    layer.moving_variance,
+                ]
+            else:
+                continue
+            for var in targets:
+                var.assign(next(values))
+        return model
+
+    # -- early stopping, per member ----------------------------------------
+
+    def _update_stopping(self, step: int, value) -> np.ndarray:
+        """EarlyStopping.update for each training member; returns who improved."""
+        s = self.state
+        active = ~self.stopped
+        value = np.asarray(value, np.float64)
+        best = s.best_value.numpy()
+        with np.errstate(invalid="ignore"):  # a NaN never improves
+            if self.mode == "min":
+                improves = value < best - self.min_delta
+            else:
+                improves = value > best + self.min_delta
+        improves &= active
+        patience_from = s.patience_from.numpy()
+        patience_from = np.where(active & (patience_from < 0), step, patience_from)
+        if improves.any():
+            mask = tf.constant(improves)
+            for var, best_var in zip(self.model.state, s.best):
+                best_var.assign(tf.where(_expand(mask, var), var, best_var))
+            s.best_value.assign(np.where(improves, value, best))
+            s.best_step.assign(np.where(improves, step, s.best_step.numpy()))
+            patience_from = np.where(improves, step, patience_from)
+        s.patience_from.assign(patience_from)
+        s.last_step.assign(np.where(active, step, s.last_step.numpy()))
+        stops = (
+            active
+            & (s.best_step.numpy() >= 0)
+            & (step - patience_from >= self.patience)
+        )
+        s.stop_step.assign(np.where(stops, step, s.stop_step.numpy()))
+        return improves
+
+    # -- traced internals --------------------------------------------------
+
+    def _steps(self, num_steps):
+        totals = {name: tf.zeros([self.size]) for name in STEP_METRICS}
+        # A counter loop, not tf.range: XLA would recompile per num_steps.
+        i = tf.constant(0, tf.int64)
+        while i < num_steps:
+            metrics = self._one_step()
+            totals = {name: totals[name] + metrics[name] for name in STEP_METRICS}
+            i += 1
+        count = tf.cast(num_steps, tf.float32)
+        return {name: value / count for name, value in totals.items()}
+
+    def _one_step(self):
+        active = tf.logical_not(self.state.stop_step >= 0)
+        before = [tf.convert_to_tensor(v) for v in self._frozen]
+        step = self.step
+        keys = [random.make_key(int(seed), step) for seed in self.seeds]
+        x, y = self._next_batch()
+        variables = self.model.trainable
+        batch = tf.cast(self.batch_size, tf.float32)
+        with tf.GradientTape() as tape:
+            logits = self.model(x, training=True, keys=keys, jit=self._jit)
+            logits = tf.cast(logits, tf.float32)
+            per_example = self._per_example(losses.cross_entropy, logits, y)
+            cross_entropy = tf.reduce_sum(per_example, axis=1) / batch
+            regularization = self.model.penalties()
+            total = cross_entropy + regularization
+            # Disjoint parameters: the sum's gradient is each member's own.
+            loss = tf.reduce_sum(total)
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        self.model.apply_max_norm()
+        for var, old in zip(self._frozen, before):
+            var.assign(tf.where(_expand(active, old), var, old))
+        accuracy = (
+            tf.reduce_sum(self._per_example(losses.correct, logits, y), 1) / batch
+        )
+        return {
+            "cross_entropy": cross_entropy,
+            "regularization_loss": regularization,
+            "total_loss": total,
+            "accuracy": accuracy,
+        }
+
+    def _per_example(self, fn, logits, y):
+        """``fn(head, logits, y)`` over ``[K, B, ...]`` as a ``[K, B]`` tensor."""
+        flat = tf.reshape(logits, [-1, self.num_logits])
+        return tf.reshape(fn(self.head, flat, tf.reshape(y, [-1])), tf.shape(y))
+
+    def _next_batch(self):
+        """Each member's next batch of its rows, ``[K, B, features]`` and ``[K, B]``."""
+        s = self.state
+        epochs, cursors, rows = [], [], []
+        for k, index in enumerate(self._train_index):
+            size = len(self.train_rows[k])
+            epoch, cursor = s.epoch[k], s.cursor[k]
+            # InMemoryBatches: the incomplete tail of an epoch is dropped.
+            wrap = cursor + self.batch_size > size
+            epoch = tf.where(wrap, epoch + 1, epoch)
+            cursor = tf.where(wrap, tf.zeros_like(cursor), cursor)
+            key = random.make_key(int(self.seeds[k]), epoch)
+            position = random.permute(cursor + self._offsets, size, key)
+            rows.append(tf.gather(index, position))
+            epochs.append(epoch)
+            cursors.append(cursor + self.batch_size)
+        s.epoch.assign(tf.stack(epochs))
+        s.cursor.assign(tf.stack(cursors))
+        rows = tf.stack(rows)
+        return tf.gather(self.x, rows), tf.gather(self.y, rows)
+
+    def _validation_sums(self, index, weight):
+        logits = tf.cast(
+            self.model(tf.gather(self.x, index), training=False), tf.float32
+        )
+        y = tf.gather(self.y, index)
+        keep = weight > 0  # padding rows count for nothing, even with an Inf loss
+        ce = self._per_example(losses.cross_entropy, logits, y)
+        hits = self._per_example(losses.correct, logits, y)
+        zeros = tf.zeros_like(ce)
+        return (
+            tf.reduce_sum(tf.where(keep, ce, zeros), axis=1),
+            tf.reduce_sum(tf.where(keep, hits, zeros), axis=1),
+        )
+
+
+class _State(tf.Module):
+    """Per-member state beside the weights, all ``[K]`` variables (checkpointed)."""
+
+    def __init__(self, model: StackedMLP, size: int, worst: float):
+        super().__init__(name="population_state")
+        local = dict(trainable=False)
+        self.best = [
+            tf.Variable(v, name=v.name.split(":")[0] + "/best", **local)
+            for v in model.state
+        ]
+        self.epoch = tf.Variable(tf.zeros([size], tf.int64), name="epoch", **local)
+        self.cursor = tf.Variable(tf.zeros([size], tf.int64), name="cursor", **local)
+        self.best_value = tf.Variable(
+            tf.fill([size], tf.constant(worst, tf.float64)), name="best_value", **local
+        )
+        self.best_step = tf.Variable(
+            tf.fill([size], tf.constant(-1, tf.int64)), **local
+        )
+        self.patience_from = tf.Variable(
+            tf.fill([size], tf.constant(-1, tf.int64)), **local
+        )
+        self.last_step = tf.Variable(
+            tf.fill([size], tf.constant(-1, tf.int64)), **local
+        )
+        self.stop_step = tf.Variable(
+            tf.fill([size], tf.constant(-1, tf.int64)), **local
+        )
+        self.sums = tf.Variable(
+            tf.zeros([len(STEP_METRICS), size], tf.float64), **local
+        )
+        self.count = tf.Variable(tf.constant(0, tf.int64), **local)
+
+    def add_means(self, means: dict, num_steps: int) -> None:
+        values = np.stack(
+            [np.asarray(means[n], np.float64) * num_steps for n in STEP_METRICS]
+        )
+        self.sums.assign_add(values)
+        self.count.assign_add(num_steps)
+
+    def means(self) -> dict | None:
+        count = int(self.count.numpy())
+        if not count:
+            return None
+        return dict(zip(STEP_METRICS, self.sums.numpy() / count))
+
+    def reset_means(self) -> None:
+        self.sums.assign(tf.zeros_like(self.sums))
+        self.count.assign(0)
+
+
+def _expand(mask, like):
+    """A ``[K]`` mask shaped to broadcast over a ``[K, ...]`` tensor."""
+    rank = len(like.shape)
+    return tf.reshape(mask, [-1] + [1] * (rank - 1))
+
+
+def _padded_rows(val_rows, chunk: int):
+    """Validation rows as ``[K, chunk]`` blocks (index and 0/1 weight), padded.
+
+    All blocks have one shape, so the evaluation compiles once.
+    """
+    longest = max(len(r) for r in val_rows)
+    chunk = min(chunk, longest)
+    width = -(-longest // chunk) * chunk
+    index = np.zeros([len(val_rows), width], np.int64)
+    weight = np.zeros([len(val_rows), width], np.float32)
+    for k, r in enumerate(val_rows):
+        index[k, : len(r)] = r
+        weight[k, : len(r)] = 1.0
+    return (
+        [tf.constant(index[:, i : i + chunk]) for i in range(0, width, chunk)],
+        [tf.constant(weight[:, i : i + chunk]) for i in range(0, width, chunk)],
+    )
+
+
+def _learning_rate(optimizer) -> float:
+    try:
+        return float(np.asarray(optimizer.learning_rate))
+    except (AttributeError, TypeError, ValueError):
+        return math.nan

@@ -1,0 +1,236 @@
+"""K MLPs of one architecture as stacked variables with a leading member axis.
+
+Member ``k``'s slice of every variable is the matching variable of
+``lowtf.mlp(..., seed=seeds[k])``: its kernels are drawn by the same
+``glorot_uniform(shape, seed)`` calls with the same layer seeds
+(``seed * 1000 + i``, see :func:`lowtf.models.mlp`), so they are bit-identical.
+A forward pass takes ``[K, B, in]`` inputs (one product per member and
+layer, see :func:`_matmul`); dropout masks are drawn per member under that member's step key, and
+the penalty and the max-norm cap are per member, so nothing flows between
+members.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from lowtf import models, nn, random
+from lowtf.nn.base import glorot_uniform
+
+# BatchNorm's defaults, which lowtf.mlp uses.
+_BN_MOMENTUM, _BN_EPSILON = 0.99, 1e-3
+
+
+def member_key(key, jit: bool):
+    """Makes ``key`` the current step key while one member's masks are drawn.
+
+    The one place the population calls :func:`lowtf.random.step_key`, with
+    the algorithm :class:`lowtf.TrainStep` picks for the same compilation
+    mode, so member ``k`` draws the masks of a single run seeded ``seeds[k]``.
+    """
+    return random.step_key(key, random.XLA_ALG if jit else random.GRAPH_ALG)
+
+
+class StackedMLP(tf.Module):
+    """The stacked weights of K MLPs and their batched forward pass.
+
+    Args:
+      units: hidden widths (resolved by :func:`lowtf.models.hidden_units`).
+      num_classes: classes; 2 gives one (sigmoid) logit.
+      activation: hidden activation name.
+      batchnorm: batch norm before each hidden activation (per member stats).
+      maxnorm_output: also cap the output layer's units.
+      features: input width.
+      seeds, l1, l2, dropout, maxnorm: per-member NumPy vectors of length K.
+    """
+
+    def __init__(
+        self,
+        *,
+        units,
+        num_classes,
+        activation,
+        batchnorm,
+        maxnorm_output,
+        features,
+        seeds,
+        l1,
+        l2,
+        dropout,
+        maxnorm,
+    ):
+        super().__init__(name="stacked_mlp")
+        self.units = tuple(units)
+        self.num_classes = num_classes
+        self.activation_name = activation
+        self.activation = nn.activation_fn(activation)
+        self.batchnorm = batchnorm
+        self.maxnorm_output = maxnorm_output
+        self.seeds = [int(s) for s in seeds]
+        self.size = len(self.seeds)
+        self.dropout = [float(r) for r in dropout]
+        self._l1 = tf.constant(l1, tf.float32)
+        self._l2 = tf.constant(l2, tf.float32)
+        self._caps = tf.constant(maxnorm, tf.float32)
+        self._any_cap = bool(np.any(np.asarray(maxnorm) > 0))
+        self._any_l1 = bool(np.any(np.asarray(l1) > 0))
+        self._any_l2 = bool(np.any(np.asarray(l2) > 0))
+        widths = (features, *self.units, models.num_logits(num_classes))
+        self.kernels, self.biases = [], []
+        self.gammas, self.betas, self.moving_means, self.moving_variances = (
+            [],
+            [],
+            [],
+            [],
+        )
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            # models.mlp: dense_i takes seed*1000 + i, the logits seed*1000 + len(units).
+            init = [glorot_uniform([fan_in, fan_out], s * 1000 + i) for s in self.seeds]
+            name = "logits" if i == len(self.units) else f"dense_{i}"
+            self.kernels.append(tf.Variable(tf.stack(init), name=f"{name}/kernel"))
+            zeros = tf.zeros([self.size, fan_out])
+            hidden = i < len(self.units)
+            if hidden and batchnorm:  # the offset beta replaces the bias
+                self.gammas.append(
+                    tf.Variable(tf.ones_like(zeros), name=f"bn_{i}/gamma")
+                )
+                self.betas.append(tf.Variable(zeros, name=f"bn_{i}/beta"))
+                local = dict(trainable=False)
+                self.moving_means.append(
+                    tf.Variable(zeros, name=f"bn_{i}/moving_mean", **local)
+                )
+                self.moving_variances.append(
+                    tf.Variable(
+                        tf.ones_like(zeros), name=f"bn_{i}/moving_variance", **local
+                    )
+                )
+            else:
+                self.biases.append(tf.Variable(zeros, name=f"{name}/bias"))
+
+    # -- variables, in the order of the plain model's -------------------------
+
+    def layer_variables(self) -> list[list[tf.Variable]]:
+        """Per layer of :func:`lowtf.mlp`, its stacked variables in its own order."""
+        out, biases = [], iter(self.biases)
+        for i in range(len(self.units)):
+            if self.batchnorm:
+                out.append([self.kernels[i]])
+                out.append(
+                    [
+                        self.gammas[i],
+                        self.betas[i],
+                        self.moving_means[i],
+                        self.moving_variances[i],
+                    ]
+                )
+            else:
+                out.append([self.kernels[i], next(biases)])
+        out.append([self.kernels[-1], next(biases)])
+        return out
+
+    @property
+    def state(self) -> list[tf.Variable]:
+        """Every stacked variable (trainable ones and moving statistics)."""
+        return [v for layer in self.layer_variables() for v in layer]
+
+    @property
+    def trainable(self) -> list[tf.Variable]:
+        return [v for v in self.state if v.trainable]
+
+    # -- the arithmetic -------------------------------------------------------
+
+    def __call__(self, x, *, training: bool, keys=None, jit: bool = False):
+        """Logits ``[K, B, logits]`` of inputs ``[K, B, features]``.
+
+        In training, ``keys`` (one step key per member) key the dropout masks
+        and batch norm normalizes with each member's batch statistics and
+        moves its moving averages.
+        """
+        h = x
+        biases = iter(self.biases)
+        for i in range(len(self.units)):
+            h = _matmul(h, self.kernels[i])
+            if self.batchnorm:
+                h = self._batchnorm(i, h, training)
+            else:
+                h = h + next(biases)[:, None, :]
+            h = self.activation(h)
+            if training and any(self.dropout):
+                h = self._dropout(i, h, keys, jit)
+        return _matmul(h, self.kernels[-1]) + next(biases)[:, None, :]
+
+    def _batchnorm(self, i, h, training):
+        if training:
+            mean, variance = tf.nn.moments(h, axes=[1])  # per member: [K, width]
+            decay = 1.0 - _BN_MOMENTUM
+            self.moving_means[i].assign_sub((self.moving_means[i] - mean) * decay)
+            self.moving_variances[i].assign_sub(
+                (self.moving_variances[i] - variance) * decay
+            )
+        else:
+            mean, variance = self.moving_means[i], self.moving_variances[i]
+        return tf.nn.batch_normalization(
+            h,
+            mean[:, None, :],
+            variance[:, None, :],
+            self.betas[i][:, None, :],
+            self.gammas[i][:, None, :],
+            _BN_EPSILON,
+        )
+
+    def _dropout(self, i, h, keys, jit):
+        # One draw per member, under its own key and the seed its Dropout
+        # layer has in lowtf.mlp (seed*1000 + 500 + i): the single run's mask.
+        parts = []
+        for k, rate in enumerate(self.dropout):
+            if rate == 0:
+                parts.append(h[k])
+                continue
+            with member_key(keys[k], jit):
+                u = random.uniform(
+                    tf.shape(h[k]), self.seeds[k] * 1000 + 500 + i, h.dtype
+                )
+            scale = tf.cast(1.0 / (1.0 - rate), h.dtype)
+            keep = u >= tf.cast(rate, h.dtype)
+            parts.append(tf.where(keep, h[k] * scale, tf.zeros_like(h[k])))
+        return tf.stack(parts)
+
+    def penalties(self) -> tf.Tensor:
+        """Each member's L1 + L2 penalty over its kernels, ``[K]``."""
+        total = tf.zeros([self.size])
+        for kernel in self.kernels:
+            if self._any_l1:
+                total += self._l1 * tf.reduce_sum(tf.abs(kernel), axis=[1, 2])
+            if self._any_l2:
+                total += self._l2 * tf.reduce_sum(tf.square(kernel), axis=[1, 2])
+        return total
+
+    def apply_max_norm(self) -> None:
+        """Caps each member's units at its own cap (0: that member is left as is).
+
+        The norm is over the incoming axis of each member's kernel; the
+        arithmetic is that of :class:`lowtf.MaxNorm` (``clip_by_norm``'s
+        ``w * r / max(|w|, r)`` where ``|w| > r``, else ``w`` unchanged).
+        """
+        if not self._any_cap:
+            return
+        kernels = self.kernels if self.maxnorm_output else self.kernels[:-1]
+        r = self._caps[:, None, None]
+        for kernel in kernels:
+            w = kernel.read_value()
+            norm = tf.sqrt(tf.reduce_sum(tf.square(w), axis=1, keepdims=True))
+            over = tf.logical_and(norm > r, r > 0)
+            safe = tf.where(over, norm, tf.ones_like(norm))
+            clipped = w * r / tf.maximum(safe, r)
+            kernel.assign(tf.where(over, clipped, w))
+
+
+def _matmul(h, kernel):
+    """``[K, B, in] @ [K, in, out]``, one product per member.
+
+    Measured (bin/bench --population, XLA on a 2-core CPU): XLA's CPU backend
+    emits a dot with a batch dimension as a naive loop, several times slower
+    than K plain products, which it hands to Eigen.
+    """
+    return tf.stack([tf.matmul(h[k], kernel[k]) for k in range(kernel.shape[0])])

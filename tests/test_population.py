@@ -1,0 +1,264 @@
+"""lowtf.population: K members in one compiled step, each equal to its own single run."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from _fixtures import noisy_split
+
+import lowtf
+from lowtf.population import Population, fit_population, k_fold
+
+(X, Y), _ = noisy_split(400, 0, 5, seed=7, weights=(1.0, -1.0, 0.5))
+PERM = np.random.RandomState(0).permutation(len(X))
+# Three members with overlapping, differently sized rows of the one data set.
+TRAIN = [PERM[:280], PERM[60:360], PERM[120:]]
+VAL = [PERM[280:], PERM[:60], PERM[:120]]
+MEMBERS = dict(
+    seeds=[3, 11, 4],
+    l1=[0.0, 0.0, 1e-4],
+    l2=[1e-3, 0.0, 1e-2],
+    dropout=[0.3, 0.0, 0.1],
+    maxnorm=[0.8, 0.0, 1.5],
+)
+
+
+def _population(jit=False, members=MEMBERS, train=TRAIN, val=VAL, **kwargs):
+    kwargs = {"model": (16, 8), "batch_size": 32, **kwargs}
+    return Population(
+        X,
+        Y,
+        train_rows=train,
+        val_rows=val,
+        optimizer=tf.keras.optimizers.Adam(kwargs.pop("lr", 1e-2)),
+        jit_compile=jit,
+        **members,
+        **kwargs,
+    )
+
+
+def _weights(model):
+    return [v.numpy() for v in model.variables]
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["xla", "graph"])
+def test_member_equals_its_single_fit(tmp_path, jit):
+    pop = _population(jit=jit, patience=100)
+    result = fit_population(
+        pop,
+        model_dir=tmp_path / "pop",
+        max_steps=300,
+        eval_every=50,
+        log=lambda s: None,
+    )
+    for k in (0, 2):  # dropout, L2 (and L1) and max-norm on both
+        seed = MEMBERS["seeds"][k]
+        model = lowtf.mlp(
+            (16, 8),
+            seed=seed,
+            l1=MEMBERS["l1"][k],
+            l2=MEMBERS["l2"][k],
+            dropout=MEMBERS["dropout"][k],
+            maxnorm=MEMBERS["maxnorm"][k],
+        )
+        single = lowtf.fit(
+            model,
+            tf.keras.optimizers.Adam(1e-2),
+            train=(X[TRAIN[k]], Y[TRAIN[k]]),
+            validation=(X[VAL[k]], Y[VAL[k]]),
+            model_dir=str(tmp_path / f"single{k}"),
+            config=lowtf.TrainConfig(
+                batch_size=32, max_steps=300, eval_every=50, patience=100, seed=seed
+            ),
+            step_options=lowtf.StepOptions(seed=seed, jit_compile=jit),
+            log=lambda s: None,
+        )
+        member = result.members[k]
+        assert member.best_step == single.best_step
+        assert member.stop_step == single.last_step
+        assert member.best_value == pytest.approx(single.best_value, rel=1e-5)
+        ours = [r["val_cross_entropy"] for r in member.history]
+        theirs = [r["val_cross_entropy"] for r in single.history]
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+        for a, b in zip(_weights(pop.member(k)), _weights(model)):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_members_do_not_interact():
+    # Under XLA, whose reductions are deterministic: a graph's step metrics
+    # can differ in the last bit between two identical runs (the weights not).
+    base = _population(jit=True)
+    first = [base.run(40)["total_loss"] for _ in range(2)]
+    changed = dict(MEMBERS, l2=[1e-3, 0.5, 0.0], dropout=[0.3, 0.5, 0.0])
+    changed["maxnorm"] = [0.8, 0.1, 0.0]
+    other = _population(
+        jit=True,
+        members=changed,
+        train=[TRAIN[0], PERM[:300], TRAIN[1]],
+        val=[VAL[0], PERM[300:], VAL[1]],
+    )
+    second = [other.run(40)["total_loss"] for _ in range(2)]
+    assert [m[0] for m in first] == [m[0] for m in second]  # bit for bit
+    assert first[-1][1] != second[-1][1]
+    for a, b in zip(base.model.state, other.model.state):
+        np.testing.assert_array_equal(a.numpy()[0], b.numpy()[0])
+        assert not np.array_equal(a.numpy()[1], b.numpy()[1])
+
+
+def test_max_norm_caps_each_member_at_its_own_cap():
+    members = dict(MEMBERS, maxnorm=[0.3, 0.0, 1.0], l2=0.0, dropout=0.0)
+    pop = _population(members=members, lr=0.05)
+    pop.run(60)
+    hidden = pop.model.kernels[:-1]
+    for kernel in hidden:
+        norms = np.sqrt((kernel.numpy() ** 2).sum(axis=1))  # [K, units]
+        assert norms[0].max() <= 0.3 + 1e-6
+        assert norms[2].max() <= 1.0 + 1e-6
+        assert norms[1].max() > 1.0  # uncapped: grew past both others' caps
+    out = np.sqrt((pop.model.kernels[-1].numpy() ** 2).sum(axis=1))
+    assert out[0].max() > 0.3  # the output layer is not capped by default
+
+
+def test_a_stopped_member_no_longer_changes():
+    # Member 0 never improves after step 0 (min_delta huge): it stops at 40.
+    pop = _population(patience=[40, 10_000, 10_000], min_delta=[1e9, 0.0, 0.0])
+    pop.evaluate()
+    pop.run(40)
+    record = pop.evaluate()
+    assert record["stopped"].tolist() == [True, False, False]
+    assert pop.stop_step.tolist() == [40, -1, -1]
+    frozen = [v.numpy()[0] for v in pop.model.state]
+    slots = [
+        v.numpy()[0]
+        for v in pop.optimizer.variables
+        if len(v.shape) and v.shape[0] == 3
+    ]
+    moving = [v.numpy()[1] for v in pop.model.state]
+    pop.run(30)
+    for v, before in zip(pop.model.state, frozen):
+        np.testing.assert_array_equal(v.numpy()[0], before)
+    after = [
+        v.numpy()[0]
+        for v in pop.optimizer.variables
+        if len(v.shape) and v.shape[0] == 3
+    ]
+    for a, b in zip(after, slots):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(pop.model.state[0].numpy()[1], moving[0])
+    # Its best weights are those of step 0 (its only improvement).
+    assert pop.best_step.tolist()[0] == 0
+    assert int(pop.step.numpy()) == 70
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    def run(model_dir, max_steps):
+        pop = _population(patience=60)
+        fit_population(
+            pop,
+            model_dir=model_dir,
+            max_steps=max_steps,
+            eval_every=20,
+            checkpoint_every=60,
+            log=lambda s: None,
+        )
+        return pop
+
+    run(tmp_path / "a", 100)
+    resumed = run(tmp_path / "a", 200)  # a fresh object, as a new process would
+    straight = run(tmp_path / "b", 200)
+    assert int(resumed.step.numpy()) == int(straight.step.numpy())
+    assert len(resumed.variables) == len(straight.variables) > 20
+    for a, b in zip(resumed.variables, straight.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    text_a = (tmp_path / "a" / "history.csv").read_text()
+    text_b = (tmp_path / "b" / "history.csv").read_text()
+    assert text_a == text_b
+
+
+def test_member_holds_the_best_weights_bit_for_bit(tmp_path):
+    pop = _population(patience=1000)
+    fit_population(
+        pop, model_dir=tmp_path, max_steps=120, eval_every=40, log=lambda s: None
+    )
+    for k in range(3):
+        model = pop.member(k)
+        dense = [m for m in model.layers if isinstance(m, lowtf.Dense)]
+        ours = [v.numpy() for layer in dense for v in (layer.kernel, layer.bias)]
+        best = [v.numpy()[k] for v in pop.state.best]  # kernel, bias per layer
+        assert len(ours) == len(best) == 6
+        for a, b in zip(ours, best):
+            np.testing.assert_array_equal(a, b)
+        val = lowtf.Evaluator(model, jit_compile=False)(X[VAL[k]], Y[VAL[k]])
+        assert val["cross_entropy"] == pytest.approx(pop.best_value[k], rel=1e-5)
+    # The snapshot on disk holds the same stacked best weights.
+    pointer = lowtf.population.read_best_weights(str(tmp_path / "best"))
+    assert pointer["best_step"] == pop.best_step.tolist()
+    copy = [tf.Variable(tf.zeros_like(v)) for v in pop.state.best]
+    tf.train.Checkpoint(best=copy).read(pointer["prefix"]).assert_consumed()
+    for a, b in zip(copy, pop.state.best):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_one_trace_for_any_number_of_steps():
+    pop = _population()
+    for n in (3, 7, 1, 20):
+        metrics = pop.run(n)
+        assert set(metrics) == set(lowtf.train.metrics.STEP_METRICS)
+        assert metrics["total_loss"].shape == (3,)
+    assert pop.trace_count == 1
+    assert int(pop.step.numpy()) == 31
+
+
+def test_batch_norm_statistics_are_per_member():
+    pop = _population(batchnorm=True, members=dict(MEMBERS, dropout=0.0))
+    pop.run(30)
+    means = pop.model.moving_means[0].numpy()
+    assert not np.allclose(means[0], means[1])
+    single = _population(
+        batchnorm=True,
+        members=dict(seeds=[3], l1=[0.0], l2=[1e-3], dropout=[0.0], maxnorm=[0.8]),
+        train=[TRAIN[0]],
+        val=[VAL[0]],
+    )
+    single.run(30)
+    np.testing.assert_allclose(
+        single.model.moving_means[0].numpy()[0], means[0], atol=1e-6
+    )
+    model = pop.member(0, weights="latest")
+    bn = [m for m in model.layers if isinstance(m, lowtf.BatchNorm)][0]
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), means[0])
+
+
+def test_k_fold_is_stratified_and_disjoint():
+    y = np.array([0] * 30 + [1] * 10)
+    folds = k_fold(y, 5, seed=1)
+    val = np.concatenate([v for _, v in folds])
+    assert sorted(val.tolist()) == list(range(40))
+    for train, v in folds:
+        assert len(np.intersect1d(train, v)) == 0
+        assert len(train) + len(v) == 40
+        assert (y[v] == 1).sum() == 2 and len(v) == 8
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(members=dict(MEMBERS, l2=[0.1, 0.2])), r"`l2` has 2 values .* 3 members"),
+        (dict(members=dict(MEMBERS, dropout=[0.1] * 4)), r"`dropout` has 4 values"),
+        (dict(val=[VAL[0], [], VAL[2]]), r"`val_rows\[1\]` is empty"),
+        (dict(train=[TRAIN[0], TRAIN[1], PERM]), r"member 2's validation rows leak"),
+        (dict(train=TRAIN[:2]), r"`train_rows` has 2 lists of rows but .* 3 members"),
+        (dict(val=[VAL[0], VAL[1], [400]]), r"`val_rows\[2\]` holds row 400, outside"),
+        (dict(batch_size=290), r"`train_rows\[0\]` has 280 rows, fewer than"),
+        (dict(patience=[1, 2]), r"`patience` has 2 values"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line(kwargs, message):
+    with pytest.raises(ValueError, match=message) as info:
+        _population(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_refused_under_a_strategy():
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        with pytest.raises(ValueError, match="refused under a tf.distribute strategy"):
+            _population()
