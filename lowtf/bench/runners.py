@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from lowtf import nn
+from lowtf.data import InMemoryBatches
 from lowtf.bench.configs import LEARNING_RATE, Config, make_model
 from lowtf.train import step
 
@@ -54,7 +55,7 @@ class LowtfRunner(_BlockTimer):
         self.step = step.TrainStep(
             self.model,
             tf.keras.optimizers.Adam(LEARNING_RATE),
-            data=step.InMemoryBatches(*data, config.batch_size),
+            data=InMemoryBatches(*data, config.batch_size),
             options=step.StepOptions(jit_compile=_JIT[config.mode]),
         )
         self.xla = bool(self.step.options.jit_compile)
