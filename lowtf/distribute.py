@@ -170,7 +170,8 @@ def write_dir(path: str, strategy=None) -> str:
     """
     if is_chief(strategy):
         return path
-    path = os.path.normpath(path)
+    # Not os.path.normpath: it turns "gs://bucket" into "gs:/bucket".
+    path = path.rstrip("/") if "://" in path else os.path.normpath(path)
     _, index = task(strategy)
     parent, name = os.path.split(path)
     return os.path.join(parent, f"workertemp_{index}", name)

@@ -32,7 +32,7 @@ import tempfile
 import tensorflow as tf
 
 from lowtf import distribute
-from lowtf.train import early_stopping
+from lowtf.train import _files, early_stopping
 from lowtf.train.metrics import STEP_METRICS
 
 # What fit writes into model_dir (each through write_path).
@@ -46,7 +46,8 @@ def write_path(model_dir: str, name: str, strategy) -> str:
 
 def remove_scratch(model_dir: str, strategy) -> None:
     """Deletes this worker's scratch copies of :data:`WRITTEN`; no-op on the chief."""
-    for name in WRITTEN:
+    # history.csv's temporary twin too: a run killed mid-rewrite leaves it.
+    for name in (*WRITTEN, "history.csv" + _files.TMP_SUFFIX):
         distribute.remove_write_dir(os.path.join(model_dir, name), strategy)
 
 
@@ -257,6 +258,8 @@ def _first_line(error: Exception) -> str:
 
 def _mismatch(state, path) -> str | None:
     """How the checkpoint at ``path`` differs from ``state``'s variables, or None."""
+    # A local scratch file, not one in model_dir: nothing is written there
+    # before every check has passed.
     with tempfile.TemporaryDirectory() as scratch:
         ours = _variable_specs(state.write(os.path.join(scratch, "probe")))
     theirs = _variable_specs(path)
@@ -272,7 +275,10 @@ def _mismatch(state, path) -> str | None:
 
 def _variable_specs(path) -> dict:
     """``{variable key: "dtype[shape]"}`` of the checkpoint at ``path``."""
-    reader = tf.train.load_checkpoint(path)
+    # Not tf.train.load_checkpoint: it takes a path that is a directory to
+    # mean its latest checkpoint, and ram:// (TF 2.21) takes any prefix of a
+    # file's name, a checkpoint's prefix too, for a directory.
+    reader = tf.compat.v1.train.NewCheckpointReader(path)
     shapes, dtypes = (
         reader.get_variable_to_shape_map(),
         reader.get_variable_to_dtype_map(),

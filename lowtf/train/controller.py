@@ -2,16 +2,18 @@
 
 :class:`FitLoop` checks the data, builds the :class:`lowtf.TrainStep`, the
 :class:`lowtf.Evaluator`, :class:`lowtf.EarlyStopping` and the checkpoints
-(:mod:`lowtf._checkpointing`), and resumes from ``model_dir``. Its loop then
+(:mod:`lowtf.train.checkpointing`), and resumes from ``model_dir``. Its loop then
 alternates ``step.run(k)`` calls, cut so that they land on every evaluation
 and checkpoint step, with evaluations: each one updates early stopping and
 writes a history row, TensorBoard scalars and the one-line progress log.
 Stopping on patience, max_steps or a stop request saves the latest state
 first; a non-finite loss or weights, or a KeyboardInterrupt (which may land
 mid-update), keep the last checkpoint as it is. Either way
-:meth:`FitLoop.finish` restores the best snapshot.
+:meth:`FitLoop.finish` restores the best snapshot. An exception propagates
+without either; :meth:`FitLoop.close`, run on every way out, closes the
+TensorBoard writers and deletes scratch copies, and touches nothing else.
 
-:mod:`lowtf.trainer` is the public face: :func:`lowtf.fit`, its settings, its
+:mod:`lowtf.train.fit` is the public face: :func:`lowtf.fit`, its settings, its
 result and the stop signals it turns into stop requests.
 """
 
@@ -52,7 +54,7 @@ class FitLoop:
         x, y = _pair("train", train)
         self.x_val, self.y_val = _pair("validation", validation)
         _check_validation_features(x, self.x_val)
-        if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
             raise ValueError(f"`model_dir` ({model_dir!r}) is a file; pick a directory")
         self.model, self.optimizer = model, optimizer
         self.strategy = tf.distribute.get_strategy()
@@ -99,17 +101,24 @@ class FitLoop:
             keep=config.keep_checkpoints,
             strategy=self.strategy,
         )
-        resumed = self.checkpoints.restore_latest()
-        # Everything is checked; from here on the directory is written.
-        tf.io.gfile.makedirs(model_dir)
-        # A worker other than the chief writes into its scratch twin (_write_path).
-        tf.io.gfile.makedirs(os.path.dirname(self._write_path("history.csv")))
         self.history = summaries.History(self._write_path("history.csv"))
-        self.history.start(keep_upto=self.last_step if resumed else None)
+        self.board = None  # made by start(), closed by close()
+        self.resumed = self.checkpoints.restore_latest()
+
+    def start(self) -> None:
+        """Writes ``model_dir``: history, writers, then step 0's evaluation or a resume.
+
+        Everything is checked by now (``__init__`` writes nothing); call
+        :meth:`close` after it in any case, even when it raises.
+        """
+        tf.io.gfile.makedirs(self.model_dir)
+        # A worker other than the chief writes into its scratch twin (_write_path).
+        tf.io.gfile.makedirs(os.path.dirname(self.history.path))
+        self.history.start(keep_upto=self.last_step if self.resumed else None)
         self.stopper.prune()
         self.board = summaries.Summaries(self._write_path("tensorboard"))
-        if resumed:
-            log(f"resuming from {resumed} at step {self.last_step}")
+        if self.resumed:
+            self.log(f"resuming from {self.resumed} at step {self.last_step}")
         else:
             self._evaluate()
             self._save()
@@ -231,8 +240,20 @@ class FitLoop:
             )
         else:
             self.log("no best snapshot was recorded; the model keeps its last weights")
-        self.board.close()
-        checkpointing.remove_scratch(self.model_dir, self.strategy)
+
+    def close(self) -> None:
+        """Closes the TensorBoard writers and deletes this worker's scratch copies.
+
+        Called on every way out of :func:`lowtf.fit`, an exception's included;
+        it reads and writes nothing else, so the latest checkpoint and the
+        best snapshot on disk stay as the run last saved them.
+        """
+        try:
+            if self.board is not None:
+                self.board.close()
+                self.board = None
+        finally:
+            checkpointing.remove_scratch(self.model_dir, self.strategy)
 
     # -- pieces ---------------------------------------------------------------
 

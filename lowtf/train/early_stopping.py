@@ -15,7 +15,9 @@ checkpoint as the model and a resumed run keeps counting where it was.
 A snapshot is written so that a crash at any moment leaves a restorable one.
 Each is saved under a fresh prefix (``best-<step>-<n>``, never overwriting a
 file), and only after it is complete does the small pointer file
-``best.json`` move to it, by ``os.replace`` (atomic on POSIX). Older
+``best.json`` move to it: written to ``best.json.tmp``, then renamed over
+the old one (atomic on POSIX). Every file goes through ``tf.io.gfile``, so
+``best_dir`` may be on any TensorFlow file system (``gs://``, ``ram://``). Older
 snapshots are deleted after that, or, with ``prune_on_save=False``, only
 when the caller says the new state is durable (:meth:`EarlyStopping.prune`,
 which the trainer calls after each "latest" checkpoint): a run resumed from
@@ -32,7 +34,7 @@ import re
 import tensorflow as tf
 
 from lowtf import _checks
-from lowtf.train import metrics
+from lowtf.train import _files, metrics
 
 MODES = ("auto", "min", "max")
 POINTER = "best.json"
@@ -282,20 +284,18 @@ class EarlyStopping(tf.Module):
         keep = self.best_prefix
         keep_name = None if keep is None else os.path.basename(keep)
         pointer_path = os.path.join(self.best_dir, POINTER)
-        if keep is None and tf.io.gfile.exists(pointer_path):
-            tf.io.gfile.remove(pointer_path)
-        elif (
-            keep is not None and _read_pointer(self.best_dir).get("prefix") != keep_name
-        ):
+        # Left by a run killed while it rewrote the pointer.
+        _files.remove_if_present(pointer_path + _files.TMP_SUFFIX)
+        if keep is None:
+            _files.remove_if_present(pointer_path)
+        elif _read_pointer(self.best_dir).get("prefix") != keep_name:
             self._write_pointer(keep)
         for name in tf.io.gfile.listdir(self.best_dir):
+            # Some file systems list a folder as "name/".
+            name = name.rstrip("/")
             if not _SNAPSHOT.match(name) or (keep and name.startswith(keep_name + ".")):
                 continue
-            path = os.path.join(self.best_dir, name)
-            if tf.io.gfile.isdir(path):
-                tf.io.gfile.rmtree(path)
-            else:
-                tf.io.gfile.remove(path)
+            _files.remove_if_present(os.path.join(self.best_dir, name))
 
     def _save_best(self, step: int, value: float) -> int:
         tf.io.gfile.makedirs(self.best_dir)
@@ -314,13 +314,9 @@ class EarlyStopping(tf.Module):
             "monitor": self.monitor,
             "mode": self.mode,
         }
-        path = os.path.join(self.best_dir, POINTER)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(pointer, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _files.write_atomically(
+            os.path.join(self.best_dir, POINTER), json.dumps(pointer)
+        )
 
 
 def best_checkpoint(best_dir: str) -> dict | None:
@@ -340,12 +336,11 @@ def best_checkpoint(best_dir: str) -> dict | None:
 
 
 def _read_pointer(best_dir) -> dict:
-    path = os.path.join(best_dir, POINTER)
-    if not tf.io.gfile.exists(path):
+    text = _files.read_text(os.path.join(best_dir, POINTER))
+    if text is None:
         return {}
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(text)
     except ValueError:  # not lowtf's (it writes the file atomically): ignore it
         return {}
 
@@ -353,7 +348,7 @@ def _read_pointer(best_dir) -> dict:
 def _largest_id(best_dir) -> int:
     ids = [
         int(m.group(2))
-        for m in map(_SNAPSHOT.match, tf.io.gfile.listdir(best_dir))
+        for m in (_SNAPSHOT.match(n.rstrip("/")) for n in tf.io.gfile.listdir(best_dir))
         if m
     ]
     return max(ids, default=0)

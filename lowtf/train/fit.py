@@ -22,8 +22,14 @@ summaries and the one-line progress log:
   :mod:`lowtf.early_stopping`; ``history.csv`` and ``tensorboard/`` are
   described in :mod:`lowtf.summaries`.
 
-Every ending (patience, max_steps, a non-finite loss, KeyboardInterrupt,
-SIGINT or SIGTERM) restores the best snapshot into the model.
+Every ending that returns a :class:`FitResult` (patience, max_steps, a
+non-finite loss, KeyboardInterrupt, SIGINT or SIGTERM) restores the best
+snapshot into the model; an exception raised by :func:`fit` propagates
+without restoring anything (see its docstring). On every way out the
+TensorBoard writers are closed and scratch copies deleted.
+
+``model_dir`` is read and written through ``tf.io.gfile`` only, so it may be
+on any TensorFlow file system (local, ``gs://``, ``ram://``).
 
 Called inside a ``tf.distribute`` strategy's scope (see
 :mod:`lowtf.distribute`), every worker runs the same loop: steps and
@@ -34,7 +40,7 @@ resumes from, and ends holding, the chief's checkpoints.
 
 This module is the public surface (:func:`fit`, :class:`TrainConfig`,
 :class:`FitResult`) and the stop signals; the loop itself is in
-``lowtf/_fit_loop.py``, the checkpoints in ``lowtf/checkpointing.py``.
+``lowtf/train/controller.py``, the checkpoints in ``lowtf/train/checkpointing.py``.
 """
 
 from __future__ import annotations
@@ -169,13 +175,34 @@ def fit(
       train: ``(x, y)`` training arrays, held in memory.
       validation: ``(x, y)`` validation arrays.
       model_dir: where checkpoints, the best snapshot, history.csv and
-        TensorBoard events go; an existing one is resumed.
+        TensorBoard events go; an existing one is resumed. A path on any
+        TensorFlow file system (local, ``gs://...``, ``ram://...``).
       config: :class:`TrainConfig`.
       step_options: :class:`lowtf.StepOptions` of the compiled step.
       augment: optional callable applied to every training batch inside the
         step (see :class:`lowtf.TrainStep`), e.g. a ``lowtf.augment``
         pipeline; evaluation never augments. Default None.
       log: called with each progress line (default ``print``).
+
+    How ``fit`` ends, and what the model holds then:
+
+    * patience, ``max_steps``, a SIGTERM or first SIGINT (Ctrl-C), or a
+      KeyboardInterrupt raised while training (a second Ctrl-C): the latest
+      state is saved (not after a KeyboardInterrupt, which may land
+      mid-update), and the best snapshot is restored into the model;
+    * a NaN/Inf loss or weights: nothing new is saved; the best snapshot is
+      restored, or, if none was recorded yet, the latest checkpoint;
+    * with no best snapshot recorded (a training metric monitored, stopped
+      before its first evaluation), the model keeps its last weights;
+    * an exception (a failing op, an error raised by ``log``, a
+      KeyboardInterrupt during the set-up, the step-0 evaluation or the final
+      restore): it propagates and nothing is restored; the model holds
+      whatever weights it had, and ``model_dir`` keeps the latest checkpoint
+      and best snapshot it last saved (the best snapshot is neither pruned nor
+      rewritten), so calling :func:`fit` again resumes from there.
+
+    In every case the TensorBoard writers are closed and this worker's
+    scratch copies deleted before ``fit`` returns or raises.
 
     Returns:
       A :class:`FitResult`; the model then holds the best snapshot.
@@ -187,6 +214,7 @@ def fit(
         regularization, ...), or a ``model_dir`` whose latest checkpoint
         does not fit this model and data, cannot be read, or is named in
         ``ckpt/checkpoint`` but missing.
+      Exception: whatever training raises, unchanged (see above).
     """
     started = time.monotonic()
     if not isinstance(config, TrainConfig):
@@ -204,10 +232,16 @@ def fit(
         log,
         augment,
     )
-    with _StopSignals() as signals:
-        reason = run.loop(signals)
-    last_step = run.last_step  # before the best snapshot rewinds the step counter
-    run.finish(reason)
+    try:
+        run.start()
+        with _StopSignals() as signals:
+            reason = run.loop(signals)
+        last_step = run.last_step  # before the best snapshot rewinds the step counter
+        run.finish(reason)
+    finally:
+        # Whatever happened, an exception included: the writers are closed and
+        # scratch copies go; the checkpoints and best/ are left as they are.
+        run.close()
     stopper = run.stopper
     return FitResult(
         best_step=int(stopper.best_step.numpy()),

@@ -20,6 +20,7 @@ tagged for TensorBoard's "scalars" plugin) with ``tf.summary.write`` alone.
 from __future__ import annotations
 
 import csv
+import io
 import os
 
 import tensorflow as tf
@@ -27,11 +28,15 @@ from tensorflow.core.framework import summary_pb2
 
 from lowtf.nn import constraints
 from lowtf.nn.base import keras_layers
+from lowtf.train import _files
 from lowtf.train.metrics import COLUMNS, Evaluation
 
 
 class History:
     """``history.csv``, appended one row per evaluation and flushed at once.
+
+    The file is read and written through ``tf.io.gfile``, so it may be on any
+    TensorFlow file system (``gs://``, ``ram://``).
 
     Args:
       path: the CSV file.
@@ -46,24 +51,20 @@ class History:
 
         A run resumed from the checkpoint of step S drops the rows a killed
         run wrote after S: the resumed run writes them again. The rewrite goes
-        through a temporary file and ``os.replace``, so a crash leaves either
-        the old file or the new one.
+        to ``history.csv.tmp``, renamed over the old file, so a crash leaves
+        either the old file or the new one.
         """
         rows = []
-        if keep_upto is not None and os.path.exists(self.path):
-            rows = [r for r in read_history(self.path) if r["step"] <= keep_upto]
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(COLUMNS)
-            writer.writerows(_cells(r) for r in rows)
-        os.replace(tmp, self.path)
+        if keep_upto is not None:
+            text = _files.read_text(self.path) or ""  # a missing file: no rows
+            rows = [r for r in _parse(text) if r["step"] <= keep_upto]
+        _files.write_atomically(self.path, _csv([COLUMNS, *map(_cells, rows)]))
         self.rows = rows
         return rows
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow(_cells(row))
+        """Appends one row; the file is closed (so flushed) before this returns."""
+        _files.append(self.path, _csv([_cells(row)]))
         self.rows.append(dict(row))
 
 
@@ -71,19 +72,36 @@ def read_history(path: str) -> list[dict]:
     """Reads a ``history.csv``: dicts with ``step`` an int, the rest floats or None.
 
     Rows that do not parse (a line cut short by a crash) are skipped.
+    ``path`` may be on any TensorFlow file system.
+
+    Raises:
+      FileNotFoundError: there is no file at ``path``.
     """
+    text = _files.read_text(path)
+    if text is None:
+        raise FileNotFoundError(f"no history file at {path}")
+    return _parse(text)
+
+
+def _parse(text: str) -> list[dict]:
     rows = []
-    with open(path, newline="") as f:
-        for record in csv.DictReader(f):
-            try:
-                row = {"step": int(record["step"])}
-                for name in COLUMNS[1:]:
-                    cell = record[name]
-                    row[name] = None if cell == "" else float(cell)
-            except (KeyError, TypeError, ValueError):
-                continue
-            rows.append(row)
+    for record in csv.DictReader(io.StringIO(text, newline="")):
+        try:
+            row = {"step": int(record["step"])}
+            for name in COLUMNS[1:]:
+                cell = record[name]
+                row[name] = None if cell == "" else float(cell)
+        except (KeyError, TypeError, ValueError):
+            continue
+        rows.append(row)
     return rows
+
+
+def _csv(records) -> str:
+    """The CSV lines of ``records`` in ``csv``'s default dialect (``\\r\\n`` ends)."""
+    out = io.StringIO(newline="")
+    csv.writer(out).writerows(records)
+    return out.getvalue()
 
 
 def _cells(row: dict) -> list[str]:

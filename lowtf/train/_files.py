@@ -1,0 +1,72 @@
+"""Small files in a model directory, read and written through ``tf.io.gfile``.
+
+Everything :func:`lowtf.fit` keeps in ``model_dir`` goes through TensorFlow's
+file systems, so the directory may be local, on GCS (``gs://``, what a
+multi-worker run shares) or in memory (``ram://``, in tests). Plain ``open``
+and ``os.replace`` only know the local disk.
+
+No function here globs: TensorFlow's checkpoint functions read ``[``, ``*``
+and ``?`` in a path as a pattern, and a user's directory may hold them.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# Suffix of the file a replacement is written to before it is renamed.
+TMP_SUFFIX = ".tmp"
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replaces ``path`` by ``text``: a reader sees the old file or the new one.
+
+    The text goes to ``<path>.tmp`` first, then a rename with overwrite
+    replaces ``path`` (atomic on POSIX and on ram://; on GCS a copy that
+    readers see whole or not at all). ``GFile`` has no fsync: the rename
+    survives a crash of the process, not necessarily a power cut.
+    The temporary file is deleted if anything fails.
+    """
+    tmp = path + TMP_SUFFIX
+    try:
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(text)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        try:
+            remove_if_present(tmp)
+        except tf.errors.OpError:
+            pass  # the error that got us here is the one to report
+        raise
+
+
+def append(path: str, text: str) -> None:
+    """Appends ``text`` to ``path`` (made if missing); it is on disk on return.
+
+    The file is opened and closed per call, so a killed run loses no
+    appended text, and no handle is left open between calls.
+    """
+    with tf.io.gfile.GFile(path, "a") as f:
+        f.write(text)
+
+
+def read_text(path: str) -> str | None:
+    """The text of ``path``, or None if there is no such file."""
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return f.read()
+    except tf.errors.NotFoundError:
+        # Not tf.io.gfile.exists first: ram:// (TF 2.21) takes any prefix of
+        # a file's name for a directory, so "best.json" "exists" while only
+        # "best.json.tmp" does.
+        return None
+
+
+def remove_if_present(path: str) -> None:
+    """Deletes the file or directory tree at ``path``; nothing if it is gone."""
+    try:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        elif tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+    except tf.errors.NotFoundError:
+        pass  # deleted in between (another cleanup, a concurrent prune)
