@@ -98,4 +98,5 @@ def test_traces_name_what_an_earlier_run_left(tmp_path):
     assert rundir.traces(str(tmp_path / "missing")) == []
     (tmp_path / "best").mkdir()
     (tmp_path / "history.csv").write_text("step\n")
+    (tmp_path / "run.json").write_text("{}")
     assert rundir.traces(str(tmp_path)) == ["best", "history.csv"]

@@ -27,12 +27,13 @@ chief's checkpoints, so ``model_dir`` must be on a file system they share.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import tensorflow as tf
 
 from lowtf import distribute
-from lowtf.train import _files, early_stopping
+from lowtf.train import _files, early_stopping, rundir
 from lowtf.train.metrics import STEP_METRICS
 
 # What fit writes into model_dir (each through write_path).
@@ -123,6 +124,8 @@ class Checkpoints:
         )
         # The step of the checkpoint on disk that the state equals, if any.
         self.saved_step = None
+        # What the run should be told about how it resumed (logged by fit).
+        self.note = None
 
     def restore_latest(self) -> str | None:
         """Restores the chief's newest checkpoint, if any, on every worker.
@@ -147,13 +150,60 @@ class Checkpoints:
                 state_file = os.path.join(ckpt_dir, "checkpoint")
                 raise self._unusable(state_file, "this state file cannot be parsed")
             raise self._unusable(named, "its files are missing")
+        if path is None:
+            path = self._newest_on_disk(ckpt_dir)
         if path is not None:
+            why = unreadable(path)
+            if why is not None:
+                raise self._unusable(path, f"it cannot be read: {why}")
             self._check_monitor()
             self._restore(path)
+            self._check_best()
             self.saved_step = int(self.train_step.step.numpy())
         # Every worker has read the chief's checkpoint before any one writes.
         distribute.barrier(self.strategy)
         return path
+
+    def _newest_on_disk(self, ckpt_dir: str) -> str | None:
+        """With no state file: the newest readable checkpoint on disk, or None.
+
+        Raises ValueError when ``model_dir`` holds traces of an earlier run
+        but no checkpoint to resume: starting from step 0 there would prune
+        that run's best snapshot and rewrite its history.
+        """
+        found = checkpoints_on_disk(ckpt_dir)
+        readable = [prefix for prefix in found if unreadable(prefix) is None]
+        if readable:
+            self.note = (
+                f"{os.path.join(ckpt_dir, 'checkpoint')} is missing: resuming from the "
+                f"newest readable checkpoint on disk, {readable[0]}"
+            )
+            if readable[0] != found[0]:
+                self.note += f" ({found[0]} cannot be read)"
+            return readable[0]
+        traces = rundir.traces(self.model_dir)
+        if traces:
+            what = "unreadable checkpoints" if found else "no checkpoint"
+            raise ValueError(
+                f"`model_dir` ({self.model_dir!r}) holds {', '.join(traces)} of an "
+                f"earlier run but {what} to resume from: restore ckpt/ from a copy, "
+                "pick another model_dir, or delete these to train it from step 0 "
+                "(nothing was changed)"
+            )
+        return None
+
+    def _check_best(self) -> None:
+        """Refuses a resume whose best snapshot cannot be read back (checked at start)."""
+        prefix = self.stopper.best_prefix
+        if prefix is None:
+            return
+        why = unreadable(prefix)
+        if why is not None:
+            raise ValueError(
+                f"the best snapshot {prefix} of `model_dir` ({self.model_dir!r}) "
+                f"cannot be read ({why}); nothing was changed: restore best/ from a "
+                "copy, or pick another model_dir"
+            )
 
     def _check_monitor(self) -> None:
         """Refuses to resume a run whose best value is of another metric or mode.
@@ -233,11 +283,19 @@ class Checkpoints:
 
     def _unusable(self, path: str, why: str) -> ValueError:
         ckpt_dir = os.path.join(self.model_dir, "ckpt")
+        older = [
+            p for p in checkpoints_on_disk(ckpt_dir) if p != path and unreadable(p) is None
+        ]
+        hint = (
+            f" An older checkpoint, {older[0]}, is readable: delete the newer files "
+            f"and {os.path.join(ckpt_dir, 'checkpoint')} to resume from it."
+            if older
+            else ""
+        )
         return ValueError(
             f"`model_dir` ({self.model_dir!r}) has a latest checkpoint ({path}) "
-            f"that cannot be resumed ({why}); model_dir was left as it is. Restore "
-            f"its files from a copy, delete {ckpt_dir} to train this model_dir from "
-            "step 0 again, or pick another model_dir"
+            f"that cannot be resumed ({why}); model_dir was left as it is.{hint} "
+            f"Restore its files from a copy, or pick another model_dir"
         )
 
 
@@ -250,6 +308,36 @@ def _named_checkpoint(ckpt_dir: str) -> str | None:
     if state is None or not state.model_checkpoint_path:
         return None
     return os.path.join(ckpt_dir, state.model_checkpoint_path)
+
+
+_CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+def checkpoints_on_disk(ckpt_dir: str) -> list[str]:
+    """The prefixes of the checkpoints in ``ckpt_dir`` (their .index files), newest first."""
+    if not tf.io.gfile.isdir(ckpt_dir):
+        return []
+    steps = [
+        int(m.group(1))
+        for m in map(_CHECKPOINT_INDEX.match, tf.io.gfile.listdir(ckpt_dir))
+        if m
+    ]
+    return [os.path.join(ckpt_dir, f"ckpt-{step}") for step in sorted(steps, reverse=True)]
+
+
+def unreadable(prefix: str) -> str | None:
+    """Why the checkpoint at ``prefix`` cannot be read back, or None if it can.
+
+    Every tensor is read: a data file cut short by a full disk or a crash of
+    the file system fails only there, not when the index is opened.
+    """
+    try:
+        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except Exception as error:  # noqa: BLE001 (damaged files raise OpError, IndexError, ...)
+        return f"{type(error).__name__}: {_first_line(error)}"
+    return None
 
 
 def _first_line(error: Exception) -> str:

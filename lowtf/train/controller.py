@@ -29,7 +29,7 @@ import tensorflow as tf
 from lowtf import distribute
 from lowtf.data import InMemoryBatches, checks
 from lowtf.nn import regularizers
-from lowtf.train import checkpointing, early_stopping, summaries
+from lowtf.train import checkpointing, early_stopping, rundir, summaries
 from lowtf.train import step as step_lib
 from lowtf.train.evaluator import Evaluator
 from lowtf.train.metrics import Evaluation, format_number
@@ -49,13 +49,12 @@ class FitLoop:
         options,
         log,
         augment=None,
+        run_settings=None,
     ):
         self.config, self.log, self.model_dir = config, log, model_dir
         x, y = _pair("train", train)
         self.x_val, self.y_val = _pair("validation", validation)
         _check_validation_features(x, self.x_val)
-        if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
-            raise ValueError(f"`model_dir` ({model_dir!r}) is a file; pick a directory")
         self.model, self.optimizer = model, optimizer
         self.strategy = tf.distribute.get_strategy()
         data = InMemoryBatches(x, y, config.batch_size, seed=config.seed)
@@ -103,7 +102,81 @@ class FitLoop:
         )
         self.history = summaries.History(self._write_path("history.csv"))
         self.board = None  # made by start(), closed by close()
+        self.identity = rundir.identity(
+            model=model,
+            optimizer=optimizer,
+            train=(x, y),
+            validation=(self.x_val, self.y_val),
+            settings={
+                "batch_size": config.batch_size,
+                "data_seed": config.seed,
+                "step_seed": options.seed,
+                "loss": options.loss,
+                "monitor": config.monitor,
+                "mode": self.stopper.mode,
+                "augment": None if augment is None else repr(augment),
+                **(run_settings or {}),
+            },
+        )
+        self.record = rundir.read_record(model_dir)  # refuses a damaged one
+        requested_rate = _learning_rate(optimizer)
         self.resumed = self.checkpoints.restore_latest()
+        self.changes = []
+        if self.resumed:
+            self._check_same_run()
+            self._apply_changes(requested_rate)
+
+    def _check_same_run(self) -> None:
+        """Refuses to resume another run's directory, setting by setting; checks its files."""
+        if self.record is not None:
+            differ = rundir.differences(self.record["identity"], self.identity)
+            if differ:
+                raise ValueError(
+                    f"`model_dir` ({self.model_dir!r}) belongs to another run, which "
+                    f"this one would silently mix with: {'; '.join(differ)}. Resume "
+                    "with the recorded settings, or pick another model_dir (nothing "
+                    "was changed)"
+                )
+        if tf.io.gfile.exists(self.history.path):
+            summaries.check_history(self.history.path)
+
+    def _apply_changes(self, requested_rate) -> None:
+        """Applies what may change on a resume (cadence, patience, learning rate)."""
+        recorded = (self.record or {}).get("settings", {})
+        # The checkpoint restored the optimizer's saved rate; the caller's wins.
+        restored_rate = _learning_rate(self.optimizer)
+        schedule = isinstance(self.optimizer.get_config().get("learning_rate"), dict)
+        if not schedule and requested_rate is not None and restored_rate != requested_rate:
+            self.optimizer.learning_rate = requested_rate  # Keras assigns its variable
+            recorded = {**recorded, "learning_rate": restored_rate}
+        self.changes = [
+            f"{name} {_short(recorded[name])} -> {_short(value)}"
+            for name, value in self._mutable_settings().items()
+            if name in recorded and recorded[name] != value
+        ]
+
+    def _mutable_settings(self) -> dict:
+        """The settings a resume may change; applied, logged and recorded."""
+        names = (
+            "max_steps", "eval_every", "steps_per_call", "patience", "min_delta",
+            "start_from_step", "baseline", "checkpoint_every", "keep_checkpoints",
+            "eval_batch_size",
+        )
+        settings = {name: getattr(self.config, name) for name in names}
+        settings["learning_rate"] = _learning_rate(self.optimizer)
+        return settings
+
+    def _write_record(self) -> None:
+        """Records in run.json what defines the run and the settings it runs with."""
+        record = dict(self.record or {})
+        record["identity"] = self.identity
+        record["settings"] = self._mutable_settings()
+        if self.resumed:
+            record.setdefault("resumes", []).append(
+                {"step": self.last_step, "changed": self.changes}
+            )
+        if distribute.is_chief(self.strategy):
+            rundir.write_record(self.model_dir, record)
 
     def start(self) -> None:
         """Writes ``model_dir``: history, writers, then step 0's evaluation or a resume.
@@ -112,13 +185,18 @@ class FitLoop:
         :meth:`close` after it in any case, even when it raises.
         """
         tf.io.gfile.makedirs(self.model_dir)
+        self._write_record()
         # A worker other than the chief writes into its scratch twin (_write_path).
         tf.io.gfile.makedirs(os.path.dirname(self.history.path))
         self.history.start(keep_upto=self.last_step if self.resumed else None)
         self.stopper.prune()
         self.board = summaries.Summaries(self._write_path("tensorboard"))
         if self.resumed:
+            if self.checkpoints.note:
+                self.log(self.checkpoints.note)
             self.log(f"resuming from {self.resumed} at step {self.last_step}")
+            for change in self.changes:
+                self.log(f"changed on resume: {change}")
         else:
             self._evaluate()
             self._save()
@@ -208,8 +286,9 @@ class FitLoop:
     def _non_finite(self, what: str) -> None:
         self.log(
             f"non-finite {what}: stopping; the latest checkpoint (step "
-            f"{self.checkpoints.saved_step}) is left intact. Lower the learning rate "
-            "or look for NaN/Inf in the data."
+            f"{self.checkpoints.saved_step}) is left intact. Run again with a lower "
+            "learning rate (the run resumes from that checkpoint with it), or look "
+            "for NaN/Inf in the data."
         )
 
     def finish(self, reason: str) -> None:
@@ -358,6 +437,11 @@ def _check_monitor(monitor: str, model) -> None:
             "so the penalty stays 0.0; monitor 'val_cross_entropy', or regularize "
             "the model (e.g. lowtf.mlp(..., l2=1e-4))"
         )
+
+
+def _short(value) -> str:
+    """A setting as a log shows it: floats to 6 significant digits."""
+    return format(value, ".6g") if isinstance(value, float) else repr(value)
 
 
 def _next_multiple(step: int, every: int) -> int:

@@ -336,13 +336,40 @@ def best_checkpoint(best_dir: str) -> dict | None:
 
 
 def _read_pointer(best_dir) -> dict:
-    text = _files.read_text(os.path.join(best_dir, POINTER))
+    """best.json as a dict; {} when absent; a ValueError when it is not lowtf's.
+
+    lowtf writes it atomically, so a file that does not parse, or parses to
+    something else than a pointer, was damaged or written by hand: trusting
+    it (or ignoring it and pruning the snapshots it names) could lose the
+    best weights.
+    """
+    path = os.path.join(best_dir, POINTER)
+    try:
+        text = _files.read_text(path)
+    except (UnicodeDecodeError, tf.errors.OpError) as error:
+        raise ValueError(f"{path} cannot be read ({type(error).__name__}); {_POINTER_FIX}") from None
     if text is None:
         return {}
     try:
-        return json.loads(text)
-    except ValueError:  # not lowtf's (it writes the file atomically): ignore it
-        return {}
+        pointer = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{path} is not valid JSON; {_POINTER_FIX}") from None
+    fields = {"prefix": str, "step": int, "value": (int, float)}
+    if not isinstance(pointer, dict) or not all(
+        isinstance(pointer.get(k), t) and not isinstance(pointer.get(k), bool)
+        for k, t in fields.items()
+    ):
+        raise ValueError(
+            f"{path} is not a best-snapshot pointer (an object with prefix, step and "
+            f"value); {_POINTER_FIX}"
+        )
+    return pointer
+
+
+_POINTER_FIX = (
+    "restore it from a copy, or delete the best/ folder to give up the best "
+    "snapshot (nothing was changed)"
+)
 
 
 def _largest_id(best_dir) -> int:

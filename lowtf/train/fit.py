@@ -51,8 +51,10 @@ import signal
 import threading
 import time
 
-from lowtf import _checks
-from lowtf.train import early_stopping
+import tensorflow as tf
+
+from lowtf import _checks, distribute
+from lowtf.train import early_stopping, rundir
 from lowtf.train import step as step_lib
 from lowtf.train.controller import FitLoop
 from lowtf.train.metrics import MONITORS
@@ -159,6 +161,7 @@ def fit(
     step_options: step_lib.StepOptions = step_lib.StepOptions(),
     augment=None,
     log=print,
+    run_settings: dict | None = None,
 ) -> FitResult:
     """Trains ``model`` with step-based early stopping; resumes from ``model_dir``.
 
@@ -183,6 +186,21 @@ def fit(
         step (see :class:`lowtf.TrainStep`), e.g. a ``lowtf.augment``
         pipeline; evaluation never augments. Default None.
       log: called with each progress line (default ``print``).
+      run_settings: further settings that define the run (JSON-able), e.g.
+        the data set's name; recorded in ``model_dir/run.json`` with the
+        model, the optimizer, the data's content hash and the seeds, and
+        compared on resume (default None).
+
+    A model directory belongs to one run. ``fit`` holds ``model_dir/lock``
+    while it runs (a second call is refused, naming the holder; a lock left
+    by a dead process of this host is taken over), records the run's
+    defining settings in ``run.json`` and refuses to resume with others
+    (each differing setting listed with both values). What may change on a
+    resume is applied and logged: ``max_steps``, the evaluation, checkpoint
+    and patience settings, and the optimizer's learning rate (the one given
+    replaces the saved one). A directory with traces of an earlier run
+    (``ckpt/``, ``best/``, ``history.csv``) is resumed from the newest
+    readable checkpoint or refused, never started from step 0.
 
     How ``fit`` ends, and what the model holds then:
 
@@ -221,27 +239,43 @@ def fit(
         raise ValueError(f"`config` ({config!r}) must be a lowtf.TrainConfig")
     if not callable(log):
         raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")
-    run = FitLoop(
-        model,
-        optimizer,
-        train,
-        validation,
-        os.fspath(model_dir),
-        config,
-        step_options,
-        log,
-        augment,
-    )
+    model_dir = os.fspath(model_dir)
+    rundir.check_path(model_dir)
+    if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
+        raise ValueError(f"`model_dir` ({model_dir!r}) is a file; pick a directory")
+    existed = tf.io.gfile.exists(model_dir)
+    # One run per model directory, held by the chief for the whole call.
+    lock = rundir.RunLock(model_dir, log) if distribute.is_chief() else None
+    if lock is not None:
+        lock.acquire()
     try:
-        run.start()
-        with _StopSignals() as signals:
-            reason = run.loop(signals)
-        last_step = run.last_step  # before the best snapshot rewinds the step counter
-        run.finish(reason)
+        run = FitLoop(
+            model,
+            optimizer,
+            train,
+            validation,
+            model_dir,
+            config,
+            step_options,
+            log,
+            augment,
+            run_settings,
+        )
+        try:
+            run.start()
+            with _StopSignals() as signals:
+                reason = run.loop(signals)
+            last_step = run.last_step  # before the best snapshot rewinds the step
+            run.finish(reason)
+        finally:
+            # Whatever happened, an exception included: the writers are closed
+            # and scratch copies go; the checkpoints and best/ are left as they are.
+            run.close()
     finally:
-        # Whatever happened, an exception included: the writers are closed and
-        # scratch copies go; the checkpoints and best/ are left as they are.
-        run.close()
+        if lock is not None:
+            lock.release()
+        if not existed and tf.io.gfile.isdir(model_dir) and not tf.io.gfile.listdir(model_dir):
+            tf.io.gfile.rmtree(model_dir)  # made only for the lock of a failed start
     stopper = run.stopper
     return FitResult(
         best_step=int(stopper.best_step.numpy()),

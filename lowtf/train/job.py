@@ -29,7 +29,7 @@ from lowtf import _checks, distribute, models, nn
 from lowtf import augment as augment_lib
 from lowtf.data import datasets
 from lowtf.distribute import WorkerLost
-from lowtf.train import evaluator, metrics, plot
+from lowtf.train import evaluator, metrics, plot, rundir
 from lowtf.train import step as step_lib
 from lowtf.train.fit import TrainConfig, fit
 
@@ -295,11 +295,16 @@ def run_job(
     )
     model_dir = config.resolved_model_dir
     check_model_dir(model_dir)
+    chief = distribute.is_chief(strategy)
+    existed = tf.io.gfile.exists(model_dir)
+    # The chief holds the directory for the whole job (fit nests inside):
+    # a second run is refused before it writes flags.txt or summary.json.
+    lock = rundir.RunLock(model_dir, log) if chief else None
     try:
+        if lock is not None:
+            lock.acquire()
         with strategy.scope():
-            return _run_in_scope(
-                config, model_dir, distribute.is_chief(strategy), flags_text, log
-            )
+            return _run_in_scope(config, model_dir, chief, flags_text, log)
     except Exception as error:
         # Once a worker is gone every collective op here fails: nothing more
         # is saved, so the checkpoints stay as they were for the rerun.
@@ -312,6 +317,11 @@ def run_job(
             timeout_seconds=config.collective_timeout,
         )
         raise WorkerLost(message) from None
+    finally:
+        if lock is not None:
+            lock.release()
+            if not existed and not tf.io.gfile.listdir(model_dir):
+                tf.io.gfile.rmtree(model_dir)  # made only for the lock of a failed start
 
 
 def check_model_dir(model_dir: str) -> None:
@@ -322,6 +332,7 @@ def check_model_dir(model_dir: str) -> None:
         the local file system) under a file or a directory this process
         cannot write to.
     """
+    rundir.check_path(model_dir)
     if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
         raise ValueError(f"--model_dir ({model_dir}) is a file; pick a directory")
     if "://" in model_dir:
@@ -413,6 +424,7 @@ def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
         step_options=options,
         augment=augment,
         log=log_and_start,
+        run_settings={"dataset": config.dataset},
     )
     evaluate = evaluator.Evaluator(model, jit_compile=jit_compile)
     scores = {"test": evaluate(*data.test), "validation": evaluate(*data.validation)}

@@ -28,8 +28,10 @@ from lowtf.nn.base import keras_layers
 
 LOCK = "lock"
 RECORD = "run.json"
-# What a run writes into its model directory; any of them is a trace of a run.
-TRACES = ("ckpt", "best", "history.csv", "summary.json", RECORD)
+# What a run leaves in its model directory once it has trained: a directory
+# holding any of them is never started from step 0 again. (run.json alone,
+# written before step 0, is not one.)
+TRACES = ("ckpt", "best", "history.csv", "summary.json")
 # Characters TensorFlow's checkpoint and file functions read as glob patterns.
 GLOB_CHARACTERS = "[]*?"
 
@@ -95,6 +97,8 @@ class RunLock:
                 self.held = True
                 return
             holder = self.holder()
+            if holder == owner:
+                return  # this process holds it already (run_job around fit)
             if holder is not None and not _dead_here(holder):
                 raise ValueError(
                     f"`model_dir` ({self.model_dir!r}) is in use by another run "

@@ -83,6 +83,30 @@ def read_history(path: str) -> list[dict]:
     return _parse(text)
 
 
+def check_history(path: str) -> None:
+    """Refuses a ``history.csv`` that lowtf could not have written, before a resume.
+
+    A last line cut short by a crash is fine (it is skipped); bytes that do
+    not decode, or a header that is not lowtf's, are a ValueError naming the
+    file.
+    """
+    try:
+        text = _files.read_text(path)
+    except (UnicodeDecodeError, tf.errors.OpError) as error:
+        raise ValueError(
+            f"{path} cannot be read ({type(error).__name__}); restore it from a copy "
+            "or delete it (the run's history before this resume would be lost)"
+        ) from None
+    if text is None or not text.strip():
+        return
+    header = text.splitlines()[0].split(",")
+    if tuple(header) != COLUMNS:
+        raise ValueError(
+            f"{path} is not a lowtf history (its header is {','.join(header)[:80]!r}, "
+            f"not {','.join(COLUMNS)!r}); restore it from a copy or delete it"
+        )
+
+
 def _parse(text: str) -> list[dict]:
     rows = []
     for record in csv.DictReader(io.StringIO(text, newline="")):
