@@ -11,7 +11,6 @@ import os
 import shutil
 
 import _fixtures
-import numpy as np
 import pytest
 import tensorflow as tf
 
