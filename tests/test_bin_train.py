@@ -292,3 +292,50 @@ def test_choices_match_the_library():
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "DEFINE_float"
     }
     assert floats == set(FLOAT_FLAGS) == set(constants["FLOAT_FLAGS"])
+
+
+def test_a_second_run_on_a_busy_model_dir_is_refused_naming_the_holder(tmp_path):
+    model_dir = str(tmp_path / "run")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    first = subprocess.Popen(
+        [sys.executable, BIN, f"--model_dir={model_dir}", "--noxla", "--max_steps=100000",
+         "--patience=100000", "--eval_every=50"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        # Wait until the first run trains (its first progress line).
+        for line in first.stdout:
+            if line.startswith("step "):
+                break
+        second = train(f"--model_dir={model_dir}", *QUICK)
+        assert second.returncode == 2
+        assert_refused(second, f"is in use by another run (pid {first.pid} on ")
+        assert len(second.stderr.strip().splitlines()[-1:]) == 1
+        # The second run wrote nothing: no flags.txt of its own, no summary.
+        assert not os.path.exists(os.path.join(model_dir, "summary.json"))
+        with open(os.path.join(model_dir, "flags.txt")) as f:
+            assert "--max_steps=100000" in f.read()
+    finally:
+        first.terminate()
+        first.wait(timeout=120)
+    assert first.returncode == 0  # SIGTERM: a graceful stop with a summary
+    assert summary(model_dir)["stop_reason"] == "interrupted"
+    assert not os.path.exists(os.path.join(model_dir, "lock"))
+
+
+@pytest.mark.parametrize("flag, listed", [
+    ("--activation=relu", '"activation": "relu"'),
+    ("--dropout=0.2", '"rate": 0.2'),
+    ("--seed=3", "step_seed: recorded 0, now 3"),
+    ("--batch_size=25", "batch_size: recorded 50, now 25"),
+    ("--data_seed=1", "validation_data: recorded"),
+])
+def test_a_resume_with_another_defining_flag_is_refused(tmp_path, flag, listed):
+    model_dir = str(tmp_path / "run")
+    assert train(f"--model_dir={model_dir}", "--dataset=synthetic", *QUICK).returncode == 0
+    before = tree_digest(model_dir)
+    result = train(f"--model_dir={model_dir}", "--dataset=synthetic", *QUICK, flag)
+    assert result.returncode == 2
+    assert_refused(result, "belongs to another run")
+    assert listed in result.stderr
+    assert tree_digest(model_dir) == before

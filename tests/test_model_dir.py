@@ -172,3 +172,32 @@ def test_a_failed_start_in_a_new_directory_leaves_nothing_behind(tmp_path):
     with pytest.raises(ValueError, match="exceeds"):
         _fit(tmp_path / "new", config=lowtf.TrainConfig(batch_size=400))
     assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_checkpoint_write_is_one_line_with_the_path_and_no_leftovers(tmp_path):
+    from lowtf.train import _files
+
+    prefix = str(tmp_path / "ckpt-20")
+    (tmp_path / "ckpt-10.index").write_text("older")
+
+    def write():
+        (tmp_path / "ckpt-20_temp").mkdir()
+        (tmp_path / "ckpt-20_temp" / "part-00000").write_text("half")
+        (tmp_path / "ckpt-20.index").write_text("half")
+        raise tf.errors.ResourceExhaustedError(
+            None, None,
+            "{{function_node __wrapped__SaveV2_dtypes_10_device_/job:localhost/replica:0"
+            "/task:0/device:CPU:0}} " + prefix + "_temp/part-00000: No space left on "
+            "device [Op:SaveV2]")
+
+    with pytest.raises(OSError) as caught:
+        _files.write_checkpoint(write, prefix)
+    message = str(caught.value)
+    assert message == (f"cannot write the checkpoint {prefix}: {prefix}_temp/part-00000: "
+                       "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-10.index"]
+
+
+def test_an_empty_hidden_list_is_refused_not_a_linear_model():
+    with pytest.raises(ValueError, match="--hidden"):
+        lowtf.train.JobConfig(hidden=())

@@ -11,6 +11,9 @@ and ``?`` in a path as a pattern, and a user's directory may hold them.
 
 from __future__ import annotations
 
+import os
+import re
+
 import tensorflow as tf
 
 # Suffix of the file a replacement is written to before it is renamed.
@@ -70,3 +73,30 @@ def remove_if_present(path: str) -> None:
             tf.io.gfile.remove(path)
     except tf.errors.NotFoundError:
         pass  # deleted in between (another cleanup, a concurrent prune)
+
+
+def write_checkpoint(write, prefix: str):
+    """Runs ``write()`` (a checkpoint save to ``prefix``); a failure is one readable line.
+
+    TensorFlow reports a full disk or a denied write with its op's internals
+    (``{{function_node __wrapped__SaveV2...}}``); this raises ``OSError``
+    naming ``prefix`` and the cause instead, after deleting the incomplete
+    files of the new checkpoint (older checkpoints are not touched).
+    """
+    try:
+        return write()
+    except tf.errors.OpError as error:
+        folder, name = os.path.split(prefix)
+        if tf.io.gfile.isdir(folder):
+            for entry in tf.io.gfile.listdir(folder):
+                if entry.rstrip("/").startswith((name + ".", name + "_temp")):
+                    remove_if_present(os.path.join(folder, entry.rstrip("/")))
+        raise OSError(f"cannot write the checkpoint {prefix}: {gist(error)}") from None
+
+
+def gist(error: BaseException) -> str:
+    """A TensorFlow error's message without its op and function-node decorations."""
+    text = str(getattr(error, "message", error))
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:\w+\]", "", text)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:300]

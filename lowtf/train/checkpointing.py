@@ -235,7 +235,10 @@ class Checkpoints:
         # loss was computed; such a state must not become the one to resume.
         if not finite_weights(self.train_step.model):
             return False
-        self.manager.save(checkpoint_number=step)
+        _files.write_checkpoint(
+            lambda: self.manager.save(checkpoint_number=step),
+            os.path.join(self.manager.directory, f"ckpt-{step}"),
+        )
         self.saved_step = step
         # The saved state now names the current best; older snapshots may go.
         self.stopper.prune()

@@ -302,7 +302,7 @@ class EarlyStopping(tf.Module):
         new_id = max(int(self.best_id.numpy()), _largest_id(self.best_dir)) + 1
         prefix = os.path.join(self.best_dir, f"best-{step}-{new_id}")
         # write() (not save()) adds no save counter and no state file of its own.
-        self._checkpoint.write(prefix)
+        _files.write_checkpoint(lambda: self._checkpoint.write(prefix), prefix)
         self._write_pointer(prefix, step=step, value=value)
         return new_id
 

@@ -137,6 +137,12 @@ class JobConfig:
         if self.model is not None:
             _checks.one_of("model", self.model, MODELS)
         if self.hidden is not None:
+            if not len(self.hidden):
+                # `--hidden=` parses to an empty list: it would train a linear model.
+                raise ValueError(
+                    "--hidden is empty; give the hidden widths, e.g. --hidden=64,64 "
+                    "(or drop it for --model's preset)"
+                )
             # A list is welcome; stored as a tuple to keep the config hashable.
             object.__setattr__(self, "hidden", models.hidden_units(tuple(self.hidden)))
             if self.model is not None:
