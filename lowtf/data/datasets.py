@@ -29,7 +29,7 @@ Features are standardized with the mean and standard deviation of the
 training split only (a feature constant in training is only centred), so
 nothing of validation or test leaks into training. Any bad input raises a
 single :class:`DataError` naming the file, the row or column, and the fix
-(the file formats are read by :mod:`lowtf.readers`).
+(the file formats are read by :mod:`lowtf.data.readers`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each reader returns raw arrays or raises one :class:`DataError` that names
 the file, the line or column, and what is wrong, instead of letting a
 parser's exception escape. Splitting, label checks and normalization are
-:mod:`lowtf.datasets`' job; its tests cover these readers through it.
+:mod:`lowtf.data.datasets`' job; its tests cover these readers through it.
 """
 
 from __future__ import annotations

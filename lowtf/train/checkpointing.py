@@ -6,7 +6,7 @@ position (the :class:`lowtf.TrainStep` tracks them), the early-stopping
 state and the running training means (:class:`RunningMeans`), so a run
 resumed between two evaluations reports the same means as one that was never
 stopped. ``model_dir/best`` holds the best snapshot (see
-:mod:`lowtf.early_stopping`); :data:`WRITTEN` lists all that ``fit`` writes.
+:mod:`lowtf.train.early_stopping`); :data:`WRITTEN` lists all that ``fit`` writes.
 
 Two rules keep an existing ``model_dir`` usable:
 

@@ -8,7 +8,7 @@ choice on to its evaluator, so both compile the model the same way.
 :func:`shard` is the replica's slice of a global batch, for the evaluator
 and the train step alike.
 
-Both public names stay importable from :mod:`lowtf.step` and ``lowtf``.
+:class:`Evaluator` is also ``lowtf.Evaluator``; :func:`auto_jit_compile` is the one place that decides XLA or a graph when ``jit_compile="auto"``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def auto_jit_compile(model) -> bool:
 
     With a GPU, XLA compiles every model. On a CPU it makes an MLP's step
     faster (BENCHMARKS.md). A CNN's convolutions and non-overlapping pooling
-    run there as matrix products and reshapes (:mod:`lowtf._xla_cpu`),
+    run there as matrix products and reshapes (:mod:`lowtf.nn._xla_cpu`),
     which puts its step on par with a plain graph, not ahead, and XLA
     compiles more slowly. Measured by ``bin/bench --models=cnn
     --modes=xla,graph`` (batch 500, 100 steps per call): 13.8 ms a step

@@ -19,8 +19,8 @@ summaries and the one-line progress log:
   with deterministic ops a run killed at any moment and resumed ends exactly
   as an uninterrupted one.
 * ``model_dir/best`` holds the best snapshot (model, optimizer, step), see
-  :mod:`lowtf.early_stopping`; ``history.csv`` and ``tensorboard/`` are
-  described in :mod:`lowtf.summaries`.
+  :mod:`lowtf.train.early_stopping`; ``history.csv`` and ``tensorboard/`` are
+  described in :mod:`lowtf.train.summaries`.
 
 Every ending that returns a :class:`FitResult` (patience, max_steps, a
 non-finite loss, KeyboardInterrupt, SIGINT or SIGTERM) restores the best
@@ -138,7 +138,7 @@ class FitResult:
       last_step: the global step when training stopped.
       wall_seconds: wall time of this call.
       history: every evaluation row of the run, earlier sessions included
-        (the columns of :data:`lowtf.summaries.HISTORY_COLUMNS`).
+        (the columns of :data:`lowtf.train.metrics.COLUMNS`).
     """
 
     best_step: int
