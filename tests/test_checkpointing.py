@@ -177,9 +177,10 @@ def test_an_unreadable_latest_checkpoint_is_refused_and_left_as_it_is(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"has a latest checkpoint \(.*ckpt-5\) that cannot be resumed \(it "
-        r"cannot be read: .*too short.*\); model_dir was left as it is\. Restore its "
-        r"files from a copy, delete .*ckpt to train this model_dir from step 0 "
-        r"again, or pick another model_dir",
+        r"cannot be read: .*too short.*\); model_dir was left as it is\. An older "
+        r"checkpoint, .*ckpt-0, is readable: delete the newer files and "
+        r".*ckpt/checkpoint to resume from it\. Restore its files from a copy, or "
+        r"pick another model_dir",
     ):
         other.restore_latest()
     assert _digest(tmp_path) == before

@@ -159,6 +159,7 @@ def test_fit_on_ram_resumes_and_ends_as_an_uninterrupted_local_run(tmp_path, ram
         "best",
         "ckpt",
         "history.csv",
+        "run.json",
         "tensorboard",
     ]
     files = _files(run)
