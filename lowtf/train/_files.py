@@ -30,6 +30,9 @@ def write_atomically(path: str, text: str) -> None:
     The temporary file is deleted if anything fails.
     """
     tmp = path + TMP_SUFFIX
+    # A leftover of a killed writer goes first: TensorFlow 2.21's ram:// file
+    # system appends to an existing file even in mode "w".
+    remove_if_present(tmp)
     try:
         with tf.io.gfile.GFile(tmp, "w") as f:
             f.write(text)
