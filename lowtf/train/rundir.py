@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from lowtf.nn.base import keras_layers
+from lowtf.train import _files
 
 LOCK = "lock"
 RECORD = "run.json"
@@ -275,12 +276,6 @@ def read_record(model_dir: str) -> dict | None:
 
 def write_record(model_dir: str, record: dict) -> None:
     """Writes ``run.json`` atomically (a temporary file renamed over it)."""
-    path = os.path.join(model_dir, RECORD)
-    temporary = path + ".tmp"
-    try:
-        with tf.io.gfile.GFile(temporary, "w") as f:
-            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        tf.io.gfile.rename(temporary, path, overwrite=True)
-    finally:
-        if tf.io.gfile.exists(temporary):
-            tf.io.gfile.remove(temporary)
+    _files.write_atomically(
+        os.path.join(model_dir, RECORD), json.dumps(record, indent=2, sort_keys=True) + "\n"
+    )
