@@ -191,8 +191,10 @@ class SweepConfig:
 
     def search_space(self) -> dict[str, list]:
         """The grid as Optuna's GridSampler takes it."""
-        return {n: list(getattr(self, n if n != "architecture" else "architectures"))
-                for n in SWEPT}
+        return {
+            n: list(getattr(self, n if n != "architecture" else "architectures"))
+            for n in SWEPT
+        }
 
     def swept(self) -> tuple[str, ...]:
         """The settings with more than one value."""
@@ -298,4 +300,3 @@ def _nonempty(name: str, flag: str, values) -> tuple:
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"--{flag}: {v} is not a finite number")
     return values
-

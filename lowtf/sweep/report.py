@@ -56,9 +56,11 @@ def markdown(config, rows, *, command: str | None, test) -> str:
     lines = [
         f"# Sweep: {config.dataset}, {len(rows)} configurations",
         "",
-        f"Score: {config.monitor} at each member's best step ({folds}; mean ± std "
-        "over folds). Gap: train minus validation cross-entropy there. Wall time: "
-        "the population's, shared among its configurations.",
+        (
+            f"Score: {config.monitor} at each member's best step ({folds}; mean ± std "
+            "over folds). Gap: train minus validation cross-entropy there. Wall time: "
+            "the population's, shared among its configurations."
+        ),
         "",
         "| rank | " + " | ".join(SWEPT) + " | score | best step | gap | wall s |",
         "|---" * (len(SWEPT) + 5) + "|",
@@ -78,7 +80,12 @@ def markdown(config, rows, *, command: str | None, test) -> str:
         )
     lines.append("")
     if command:
-        lines += ["The winner, alone, as `bin/train` runs it:", "", f"    {command}", ""]
+        lines += [
+            "The winner, alone, as `bin/train` runs it:",
+            "",
+            f"    {command}",
+            "",
+        ]
     if test is not None:
         lines.append(
             f"Winner retrained on all training rows (early stopping on the validation "

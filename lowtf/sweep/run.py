@@ -108,7 +108,7 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
             continue
         groups = by_architecture(p for _, p in claimed)
         trials = {p.key: t for t, p in claimed}
-        for architecture, group in groups.items():
+        for group in groups.values():
             _train_population(
                 config, data, x, y, folds, group, [trials[p.key] for p in group],
                 study, sweep_dir, progress,
@@ -124,8 +124,12 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
         r["winner"] = r is winner
     command = None
     if winner is not None:
-        job = config.job_config(_point(winner), model_dir=os.path.join(sweep_dir, WINNER_DIR))
-        command = "bin/train " + " ".join(train_flags(dataclasses.replace(job, model_dir=None)))
+        job = config.job_config(
+            _point(winner), model_dir=os.path.join(sweep_dir, WINNER_DIR)
+        )
+        command = "bin/train " + " ".join(
+            train_flags(dataclasses.replace(job, model_dir=None))
+        )
     report.write(config, rows, sweep_dir, command=command, test=None)
     log(f"sweep: {total} configurations ranked; report in {sweep_dir}")
     winner_result = None
@@ -155,7 +159,7 @@ def _splits(config: SweepConfig, data):
     """
     x_train, y_train = data.train
     n = len(y_train)
-    flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)  # noqa: E731
+    flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
     if config.folds == 1:
         x_val, y_val = data.validation
         x = np.concatenate([flat(x_train), flat(x_val)])
@@ -211,7 +215,9 @@ def _train_population(
     )
     name = f"trial-{min(t.number for t in trials)}-{points[0].architecture}"
     progress.running = len(points)
-    progress.line(f"population {name}: {len(points)} configurations x {len(folds)} folds")
+    progress.line(
+        f"population {name}: {len(points)} configurations x {len(folds)} folds"
+    )
     result = fit_population(
         population,
         model_dir=os.path.join(sweep_dir, "populations", name),
@@ -257,7 +263,7 @@ def _row(trial) -> dict:
         "score_mean": mean,
         "score_std": std,
         "folds": len(a["scores"]),
-        "best_step": int(round(float(np.mean(a["best_steps"])))),
+        "best_step": round(float(np.mean(a["best_steps"]))),
         "gap": a["gap"],
         "wall_seconds": a["wall_seconds"],
         "trial": trial.number,
@@ -292,5 +298,3 @@ class _Progress:
             f"[{len(finished)}/{self.total} done, {self.running} running; best "
             f"{self.config.monitor} {best}; elapsed {elapsed:.0f} s, ETA {eta}] {message}"
         )
-
-

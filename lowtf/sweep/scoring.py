@@ -53,7 +53,10 @@ def mean_curve(histories) -> dict:
     """
     steps = sorted({row["step"] for h in histories for row in h})
     out = {"step": steps, "train": [], "val": []}
-    for name, column in (("train", "train_cross_entropy"), ("val", "val_cross_entropy")):
+    for name, column in (
+        ("train", "train_cross_entropy"),
+        ("val", "val_cross_entropy"),
+    ):
         for s in steps:
             values = [
                 row[column]

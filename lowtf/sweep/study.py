@@ -114,7 +114,7 @@ def requeue_interrupted(study: optuna.Study, config: SweepConfig) -> int:
             continue
         if _alive(owner.get("pid")):
             continue
-        study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")  # noqa: SLF001
+        study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
         tell(study, t.number, state=TrialState.FAIL)
         book = ledger(study)
         key = t.user_attrs.get("key")
@@ -179,6 +179,10 @@ def tell(study: optuna.Study, trial, value=None, *, state=TrialState.COMPLETE) -
         else:
             study.tell(number, state=state)
     except (RuntimeError, KeyError):
-        stored = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))  # noqa: SLF001
+        stored = study._storage.get_trial(
+            study._storage.get_trial_id_from_study_id_trial_number(
+                study._study_id, number
+            )
+        )
         if not stored.state.is_finished():
             raise
