@@ -1,0 +1,186 @@
+"""The sweep's report: results.csv, results.md, curves.png and scores.png.
+
+Every file goes through ``tf.io.gfile`` (any TensorFlow file system), whole
+or not at all. The pictures are drawn as :mod:`lowtf.train.plot` draws: a
+matplotlib ``Figure`` on its own Agg canvas, never pyplot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from lowtf.sweep.config import SWEPT
+from lowtf.train.job import write_text
+
+CSV_COLUMNS = (
+    "rank", "winner", *SWEPT, "status", "score_mean", "score_std", "folds",
+    "best_step", "gap", "wall_seconds", "trial",
+)  # fmt: skip
+WINNER_COLOR = "#d62728"  # C3 red: the one line that must stand out
+_DPI = 100
+
+
+def write(config, rows, sweep_dir: str, *, command: str | None, test) -> None:
+    """Writes results.csv, results.md, curves.png and scores.png into ``sweep_dir``."""
+    write_text(os.path.join(sweep_dir, "results.csv"), csv_text(rows))
+    write_text(
+        os.path.join(sweep_dir, "results.md"),
+        markdown(config, rows, command=command, test=test),
+    )
+    _save(curves_figure(rows, config.monitor), os.path.join(sweep_dir, "curves.png"))
+    figure = scores_figure(config, rows)
+    if figure is not None:
+        _save(figure, os.path.join(sweep_dir, "scores.png"))
+
+
+def csv_text(rows) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for rank, r in enumerate(rows, 1):
+        cells = {"rank": rank, **r}
+        writer.writerow(["" if _missing(cells[c]) else cells[c] for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def markdown(config, rows, *, command: str | None, test) -> str:
+    folds = "validation split" if config.folds == 1 else f"{config.folds}-fold CV"
+    lines = [
+        f"# Sweep: {config.dataset}, {len(rows)} configurations",
+        "",
+        (
+            f"Score: {config.monitor} at each member's best step ({folds}; mean ± std "
+            "over folds). Gap: train minus validation cross-entropy there. Wall time: "
+            "the population's, shared among its configurations."
+        ),
+        "",
+        "| rank | " + " | ".join(SWEPT) + " | score | best step | gap | wall s |",
+        "|---" * (len(SWEPT) + 5) + "|",
+    ]
+    for rank, r in enumerate(rows, 1):
+        score = (
+            f"{r['score_mean']:.4f} ± {r['score_std']:.4f}"
+            if r["status"] == "ok"
+            else "diverged"
+        )
+        mark = " **winner**" if r.get("winner") else ""
+        gap = "" if _missing(r["gap"]) else f"{r['gap']:+.4f}"
+        values = " | ".join(str(r[n]) for n in SWEPT)
+        lines.append(
+            f"| {rank}{mark} | {values} | {score} | {r['best_step']} | {gap} | "
+            f"{r['wall_seconds']:.1f} |"
+        )
+    lines.append("")
+    if command:
+        lines += [
+            "The winner, alone, as `bin/train` runs it:",
+            "",
+            f"    {command}",
+            "",
+        ]
+    if test is not None:
+        lines.append(
+            f"Winner retrained on all training rows (early stopping on the validation "
+            f"split, best step {test.best_step}): test accuracy {test.test_accuracy:.4f}, "
+            f"test cross-entropy {test.test_cross_entropy:.4f}."
+        )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def curves_figure(rows, monitor: str) -> Figure:
+    """Validation (solid) and training (dashed) cross-entropy of every configuration."""
+    fig = Figure(figsize=(8, 5), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.set_yscale("log")
+    colors = [f"C{i % 10}" for i in range(len(rows))]
+    # The winner last, so that it is drawn over the others.
+    order = sorted(range(len(rows)), key=lambda i: bool(rows[i].get("winner")))
+    for i in order:
+        r = rows[i]
+        curve = r["curve"]
+        steps = np.asarray(curve["step"], np.float64)
+        win = bool(r.get("winner"))
+        color, width, alpha = (WINNER_COLOR, 2.6, 1.0) if win else (colors[i], 1.0, 0.6)
+        label = ("winner: " if win else "") + _label(r)
+        ax.plot(steps, _floats(curve["val"]), "-", color=color, lw=width, alpha=alpha,
+                label=label if (win or len(rows) <= 12) else None)  # fmt: skip
+        ax.plot(steps, _floats(curve["train"]), "--", color=color, lw=width * 0.7,
+                alpha=alpha * 0.8)  # fmt: skip
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (log): validation solid, train dashed")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="best", fontsize="x-small")
+    ax.set_title(f"{len(rows)} configurations (score: {monitor})")
+    return fig
+
+
+def scores_figure(config, rows) -> Figure | None:
+    """The score against each swept setting; one line per value of another one.
+
+    Each point is the best score over the settings neither on the axis nor
+    the line. None when nothing is swept.
+    """
+    swept = config.swept()
+    if not swept:
+        return None
+    ok = [r for r in rows if r["status"] == "ok"]
+    fig = Figure(figsize=(4.2 * len(swept), 4), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(1, len(swept)))
+    pick = max if "accuracy" in config.monitor else min
+    for ax, name in zip(axes, swept):
+        others = [n for n in swept if n != name]
+        line_by = others[0] if others else None
+        values = config.search_space()[name]
+        series = config.search_space()[line_by] if line_by else [None]
+        for v_line in series:
+            ys = []
+            for v in values:
+                scores = [
+                    r["score_mean"]
+                    for r in ok
+                    if r[name] == v and (line_by is None or r[line_by] == v_line)
+                ]
+                ys.append(pick(scores) if scores else math.nan)
+            label = f"{line_by}={v_line}" if line_by else None
+            # Categorical positions: a swept list often holds 0, which no
+            # log axis can show.
+            ax.plot(range(len(values)), ys, "o-", label=label)
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xlabel(name)
+        ax.set_ylabel(f"{config.monitor} (best over the rest)")
+        ax.grid(True, alpha=0.3)
+        if line_by:
+            ax.legend(fontsize="x-small")
+    return fig
+
+
+def _save(fig: Figure, path: str) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    temporary = f"{path}.tmp"
+    with tf.io.gfile.GFile(temporary, "wb") as f:
+        f.write(buffer.getvalue())
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def _label(row) -> str:
+    return " ".join(f"{n}={row[n]}" for n in SWEPT)
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([math.nan if v is None else v for v in values], np.float64)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

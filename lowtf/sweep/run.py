@@ -1,0 +1,300 @@
+"""The sweep job: data once, populations per architecture, Optuna's ledger, the winner.
+
+:func:`run_sweep` loads the data, opens the study (:mod:`lowtf.sweep.study`),
+then claims configurations until none is left: the claimed ones that share
+an architecture train as one :class:`lowtf.Population` (one
+:func:`lowtf.population.fit_population` call, ``configurations x folds``
+members), and each configuration's score goes back to the study. When every
+configuration of the grid is finished (by this process or others) it ranks
+them on validation alone, writes the report and retrains the winner with
+:func:`lowtf.train.run_job` into ``sweep_dir/winner``, the only step that
+reads the test set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from optuna.trial import TrialState
+
+from lowtf.data import datasets
+from lowtf.population import Population, fit_population, k_fold
+from lowtf.sweep import report, scoring
+from lowtf.sweep import study as study_lib
+from lowtf.sweep.config import SWEPT, Point, SweepConfig, by_architecture, train_flags
+from lowtf.train import job as job_lib
+
+WINNER_DIR = "winner"
+POLL_SECONDS = 5.0
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What :func:`run_sweep` reports.
+
+    Attributes:
+      rows: one dict per configuration, best first (the rows of results.csv).
+      winner: the best row whose training did not diverge, or None.
+      winner_result: the winner's :class:`lowtf.train.JobResult` (its test
+        metrics), or None when not retrained.
+      trained: configurations this call trained (0 when all were finished).
+      sweep_dir: where everything went.
+      wall_seconds: wall time of this call.
+    """
+
+    rows: list
+    winner: dict | None
+    winner_result: object
+    trained: int
+    sweep_dir: str
+    wall_seconds: float
+
+
+def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
+    """Runs (or resumes) a sweep; see the module doc.
+
+    Args:
+      config: the :class:`SweepConfig`.
+      data: a :class:`lowtf.Dataset` to use instead of loading
+        ``config.dataset`` (tests); the winner's retraining always loads
+        ``config.dataset`` as ``bin/train`` would.
+      log: called with each progress line (default ``print``).
+
+    Raises:
+      ValueError: bad data for these settings (more folds than the smallest
+        class has rows, a batch larger than a fold), a storage that cannot be
+        opened, a sweep directory or storage of another sweep definition.
+    """
+    if not isinstance(config, SweepConfig):
+        raise ValueError(f"`config` ({config!r}) must be a lowtf.sweep.SweepConfig")  # noqa: TRY004
+    if not callable(log):
+        raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")  # noqa: TRY004
+    started = time.monotonic()
+    sweep_dir = config.resolved_sweep_dir
+    job_lib.check_model_dir(sweep_dir)
+    if data is None:
+        data = datasets.load(
+            config.dataset,
+            data_path=config.data_path,
+            train_size=config.train_size,
+            validation_size=config.validation_size,
+            label_column=config.label_column,
+            seed=config.data_seed,
+        )
+    # Everything about the data is checked before the study exists, so a
+    # refused start leaves no study behind to refuse the corrected rerun.
+    x, y, folds = _splits(config, data)
+    tf.io.gfile.makedirs(sweep_dir)  # the embedded SQLite file goes here
+    storage = study_lib.open_storage(config.resolved_storage)
+    study = study_lib.open_study(config, storage)
+    log(data.describe())
+    points = config.points()
+    total = len(points)
+    progress = _Progress(study, total, config, log, started)
+    trained = 0
+    while True:
+        if study_lib.requeue_interrupted(study, config):
+            log("queued again the configurations of an interrupted run")
+        claimed = study_lib.claim(study, config, config.claim or total)
+        if not claimed:
+            if len(study_lib.ledger(study)["finished"]) >= total:
+                break
+            progress.line("waiting for other processes")
+            time.sleep(POLL_SECONDS)
+            continue
+        groups = by_architecture(p for _, p in claimed)
+        trials = {p.key: t for t, p in claimed}
+        for group in groups.values():
+            _train_population(
+                config, data, x, y, folds, group, [trials[p.key] for p in group],
+                study, sweep_dir, progress,
+            )  # fmt: skip
+            trained += len(group)
+            progress.trained += len(group)
+    rows = scoring.rank(
+        [_row(t) for t in study_lib.ledger(study)["finished"].values()],
+        maximize="accuracy" in config.monitor,
+    )
+    winner = next((r for r in rows if r["status"] == "ok"), None)
+    for r in rows:
+        r["winner"] = r is winner
+    command = None
+    if winner is not None:
+        job = config.job_config(
+            _point(winner), model_dir=os.path.join(sweep_dir, WINNER_DIR)
+        )
+        command = "bin/train " + " ".join(
+            train_flags(dataclasses.replace(job, model_dir=None))
+        )
+    report.write(config, rows, sweep_dir, command=command, test=None)
+    log(f"sweep: {total} configurations ranked; report in {sweep_dir}")
+    winner_result = None
+    if winner is not None and config.retrain:
+        log(f"retraining the winner ({winner['key']}) on all training rows")
+        flags_text = "".join(f"{f}\n" for f in train_flags(job))
+        winner_result = job_lib.run_job(job, flags_text=flags_text, log=log)
+        report.write(config, rows, sweep_dir, command=command, test=winner_result)
+    elif winner is None:
+        log("no configuration trained without diverging: there is no winner")
+    return SweepResult(
+        rows=rows,
+        winner=winner,
+        winner_result=winner_result,
+        trained=trained,
+        sweep_dir=sweep_dir,
+        wall_seconds=time.monotonic() - started,
+    )
+
+
+def _splits(config: SweepConfig, data):
+    """The shared rows and each fold's ``(train_rows, val_rows)`` into them.
+
+    ``folds == 1``: the training and validation splits, one after the other.
+    ``folds == k``: stratified k-fold of the training split alone. The test
+    split is never among them.
+    """
+    x_train, y_train = data.train
+    n = len(y_train)
+    flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
+    if config.folds == 1:
+        x_val, y_val = data.validation
+        x = np.concatenate([flat(x_train), flat(x_val)])
+        y = np.concatenate([y_train, y_val])
+        folds = [(np.arange(n), n + np.arange(len(y_val)))]
+        smallest = n
+    else:
+        counts = np.bincount(np.asarray(y_train, np.int64))
+        least = int(counts[counts > 0].min())
+        if config.folds > least:
+            raise ValueError(
+                f"--folds ({config.folds}) exceeds the {least} training rows of the "
+                f"smallest class (label {int(np.flatnonzero(counts == least)[0])}); "
+                f"use --folds={least} or fewer, or more --train_size"
+            )
+        x, y = flat(x_train), np.asarray(y_train)
+        folds = k_fold(y, config.folds, seed=config.data_seed)
+        smallest = min(len(t) for t, _ in folds)
+    if config.batch_size > smallest:
+        raise ValueError(
+            f"--batch_size ({config.batch_size}) exceeds the {smallest} training rows "
+            "of a fold; lower it, raise --train_size or use fewer --folds"
+        )
+    return x, y, folds
+
+
+def _train_population(
+    config, data, x, y, folds, points, trials, study, sweep_dir, progress
+) -> None:
+    """Trains ``points`` (one architecture) x folds as one population; tells the study."""
+    members = [(p, f) for p in points for f in range(len(folds))]
+    base = config.job_config(points[0], model_dir=None)
+    population = Population(
+        x,
+        y,
+        train_rows=[folds[f][0] for _, f in members],
+        val_rows=[folds[f][1] for _, f in members],
+        seeds=[config.seed] * len(members),
+        optimizer=job_lib.build_optimizer(base),
+        model=points[0].units,
+        num_classes=data.num_classes,
+        activation=config.activation or "elu",
+        batchnorm=config.batchnorm,
+        l1=[p.l1 for p, _ in members],
+        l2=[p.l2 for p, _ in members],
+        dropout=[p.dropout for p, _ in members],
+        maxnorm=[p.maxnorm for p, _ in members],
+        batch_size=config.batch_size,
+        monitor=config.monitor,
+        patience=config.patience,
+        min_delta=config.min_delta,
+        jit_compile=config.xla if config.xla is not None else True,
+    )
+    name = f"trial-{min(t.number for t in trials)}-{points[0].architecture}"
+    progress.running = len(points)
+    progress.line(
+        f"population {name}: {len(points)} configurations x {len(folds)} folds"
+    )
+    result = fit_population(
+        population,
+        model_dir=os.path.join(sweep_dir, "populations", name),
+        max_steps=config.max_steps,
+        eval_every=config.eval_every,
+        steps_per_call=config.steps_per_call,
+        checkpoint_every=config.checkpoint_every,
+        log=progress.line,
+    )
+    progress.running = 0
+    per_point = len(folds)
+    for i, (point, trial) in enumerate(zip(points, trials)):
+        own = result.members[i * per_point : (i + 1) * per_point]
+        bad = any(scoring.diverged(m.best_value, m.history) for m in own)
+        values = [m.best_value for m in own]
+        gaps = [scoring.gap_at(m.history, m.best_step) for m in own]
+        gaps = [g for g in gaps if g is not None]
+        attrs = {
+            "status": "diverged" if bad else "ok",
+            "scores": [v if np.isfinite(v) else None for v in values],
+            "best_steps": [m.best_step for m in own],
+            "gap": float(np.mean(gaps)) if gaps else None,
+            "wall_seconds": result.wall_seconds / len(points),
+            "curve": scoring.mean_curve([m.history for m in own]),
+        }
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        if bad:
+            study_lib.tell(study, trial, state=TrialState.FAIL)
+        else:
+            study_lib.tell(study, trial, scoring.fold_score(values)[0])
+
+
+def _row(trial) -> dict:
+    """A finished trial as a row of results.csv (plus its ``curve``)."""
+    a = trial.user_attrs
+    ok = a["status"] == "ok"
+    mean, std = scoring.fold_score(a["scores"]) if ok else (float("nan"),) * 2
+    return {
+        "key": a["key"],
+        **{n: trial.params[n] for n in SWEPT},
+        "status": a["status"],
+        "score_mean": mean,
+        "score_std": std,
+        "folds": len(a["scores"]),
+        "best_step": round(float(np.mean(a["best_steps"]))),
+        "gap": a["gap"],
+        "wall_seconds": a["wall_seconds"],
+        "trial": trial.number,
+        "curve": a["curve"],
+    }
+
+
+def _point(row: dict) -> Point:
+    return Point(*(row[n] for n in SWEPT))
+
+
+class _Progress:
+    """The progress line: configurations done and running, best so far, elapsed, ETA."""
+
+    def __init__(self, study, total, config, log, started):
+        self.study, self.total, self.config, self.log = study, total, config, log
+        self.started, self.trained, self.running = started, 0, 0
+        self.maximize = "accuracy" in config.monitor
+
+    def line(self, message: str) -> None:
+        finished = study_lib.ledger(self.study)["finished"]
+        ok = [t for t in finished.values() if t.user_attrs.get("status") == "ok"]
+        best = "-"
+        if ok:
+            pick = max if self.maximize else min
+            t = pick(ok, key=lambda t: t.value)
+            best = f"{t.value:.4f} ({t.user_attrs['key']})"
+        elapsed = time.monotonic() - self.started
+        left = self.total - len(finished)
+        eta = f"{elapsed / self.trained * left:.0f} s" if self.trained else "?"
+        self.log(
+            f"[{len(finished)}/{self.total} done, {self.running} running; best "
+            f"{self.config.monitor} {best}; elapsed {elapsed:.0f} s, ETA {eta}] {message}"
+        )

@@ -1,0 +1,188 @@
+"""The sweep's Optuna study: storage, definition, claims and the ledger.
+
+One study per sweep, with a ``GridSampler`` over :meth:`SweepConfig.search_space`.
+A process *claims* configurations by ``ask``-ing trials (the sampler hands
+out grid points not yet finished or running), trains them, and ``tell``-s
+their scores. Every trial carries user attrs: ``key`` (the
+:attr:`Point.key`), ``owner`` (host and pid) and, once told, ``status``
+(``"ok"`` or ``"diverged"``) with its fold scores. A trial left RUNNING by a
+process of this host that is gone (an interrupted run) is failed as
+``"interrupted"`` and its point queued again, so a rerun finishes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from lowtf.sweep.config import SWEPT, Point, SweepConfig
+
+DEFINITION = "definition"
+STUDY_NAME = "lowtf-sweep"
+FINISHED = ("ok", "diverged")
+
+
+def open_storage(url: str):
+    """An Optuna storage for ``url`` (a database URL or ``journal:<path>``).
+
+    Raises:
+      ValueError: it cannot be opened (bad URL, missing driver, unreachable).
+    """
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(url[len("journal:") :]))
+        return optuna.storages.RDBStorage(url)
+    except Exception as error:  # noqa: BLE001 - drivers raise many kinds
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"--storage ({url}) cannot be opened: {type(error).__name__}: {first}; "
+            "give a database URL such as sqlite:///path/study.db or "
+            "postgresql://user@host/db, or journal:<file>"
+        ) from None
+
+
+def open_study(config: SweepConfig, storage) -> optuna.Study:
+    """The sweep's study, made or loaded; refuses one of another definition."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    mode = "maximize" if "accuracy" in config.monitor else "minimize"
+    study = optuna.create_study(
+        storage=storage,
+        study_name=STUDY_NAME,
+        sampler=optuna.samplers.GridSampler(config.search_space(), seed=config.seed),
+        direction=mode,
+        load_if_exists=True,
+    )
+    mine = config.definition()
+    stored = study.user_attrs.get(DEFINITION)
+    if stored is None:
+        study.set_user_attr(DEFINITION, mine)
+    elif stored != mine:
+        differ = [
+            f"{k}: stored {json.dumps(stored.get(k))}, given {json.dumps(mine.get(k))}"
+            for k in sorted(set(stored) | set(mine))
+            if stored.get(k) != mine.get(k)
+        ]
+        raise ValueError(
+            f"--sweep_dir/--storage holds another sweep ({'; '.join(differ)}); "
+            "rerun with its flags to resume it, or pick a new --sweep_dir"
+        )
+    return study
+
+
+def distributions(config: SweepConfig) -> dict:
+    return {n: CategoricalDistribution(v) for n, v in config.search_space().items()}
+
+
+def point_of(trial) -> Point:
+    return Point(*(trial.params[n] for n in SWEPT))
+
+
+def ledger(study: optuna.Study) -> dict:
+    """Per key: the finished trial (latest) and whether one is running or queued.
+
+    Returns ``{"finished": {key: FrozenTrial}, "running": set, "waiting": set}``.
+    """
+    finished, running, waiting = {}, set(), set()
+    for t in study.get_trials(deepcopy=False):
+        key = t.user_attrs.get("key")
+        if t.state == TrialState.WAITING:
+            fixed = t.system_attrs.get("fixed_params")
+            if fixed:
+                waiting.add(Point(*(fixed[n] for n in SWEPT)).key)
+        elif key is None:
+            continue
+        elif t.state == TrialState.RUNNING:
+            running.add(key)
+        elif t.user_attrs.get("status") in FINISHED:
+            finished[key] = t
+    return {"finished": finished, "running": running, "waiting": waiting}
+
+
+def requeue_interrupted(study: optuna.Study, config: SweepConfig) -> int:
+    """Fails the trials of dead processes of this host and queues their points again."""
+    host, count = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("owner") or {}
+        if owner.get("host") != host or owner.get("pid") == os.getpid():
+            continue
+        if _alive(owner.get("pid")):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
+        tell(study, t.number, state=TrialState.FAIL)
+        book = ledger(study)
+        key = t.user_attrs.get("key")
+        if key not in book["finished"] and key not in book["waiting"]:
+            study.enqueue_trial(point_of(t).params(), skip_if_exists=False)
+        count += 1
+    return count
+
+
+def claim(study: optuna.Study, config: SweepConfig, limit: int) -> list:
+    """Asks for up to ``limit`` configurations nobody has finished or is running.
+
+    Returns ``[(trial, point)]``; a grid point handed out twice (two
+    processes racing) is failed as ``"duplicate"`` and skipped.
+    """
+    keys = {p.key for p in config.points()}
+    dists = distributions(config)
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    claimed, duplicates = [], 0
+    while len(claimed) < limit and duplicates <= len(keys):
+        book = ledger(study)
+        free = keys - set(book["finished"]) - book["running"]
+        if not free:
+            break
+        trial = study.ask(dists)
+        point = point_of(trial)
+        if point.key not in free:
+            trial.set_user_attr("status", "duplicate")
+            tell(study, trial, state=TrialState.FAIL)
+            duplicates += 1
+            continue
+        trial.set_user_attr("key", point.key)
+        trial.set_user_attr("owner", owner)
+        claimed.append((trial, point))
+    return claimed
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tell(study: optuna.Study, trial, value=None, *, state=TrialState.COMPLETE) -> None:
+    """``study.tell``, outside ``optimize``.
+
+    GridSampler's ``after_trial`` calls ``study.stop()`` once the grid is
+    exhausted, which raises outside ``optimize`` (and looks up a ``grid_id``
+    that a queued trial lacks); the trial's state is stored before either
+    (Optuna stores it in a ``finally``), so both are harmless here.
+    """
+    number = trial if isinstance(trial, int) else trial.number
+    try:
+        if state == TrialState.COMPLETE:
+            study.tell(number, value)
+        else:
+            study.tell(number, state=state)
+    except (RuntimeError, KeyError):
+        stored = study._storage.get_trial(
+            study._storage.get_trial_id_from_study_id_trial_number(
+                study._study_id, number
+            )
+        )
+        if not stored.state.is_finished():
+            raise

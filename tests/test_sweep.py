@@ -1,0 +1,215 @@
+"""Tests of lowtf.sweep and bin/sweep: the grid, fold scores, resume, selection on
+validation only, refused inputs, and one end-to-end bin/sweep run."""
+
+import ast
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lowtf
+from lowtf import sweep
+
+BIN = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "sweep"
+)
+# Tiny and off XLA: each population compiles in about a second.
+QUICK = {
+    "dataset": "synthetic",
+    "train_size": 120,
+    "validation_size": 60,
+    "batch_size": 24,
+    "max_steps": 30,
+    "eval_every": 10,
+    "patience": 100,
+    "xla": False,
+    "retrain": False,
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return lowtf.load_dataset("synthetic", train_size=120, validation_size=60)
+
+
+def test_grid_expands_every_combination_grouped_by_architecture():
+    config = sweep.SweepConfig(
+        architectures=("tiny", "8:8"),
+        l2=(0.0, 1e-3),
+        dropout=(0.0, 0.2),
+        maxnorm=(3.0,),
+    )
+    points = config.points()
+    assert len(points) == 2 * 2 * 2
+    assert len({p.key for p in points}) == 8
+    groups = sweep.by_architecture(points)
+    assert list(groups) == ["tiny", "8:8"]
+    assert [len(g) for g in groups.values()] == [4, 4]
+    assert {(p.l2, p.dropout) for p in groups["8:8"]} == {
+        (0.0, 0.0), (0.0, 0.2), (1e-3, 0.0), (1e-3, 0.2)
+    }  # fmt: skip
+    assert groups["8:8"][0].units == (8, 8) and groups["tiny"][0].units == (16,)
+    assert all(p.maxnorm == 3.0 for p in points)
+    assert config.swept() == ("architecture", "l2", "dropout")
+
+
+def test_fold_score_is_mean_and_population_std():
+    mean, std = sweep.fold_score([0.5, 0.7, 0.6])
+    assert mean == pytest.approx(0.6)
+    assert std == pytest.approx(np.sqrt(((0.1**2) * 2) / 3))
+    assert sweep.fold_score([0.25]) == (0.25, 0.0)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"l2": ()}, "--l2 is empty"),
+        (
+            {"dropout": (0.0, 1.5)},
+            r"--dropout=0.0,1.5: `dropout` \(1.5\) must be in \[0, 1\)",
+        ),
+        ({"l1": (0.0, -1.0)}, "must be >= 0"),
+        ({"architectures": ("huge",)}, "neither a preset"),
+        ({"architectures": ()}, "--model is empty"),
+        ({"folds": 0}, "`folds`"),
+    ],
+)
+def test_bad_lists_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.SweepConfig(**fields)
+
+
+def test_more_folds_than_the_smallest_class_and_a_bad_storage_are_refused(
+    tmp_path, data
+):
+    least = int(np.bincount(data.train[1]).min())
+    config = sweep.SweepConfig(**QUICK, folds=least + 1, sweep_dir=str(tmp_path / "a"))
+    with pytest.raises(
+        ValueError, match=f"--folds \\({least + 1}\\) exceeds the {least}"
+    ):
+        sweep.run_sweep(config, data=data, log=lambda line: None)
+    assert not (tmp_path / "a" / "study.db").exists()
+    config = sweep.SweepConfig(
+        **QUICK, storage="nosuch://x", sweep_dir=str(tmp_path / "b")
+    )
+    with pytest.raises(ValueError, match=r"--storage \(nosuch://x\) cannot be opened"):
+        sweep.run_sweep(config, data=data, log=lambda line: None)
+
+
+def test_resume_selection_on_validation_only_and_definition(tmp_path, data):
+    config = sweep.SweepConfig(
+        **QUICK, architectures=("tiny", "4"), l2=(0.0, 1e-2), folds=2,
+        sweep_dir=str(tmp_path / "s"),
+    )  # fmt: skip
+    first = sweep.run_sweep(config, data=data, log=lambda line: None)
+    assert first.trained == 4 and len(first.rows) == 4
+    for row in first.rows:
+        assert row["status"] == "ok" and row["folds"] == 2
+    scores = [r["score_mean"] for r in first.rows]
+    assert scores == sorted(scores)  # val_cross_entropy: best (lowest) first
+    assert first.winner is first.rows[0]
+    with open(tmp_path / "s" / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [float(r["score_mean"]) for r in table] == pytest.approx(scores)
+    assert [r["winner"] for r in table] == ["True", "False", "False", "False"]
+    assert (tmp_path / "s" / "curves.png").stat().st_size > 0
+    assert (tmp_path / "s" / "scores.png").stat().st_size > 0
+
+    # The same command again: every trial is finished, nothing is retrained.
+    again = sweep.run_sweep(config, data=data, log=lambda line: None)
+    assert again.trained == 0
+    assert [(r["key"], r["score_mean"]) for r in again.rows] == [
+        (r["key"], r["score_mean"]) for r in first.rows
+    ]
+
+    # Test labels permuted (and test features scrambled): the same winner and
+    # bit-for-bit the same scores, since selection never reads the test split.
+    rs = np.random.RandomState(1)
+    x_test, y_test = data.test
+    shuffled = dataclasses.replace(
+        data, test=(rs.permutation(x_test), rs.permutation(y_test))
+    )
+    other = sweep.run_sweep(
+        dataclasses.replace(config, sweep_dir=str(tmp_path / "t")),
+        data=shuffled,
+        log=lambda line: None,
+    )
+    assert [(r["key"], r["score_mean"], r["score_std"]) for r in other.rows] == [
+        (r["key"], r["score_mean"], r["score_std"]) for r in first.rows
+    ]
+
+    # Another definition on the same sweep_dir is refused, not mixed in.
+    changed = dataclasses.replace(config, l2=(0.0, 1e-3))
+    with pytest.raises(ValueError, match=r"holds another sweep \(l2: stored"):
+        sweep.run_sweep(changed, data=data, log=lambda line: None)
+
+
+def test_diverged_configuration_never_wins(tmp_path, data):
+    # A learning rate of 1e6 with SGD sends every member to NaN or Inf.
+    config = sweep.SweepConfig(
+        **{**QUICK, "max_steps": 20}, optimizer="sgd", learning_rate=1e6,
+        architectures=("4",), l2=(0.0,), sweep_dir=str(tmp_path / "d"),
+    )  # fmt: skip
+    result = sweep.run_sweep(config, data=data, log=lambda line: None)
+    assert [r["status"] for r in result.rows] == ["diverged"]
+    assert result.winner is None
+
+
+def test_choices_match_the_library():
+    from lowtf.data.datasets import DATASETS
+    from lowtf.train.job import OPTIMIZERS
+
+    with open(BIN) as f:
+        lines = f.read().splitlines()
+    given = {
+        name: ast.literal_eval(line.split("=", 1)[1])
+        for line in lines
+        for name in ("DATASETS", "OPTIMIZERS")
+        if line.startswith(f"{name} = ")
+    }
+    assert given == {"DATASETS": DATASETS, "OPTIMIZERS": OPTIMIZERS}
+
+
+@pytest.mark.e2e
+def test_bin_sweep_end_to_end(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        "--dataset=synthetic", "--train_size=160", "--validation_size=80",
+        "--batch_size=32", "--max_steps=40", "--eval_every=10", "--noxla",
+        "--model=tiny,small", "--l2=0,1e-3", f"--sweep_dir={sweep_dir}",
+    ]  # fmt: skip
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, BIN, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(sweep_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert {(r["architecture"], float(r["l2"])) for r in rows} == {
+        ("tiny", 0.0), ("tiny", 1e-3), ("small", 0.0), ("small", 1e-3)
+    }  # fmt: skip
+    winner = [r for r in rows if r["winner"] == "True"]
+    assert len(winner) == 1 and winner[0] is rows[0]
+    with open(sweep_dir / "winner" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["model"] == winner[0]["architecture"]
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    # The winner retrained alone is the member trained in the population
+    # (same seed, rows and hyper-parameters), to float tolerance.
+    assert summary["best_value"] == pytest.approx(
+        float(winner[0]["score_mean"]), rel=1e-4
+    )
+    assert "bin/train" in (sweep_dir / "results.md").read_text()
+    progress = [line for line in result.stdout.splitlines() if " done, " in line]
+    assert progress and "ETA" in progress[-1]
