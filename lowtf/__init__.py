@@ -8,7 +8,6 @@ from lowtf.data import DataError, Dataset, InMemoryBatches
 from lowtf.data import load as load_dataset
 from lowtf.distribute import make_strategy
 from lowtf.models import cnn, mlp
-from lowtf.population import Population, fit_population, k_fold
 from lowtf.nn import (
     AvgPool2D,
     BatchNorm,
@@ -29,6 +28,7 @@ from lowtf.nn import (
     max_norm,
     regularization_losses,
 )
+from lowtf.population import Population, fit_population, k_fold
 from lowtf.train import (
     EarlyStopping,
     Evaluator,

@@ -175,7 +175,7 @@ def test_a_failed_start_in_a_new_directory_leaves_nothing_behind(tmp_path):
 
 
 def test_a_failed_checkpoint_write_is_one_line_with_the_path_and_no_leftovers(tmp_path):
-    from lowtf.train import _files
+    from lowtf import _files
 
     prefix = str(tmp_path / "ckpt-20")
     (tmp_path / "ckpt-10.index").write_text("older")

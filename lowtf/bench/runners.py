@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from lowtf import nn
-from lowtf.data import InMemoryBatches
 from lowtf.bench.configs import LEARNING_RATE, Config, make_model
+from lowtf.data import InMemoryBatches
 from lowtf.train import step
 
 _JIT = {"xla": True, "graph": False, "auto": "auto"}

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks
+from lowtf import _checks, _files
 from lowtf.population.population import Population
 from lowtf.train.metrics import COLUMNS
 
@@ -241,11 +241,7 @@ def _save_best(population: Population, best_dir: str) -> None:
         "best_value": population.best_value.tolist(),
         "monitor": population.monitor,
     }
-    path = os.path.join(best_dir, POINTER)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(pointer, f)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    _files.write_atomically(os.path.join(best_dir, POINTER), json.dumps(pointer))
     # The best weights also live in the latest checkpoint: a resume never
     # needs an older snapshot, so they go as soon as the pointer moved.
     for entry in tf.io.gfile.listdir(best_dir):
@@ -299,10 +295,7 @@ def _write_history(path: str, rows: list[dict]) -> None:
     writer = csv.writer(buffer)
     writer.writerow(HISTORY_COLUMNS)
     writer.writerows(_cells(r) for r in rows)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(buffer.getvalue())
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    _files.write_atomically(path, buffer.getvalue())
 
 
 # -- pieces -------------------------------------------------------------------

@@ -13,10 +13,10 @@ import math
 import os
 
 import numpy as np
-import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lowtf import _files
 from lowtf.sweep.config import SWEPT
 from lowtf.train.job import write_text
 
@@ -168,10 +168,7 @@ def scores_figure(config, rows) -> Figure | None:
 def _save(fig: Figure, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    temporary = f"{path}.tmp"
-    with tf.io.gfile.GFile(temporary, "wb") as f:
-        f.write(buffer.getvalue())
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    _files.write_atomically(path, buffer.getvalue())
 
 
 def _label(row) -> str:

@@ -32,8 +32,8 @@ import tempfile
 
 import tensorflow as tf
 
-from lowtf import distribute
-from lowtf.train import _files, early_stopping, rundir
+from lowtf import _files, distribute
+from lowtf.train import early_stopping, rundir
 from lowtf.train.metrics import STEP_METRICS
 
 # What fit writes into model_dir (each through write_path).

@@ -33,8 +33,8 @@ import re
 
 import tensorflow as tf
 
-from lowtf import _checks
-from lowtf.train import _files, metrics
+from lowtf import _checks, _files
+from lowtf.train import metrics
 
 MODES = ("auto", "min", "max")
 POINTER = "best.json"

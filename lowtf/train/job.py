@@ -25,7 +25,7 @@ import os
 
 import tensorflow as tf
 
-from lowtf import _checks, distribute, models, nn
+from lowtf import _checks, _files, distribute, models, nn
 from lowtf import augment as augment_lib
 from lowtf.data import datasets
 from lowtf.distribute import WorkerLost
@@ -567,10 +567,7 @@ def build_optimizer(config: JobConfig):
 
 def write_text(path: str, text: str) -> None:
     """Writes ``path`` whole or not at all (a temporary file, then a rename)."""
-    temporary = f"{path}.tmp"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    _files.write_atomically(path, text)
 
 
 def _finite_or_none(value):

@@ -20,6 +20,8 @@ import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lowtf import _files
+
 TRAIN_COLOR = "#1f77b4"  # matplotlib's C0 blue, (31, 119, 180)
 VALIDATION_COLOR = "#ff7f0e"  # C1 orange, (255, 127, 14)
 BEST_COLOR = "#2ca02c"  # C2 green, (44, 160, 44)
@@ -149,11 +151,7 @@ def write_png(path: str, history: Sequence[dict], **kwargs) -> str:
       **kwargs: :func:`figure`'s ``best_step``, ``title``, ``width`` and
         ``height``.
     """
-    png = tf.io.encode_png(render(history, **kwargs)).numpy()
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(png)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    _files.write_atomically(path, tf.io.encode_png(render(history, **kwargs)).numpy())
     return path
 
 

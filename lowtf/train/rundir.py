@@ -24,8 +24,8 @@ import socket
 import numpy as np
 import tensorflow as tf
 
+from lowtf import _files
 from lowtf.nn.base import keras_layers
-from lowtf.train import _files
 
 LOCK = "lock"
 RECORD = "run.json"

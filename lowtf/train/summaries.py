@@ -26,9 +26,9 @@ import os
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from lowtf import _files
 from lowtf.nn import constraints
 from lowtf.nn.base import keras_layers
-from lowtf.train import _files
 from lowtf.train.metrics import COLUMNS, Evaluation
 
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 TMP_SUFFIX = ".tmp"
 
 
-def write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str | bytes) -> None:
     """Replaces ``path`` by ``text``: a reader sees the old file or the new one.
 
     The text goes to ``<path>.tmp`` first, then a rename with overwrite
@@ -34,7 +34,7 @@ def write_atomically(path: str, text: str) -> None:
     # system appends to an existing file even in mode "w".
     remove_if_present(tmp)
     try:
-        with tf.io.gfile.GFile(tmp, "w") as f:
+        with tf.io.gfile.GFile(tmp, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         tf.io.gfile.rename(tmp, path, overwrite=True)
     except BaseException:
