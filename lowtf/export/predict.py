@@ -10,7 +10,6 @@ NumPy are used: the SavedModel is loaded with ``tf.saved_model.load``.
 
 from __future__ import annotations
 
-import gzip
 import io
 import math
 import os
@@ -35,7 +34,9 @@ def input_spec(signature) -> tf.TensorSpec:
     """The one input of a serving signature, e.g. float32 [None, 28]."""
     specs = list(signature.structured_input_signature[1].values())
     if len(specs) != 1:
-        raise ValueError(f"the signature takes {len(specs)} inputs; bin/predict feeds one")
+        raise ValueError(
+            f"the signature takes {len(specs)} inputs; bin/predict feeds one"
+        )
     return specs[0]
 
 
@@ -100,7 +101,12 @@ def predict_file(
                 table = io.StringIO()
                 ids = out["class_ids"].numpy()
                 # %.9g: a float32 read back is the value written.
-                np.savetxt(table, np.column_stack([ids, probabilities]), fmt=["%d"] + ["%.9g"] * width, delimiter=",")
+                np.savetxt(
+                    table,
+                    np.column_stack([ids, probabilities]),
+                    fmt=["%d"] + ["%.9g"] * width,
+                    delimiter=",",
+                )
                 f.write(table.getvalue())
                 before, rows = rows, rows + len(x)
                 if rows // log_every > before // log_every:
@@ -126,8 +132,11 @@ def _name(signature) -> str:
 def _csv_batches(path, shape, batch_size):
     """Batches ``[n, *shape]`` float32 of a csv or csv.gz file, streamed."""
     width = math.prod(shape)
-    compressed = _is_gzip(path)
-    first = _first_line(path, compressed)
+    lines = tf.data.TextLineDataset(
+        path, compression_type="GZIP" if _is_gzip(path) else ""
+    )
+    lines = lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
+    first = _first_line(lines)
     if first is None:
         raise DataError(f"{path} is empty")
     cells = first.split(",")
@@ -137,10 +146,8 @@ def _csv_batches(path, shape, batch_size):
             f"{path}: {len(cells)} columns; the model takes {width} features per row "
             f"(shape {shape}), and a row holds nothing else (no label)"
         )
-    lines = tf.data.TextLineDataset(path, compression_type="GZIP" if compressed else "")
     if header:
         lines = lines.skip(1)
-    lines = lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
     decode = lambda batch: tf.stack(  # noqa: E731
         tf.io.decode_csv(batch, record_defaults=[[np.float32(np.nan)]] * width), axis=1
     )
@@ -165,7 +172,9 @@ def _csv_error(path, error, start, width) -> str:
     if found:
         row = start + int(found.group(3))
         return f"{path}: data row {row} has {found.group(2)} columns; the model takes {width}"
-    found = re.search(r"Field (\d+) in record (\d+) is not a valid float: (.*)", message)
+    found = re.search(
+        r"Field (\d+) in record (\d+) is not a valid float: (.*)", message
+    )
     if found:
         row = start + int(found.group(2))
         return f"{path}: data row {row}, column {found.group(1)} is {found.group(3)}, not a number"
@@ -177,12 +186,10 @@ def _is_gzip(path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
-def _first_line(path, compressed):
-    with tf.io.gfile.GFile(path, "rb") as raw:
-        f = gzip.GzipFile(fileobj=raw) if compressed else raw
-        for line in io.TextIOWrapper(f, encoding="utf-8", errors="replace"):
-            if line.strip():
-                return line.strip()
+def _first_line(lines):
+    """The first line of a TextLineDataset, or None for an empty file."""
+    for line in lines.take(1):
+        return line.numpy().decode("utf-8", errors="replace").strip()
     return None
 
 
@@ -204,14 +211,22 @@ def _npz_batches(path, shape, batch_size, key):
             archive = zipfile.ZipFile(raw)
         except zipfile.BadZipFile:
             raise DataError(f"{path} is not an npz file (not a zip archive)") from None
-        names = [name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")]
+        names = [
+            name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")
+        ]
         key = _npz_key(path, names, key)
         with archive.open(key + ".npy") as member:
             version = np.lib.format.read_magic(member)
             if version not in _NPY_HEADERS:
-                raise DataError(f"{path}: {key} is .npy format {version}, not 1.0 or 2.0")
+                raise DataError(
+                    f"{path}: {key} is .npy format {version}, not 1.0 or 2.0"
+                )
             array_shape, fortran, dtype = _NPY_HEADERS[version](member)
-            if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == bool):
+            if not (
+                np.issubdtype(dtype, np.integer)
+                or np.issubdtype(dtype, np.floating)
+                or dtype == bool
+            ):
                 raise DataError(
                     f"{path}: {key} is {dtype}; the model takes numbers (float32, or "
                     f"integers and booleans, which are converted)"
@@ -224,7 +239,9 @@ def _npz_batches(path, shape, batch_size, key):
             rows = array_shape[0] if array_shape else 0
             if fortran:
                 # Column-major rows are not contiguous: read whole (rare in practice).
-                data = np.frombuffer(member.read(), dtype).reshape(array_shape, order="F")
+                data = np.frombuffer(member.read(), dtype).reshape(
+                    array_shape, order="F"
+                )
                 for start in range(0, rows, batch_size):
                     yield np.asarray(data[start : start + batch_size], np.float32)
                 return

@@ -94,10 +94,20 @@ def save(
     feature_shape = tuple(int(d) for d in feature_shape)
     for i, size in enumerate(feature_shape):
         _checks.positive_int(f"feature_shape[{i}]", size)
-    mean = np.zeros(feature_shape, np.float32) if mean is None else np.asarray(mean, np.float32)
-    std = np.ones(feature_shape, np.float32) if std is None else np.asarray(std, np.float32)
+    mean = (
+        np.zeros(feature_shape, np.float32)
+        if mean is None
+        else np.asarray(mean, np.float32)
+    )
+    std = (
+        np.ones(feature_shape, np.float32)
+        if std is None
+        else np.asarray(std, np.float32)
+    )
     if not np.all(std != 0):
-        raise ValueError("`std` has a zero; the loader divides by 1 for a constant feature")
+        raise ValueError(
+            "`std` has a zero; the loader divides by 1 for a constant feature"
+        )
     version = _version(export_dir, version)
     # Built here, so that the traced function only reads the variables.
     model(tf.zeros([1, *feature_shape]), training=False)
@@ -153,7 +163,14 @@ def export(model_dir: str, export_dir: str, *, version: int | None = None) -> st
             f"{pointer['prefix']} does not fit {model_dir}/model.json ({error}); "
             f"was model.json edited?"
         ) from None
-    return save(model, export_dir, feature_shape=feature_shape, mean=mean, std=std, version=version)
+    return save(
+        model,
+        export_dir,
+        feature_shape=feature_shape,
+        mean=mean,
+        std=std,
+        version=version,
+    )
 
 
 def latest(export_dir: str) -> str:

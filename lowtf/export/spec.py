@@ -64,7 +64,11 @@ def write(model_dir: str, config, data) -> None:
         normalization=NORMALIZATION_FILE,
     )
     buffer = io.BytesIO()
-    np.savez(buffer, mean=np.asarray(data.mean, np.float32), std=np.asarray(data.std, np.float32))
+    np.savez(
+        buffer,
+        mean=np.asarray(data.mean, np.float32),
+        std=np.asarray(data.std, np.float32),
+    )
     _write(os.path.join(model_dir, NORMALIZATION_FILE), buffer.getvalue(), "wb")
     _write(os.path.join(model_dir, MODEL_FILE), json.dumps(spec, indent=2) + "\n", "w")
 
