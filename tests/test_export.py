@@ -93,6 +93,7 @@ def _load_in_fresh_process(path, rows, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), dict(np.load(out_file))
@@ -100,7 +101,7 @@ def _load_in_fresh_process(path, rows, tmp_path):
 
 @pytest.mark.e2e
 def test_export_matches_the_model_in_a_process_without_lowtf(fitted, tmp_path):
-    model, path, rows, expected = fitted
+    _model, path, rows, expected = fitted
     info, out = _load_in_fresh_process(path, rows, tmp_path)
     assert info["lowtf_imported"] is False
     assert info["input"] == ["float32", [None, 28]]
@@ -242,6 +243,7 @@ def _run(binary, *args):
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
 
 
@@ -323,14 +325,16 @@ def test_bin_export_and_bin_predict_on_csv_gz_and_npz(tiny_run):
     )  # fmt: skip
     assert done.returncode == 2 and done.stdout == ""
     assert _errors(done.stderr) == [
-        f"error: {root / 'wide.csv'}: 29 columns; the model takes 28 features per row "
-        f"(shape (28,)), and a row holds nothing else (no label)"
+        (
+            f"error: {root / 'wide.csv'}: 29 columns; the model takes 28 features "
+            f"per row (shape (28,)), and a row holds nothing else (no label)"
+        )
     ]
     assert not os.path.exists(root / "wide.predictions.csv")
 
 
 def test_predict_file_refuses_bad_rows_dtypes_and_shapes(tiny_run, tmp_path):
-    root, model_dir = tiny_run
+    _root, model_dir = tiny_run
     path = export.export(model_dir, str(tmp_path / "exports"))
     output = str(tmp_path / "out.csv")
     good = ",".join(["0.5"] * 28)
@@ -342,6 +346,10 @@ def test_predict_file_refuses_bad_rows_dtypes_and_shapes(tiny_run, tmp_path):
         "text.csv": (
             f"{good}\n{good.replace('0.5', 'abc', 1)}\n",
             "data row 1, column 0 is abc",
+        ),
+        "empty.csv": (
+            f"{good}\n{good.replace('0.5', '', 1)}\n",
+            "data row 1, column 0 is empty",
         ),
         "nan.csv": (f"{good}\n{good.replace('0.5', 'nan', 1)}\n", "row 1 holds nan"),
     }

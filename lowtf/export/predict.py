@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import zipfile
 
@@ -143,14 +142,17 @@ def _csv_batches(path, shape, batch_size):
     header = not all(_is_number(cell) for cell in cells)
     if len(cells) != width:
         raise DataError(
-            f"{path}: {len(cells)} columns; the model takes {width} features per row "
-            f"(shape {shape}), and a row holds nothing else (no label)"
+            f"{path}: {len(cells)} columns; the model takes {width} features "
+            f"per row (shape {shape}), and a row holds nothing else (no label)"
         )
     if header:
         lines = lines.skip(1)
-    decode = lambda batch: tf.stack(  # noqa: E731
-        tf.io.decode_csv(batch, record_defaults=[[np.float32(np.nan)]] * width), axis=1
-    )
+    # No defaults: an empty cell is an error, not a value made up.
+    required = [tf.constant([], tf.float32)] * width
+
+    def decode(batch):
+        return tf.stack(tf.io.decode_csv(batch, record_defaults=required), axis=1)
+
     batches = lines.batch(batch_size).map(decode).prefetch(2)
     start = 0
     iterator = iter(batches)
@@ -178,6 +180,10 @@ def _csv_error(path, error, start, width) -> str:
     if found:
         row = start + int(found.group(2))
         return f"{path}: data row {row}, column {found.group(1)} is {found.group(3)}, not a number"
+    found = re.search(r"Field (\d+) is required but missing in record (\d+)", message)
+    if found:
+        row = start + int(found.group(2))
+        return f"{path}: data row {row}, column {found.group(1)} is empty"
     return f"{path}: a row from data row {start} on cannot be read: {message}"
 
 
