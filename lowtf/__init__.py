@@ -3,7 +3,7 @@
 The public API is what this module exports; everything else may move.
 """
 
-from lowtf import augment, data, distribute, nn, population, random, train
+from lowtf import augment, data, distribute, export, nn, population, random, train
 from lowtf.data import DataError, Dataset, InMemoryBatches
 from lowtf.data import load as load_dataset
 from lowtf.distribute import make_strategy
@@ -71,6 +71,7 @@ __all__ = [
     "cnn",
     "data",
     "distribute",
+    "export",
     "fit",
     "fit_population",
     "l1",

@@ -29,6 +29,8 @@ from lowtf import _checks, _files, distribute, models, nn
 from lowtf import augment as augment_lib
 from lowtf.data import datasets
 from lowtf.distribute import WorkerLost
+from lowtf.export import saved_model
+from lowtf.export import spec as export_spec
 from lowtf.train import evaluator, metrics, plot, rundir
 from lowtf.train import step as step_lib
 from lowtf.train.fit import TrainConfig, fit
@@ -85,6 +87,8 @@ class JobConfig:
         wait for the other workers (default None: no limit).
       model_dir: the output directory (default None:
         ``runs/<dataset>-<model>`` under the current directory).
+      export_dir: where to export the best snapshot as a SavedModel at the
+        end of the run (:func:`lowtf.export.export`; default None: no export).
     """
 
     # -- data
@@ -126,6 +130,7 @@ class JobConfig:
     collective_timeout: float | None = None
     # -- output
     model_dir: str | None = None
+    export_dir: str | None = None
 
     def __post_init__(self):
         _checks.one_of("dataset", self.dataset, datasets.DATASETS)
@@ -310,7 +315,12 @@ def run_job(
         if lock is not None:
             lock.acquire()
         with strategy.scope():
-            return _run_in_scope(config, model_dir, chief, flags_text, log)
+            summary = _run_in_scope(config, model_dir, chief, flags_text, log)
+        if config.export_dir and chief:
+            # Out of the strategy's scope: the export rebuilds the model from
+            # model_dir with plain variables.
+            _export(config, model_dir, summary, log)
+        return summary
     except Exception as error:
         # Once a worker is gone every collective op here fails: nothing more
         # is saved, so the checkpoints stay as they were for the rerun.
@@ -328,6 +338,15 @@ def run_job(
             lock.release()
             if not existed and not tf.io.gfile.listdir(model_dir):
                 tf.io.gfile.rmtree(model_dir)  # made only for the lock of a failed start
+
+
+def _export(config, model_dir, summary, log) -> None:
+    """Exports the best snapshot to ``config.export_dir``, if there is one."""
+    if summary.best_step < 0:
+        log(f"no export to {config.export_dir}: the run has no best snapshot")
+        return
+    path = saved_model.export(model_dir, config.export_dir)
+    log(f"exported the best snapshot (step {summary.best_step}) to {path}")
 
 
 def check_model_dir(model_dir: str) -> None:
@@ -459,6 +478,7 @@ def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
     )
     if chief:  # every worker holds the same model and numbers
         write_text(os.path.join(model_dir, SUMMARY_FILE), summary.to_json())
+        export_spec.write(model_dir, config, data)  # what bin/export rebuilds from
         if result.history:
             plot.write_png(
                 os.path.join(model_dir, CURVES_FILE),

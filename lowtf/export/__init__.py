@@ -1,0 +1,27 @@
+"""Deployment: a trained model as a TensorFlow SavedModel, and batch inference.
+
+- :func:`export` writes the best snapshot of a ``bin/train`` run (its
+  model.json, normalization and ``best/``) as a SavedModel version,
+  ``export_dir/<version>/``, in TensorFlow Serving's layout; :func:`save`
+  does the same for any lowtf model in memory.
+- :func:`predict_file` streams a csv, csv.gz or npz file through an export
+  and writes ``class_id,p0,p1,...`` rows (what ``bin/predict`` runs).
+
+The SavedModel's ``serving_default`` signature takes raw float32 features
+``[None, *feature_shape]`` and returns ``probabilities`` and ``class_ids``;
+loading it needs TensorFlow only.
+"""
+
+from lowtf.export.predict import predict_file
+from lowtf.export.saved_model import SIGNATURE, export, latest, save
+from lowtf.export.spec import MODEL_FILE, NORMALIZATION_FILE
+
+__all__ = [
+    "MODEL_FILE",
+    "NORMALIZATION_FILE",
+    "SIGNATURE",
+    "export",
+    "latest",
+    "predict_file",
+    "save",
+]

@@ -1,0 +1,402 @@
+"""Tests of lowtf.export, bin/export and bin/predict: SavedModel export and inference."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import lowtf
+from lowtf import export
+from lowtf.export import spec as spec_lib
+from lowtf.train import early_stopping, job
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Raw features far from standardized: the export must normalize them itself.
+RAW_SCALE, RAW_SHIFT = 3.0, 5.0
+
+
+def _raw_binary(n, seed):
+    """Raw (un-normalized) features [n, 28] and labels of a learnable problem."""
+    x, y = lowtf.data.datasets.synthetic(n, seed=seed)
+    return x * RAW_SCALE + RAW_SHIFT, y
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A tiny MLP with dropout and batch norm, fit on normalized synthetic data."""
+    root = tmp_path_factory.mktemp("fitted")
+    x, y = _raw_binary(400, seed=1)
+    mean, std = x[:300].mean(0), x[:300].std(0)
+    norm = (x - mean) / std
+    model = lowtf.mlp((16, 16), dropout=0.5, batchnorm=True, seed=3)
+    lowtf.fit(
+        model,
+        tf.keras.optimizers.Adam(1e-2),
+        train=(norm[:300], y[:300]),
+        validation=(norm[300:], y[300:]),
+        model_dir=str(root / "run"),
+        config=lowtf.TrainConfig(
+            batch_size=50, max_steps=40, eval_every=20, steps_per_call=20
+        ),
+        step_options=lowtf.StepOptions(jit_compile=False),
+        log=lambda line: None,
+    )
+    path = export.save(
+        model, str(root / "export"), feature_shape=(28,), mean=mean, std=std
+    )
+    rows = _raw_binary(37, seed=9)[0]
+    p1 = tf.sigmoid(model((rows - mean) / std, training=False)).numpy()[:, 0]
+    expected = np.stack([1 - p1, p1], axis=1)
+    return model, path, rows, expected
+
+
+# Run in a fresh interpreter: TensorFlow and NumPy only.
+_LOAD_WITHOUT_LOWTF = """
+import sys, json
+import numpy as np
+import tensorflow as tf
+path, rows_file, out_file = sys.argv[1:]
+serve = tf.saved_model.load(path).signatures["serving_default"]
+rows = np.load(rows_file)
+whole = serve(features=tf.constant(rows))
+again = serve(features=tf.constant(rows))
+one_by_one = [serve(features=tf.constant(rows[i : i + 1]))["probabilities"].numpy() for i in range(len(rows))]
+spec = serve.structured_input_signature[1]["features"]
+np.savez(
+    out_file,
+    probabilities=whole["probabilities"].numpy(),
+    class_ids=whole["class_ids"].numpy(),
+    again=again["probabilities"].numpy(),
+    one_by_one=np.concatenate(one_by_one),
+)
+print(json.dumps({
+    "lowtf_imported": any(name.split(".")[0] == "lowtf" for name in sys.modules),
+    "input": [spec.dtype.name, spec.shape.as_list()],
+    "outputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in serve.structured_outputs.items()},
+    "class_ids_dtype": whole["class_ids"].dtype.name,
+}))
+"""
+
+
+def _load_in_fresh_process(path, rows, tmp_path):
+    rows_file, out_file = str(tmp_path / "rows.npy"), str(tmp_path / "out.npz")
+    np.save(rows_file, rows)
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_WITHOUT_LOWTF, path, rows_file, out_file],
+        env={**ENV, "PYTHONPATH": ""},  # not even findable
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), dict(np.load(out_file))
+
+
+@pytest.mark.e2e
+def test_export_matches_the_model_in_a_process_without_lowtf(fitted, tmp_path):
+    _model, path, rows, expected = fitted
+    info, out = _load_in_fresh_process(path, rows, tmp_path)
+    assert info["lowtf_imported"] is False
+    assert info["input"] == ["float32", [None, 28]]
+    assert info["outputs"] == {
+        "probabilities": ["float32", [None, 2]],
+        "class_ids": ["int64", [None]],
+    }
+    assert info["class_ids_dtype"] == "int64"
+    np.testing.assert_allclose(out["probabilities"], expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(out["class_ids"], np.argmax(expected, axis=1))
+    # Both classes occur, so the comparison covers both columns' winners.
+    assert set(out["class_ids"]) == {0, 1}
+    # Dropout off: two calls agree bit for bit.
+    np.testing.assert_array_equal(out["again"], out["probabilities"])
+    # Batch norm on moving statistics: a row alone gets what it gets in a batch
+    # (batch statistics of one row would normalize every unit to beta).
+    np.testing.assert_allclose(
+        out["one_by_one"], out["probabilities"], rtol=0, atol=1e-6
+    )
+
+
+def test_batch_norm_exports_its_moving_statistics(fitted):
+    model, path, rows, expected = fitted
+    norms = [
+        i for i, layer in enumerate(model.layers) if isinstance(layer, lowtf.BatchNorm)
+    ]
+    assert len(norms) == 2
+    loaded = tf.saved_model.load(path)
+    for i in norms:
+        moving = model.layers[i].moving_mean.numpy()
+        assert np.abs(moving).max() > 1e-3  # trained away from the initial zeros
+        np.testing.assert_array_equal(
+            loaded.model.layers[i].moving_mean.numpy(), moving
+        )
+    # Batch statistics would give another answer on this batch.
+    p1 = tf.sigmoid(model((rows - rows.mean(0)) / rows.std(0), training=False))
+    serve = loaded.signatures["serving_default"]
+    got = serve(features=tf.constant(rows))["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert np.abs(got[:, 1] - p1.numpy()[:, 0]).max() > 1e-3
+
+
+def test_versions_follow_serving_layout(fitted, tmp_path):
+    model = fitted[0]
+    base = str(tmp_path / "exports")
+    first = export.save(model, base, feature_shape=(28,))
+    second = export.save(model, base, feature_shape=(28,))
+    assert (first, second) == (os.path.join(base, "1"), os.path.join(base, "2"))
+    assert sorted(os.listdir(base)) == ["1", "2"]  # no temporary left
+    assert os.path.exists(os.path.join(second, "saved_model.pb"))
+    assert export.latest(base) == second and export.latest(second) == second
+    with pytest.raises(
+        ValueError, match=r"`version` \(2\) exists .* next free one \(3\)"
+    ):
+        export.save(model, base, feature_shape=(28,), version=2)
+    assert export.save(model, base, feature_shape=(28,), version=7).endswith("7")
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    """A digits CNN run by run_job with --export_dir, batch norm and dropout."""
+    root = tmp_path_factory.mktemp("cnn")
+    config = job.JobConfig(
+        dataset="digits",
+        model="cnn",
+        batchnorm=True,
+        dropout=0.3,
+        train_size=200,
+        xla=False,
+        batch_size=50,
+        max_steps=20,
+        eval_every=10,
+        steps_per_call=10,
+        model_dir=str(root / "run"),
+        export_dir=str(root / "export"),
+    )
+    lines = []
+    result = job.run_job(config, log=lines.append)
+    return config, result, lines
+
+
+def test_run_job_writes_model_json_and_exports_a_cnn(cnn_run):
+    config, result, lines = cnn_run
+    spec, mean, std = spec_lib.read(config.model_dir)
+    assert spec["model"] == "cnn" and spec["activation"] == "relu"
+    assert (spec["num_classes"], spec["feature_shape"], spec["image_shape"]) == (
+        10,
+        [64],
+        [8, 8, 1],
+    )
+    data = lowtf.load_dataset("digits", train_size=200)
+    np.testing.assert_array_equal(mean, data.mean)
+    np.testing.assert_array_equal(std, data.std)
+    path = os.path.join(config.export_dir, "1")
+    assert (
+        lines[-1] == f"exported the best snapshot (step {result.best_step}) to {path}"
+    )
+    # The in-process model: rebuilt, best snapshot restored, normalized rows.
+    model = spec_lib.rebuild(spec)
+    model(tf.zeros([1, 64]))
+    prefix = early_stopping.best_checkpoint(os.path.join(config.model_dir, "best"))[
+        "prefix"
+    ]
+    tf.train.Checkpoint(model=model).read(prefix).expect_partial()
+    rows = np.random.default_rng(0).integers(0, 17, (25, 64)).astype(np.float32)
+    expected = tf.nn.softmax(model((rows - mean) / std, training=False)).numpy()
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    out = serve(features=tf.constant(rows))
+    np.testing.assert_allclose(
+        out["probabilities"].numpy(), expected, rtol=0, atol=1e-6
+    )
+    np.testing.assert_array_equal(out["class_ids"].numpy(), expected.argmax(1))
+    # The model's test accuracy, through the export.
+    raw = data.test[0] * data.std + data.mean
+    ids = serve(features=tf.constant(raw))["class_ids"].numpy()
+    assert abs(np.mean(ids == data.test[1]) - result.test_accuracy) < 0.01
+
+
+def test_export_refuses_a_directory_without_model_json(tmp_path):
+    with pytest.raises(ValueError, match="model.json not found"):
+        export.export(str(tmp_path), str(tmp_path / "export"))
+
+
+# -- bin/export and bin/predict ------------------------------------------------------
+
+
+def _errors(stderr):
+    """The `error:` lines of a binary's stderr (TensorFlow's C++ start-up lines aside)."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:]  # the last line, and nothing like it before
+    return errors
+
+
+def _run(binary, *args):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", binary), *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny synthetic run of run_job (no export yet)."""
+    root = tmp_path_factory.mktemp("tiny")
+    config = job.JobConfig(
+        dataset="synthetic",
+        train_size=200,
+        validation_size=100,
+        model="tiny",
+        xla=False,
+        batch_size=50,
+        max_steps=40,
+        eval_every=20,
+        steps_per_call=20,
+        model_dir=str(root / "run"),
+    )
+    job.run_job(config, log=lambda line: None)
+    return root, config.model_dir
+
+
+@pytest.mark.e2e
+def test_bin_export_and_bin_predict_on_csv_gz_and_npz(tiny_run):
+    root, model_dir = tiny_run
+    exports = str(root / "exports")
+    done = _run("export", f"--model_dir={model_dir}", f"--export_dir={exports}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"exported {model_dir} to {exports}/1"
+    refused = _run(
+        "export", f"--model_dir={model_dir}", f"--export_dir={exports}", "--version=1"
+    )
+    assert refused.returncode == 2
+    assert _errors(refused.stderr) == [
+        f"error: `version` (1) exists in {exports}; leave it out for the next free one (2)"
+    ]
+
+    rows = _raw_binary(23, seed=5)[0]
+    serve = tf.saved_model.load(f"{exports}/1").signatures["serving_default"]
+    expected = serve(features=tf.constant(rows))
+    probabilities = expected["probabilities"].numpy()
+    ids = expected["class_ids"].numpy()
+
+    header = ",".join(f"f{i}" for i in range(28))
+    body = "".join(",".join(repr(float(v)) for v in row) + "\n" for row in rows)
+    (root / "rows.csv").write_text(header + "\n" + body)
+    with gzip.open(root / "rows.csv.gz", "wt") as f:
+        f.write(body)  # no header
+    np.savez(root / "rows.npz", x=rows)
+    for name in ("rows.csv", "rows.csv.gz", "rows.npz"):
+        output = str(root / f"{name}.predictions.csv")
+        done = _run(
+            "predict",
+            f"--model={exports}",
+            f"--data_path={root / name}",
+            f"--output={output}",
+            "--batch_size=10",  # three batches, the last one short
+            "--log_every=10",
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.splitlines() == [
+            "predict: 10 rows",
+            "predict: 20 rows",
+            f"predict: 23 rows written to {output}",
+        ]
+        with open(output) as f:
+            assert f.readline() == "class_id,p0,p1\n"
+        table = np.loadtxt(output, delimiter=",", skiprows=1)
+        assert table.shape == (23, 3)
+        np.testing.assert_array_equal(table[:, 0], ids)
+        # Batches of 10 round apart from one of 23 in the last float32 bits.
+        np.testing.assert_allclose(table[:, 1:], probabilities, rtol=0, atol=1e-6)
+
+    (root / "wide.csv").write_text(body.replace("\n", ",1.0\n"))
+    done = _run(
+        "predict", f"--model={exports}", f"--data_path={root / 'wide.csv'}",
+        f"--output={root / 'wide.predictions.csv'}",
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert _errors(done.stderr) == [
+        (
+            f"error: {root / 'wide.csv'}: 29 columns; the model takes 28 features "
+            f"per row (shape (28,)), and a row holds nothing else (no label)"
+        )
+    ]
+    assert not os.path.exists(root / "wide.predictions.csv")
+
+
+def test_predict_file_refuses_bad_rows_dtypes_and_shapes(tiny_run, tmp_path):
+    _root, model_dir = tiny_run
+    path = export.export(model_dir, str(tmp_path / "exports"))
+    output = str(tmp_path / "out.csv")
+    good = ",".join(["0.5"] * 28)
+    cases = {
+        "short.csv": (
+            f"{good}\n{good}\n{','.join(['1'] * 27)}\n",
+            "data row 2 has 27 columns; the model takes 28",
+        ),
+        "text.csv": (
+            f"{good}\n{good.replace('0.5', 'abc', 1)}\n",
+            "data row 1, column 0 is abc",
+        ),
+        "empty.csv": (
+            f"{good}\n{good.replace('0.5', '', 1)}\n",
+            "data row 1, column 0 is empty",
+        ),
+        "nan.csv": (f"{good}\n{good.replace('0.5', 'nan', 1)}\n", "row 1 holds nan"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(lowtf.DataError, match=message):
+            export.predict_file(
+                path, str(tmp_path / name), output, log=lambda line: None
+            )
+    np.savez(tmp_path / "shape.npz", x=np.zeros((4, 27), np.float32))
+    np.savez(tmp_path / "dtype.npz", x=np.array([["a"] * 28]))
+    np.savez(tmp_path / "two.npz", a=np.zeros((4, 28)), b=np.zeros((4, 28)))
+    for name, message in (
+        (
+            "shape.npz",
+            r"x has examples of shape \(27,\) \(array \(4, 27\)\); the model takes \(28,\)",
+        ),
+        ("dtype.npz", "x is <U1; the model takes numbers"),
+        ("two.npz", "holds a, b; name the features with --npz_key"),
+    ):
+        with pytest.raises(lowtf.DataError, match=message):
+            export.predict_file(
+                path, str(tmp_path / name), output, log=lambda line: None
+            )
+    assert not os.path.exists(output) and not os.path.exists(output + ".tmp")
+    # Integer pixels are numbers: converted, as the loader converts them.
+    np.savez(tmp_path / "ints.npz", x=np.arange(3 * 28).reshape(3, 28))
+    assert (
+        export.predict_file(
+            path, str(tmp_path / "ints.npz"), output, log=lambda line: None
+        )
+        == 3
+    )
+
+
+@pytest.mark.e2e
+def test_bin_train_export_dir_exports_at_the_end(tmp_path):
+    exports = str(tmp_path / "exports")
+    done = _run(
+        "train", "--dataset=synthetic", "--train_size=200", "--validation_size=100",
+        "--model=tiny", "--noxla", "--batch_size=50", "--max_steps=20",
+        "--eval_every=10", "--steps_per_call=10", f"--model_dir={tmp_path / 'run'}",
+        f"--export_dir={exports}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[-1] == f"exported the best snapshot (step 20) to {exports}/1"
+    assert os.path.exists(os.path.join(exports, "1", "saved_model.pb"))
+    with open(tmp_path / "run" / "flags.txt") as f:
+        assert f"--export_dir={exports}\n" in f.read()
