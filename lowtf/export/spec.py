@@ -23,6 +23,8 @@ import types
 import numpy as np
 import tensorflow as tf
 
+from lowtf import _files
+
 MODEL_FILE, NORMALIZATION_FILE = "model.json", "normalization.npz"
 FORMAT = "lowtf.model/1"
 # The JobConfig fields that shape the network (and its initial weights).
@@ -69,8 +71,8 @@ def write(model_dir: str, config, data) -> None:
         mean=np.asarray(data.mean, np.float32),
         std=np.asarray(data.std, np.float32),
     )
-    _write(os.path.join(model_dir, NORMALIZATION_FILE), buffer.getvalue(), "wb")
-    _write(os.path.join(model_dir, MODEL_FILE), json.dumps(spec, indent=2) + "\n", "w")
+    _files.write_atomically(os.path.join(model_dir, NORMALIZATION_FILE), buffer.getvalue())
+    _files.write_atomically(os.path.join(model_dir, MODEL_FILE), json.dumps(spec, indent=2) + "\n")
 
 
 def read(model_dir: str) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -121,11 +123,3 @@ def rebuild(spec: dict):
         feature_shape=tuple(spec["feature_shape"]),
     )
     return job.build_model(config, data)
-
-
-def _write(path, content, mode) -> None:
-    """Writes ``path`` whole or not at all (a temporary file, then a rename)."""
-    temporary = f"{path}.tmp"
-    with tf.io.gfile.GFile(temporary, mode) as f:
-        f.write(content)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
