@@ -95,7 +95,7 @@ def uniform(shape, seed: int, dtype=tf.float32):
     key = current_key()
     if key is None:
         return None
-    return uniform_from(shape, fold_in(key, seed), dtype=dtype)
+    return _hash_uniform(shape, fold_in(key, seed), dtype)
 
 
 def uniform_from(shape, key, minval=0.0, maxval=1.0, dtype=tf.float32):
@@ -215,7 +215,9 @@ def permute(position, size: int, key) -> tf.Tensor:
         # A value landing in [size, 2**b) takes more rounds until it lands
         # inside; several rounds per loop iteration keep the loop short.
         for _ in range(4):
-            index = tf.where(index >= limit, _kensler_round(index, mask, pattern), index)
+            index = tf.where(
+                index >= limit, _kensler_round(index, mask, pattern), index
+            )
         return (index,)
 
     (index,) = tf.while_loop(lambda i: tf.reduce_any(i >= limit), walk, (index,))

@@ -13,7 +13,8 @@ def test_permutation_holds_every_index_once_with_and_without_xla(size):
     outputs = []
     for jit in (False, True):
         fn = tf.function(
-            lambda epoch: random.permutation(size, random.make_key(3, epoch)), jit_compile=jit
+            lambda epoch: random.permutation(size, random.make_key(3, epoch)),
+            jit_compile=jit,
         )
         outputs.append(fn(tf.constant(5, tf.int64)).numpy())
     np.testing.assert_array_equal(np.sort(outputs[0]), np.arange(size))
@@ -24,12 +25,16 @@ def test_permute_is_random_access_into_the_permutation():
     key = random.make_key(1, 2)
     full = random.permutation(1000, key).numpy()
     positions = tf.constant([999, 0, 500, 17], tf.int64)
-    np.testing.assert_array_equal(random.permute(positions, 1000, key).numpy(), full[[999, 0, 500, 17]])
+    np.testing.assert_array_equal(
+        random.permute(positions, 1000, key).numpy(), full[[999, 0, 500, 17]]
+    )
 
 
 def test_permutations_differ_by_key_and_look_shuffled():
     size, epochs = 1000, 200
-    perms = np.stack([random.permutation(size, random.make_key(7, e)).numpy() for e in range(epochs)])
+    perms = np.stack(
+        [random.permutation(size, random.make_key(7, e)).numpy() for e in range(epochs)]
+    )
     assert len({p.tobytes() for p in perms}) == epochs
     # Where element 0 lands is uniform over the ten deciles (chi-square, 9 dof,
     # 99.9% quantile 27.9), and neighbours in a permutation are uncorrelated.
@@ -89,7 +94,9 @@ def test_every_draw_is_the_same_in_eager_graph_and_xla(mode):
     want = -2.0 + 5.0 * random.uniform_from([500], key)
     np.testing.assert_allclose(scaled, want, rtol=0, atol=2**-21)
     normal = _in_mode(lambda k: random.normal([8, 3, 5], k), mode)(key)
-    np.testing.assert_allclose(normal, random.normal([8, 3, 5], key), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        normal, random.normal([8, 3, 5], key), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_uniform_draws_sit_on_the_grid_of_their_type_below_one():
@@ -124,7 +131,9 @@ def test_dropout_draws_are_uniform_and_new_at_every_step(jit):
     @tf.function(jit_compile=jit)
     def draws(step):
         with random.step_key(random.make_key(0, step)):
-            return random.uniform([400, 256], seed=7), random.uniform([400, 256], seed=8)
+            return random.uniform([400, 256], seed=7), random.uniform(
+                [400, 256], seed=8
+            )
 
     a, other_layer = (t.numpy() for t in draws(tf.constant(1, tf.int64)))
     b, _ = (t.numpy() for t in draws(tf.constant(2, tf.int64)))

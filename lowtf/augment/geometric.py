@@ -66,9 +66,7 @@ def shift(images, dy, dx, fill=0.0):
     return tf.where(inside, out, fill)
 
 
-def rotate(
-    images, seed, max_degrees: float = 10.0, *, prob=1.0, value_range=UNIT
-):
+def rotate(images, seed, max_degrees: float = 10.0, *, prob=1.0, value_range=UNIT):
     """Rotates each image about its centre by up to ``±max_degrees``.
 
     Bilinear sampling (:func:`affine`); the corners uncovered by the

@@ -14,9 +14,7 @@ from lowtf import _checks, random
 from lowtf.augment._common import UNIT, as_images, with_prob
 
 
-def brightness(
-    images, seed, max_delta: float = 0.1, *, prob=1.0, value_range=UNIT
-):
+def brightness(images, seed, max_delta: float = 0.1, *, prob=1.0, value_range=UNIT):
     """Adds a per-image offset up to ``±max_delta`` of the value range, then clips.
 
     Args:
@@ -32,9 +30,7 @@ def brightness(
     return _clipped(images, brighter, prob, seed, value_range)
 
 
-def contrast(
-    images, seed, max_change: float = 0.2, *, prob=1.0, value_range=UNIT
-):
+def contrast(images, seed, max_change: float = 0.2, *, prob=1.0, value_range=UNIT):
     """Scales each image's deviation from its mean by ``1 ± max_change``, then clips.
 
     Args:
