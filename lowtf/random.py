@@ -1,44 +1,61 @@
-"""Per-step random keys for stateless, reproducible randomness.
+"""One stateless random generator for every mode: eager, graph and XLA.
 
 Every random op in a lowtf training step (dropout masks, augmentation, batch
 sampling) is *stateless*: its seed is a key derived from the run's seed and
 the global step, so a run is reproducible from its seed, every step draws new
 randomness, and a resumed run draws exactly what an uninterrupted one would.
 The step publishes its key with :func:`step_key` while it traces the model;
-a layer folds in its own seed (:func:`layer_key`) so that two dropout layers
-never share a mask.
+a layer folds in its own seed (:func:`fold_in`, :func:`next_layer_seed`) so
+that two dropout layers never share a mask.
+
+**One generator.** The same seed and step give the same numbers eagerly, in
+a ``tf.function`` graph and under ``jit_compile=True``, because whether a
+step is compiled is not a property of the run: ``jit_compile="auto"``
+depends on whether a GPU is present, so a run resumed on another machine
+must continue the same random stream. Every draw here therefore goes through
+operations whose results TensorFlow's kernels and XLA compute alike:
+
+* keys are folded with explicit philox (:func:`fold_in`): the default
+  ``alg="auto_select"`` picks another algorithm under XLA and gives other
+  keys once the key's first word is large (TF 2.21);
+* floats come from :func:`_hash_uniform`, a keyed integer hash of each
+  element's index in pure uint32 arithmetic, never from
+  ``tf.random.stateless_uniform``'s float draws, whose philox bits XLA turns
+  into *other* float32 values than TensorFlow's kernels (its uint32, int32
+  and float64 draws agree; BUILD_NOTES.md);
+* the hash, not threefry, because under XLA on CPU it costs about a tenth of
+  a threefry draw (0.03 vs 0.4 ms for a 500 x 512 dropout mask), and
+  threefry has no kernel outside XLA;
+* the permutation's integer pattern is a philox uint32 draw, which agrees.
+
+Draw only through these functions inside a training step: any other draw
+would make compiled and uncompiled steps train differently.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 
 import tensorflow as tf
 
 _state = threading.local()
 
-
-# Under XLA on CPU a threefry draw costs about a fifth of a philox one (0.09
-# vs 0.2 ms for a 500 x 16 mask), but TensorFlow's non-XLA kernels implement
-# threefry only on the XLA path. Philox integer draws are identical in both
-# modes (float32 draws are not: XLA converts bits to floats its own way).
-# :func:`uniform` (dropout masks) goes further under XLA: see _hash_uniform.
-XLA_ALG = "threefry"
-GRAPH_ALG = "philox"
+# The algorithm of the integer draws (fold-ins, the permutation's pattern):
+# philox integers are the same numbers under XLA and TensorFlow's kernels.
+_INT_ALG = "philox"
 
 
 @contextlib.contextmanager
-def step_key(key, alg: str = GRAPH_ALG):
+def step_key(key):
     """Makes ``key`` (an int ``[2]`` tensor) the current step's random key.
 
     Args:
       key: the step's key, e.g. :func:`make_key` of the seed and step.
-      alg: the stateless RNG algorithm for draws under this key:
-        :data:`XLA_ALG` inside an XLA-compiled step, else :data:`GRAPH_ALG`.
     """
     stack = _stack()
-    stack.append((key, alg))
+    stack.append(key)
     try:
         yield key
     finally:
@@ -46,7 +63,7 @@ def step_key(key, alg: str = GRAPH_ALG):
 
 
 def current_key():
-    """The innermost :func:`step_key` as ``(key, alg)``, or None outside one."""
+    """The innermost :func:`step_key`'s key, or None outside one."""
     stack = _stack()
     return stack[-1] if stack else None
 
@@ -57,31 +74,52 @@ def make_key(seed, step) -> tf.Tensor:
 
 
 def fold_in(key, data) -> tf.Tensor:
-    """A new key derived from ``key`` and an integer ``data``."""
-    # Philox, not the default auto_select, which picks another algorithm
-    # under XLA and would make keys depend on the compilation mode.
+    """A new int64 ``[2]`` key derived from ``key`` and an integer ``data``.
+
+    The same key in every mode: philox, not the default ``auto_select``,
+    which picks another algorithm under XLA.
+    """
     return tf.random.experimental.stateless_fold_in(
-        key, tf.cast(data, tf.int64), alg=GRAPH_ALG
+        tf.cast(key, tf.int64), tf.cast(data, tf.int64), alg=_INT_ALG
     )
 
 
 def uniform(shape, seed: int, dtype=tf.float32):
     """U[0, 1) draws keyed by the current step and a layer's ``seed``.
 
-    Under :data:`XLA_ALG` the draws come from a keyed integer hash of each
-    element's index (:func:`_hash_uniform`, about a tenth of the cost of a
-    threefry draw for a 500 x 512 mask); otherwise from a philox draw.
+    What dropout draws its masks from: :func:`uniform_from` of the step's
+    key folded with ``seed``.
 
     Returns None outside a :func:`step_key` context.
     """
-    current = current_key()
-    if current is None:
+    key = current_key()
+    if key is None:
         return None
-    key, alg = current
-    key = fold_in(key, seed)
-    if alg == XLA_ALG:
-        return _hash_uniform(shape, key, dtype)
-    return tf.random.stateless_uniform(shape, seed=key, dtype=dtype, alg=alg)
+    return _hash_uniform(shape, fold_in(key, seed), dtype)
+
+
+def uniform_from(shape, key, minval=0.0, maxval=1.0, dtype=tf.float32):
+    """Stateless U[minval, maxval) draws from ``key``, equal in every mode.
+
+    The unit draws (:func:`_hash_uniform`) are exact multiples of
+    ``2**-24`` for float32, the same bits eagerly, in a graph and under XLA;
+    a rescaled draw may differ under XLA by one ulp (a fused multiply-add).
+
+    Args:
+      shape: the output shape (ints or scalar int tensors).
+      key: an int ``[2]`` key, e.g. :func:`fold_in` of the step's key.
+      minval: lower bound, included; default 0.
+      maxval: upper bound, excluded; default 1.
+      dtype: a float type, default float32.
+    """
+    return minval + (maxval - minval) * _hash_uniform(shape, key, dtype)
+
+
+def normal(shape, key, dtype=tf.float32) -> tf.Tensor:
+    """Standard normal draws from ``key`` by Box-Muller of :func:`uniform_from` pairs."""
+    u = uniform_from(tf.concat([[2], shape], 0), key, dtype=dtype)
+    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - u[0]))  # 1 - u is in (0, 1].
+    return radius * tf.cos(2.0 * math.pi * u[1])
 
 
 # Significant bits of each float type: a draw keeps that many hash bits, so
@@ -90,20 +128,23 @@ _SIGNIFICANT_BITS = {tf.float16: 11, tf.bfloat16: 8, tf.float32: 24, tf.float64:
 
 
 def _hash_uniform(shape, key, dtype):
-    """U[0, 1) from a keyed hash of each element's index, for XLA.
+    """U[0, 1) from a keyed hash of each element's index.
 
     A counter-based generator in the spirit of Philox (Salmon et al. 2011,
     "Parallel random numbers: as easy as 1, 2, 3") with a cheaper mix: the
     index is multiplied by the golden ratio, then the two key words are
     mixed in by the two halves of MurmurHash3's 32-bit finalizer. XLA fuses
     the whole chain into one pass over the mask; a threefry draw takes 20
-    rounds per pair of words. Adequate for dropout masks, not for
-    cryptography or Monte Carlo estimates.
+    rounds per pair of words. Integer arithmetic and an exact conversion of
+    at most 24 bits (float32) make it the same numbers in every mode.
+    Adequate for dropout masks and augmentation, not for cryptography or
+    Monte Carlo estimates.
     """
     dtype = tf.as_dtype(dtype)
     if dtype not in _SIGNIFICANT_BITS:
         raise ValueError(f"`dtype` ({dtype.name}) must be a float type")
     xor, shr = tf.bitwise.bitwise_xor, tf.bitwise.right_shift
+    key = tf.cast(key, tf.int64)  # a 32-bit key would not shift by 32 below
     # Two well-mixed 32-bit words from all 128 key bits: fold_in leaves the
     # folded-in data (a layer's seed) as a plain second word.
     low = tf.cast(key, tf.uint32)
@@ -161,10 +202,10 @@ def permute(position, size: int, key) -> tf.Tensor:
     """
     if not 1 <= size < 2**31:
         raise ValueError(f"`size` ({size}) must be in [1, 2**31)")
-    # One 32-bit pattern per key selects the permutation; a philox draw, so
-    # that it is the same number in XLA and non-XLA graphs.
+    # One 32-bit pattern per key selects the permutation; a philox integer
+    # draw, so that it is the same number in XLA and non-XLA graphs.
     pattern = tf.random.stateless_uniform(
-        [], seed=key, minval=None, maxval=None, dtype=tf.uint32, alg=GRAPH_ALG
+        [], seed=key, minval=None, maxval=None, dtype=tf.uint32, alg=_INT_ALG
     )
     mask = _u32((1 << max((size - 1).bit_length(), 1)) - 1)
     limit = _u32(size)
@@ -174,7 +215,9 @@ def permute(position, size: int, key) -> tf.Tensor:
         # A value landing in [size, 2**b) takes more rounds until it lands
         # inside; several rounds per loop iteration keep the loop short.
         for _ in range(4):
-            index = tf.where(index >= limit, _kensler_round(index, mask, pattern), index)
+            index = tf.where(
+                index >= limit, _kensler_round(index, mask, pattern), index
+            )
         return (index,)
 
     (index,) = tf.while_loop(lambda i: tf.reduce_any(i >= limit), walk, (index,))

@@ -1,9 +1,19 @@
 """Conformance: the same checks for every layer and model (STYLE.md habit 10).
 
-One registry of (factory, input shape) drives: eager vs ``tf.function`` vs
-``jit_compile=True`` agreement at inference, eager vs ``tf.function`` in
-training under a step key, and a checkpoint round trip into a fresh module.
+One registry of (factory, input shape), covering every layer of
+:mod:`lowtf.nn` and the models of :mod:`lowtf.models`, drives:
+
+* eager vs ``tf.function`` vs ``jit_compile=True``: the same outputs in
+  training (under a step key, so dropout is on: lowtf.random draws the same
+  masks in every mode) and at inference;
+* a checkpoint round trip: save, overwrite, restore in place and into a
+  fresh module, ``assert_consumed()``, every value bit for bit;
+* a SavedModel round trip: a ``tf.Module`` serving the layer at inference
+  through a ``tf.function`` with an input signature, saved, loaded, the same
+  outputs.
 """
+
+import inspect
 
 import numpy as np
 import pytest
@@ -24,9 +34,27 @@ REGISTRY = {
         ),
         (4, 6),
     ),
+    "conv2d": (
+        lambda: lowtf.Conv2D(
+            3, 3, activation="relu", kernel_constraint=lowtf.max_norm(1.0), seed=9
+        ),
+        (2, 6, 6, 2),
+    ),
+    "conv2d_strided_valid": (
+        lambda: lowtf.Conv2D(4, 2, strides=2, padding="VALID", use_bias=False, seed=10),
+        (2, 7, 7, 3),
+    ),
+    "max_pool2d": (lambda: lowtf.MaxPool2D(2), (2, 6, 6, 3)),
+    "avg_pool2d_same": (
+        lambda: lowtf.AvgPool2D(3, strides=2, padding="SAME"),
+        (2, 5, 5, 2),
+    ),
     "dropout": (lambda: lowtf.Dropout(0.3, seed=3), (4, 6)),
     "batchnorm": (lambda: lowtf.BatchNorm(momentum=0.9), (8, 5)),
+    "batchnorm_images": (lambda: lowtf.BatchNorm(center=False), (2, 3, 3, 4)),
     "flatten": (lambda: lowtf.Flatten(), (4, 2, 3)),
+    "reshape": (lambda: lowtf.Reshape((4, 4, 2)), (3, 32)),
+    "lambda": (lambda: lowtf.Lambda(tf.nn.softplus), (3, 5)),
     "sequential": (
         lambda: lowtf.Sequential(
             [
@@ -40,30 +68,7 @@ REGISTRY = {
         ),
         (4, 3, 3),
     ),
-    **{
-        f"mlp_{preset}": (lambda preset=preset: lowtf.mlp(preset, seed=7), (4, 28))
-        for preset in lowtf.models.PRESETS
-    },
-    "conv2d": (
-        lambda: lowtf.Conv2D(
-            3, 3, activation="relu", kernel_constraint=lowtf.max_norm(1.0)
-        ),
-        (2, 6, 6, 2),
-    ),
-    "pools_and_reshape": (
-        lambda: lowtf.Sequential(
-            [
-                lowtf.Reshape((4, 4, 2)),
-                lowtf.MaxPool2D(2),
-                lowtf.AvgPool2D(2, padding="SAME"),
-            ]
-        ),
-        (3, 32),
-    ),
-    "cnn_digits": (
-        lambda: lowtf.cnn("digits", batchnorm=True, dropout=0.2, seed=8),
-        (2, 64),
-    ),
+    "mlp_tiny": (lambda: lowtf.mlp("tiny", seed=7), (4, 28)),
     "mlp_all_switches": (
         lambda: lowtf.mlp(
             "small",
@@ -75,6 +80,12 @@ REGISTRY = {
             maxnorm=2.0,
         ),
         (4, 9),
+    ),
+    "cnn_digits": (
+        lambda: lowtf.cnn(
+            "digits", filters=(4,), dense=(16,), batchnorm=True, dropout=0.2, seed=8
+        ),
+        (4, 64),
     ),
 }
 
@@ -92,6 +103,10 @@ def _built(name):
     return module, shape
 
 
+def _modules(module):
+    return [module, *module.submodules]
+
+
 def _perturb(module, seed):
     """Gives every variable distinct non-default values (variances stay > 0)."""
     for i, var in enumerate(module.variables):
@@ -103,32 +118,54 @@ def _perturb(module, seed):
         var.assign(noise / np.sqrt(fan_in))
 
 
+def test_the_registry_covers_every_layer_of_lowtf_nn():
+    layers = {
+        cls
+        for cls in vars(lowtf.nn).values()
+        if inspect.isclass(cls) and issubclass(cls, lowtf.nn.Layer)
+    } - {lowtf.nn.Layer}
+    registered = {
+        type(m) for factory, _ in REGISTRY.values() for m in _modules(factory())
+    }
+    assert layers - registered == set()
+    assert {"mlp_tiny", "mlp_all_switches", "cnn_digits"} <= set(REGISTRY)
+
+
 @CASES
-def test_eager_function_and_xla_agree_at_inference(name):
+def test_eager_function_and_xla_agree_in_training_and_at_inference(name):
     module, shape = _built(name)
     _perturb(module, seed=1)
     x = _input(shape, seed=2)
-    eager = module(x, training=False).numpy()
-    graph = tf.function(lambda t: module(t, training=False))(x).numpy()
-    xla = tf.function(lambda t: module(t, training=False), jit_compile=True)(x).numpy()
-    assert eager.shape[0] == shape[0] and np.isfinite(eager).all()
-    np.testing.assert_allclose(graph, eager, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(xla, eager, rtol=1e-5, atol=1e-6)
+    initial = [v.numpy() for v in module.variables]
 
+    def both(t, step):
+        # A step's key, a tensor as in TrainStep: dropout is on, with the
+        # masks of that global step.
+        with random.step_key(random.make_key(0, step)):
+            training = module(t, training=True)
+        return training, module(t, training=False)
 
-@CASES
-def test_eager_and_function_agree_in_training_under_a_step_key(name):
-    module, shape = _built(name)
-    _perturb(module, seed=3)
-    x = _input(shape, seed=4)
-
-    def train(t):
-        with random.step_key(random.make_key(0, 5), random.GRAPH_ALG):
-            return module(t, training=True)
-
-    eager = train(x).numpy()
-    graph = tf.function(train)(x).numpy()
-    np.testing.assert_allclose(graph, eager, rtol=1e-5, atol=1e-6)
+    outputs = {}
+    for mode, fn in {
+        "eager": both,
+        "graph": tf.function(both),
+        "xla": tf.function(both, jit_compile=True),
+    }.items():
+        # Training moves batch-norm statistics: every mode starts from the same.
+        for var, value in zip(module.variables, initial):
+            var.assign(value)
+        outputs[mode] = [t.numpy() for t in fn(x, tf.constant(5, tf.int64))]
+    training, inference = outputs["eager"]
+    assert inference.shape[0] == shape[0] and np.isfinite(training).all()
+    # Only dropout draws: with it, another step's key gives another output.
+    other_step = both(x, tf.constant(6, tf.int64))[0].numpy()
+    if any(isinstance(m, lowtf.Dropout) for m in _modules(module)):
+        assert not np.allclose(other_step, training)
+    else:
+        np.testing.assert_array_equal(other_step, training)
+    for mode in ("graph", "xla"):
+        for got, want in zip(outputs[mode], outputs["eager"]):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @CASES
@@ -141,6 +178,8 @@ def test_checkpoint_round_trip_into_a_fresh_module(name, tmp_path):
     path = tf.train.Checkpoint(module=module).save(str(tmp_path / "ckpt"))
 
     _perturb(module, seed=8)  # overwrite, then restore in place
+    if saved:
+        assert not np.array_equal(module.variables[0].numpy(), saved[0])
     tf.train.Checkpoint(module=module).restore(path).assert_consumed()
     for var, value in zip(module.variables, saved):
         assert np.array_equal(var.numpy(), value)
@@ -151,3 +190,39 @@ def test_checkpoint_round_trip_into_a_fresh_module(name, tmp_path):
     for var, value in zip(fresh.variables, saved):
         assert np.array_equal(var.numpy(), value)
     assert np.array_equal(fresh(x, training=False).numpy(), expected)
+
+
+class _Served(tf.Module):
+    """A layer served at inference, any batch size."""
+
+    def __init__(self, layer, example_shape):
+        super().__init__()
+        self.layer = layer
+        self.weights = list(layer.variables)
+        spec = tf.TensorSpec([None, *example_shape], tf.float32)
+        self.serve = tf.function(
+            lambda x: self.layer(x, training=False), input_signature=[spec]
+        )
+
+
+@CASES
+def test_saved_model_round_trip(name, tmp_path):
+    module, shape = _built(name)
+    _perturb(module, seed=9)
+    x = _input(shape, seed=10)
+    served = _Served(module, shape[1:])
+    expected = served.serve(x).numpy()
+    np.testing.assert_allclose(
+        expected, module(x, training=False).numpy(), rtol=1e-6, atol=1e-7
+    )
+    tf.saved_model.save(served, str(tmp_path / "saved"))
+
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))
+    assert np.array_equal(loaded.serve(x).numpy(), expected)
+    # Another batch size runs through the same signature.
+    np.testing.assert_allclose(
+        loaded.serve(x[:1]).numpy(), expected[:1], rtol=1e-5, atol=1e-6
+    )
+    assert len(loaded.weights) == len(module.variables)
+    for var, want in zip(loaded.weights, module.variables):
+        assert np.array_equal(var.numpy(), want.numpy())

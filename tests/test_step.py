@@ -186,7 +186,6 @@ def test_eager_graph_and_xla_agree(binary_data):
     }
     results = {}
     for name, options in modes.items():
-        # No dropout: XLA and TF kernels draw from different RNG algorithms.
         model = lowtf.mlp("small", l2=1e-3, maxnorm=1.0, batchnorm=True, seed=6)
         step = lowtf.TrainStep(model, tf.keras.optimizers.Adam(1e-2), options=options)
         for i in range(3):
@@ -201,6 +200,57 @@ def test_eager_graph_and_xla_agree(binary_data):
             assert metrics[key] == pytest.approx(eager_metrics[key], rel=1e-5, abs=1e-6)
         for a, b in zip(weights, eager_weights):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+MODES = {
+    "eager": lowtf.StepOptions(run_eagerly=True),
+    "graph": lowtf.StepOptions(jit_compile=False),
+    "xla": lowtf.StepOptions(jit_compile=True),
+}
+
+
+def _one_dropout_step(options, x, y, augment=None):
+    model = lowtf.mlp("small", dropout=0.5, seed=0)
+    step = lowtf.TrainStep(
+        model, tf.keras.optimizers.Adam(1e-2), augment=augment, options=options
+    )
+    metrics = lowtf.train.step.as_numpy(step(x, y))
+    return metrics, _weights(model)
+
+
+@pytest.mark.parametrize("augmented", [False, True], ids=["dropout", "augment"])
+def test_one_dropout_step_is_the_same_in_eager_graph_and_xla(binary_data, augmented):
+    # One generator (lowtf.random): a run continues the same random stream
+    # whether jit_compile="auto" picks XLA or not on the machine it resumes on.
+    x, y = binary_data[0][:500], binary_data[1][:500]
+    augment = None
+    if augmented:
+        augment = lowtf.augment.parse(
+            "translate:1,rotate:10,noise:0.05",
+            image_shape=(4, 7, 1),
+            value_range=(-5, 5),
+        )
+    results = {
+        name: _one_dropout_step(options, x, y, augment)
+        for name, options in MODES.items()
+    }
+    eager_metrics, eager_weights = results["eager"]
+    # Dropout is on: the loss differs from the same step without it.
+    no_dropout = lowtf.train.step.as_numpy(
+        lowtf.TrainStep(
+            lowtf.mlp("small", seed=0),
+            tf.keras.optimizers.Adam(1e-2),
+            augment=augment,
+            options=GRAPH,
+        )(x, y)
+    )
+    assert abs(eager_metrics["cross_entropy"] - no_dropout["cross_entropy"]) > 0.01
+    for name in ("graph", "xla"):
+        metrics, weights = results[name]
+        for key in lowtf.train.metrics.STEP_METRICS:
+            assert metrics[key] == pytest.approx(eager_metrics[key], rel=1e-6, abs=1e-7)
+        for a, b in zip(weights, eager_weights):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 # -- N steps per call -------------------------------------------------------------

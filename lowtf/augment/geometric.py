@@ -14,11 +14,11 @@ import math
 
 import tensorflow as tf
 
-from lowtf import _checks
-from lowtf.augment._draws import ALG, UNIT, as_images, uniform, with_prob
+from lowtf import _checks, random
+from lowtf.augment._common import UNIT, as_images, with_prob
 
 
-def translate(images, seed, max_shift: int = 1, *, prob=1.0, value_range=UNIT, alg=ALG):
+def translate(images, seed, max_shift: int = 1, *, prob=1.0, value_range=UNIT):
     """Shifts each image by whole pixels, up to ``max_shift`` in each direction.
 
     Each image draws a vertical and a horizontal shift, uniform over the
@@ -32,8 +32,6 @@ def translate(images, seed, max_shift: int = 1, *, prob=1.0, value_range=UNIT, a
       max_shift: largest shift in pixels (an integer >= 0), default 1.
       prob: probability of shifting each image, default 1.
       value_range: ``(low, high)`` of the pixel values, default ``(0, 1)``.
-      alg: stateless RNG algorithm (``"philox"``, the default, or
-        ``"threefry"``).
     """
     _checks.non_negative_int("max_shift", max_shift)
     images = as_images(images)
@@ -41,10 +39,10 @@ def translate(images, seed, max_shift: int = 1, *, prob=1.0, value_range=UNIT, a
         return images
     batch = tf.shape(images)[0]
     # floor(u * (2k + 1)) - k is uniform over -k..k (u < 1 keeps it <= k).
-    u = uniform([2, batch], seed, alg)
+    u = random.uniform_from([2, batch], seed)
     shifts = tf.cast(tf.floor(u * (2 * max_shift + 1)), tf.int32) - max_shift
     shifted = shift(images, shifts[0], shifts[1], fill=value_range[0])
-    return with_prob(images, shifted, prob, seed, alg)
+    return with_prob(images, shifted, prob, seed)
 
 
 def shift(images, dy, dx, fill=0.0):
@@ -68,9 +66,7 @@ def shift(images, dy, dx, fill=0.0):
     return tf.where(inside, out, fill)
 
 
-def rotate(
-    images, seed, max_degrees: float = 10.0, *, prob=1.0, value_range=UNIT, alg=ALG
-):
+def rotate(images, seed, max_degrees: float = 10.0, *, prob=1.0, value_range=UNIT):
     """Rotates each image about its centre by up to ``±max_degrees``.
 
     Bilinear sampling (:func:`affine`); the corners uncovered by the
@@ -80,7 +76,7 @@ def rotate(
       images: ``[batch, h, w, c]`` float images.
       seed: int ``[2]`` key.
       max_degrees: largest rotation in degrees, in [0, 180]; default 10.
-      prob, value_range, alg: as in :func:`translate`.
+      prob, value_range: as in :func:`translate`.
     """
     _checks.non_negative("max_degrees", max_degrees)
     if max_degrees > 180:
@@ -88,15 +84,15 @@ def rotate(
     images = as_images(images)
     batch = tf.shape(images)[0]
     limit = math.radians(max_degrees)
-    angle = uniform([batch], seed, alg, -limit, limit)
+    angle = random.uniform_from([batch], seed, -limit, limit)
     cos, sin = tf.cos(angle), tf.sin(angle)
     # The inverse map (output -> source) of a rotation by `angle`.
     matrix = tf.stack([tf.stack([cos, sin], -1), tf.stack([-sin, cos], -1)], -2)
     rotated = affine(images, matrix, fill=value_range[0])
-    return with_prob(images, rotated, prob, seed, alg)
+    return with_prob(images, rotated, prob, seed)
 
 
-def zoom(images, seed, max_zoom: float = 0.1, *, prob=1.0, value_range=UNIT, alg=ALG):
+def zoom(images, seed, max_zoom: float = 0.1, *, prob=1.0, value_range=UNIT):
     """Rescales each image about its centre by a factor in ``1 ± max_zoom``.
 
     A factor above 1 zooms in (a centre crop rescaled to full size), below 1
@@ -108,22 +104,22 @@ def zoom(images, seed, max_zoom: float = 0.1, *, prob=1.0, value_range=UNIT, alg
       images: ``[batch, h, w, c]`` float images.
       seed: int ``[2]`` key.
       max_zoom: largest relative change of scale, in [0, 1); default 0.1.
-      prob, value_range, alg: as in :func:`translate`.
+      prob, value_range: as in :func:`translate`.
     """
     _checks.rate("max_zoom", max_zoom)
     images = as_images(images)
     batch = tf.shape(images)[0]
-    scale = uniform([batch], seed, alg, 1.0 - max_zoom, 1.0 + max_zoom)
+    scale = random.uniform_from([batch], seed, 1.0 - max_zoom, 1.0 + max_zoom)
     inverse = 1.0 / scale
     zeros = tf.zeros_like(inverse)
     matrix = tf.stack(
         [tf.stack([inverse, zeros], -1), tf.stack([zeros, inverse], -1)], -2
     )
     zoomed = affine(images, matrix, fill=value_range[0])
-    return with_prob(images, zoomed, prob, seed, alg)
+    return with_prob(images, zoomed, prob, seed)
 
 
-def flip(images, seed, *, prob=0.5, value_range=UNIT, alg=ALG):
+def flip(images, seed, *, prob=0.5, value_range=UNIT):
     """Mirrors each image left-right with probability ``prob`` (default 0.5).
 
     Not for digits or text, whose mirror images are not realistic examples;
@@ -131,7 +127,7 @@ def flip(images, seed, *, prob=0.5, value_range=UNIT, alg=ALG):
     """
     del value_range  # A mirror image stays in range.
     images = as_images(images)
-    return with_prob(images, tf.reverse(images, axis=[2]), prob, seed, alg)
+    return with_prob(images, tf.reverse(images, axis=[2]), prob, seed)
 
 
 def affine(images, matrix, offset=None, fill=0.0):

@@ -7,18 +7,16 @@ applied to visual document analysis"). Every op here is:
 
 * *stateless-seeded*: its randomness comes from ``seed``, an int ``[2]``
   key tensor, so the same key gives the same output and the training step's
-  key (:mod:`lowtf.rng`, a new one every step) gives new draws every step;
+  key (:mod:`lowtf.random`, a new one every step) gives new draws every step;
 * *XLA-compilable*: rotation and zoom use lowtf's own bilinear sampler made
   of gathers, because ``tf.raw_ops.ImageProjectiveTransformV3`` has no XLA
   kernel on CPU; translation moves images by whole pixels exactly, with
   gathers and a mask, never by resampling;
 * *per example*: each image draws its own magnitude, and is augmented at
   all with probability ``prob``;
-* *the same with and without XLA* for the same RNG algorithm: floats are
-  made from raw uint32 draws and keys folded with philox, because TF 2.21
-  gives other float32 philox values and other ``auto_select`` fold-ins under
-  XLA. (Inside a :class:`lowtf.TrainStep` the algorithm itself differs,
-  threefry under XLA and philox otherwise, as for dropout.)
+* *the same eagerly, in a graph and under XLA*: every draw comes from
+  :mod:`lowtf.random`'s one generator, as dropout's masks do, so a compiled
+  and an uncompiled training step augment alike.
 
 Values live in ``value_range`` (default ``(0, 1)``): pixels uncovered by a
 shift or rotation take the range's low end (the background of digits), and
@@ -33,8 +31,9 @@ batches only, and ``pipeline(x, training=False)`` is the identity.
 
 This module is the public surface: the spec, :class:`Op`, :class:`Pipeline`
 and the ops themselves. The geometric ops and their sampler live in
-``lowtf._geometry``, the photometric ones in ``lowtf._photometric``, and the
-draws they share in ``lowtf._draws``.
+:mod:`lowtf.augment.geometric`, the photometric ones in
+:mod:`lowtf.augment.photometric`, and what they share in
+``lowtf.augment._common``.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from lowtf import _checks, random
-from lowtf.augment._draws import fold_in, probability
+from lowtf.augment._common import probability
 from lowtf.augment.geometric import flip, rotate, translate, zoom
 from lowtf.augment.photometric import brightness, contrast, noise
 
@@ -111,10 +110,10 @@ class Op:
             raise ValueError(f"`{self.name}` needs a magnitude, e.g. `{entry.example}`")
         _check_magnitude(self.name, entry.kind, self.magnitude)
 
-    def __call__(self, images, seed, *, value_range, alg):
+    def __call__(self, images, seed, *, value_range):
         args = () if self.magnitude is None else (self.magnitude,)
         return _OPS[self.name].function(
-            images, seed, *args, prob=self.prob, value_range=value_range, alg=alg
+            images, seed, *args, prob=self.prob, value_range=value_range
         )
 
 
@@ -175,32 +174,25 @@ class Pipeline:
         _checks.non_negative_int("seed", seed)
         self.seed = seed
 
-    def __call__(
-        self, images, seed=None, *, training: bool = True, alg: str | None = None
-    ):
+    def __call__(self, images, seed=None, *, training: bool = True):
         """Augments ``images``; the identity when ``training`` is False.
 
         Args:
           images: ``[batch, h, w, c]``, or flat if ``image_shape`` was given.
           seed: int ``[2]`` key; default the current training step's key.
           training: False returns ``images`` unchanged (inference).
-          alg: the RNG algorithm; default the step's, or ``"philox"`` with an
-            explicit ``seed``.
         """
         images = tf.convert_to_tensor(images)
         if not training or not self.ops:
             return images
         if seed is None:
-            current = random.current_key()
-            if current is None:
+            seed = random.current_key()
+            if seed is None:
                 raise ValueError(
                     "augmentation needs a `seed` (an int [2] key) outside a lowtf "
                     "TrainStep; pass e.g. seed=[0, step]"
                 )
-            seed, step_alg = current
-            alg = alg or step_alg
-        alg = alg or random.GRAPH_ALG
-        key = fold_in(tf.cast(seed, tf.int64), self.seed)
+        key = random.fold_in(seed, self.seed)
         flat_shape = None
         if self.image_shape is not None and tuple(images.shape[1:]) != self.image_shape:
             flat_shape = tf.shape(images)
@@ -210,7 +202,7 @@ class Pipeline:
         if self.mean is not None:
             x = x * self._stats(self.std, x) + self._stats(self.mean, x)
         for i, op in enumerate(self.ops):
-            x = op(x, fold_in(key, i), value_range=self.value_range, alg=alg)
+            x = op(x, random.fold_in(key, i), value_range=self.value_range)
         if self.mean is not None:
             x = (x - self._stats(self.mean, x)) / self._stats(self.std, x)
         x = tf.cast(x, dtype)

@@ -14,9 +14,10 @@ class Dropout(Layer):
     In training each unit is zeroed with probability ``rate`` and the kept
     ones are scaled by ``1 / (1 - rate)``, so the expected activation is
     unchanged and inference is the identity. The mask comes from a stateless
-    draw (threefry under XLA, philox otherwise) keyed by the step's key (:mod:`lowtf.rng`) and this layer's
-    seed: different at every step, identical for the same seed and step, and
-    compilable by XLA. Called in training outside a lowtf step (no key), it
+    draw keyed by the step's key and this layer's seed
+    (:func:`lowtf.random.uniform`): different at every step, identical for
+    the same seed and step whether the step runs eagerly, as a graph or
+    under XLA. Called in training outside a lowtf step (no key), it
     falls back to the stateful ``tf.random.uniform``.
 
     Args:

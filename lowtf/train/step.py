@@ -135,7 +135,6 @@ class TrainStep(tf.Module):
             options = dataclasses.replace(options, jit_compile=evaluator.auto_jit_compile(model))
             self.options = options
         jit = options.jit_compile and not options.run_eagerly
-        self._alg = random.XLA_ALG if jit else random.GRAPH_ALG
         # Under a tf.distribute strategy XLA compiles the replica's forward and
         # backward pass only (see the module docstring); else the whole step.
         distributed = self._distributed
@@ -311,7 +310,7 @@ class TrainStep(tf.Module):
         global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            with random.step_key(key, self._alg):
+            with random.step_key(key):
                 if self._augment is not None:
                     x = self._augment(x)
                 logits = self.model(x, training=True)
