@@ -25,11 +25,12 @@ _BN_MOMENTUM, _BN_EPSILON = 0.99, 1e-3
 def member_key(key, jit: bool):
     """Makes ``key`` the current step key while one member's masks are drawn.
 
-    The one place the population calls :func:`lowtf.random.step_key`, with
-    the algorithm :class:`lowtf.TrainStep` picks for the same compilation
-    mode, so member ``k`` draws the masks of a single run seeded ``seeds[k]``.
+    The one place the population calls :func:`lowtf.random.step_key`, so
+    member ``k`` draws the masks of a single run seeded ``seeds[k]``. The
+    generator is the same in every mode; ``jit`` is kept for the callers.
     """
-    return random.step_key(key, random.XLA_ALG if jit else random.GRAPH_ALG)
+    del jit  # one generator: the masks do not depend on the compilation mode
+    return random.step_key(key)
 
 
 class StackedMLP(tf.Module):
