@@ -1,4 +1,4 @@
-"""lowtf._xla_cpu: the XLA-on-CPU forms equal tf.nn's ops, values and gradients."""
+"""lowtf.nn._xla_cpu: the XLA-on-CPU forms equal tf.nn's ops, values and gradients."""
 
 import numpy as np
 import pytest
@@ -21,8 +21,18 @@ def _normal(shape, seed):
     return tf.random.stateless_normal(shape, seed=[seed, 0])
 
 
+def _xla(fn):
+    """``fn`` compiled by XLA, traced as lowtf's step traces its model."""
+
+    def traced(*args):
+        with _xla_cpu.compiled_by_xla():
+            return fn(*args)
+
+    return tf.function(traced, jit_compile=True)
+
+
 def _ops_in(fn, *args) -> set:
-    graph = tf.function(fn, jit_compile=True).get_concrete_function(*args).graph
+    graph = _xla(fn).get_concrete_function(*args).graph
     return {op.type for op in graph.get_operations()}
 
 
@@ -41,7 +51,7 @@ def test_conv2d_under_xla_equals_tf_nn_with_gradients(image, kernel, strides, pa
         return (y, *tape.gradient(loss, [x, w]))
 
     expected = value_and_grads(tf.nn.conv2d)  # eager: TensorFlow's own kernels
-    actual = tf.function(lambda: value_and_grads(_xla_cpu.conv2d), jit_compile=True)()
+    actual = _xla(lambda: value_and_grads(_xla_cpu.conv2d))()
     for a, e in zip(actual, expected):
         assert a.shape == e.shape
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
@@ -69,9 +79,7 @@ def test_pooling_under_xla_equals_tf_nn_with_gradients(image, pool, padding, nam
         return y, tape.gradient(loss, x)
 
     expected = value_and_grad(getattr(tf.nn, name))
-    actual = tf.function(
-        lambda: value_and_grad(getattr(_xla_cpu, name)), jit_compile=True
-    )()
+    actual = _xla(lambda: value_and_grad(getattr(_xla_cpu, name)))()
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
 
@@ -98,7 +106,7 @@ def test_xla_on_cpu_takes_the_matmul_forms_and_tf_nn_elsewhere():
 def test_total_under_xla_equals_the_float64_sum(shape):
     t = tf.square(_normal(shape, 6))
     expected = np.sum(t.numpy().astype(np.float64))
-    actual = tf.function(_xla_cpu.total, jit_compile=True)(t)
+    actual = _xla(_xla_cpu.total)(t)
     np.testing.assert_allclose(actual, expected, rtol=2e-6)
     assert float(_xla_cpu.total(t)) == float(
         tf.reduce_sum(t)

@@ -16,6 +16,7 @@ from lowtf.nn.base import (
     activation_fn,
     glorot_uniform,
 )
+from lowtf.nn._xla_cpu import compiled_by_xla
 from lowtf.nn.constraints import MaxNorm, apply_constraints, max_norm, unit_norms
 from lowtf.nn.conv import AvgPool2D, Conv2D, MaxPool2D
 from lowtf.nn.dense import Dense
@@ -47,6 +48,7 @@ __all__ = [
     "Sequential",
     "activation_fn",
     "apply_constraints",
+    "compiled_by_xla",
     "glorot_uniform",
     "l1",
     "l1_l2",

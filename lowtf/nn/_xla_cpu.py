@@ -29,10 +29,11 @@ float rounding; the max-pool gradients differ only on ties
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
 
 # The most rows XLA's CPU backend sums in a loop fused with their producer.
 _FUSED_ROWS = 32
@@ -86,9 +87,30 @@ def total(t):
     )
 
 
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def compiled_by_xla(enabled: bool = True):
+    """Declares that the function being traced is compiled by XLA (or not).
+
+    :class:`lowtf.TrainStep` and :class:`lowtf.Evaluator` enter it while
+    they trace their compiled functions, so that convolutions, pooling and
+    penalty sums take their XLA-on-CPU forms there. TensorFlow has no public
+    way to ask whether a trace is XLA-compiled; enter it yourself around a
+    model called inside your own ``tf.function(jit_compile=True)`` on a CPU
+    (without it the ``tf.nn`` forms run: correct, slower under XLA on CPU).
+    """
+    previous = getattr(_state, "xla", False)
+    _state.xla = bool(enabled)
+    try:
+        yield
+    finally:
+        _state.xla = previous
+
+
 def _xla_on_cpu() -> bool:
-    graph = tf.compat.v1.get_default_graph()
-    return control_flow_util.GraphOrParentsInXlaContext(graph) and not _gpu_visible()
+    return getattr(_state, "xla", False) and not _gpu_visible()
 
 
 @functools.cache

@@ -44,6 +44,7 @@ class Evaluator:
         self.loss = loss
         self.batch_size = batch_size
         self._strategy = tf.distribute.get_strategy()
+        self._xla = jit_compile
         sums = tf.function(self._sums, jit_compile=jit_compile, reduce_retracing=True)
         if tf.distribute.has_strategy():
             # XLA compiles the per-replica sums only, as in TrainStep.
@@ -67,7 +68,8 @@ class Evaluator:
         return self._replica_sums(x, y)
 
     def _sums(self, x, y):
-        logits = tf.cast(self.model(x, training=False), tf.float32)
+        with nn.compiled_by_xla(self._xla):
+            logits = tf.cast(self.model(x, training=False), tf.float32)
         head = losses.resolve_head(self.loss, logits.shape)
         return (
             tf.reduce_sum(losses.cross_entropy(head, logits, y)),

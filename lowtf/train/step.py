@@ -32,7 +32,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks, random
+from lowtf import _checks, nn, random
 from lowtf.data import checks
 from lowtf.nn import constraints, losses, regularizers
 from lowtf.train import evaluator
@@ -135,6 +135,8 @@ class TrainStep(tf.Module):
             options = dataclasses.replace(options, jit_compile=evaluator.auto_jit_compile(model))
             self.options = options
         jit = options.jit_compile and not options.run_eagerly
+        # The forward and backward pass is XLA-compiled iff jit (see below).
+        self._xla = bool(jit)
         # Under a tf.distribute strategy XLA compiles the replica's forward and
         # backward pass only (see the module docstring); else the whole step.
         distributed = self._distributed
@@ -309,7 +311,7 @@ class TrainStep(tf.Module):
     def _forward_backward(self, x, y, key, replicas):
         global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
         variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, nn.compiled_by_xla(self._xla):
             with random.step_key(key):
                 if self._augment is not None:
                     x = self._augment(x)

@@ -24,8 +24,6 @@ import io
 import os
 
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
-
 from lowtf import _files
 from lowtf.nn import constraints
 from lowtf.nn.base import keras_layers
@@ -136,9 +134,11 @@ def _cells(row: dict) -> list[str]:
 
 # What tensorboard.summary.v2.scalar attaches: the scalars plugin, whose
 # (version 0) plugin content is empty.
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-    data_class=summary_pb2.DATA_CLASS_SCALAR,
+# The public proto (tf.compat.v1), not tensorflow.core's module; 1 is the
+# proto's DATA_CLASS_SCALAR, which the enum does not export under tf.compat.
+_SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
+    plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=1,
 )
 
 
