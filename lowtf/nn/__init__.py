@@ -15,6 +15,7 @@ from lowtf.nn.base import (
     Sequential,
     activation_fn,
     glorot_uniform,
+    trainable_variables,
 )
 from lowtf.nn.constraints import MaxNorm, apply_constraints, max_norm, unit_norms
 from lowtf.nn.conv import AvgPool2D, Conv2D, MaxPool2D
@@ -48,6 +49,7 @@ __all__ = [
     "activation_fn",
     "apply_constraints",
     "glorot_uniform",
+    "trainable_variables",
     "l1",
     "l1_l2",
     "l2",
