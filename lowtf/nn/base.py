@@ -94,6 +94,14 @@ class Layer(tf.Module):
             if isinstance(module, Layer):
                 module._trainable = bool(value)
 
+    def __setattr__(self, name, value):
+        if name == "trainable":
+            # AutoTrackable skips `self.x = v` when `self.x is v` already: the
+            # setter must still run, to reach the nested layers.
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     @property
     def trainable_variables(self) -> tuple:
         """The variables made trainable, less those of frozen layers."""

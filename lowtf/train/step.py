@@ -150,7 +150,9 @@ class TrainStep(tf.Module):
         # Under XLA a batch's rows of the shuffle are cheaper to compute than
         # to gather from a permutation rebuilt each epoch; in a graph, not.
         self._rows_per_batch = jit and not distributed
-        self._variables = ()  # what the step differentiates, set by build()
+        # What trains now, set by build(): kept out of the checkpoint (a plain
+        # object, not tracked), whose layout must not depend on what is frozen.
+        self._trained = _Trained()
         self._version = None  # nn.base.trainability_version() the list was read at
         self._retired_traces = 0
         self._make_functions()
@@ -248,6 +250,17 @@ class TrainStep(tf.Module):
         )
 
     @property
+    def trained_variables(self) -> tuple:
+        """The variables the step differentiates and updates: frozen layers' are not.
+
+        Empty before :meth:`build`.
+        """
+        if not self._built:
+            return ()
+        self._sync_trainable()
+        return tuple(self._trained.variables)
+
+    @property
     def head(self) -> str:
         """The resolved loss head, ``"softmax"`` or ``"sigmoid"``."""
         return self._head
@@ -274,7 +287,9 @@ class TrainStep(tf.Module):
                 raise ValueError("the model has no trainable variables")
             self.optimizer.build(trainable)
         self._read_trainable()
-        self._constrained = _lowtf_constraints(self.model)
+        # Tracked (so in the checkpoint, as before frozen layers existed): every
+        # pair; the step applies those of self._trained.
+        self._constrained = _lowtf_constraints(self.model, include_frozen=True)
         self._check_requirements()
         if self.data is not None:
             # Once, on the whole training set: under XLA an out-of-range label
@@ -298,7 +313,8 @@ class TrainStep(tf.Module):
                 "every layer of the model is frozen, so nothing would train: "
                 "unfreeze some (lowtf.train.unfreeze(model), or freeze fewer)"
             )
-        self._variables = variables
+        self._trained.variables = variables
+        self._trained.constraints = _lowtf_constraints(self.model)
 
     def _sync_trainable(self) -> None:
         """Picks up a change of layers' ``trainable`` flags since the last call.
@@ -310,11 +326,10 @@ class TrainStep(tf.Module):
         """
         if self._version == nn.base.trainability_version():
             return
-        before = [v.ref() for v in self._variables]
+        before = [v.ref() for v in self._trained.variables]
         self._read_trainable()
-        if [v.ref() for v in self._variables] == before:
+        if [v.ref() for v in self._trained.variables] == before:
             return
-        self._constrained = _lowtf_constraints(self.model)
         if not self.options.run_eagerly:
             self._retired_traces = self.trace_count
         self._make_functions()
@@ -343,7 +358,7 @@ class TrainStep(tf.Module):
         }
         # Max-norm runs in cross-replica context, after the all-reduced update:
         # every copy of a mirrored variable gets the same clipped value.
-        constraints.apply_constraints(self._constrained)
+        constraints.apply_constraints(self._trained.constraints)
         # Batch-norm moving statistics are per-replica (ON_READ) variables;
         # averaged after every step, every copy holds the replicas' mean, so
         # evaluation, checkpoints and resumed runs all see the same values.
@@ -362,12 +377,12 @@ class TrainStep(tf.Module):
         # In replica context a Keras optimizer all-reduces (sums) the gradients
         # and updates every copy of the mirrored variables identically.
         # Only the variables that train: a frozen one's slots stay untouched.
-        self.optimizer.apply_gradients(zip(grads, self._variables))
+        self.optimizer.apply_gradients(zip(grads, self._trained.variables))
         return metrics
 
     def _forward_backward(self, x, y, key, replicas):
         global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
-        variables = self._variables
+        variables = self._trained.variables
         with tf.GradientTape() as tape:
             with random.step_key(key, self._alg):
                 if self._augment is not None:
@@ -405,6 +420,14 @@ class TrainStep(tf.Module):
                 "a constraint (max-norm) was requested but no variable of the model "
                 "carries one: give its kernels `kernel_constraint=lowtf.max_norm(r)`"
             )
+
+
+class _Trained:
+    """The variables and constraints that train now; not a Trackable, so unsaved."""
+
+    def __init__(self):
+        self.variables = ()
+        self.constraints = []
 
 
 def _check_optimizer_strategy(optimizer, strategy):
