@@ -265,3 +265,30 @@ def test_unfreeze_at_needs_frozen_layers(tmp_path):
         )
     with pytest.raises(ValueError, match="unfreeze_at"):
         lowtf.TrainConfig(unfreeze_at=0)
+
+
+def test_job_config_transfer_flags():
+    with pytest.raises(ValueError, match=r"--freeze=2 keeps .* add --init_from=DIR"):
+        lowtf.train.JobConfig(freeze=2)
+    with pytest.raises(ValueError, match=r"--unfreeze_at=5 unfreezes .* add --freeze=N"):
+        lowtf.train.JobConfig(init_from="x", unfreeze_at=5)
+    with pytest.raises(ValueError, match="freeze"):
+        lowtf.train.JobConfig(init_from="x", freeze=-1)
+
+
+def test_run_job_fine_tunes_from_a_run(tmp_path):
+    job = lowtf.train.JobConfig
+    source = str(tmp_path / "source")
+    common = dict(hidden=(16,), max_steps=20, eval_every=10, batch_size=32, xla=False)
+    lowtf.train.run_job(job(model_dir=source, **common), log=lambda s: None)
+    lines = []
+    result = lowtf.train.run_job(
+        job(model_dir=str(tmp_path / "tuned"), init_from=source, freeze=1, unfreeze_at=10, **common),
+        log=lines.append,
+    )
+    assert result.last_step == 20
+    text = "\n".join(lines)
+    assert "init_from " in text and "loaded 2 layers (dense_0, logits)" in text
+    assert "frozen: dense_0 (" in text and "step 10: unfroze dense_0" in text
+    with pytest.raises(ValueError, match=r"`--freeze` \(2\) exceeds the model's 1 hidden layers"):
+        lowtf.train.run_job(job(model_dir=str(tmp_path / "t2"), init_from=source, freeze=2, **common))
