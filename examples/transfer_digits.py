@@ -74,7 +74,7 @@ def main():
         pre_dir = os.path.join(root, f"pre-{seed}")
         pre = lowtf.mlp(HIDDEN, num_classes=5, batchnorm=True, seed=seed)
         pre_acc = train(pre, source, pre_dir, max_steps=1000, batch=128)
-        for name in scores:
+        for name, values in scores.items():
             model = lowtf.mlp(HIDDEN, num_classes=5, batchnorm=True, seed=100 + seed)
             model(target["train"][0][:1])
             unfreeze_at = None
@@ -83,7 +83,7 @@ def main():
                 lowtf.train.freeze(model, len(HIDDEN))
                 unfreeze_at = 200 if name.endswith("fine-tuned") else None
             run_dir = os.path.join(root, f"{name.split()[0]}-{name.split()[-1]}-{seed}")
-            scores[name].append(train(model, target, run_dir, 1000, unfreeze_at, batch=50))
+            values.append(train(model, target, run_dir, 1000, unfreeze_at, batch=50))
         print(f"seed {seed}: pre-trained 0-4 test accuracy {pre_acc:.3f}; " + ", ".join(
             f"{name} {values[-1]:.3f}" for name, values in scores.items()), flush=True)
     print(f"digits 5-9, {PER_CLASS} labelled rows per class, test accuracy over {len(SEEDS)} seeds:")

@@ -25,7 +25,7 @@ def _values(layer):
 
 
 def _model(**kwargs):
-    defaults = dict(num_classes=3, batchnorm=True, l2=1e-2, maxnorm=0.3, seed=1)
+    defaults = {"num_classes": 3, "batchnorm": True, "l2": 1e-2, "maxnorm": 0.3, "seed": 1}
     return lowtf.mlp((16, 16), **{**defaults, **kwargs})
 
 
@@ -230,7 +230,8 @@ def test_unfreeze_at_trains_frozen_layers_only_after_the_step(digits_run, tmp_pa
             np.testing.assert_array_equal(_values(ours)[attr], value)
     assert any(line.startswith("frozen: dense_0, batchnorm_0, dense_1, batchnorm_1 (") and
                "regularization and max-norm are left out) until step 40" in line for line in lines)
-    record = json.load(open(os.path.join(model_dir, "run.json")))
+    with open(os.path.join(model_dir, "run.json")) as f:
+        record = json.load(f)
     assert record["identity"]["frozen"] == ["dense_0", "batchnorm_0", "dense_1", "batchnorm_1"]
     assert record["identity"]["unfreeze_at"] == 40
     # Resumed past step 40: unfrozen there, and the hidden layers move.
@@ -279,7 +280,7 @@ def test_job_config_transfer_flags():
 def test_run_job_fine_tunes_from_a_run(tmp_path):
     job = lowtf.train.JobConfig
     source = str(tmp_path / "source")
-    common = dict(hidden=(16,), max_steps=20, eval_every=10, batch_size=32, xla=False)
+    common = {"hidden": (16,), "max_steps": 20, "eval_every": 10, "batch_size": 32, "xla": False}
     lowtf.train.run_job(job(model_dir=source, **common), log=lambda s: None)
     lines = []
     result = lowtf.train.run_job(

@@ -39,9 +39,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks, random
+from lowtf import _checks, nn, random
 from lowtf.data import checks
-from lowtf import nn
 from lowtf.nn import constraints, losses, regularizers
 from lowtf.train import evaluator
 from lowtf.train.metrics import STEP_METRICS

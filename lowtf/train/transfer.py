@@ -169,7 +169,7 @@ def init_from(model, path: str, *, log=print) -> InitReport:
         width), naming the layer and both shapes.
     """
     if not callable(log):
-        raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")
+        raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")  # noqa: TRY004
     prefix, step = _snapshot(os.fspath(path))
     targets = [(layer, _own_variables(layer)) for layer in leaf_layers(model)]
     targets = [(layer, variables) for layer, variables in targets if variables]
@@ -305,7 +305,7 @@ def _natural(name: str) -> tuple:
 
 def _check_lowtf(name: str, model) -> None:
     if not isinstance(model, base.Layer):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004 (lowtf's argument errors are ValueErrors)
             f"`{name}` ({type(model).__name__}) must be a lowtf model (lowtf.mlp, "
             "lowtf.cnn, a lowtf.nn.Sequential); freeze a Keras model with its own "
             "`trainable` flags"
