@@ -15,6 +15,7 @@ from lowtf.nn.base import (
     Sequential,
     activation_fn,
     glorot_uniform,
+    trainable_variables,
 )
 from lowtf.nn._xla_cpu import compiled_by_xla
 from lowtf.nn.constraints import MaxNorm, apply_constraints, max_norm, unit_norms
@@ -50,6 +51,7 @@ __all__ = [
     "apply_constraints",
     "compiled_by_xla",
     "glorot_uniform",
+    "trainable_variables",
     "l1",
     "l1_l2",
     "l2",

@@ -8,6 +8,15 @@ constraint (:mod:`lowtf.nn.constraints`); the layer lists them in its public
 ``regularized_weights`` and ``constrained_weights``, which is all the step
 reads. By default only kernels carry them, never biases or batch-norm scale
 and offset.
+
+A layer can be frozen (``layer.trainable = False``, or ``trainable=False`` in
+its constructor), as in Keras: its variables leave ``trainable_variables``
+(so no gradient is taken for them), its regularization losses and
+constraints are left out, and a frozen :class:`BatchNorm` runs in inference
+mode even in a training step. Setting ``trainable`` on a layer sets it on
+every layer nested in it. ``tf.Variable.trainable`` is fixed when a variable
+is made, so freezing filters the module's lists instead of changing the
+variables: checkpoints are the same whether layers are frozen or not.
 """
 
 from __future__ import annotations
@@ -42,16 +51,69 @@ def activation_fn(activation) -> Callable:
     return _ACTIVATIONS[activation]
 
 
-class Layer(tf.Module):
-    """Base layer: lazy build, weights with regularizers and constraints."""
+# Bumped whenever a layer's ``trainable`` changes, so that a training step can
+# tell in O(1) whether its list of variables may have changed (and retrace).
+_trainability_version = 0
 
-    def __init__(self, name: str | None = None):
+
+def trainability_version() -> int:
+    """A counter bumped by every change of a layer's ``trainable`` flag."""
+    return _trainability_version
+
+
+class Layer(tf.Module):
+    """Base layer: lazy build, weights with regularizers and constraints.
+
+    Args:
+      name: module name.
+      trainable: False freezes the layer (see the module docstring); default
+        True. Also settable later: ``layer.trainable = False``.
+    """
+
+    def __init__(self, name: str | None = None, *, trainable: bool = True):
         super().__init__(name=name)
+        _checks.boolean("trainable", trainable)
+        self._trainable = bool(trainable)
         self._built = False
         # (variable, regularizer) and (variable, constraint) pairs of this
         # layer's own weights, in the order they were made.
         self.regularized_weights: list = []
         self.constrained_weights: list = []
+
+    @property
+    def trainable(self) -> bool:
+        """Whether the layer trains; setting it sets every nested layer too."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        _checks.boolean("trainable", value)
+        global _trainability_version
+        _trainability_version += 1
+        for module in (self, *self.submodules):
+            if isinstance(module, Layer):
+                module._trainable = bool(value)
+
+    def __setattr__(self, name, value):
+        if name == "trainable":
+            # AutoTrackable skips `self.x = v` when `self.x is v` already: the
+            # setter must still run, to reach the nested layers.
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
+    @property
+    def trainable_variables(self) -> tuple:
+        """The variables made trainable, less those of frozen layers."""
+        if not self._trainable:
+            return ()
+        return trainable_variables(self)
+
+    @property
+    def non_trainable_variables(self) -> tuple:
+        """Every other variable: moving statistics, and frozen layers' weights."""
+        kept = {v.ref() for v in self.trainable_variables}
+        return tuple(v for v in self.variables if v.ref() not in kept)
 
     def __call__(self, x, training: bool = False):
         x = tf.convert_to_tensor(x)
@@ -84,6 +146,29 @@ class Layer(tf.Module):
         if constraint is not None:
             self.constrained_weights.append((var, constraint))
         return var
+
+
+def frozen_variables(module) -> set:
+    """The refs (``v.ref()``) of every variable of the frozen layers in a module tree."""
+    frozen = set()
+    for m in (module, *module.submodules):
+        if isinstance(m, Layer) and not m.trainable:
+            frozen.update(v.ref() for v in m.variables)
+    return frozen
+
+
+def trainable_variables(module) -> tuple:
+    """What a training step differentiates: trainable variables outside frozen layers.
+
+    Works on any ``tf.Module`` tree holding lowtf layers (a frozen layer is
+    honoured wherever it sits) and on a Keras model (its own
+    ``trainable_variables``, which Keras' ``trainable`` flags already filter).
+    """
+    if isinstance(module, tf.keras.layers.Layer):
+        return tuple(module.trainable_variables)
+    frozen = frozen_variables(module)
+    every = tf.Module.trainable_variables.fget(module)
+    return tuple(v for v in every if v.ref() not in frozen)
 
 
 def glorot_uniform(shape: Sequence[int], seed: int, dtype=tf.float32) -> tf.Tensor:
@@ -122,9 +207,13 @@ class Lambda(Layer):
 class Sequential(Layer):
     """Runs layers in order, passing ``training`` to each."""
 
-    def __init__(self, layers: Sequence[Layer], name: str | None = None):
+    def __init__(
+        self, layers: Sequence[Layer], name: str | None = None, *, trainable=True
+    ):
         super().__init__(name=name)
         self.layers = list(layers)
+        if not trainable:  # set once the layers are held, so it reaches them
+            self.trainable = trainable
 
     def call(self, x, training):
         for layer in self.layers:

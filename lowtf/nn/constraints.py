@@ -25,6 +25,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from lowtf import _checks
+from lowtf.nn import base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +79,25 @@ def max_norm(max_value: float, axis: int | Sequence[int] | None = None) -> MaxNo
     return MaxNorm(max_value, axis)
 
 
-def constrained_weights(model) -> list[tuple[tf.Variable, MaxNorm]]:
-    """Every (variable, constraint) pair in a lowtf module tree."""
+def constrained_weights(
+    model, *, include_frozen: bool = False
+) -> list[tuple[tf.Variable, MaxNorm]]:
+    """Every (variable, constraint) pair in a lowtf module tree.
+
+    Args:
+      model: the module tree.
+      include_frozen: also the pairs of frozen layers (default False): a
+        frozen weight does not train, so clipping it would be the only
+        thing that changes it.
+    """
+    frozen = set() if include_frozen else base.frozen_variables(model)
     pairs = []
     for m in (model, *model.submodules):
-        pairs.extend(getattr(m, "constrained_weights", ()))
+        pairs.extend(
+            (var, constraint)
+            for var, constraint in getattr(m, "constrained_weights", ())
+            if var.ref() not in frozen
+        )
     return pairs
 
 

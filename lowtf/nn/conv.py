@@ -45,6 +45,8 @@ class Conv2D(Layer):
       kernel_constraint: e.g. ``lowtf.max_norm(3.0)``; default None.
       seed: seed of the Glorot-uniform kernel init; default a fresh one.
       name: module name.
+      trainable: False freezes the layer (see :class:`lowtf.nn.Layer`);
+        default True.
     """
 
     def __init__(
@@ -61,8 +63,9 @@ class Conv2D(Layer):
         kernel_constraint=None,
         seed: int | None = None,
         name: str | None = None,
+        trainable: bool = True,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, trainable=trainable)
         _checks.positive_int("filters", filters)
         self.filters = filters
         self.kernel_size = _pair("kernel_size", kernel_size)

@@ -20,6 +20,8 @@ class Dense(Layer):
       kernel_constraint: e.g. ``lowtf.max_norm(3.0)``; default None.
       seed: seed of the Glorot-uniform kernel init; default a fresh one.
       name: module name.
+      trainable: False freezes the layer (see :class:`lowtf.nn.Layer`);
+        default True.
     """
 
     def __init__(
@@ -33,8 +35,9 @@ class Dense(Layer):
         kernel_constraint=None,
         seed: int | None = None,
         name: str | None = None,
+        trainable: bool = True,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, trainable=trainable)
         _checks.positive_int("units", units)
         self.units = units
         self.activation = activation_fn(activation)

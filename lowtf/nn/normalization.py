@@ -23,12 +23,22 @@ class BatchNorm(Layer):
       center: learn an offset (beta), default True.
       scale: learn a scale (gamma), default True.
       name: module name.
+      trainable: False freezes gamma and beta and, as in Keras, runs the
+        layer in inference mode (moving statistics, not updated) even in a
+        training step; default True.
     """
 
     def __init__(
-        self, *, momentum=0.99, epsilon=1e-3, center=True, scale=True, name=None
+        self,
+        *,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        name=None,
+        trainable=True,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, trainable=trainable)
         _checks.rate("momentum", momentum)
         _checks.positive("epsilon", epsilon)
         self.momentum = float(momentum)
@@ -51,7 +61,9 @@ class BatchNorm(Layer):
         )
 
     def call(self, x, training):
-        if training:
+        # A frozen batch norm is a fixed affine map, as in Keras: its batch
+        # statistics would otherwise keep moving the layers after it.
+        if training and self.trainable:
             axes = list(range(x.shape.rank - 1))
             mean, variance = tf.nn.moments(x, axes=axes)
             decay = tf.cast(1.0 - self.momentum, x.dtype)

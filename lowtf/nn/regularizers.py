@@ -21,7 +21,7 @@ import dataclasses
 import tensorflow as tf
 
 from lowtf import _checks
-from lowtf.nn import _xla_cpu
+from lowtf.nn import _xla_cpu, base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +90,8 @@ def regularization_losses(model) -> list[tf.Tensor]:
 
     The TF2 stand-in for TF1's ``REGULARIZATION_LOSSES`` collection. Works on
     a lowtf module tree (every weight that carries a regularizer, found in the
-    module and all its submodules) and on a Keras model (its ``losses``).
+    module and all its submodules, less those of frozen layers, which do not
+    train) and on a Keras model (its ``losses``).
     Each loss is computed from the weight's current value, so call it inside
     the gradient tape of the step.
 
@@ -117,11 +118,26 @@ def total_regularization_loss(model, dtype=tf.float32) -> tf.Tensor:
     return tf.add_n([tf.cast(loss, dtype) for loss in losses])
 
 
+def regularized_weights(module: tf.Module, *, include_frozen: bool = False) -> list:
+    """Every (variable, regularizer) pair in a lowtf module tree.
+
+    Args:
+      module: the module tree.
+      include_frozen: also the pairs of frozen layers, whose penalty a
+        training step leaves out (default False).
+    """
+    frozen = set() if include_frozen else base.frozen_variables(module)
+    return [
+        (var, regularizer)
+        for m in _modules(module)
+        for var, regularizer in getattr(m, "regularized_weights", ())
+        if var.ref() not in frozen
+    ]
+
+
 def _regularized_weights(module: tf.Module):
-    """Yields (variable, regularizer) for every regularized weight in a tree."""
-    for m in _modules(module):
-        for var, regularizer in getattr(m, "regularized_weights", ()):
-            yield var, regularizer
+    """Yields (variable, regularizer) for every regularized weight that trains."""
+    yield from regularized_weights(module)
 
 
 def _modules(module: tf.Module):

@@ -5,7 +5,9 @@ drives a :class:`TrainStep`, an :class:`Evaluator` and an
 :class:`EarlyStopping`, and writes checkpoints, history.csv and TensorBoard
 events to its model directory. :func:`run_job` runs a whole job from one
 :class:`JobConfig` (what ``bin/train`` calls): data, model, ``fit``, the test
-evaluation and summary.json.
+evaluation and summary.json. :func:`init_from`, :func:`freeze` and
+:func:`unfreeze` start a model from another run's best snapshot and keep its
+hidden layers fixed (transfer learning).
 """
 
 from lowtf.train.early_stopping import EarlyStopping, best_checkpoint
@@ -14,11 +16,13 @@ from lowtf.train.fit import FitResult, TrainConfig, fit
 from lowtf.train.job import JobConfig, JobResult, run_job
 from lowtf.train.step import StepOptions, TrainStep
 from lowtf.train.summaries import read_history
+from lowtf.train.transfer import InitReport, freeze, init_from, unfreeze
 
 __all__ = [
     "EarlyStopping",
     "Evaluator",
     "FitResult",
+    "InitReport",
     "JobConfig",
     "JobResult",
     "StepOptions",
@@ -27,6 +31,9 @@ __all__ = [
     "auto_jit_compile",
     "best_checkpoint",
     "fit",
+    "freeze",
+    "init_from",
     "read_history",
     "run_job",
+    "unfreeze",
 ]

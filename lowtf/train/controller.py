@@ -29,7 +29,7 @@ import tensorflow as tf
 from lowtf import distribute
 from lowtf.data import InMemoryBatches, checks
 from lowtf.nn import regularizers
-from lowtf.train import checkpointing, early_stopping, rundir, summaries
+from lowtf.train import checkpointing, early_stopping, rundir, summaries, transfer
 from lowtf.train import step as step_lib
 from lowtf.train.evaluator import Evaluator
 from lowtf.train.metrics import Evaluation, format_number
@@ -52,6 +52,14 @@ class FitLoop:
         run_settings=None,
     ):
         self.config, self.log, self.model_dir = config, log, model_dir
+        # Read before anything may unfreeze them: the run's identity.
+        self.frozen = transfer.frozen_layers(model)
+        if config.unfreeze_at is not None and not self.frozen:
+            raise ValueError(
+                f"`unfreeze_at` ({config.unfreeze_at}) needs frozen layers to "
+                "unfreeze: freeze some first (lowtf.train.freeze(model, n)), or "
+                "drop it"
+            )
         x, y = _pair("train", train)
         self.x_val, self.y_val = _pair("validation", validation)
         _check_validation_features(x, self.x_val)
@@ -115,6 +123,13 @@ class FitLoop:
                 "monitor": config.monitor,
                 "mode": self.stopper.mode,
                 "augment": None if augment is None else repr(augment),
+                # Only when set, so that earlier runs' records still match.
+                **({"frozen": self.frozen} if self.frozen else {}),
+                **(
+                    {"unfreeze_at": config.unfreeze_at}
+                    if config.unfreeze_at is not None
+                    else {}
+                ),
                 **(run_settings or {}),
             },
         )
@@ -197,7 +212,14 @@ class FitLoop:
             self.log(f"resuming from {self.resumed} at step {self.last_step}")
             for change in self.changes:
                 self.log(f"changed on resume: {change}")
-        else:
+        if self.frozen and not self._unfreeze_if_due():
+            until = self.config.unfreeze_at
+            self.log(
+                f"frozen: {', '.join(self.frozen)} (not trained, batch norm in "
+                "inference mode; their regularization and max-norm are left out)"
+                + (f" until step {until}" if until is not None else "")
+            )
+        if not self.resumed:
             self._evaluate()
             self._save()
 
@@ -251,6 +273,7 @@ class FitLoop:
         Returns "non_finite" if the call or the evaluation broke down, else None.
         """
         config = self.config
+        self._unfreeze_if_due()
         step = self.last_step
         num_steps = min(config.steps_per_call, self._next_boundary(step) - step)
         means = step_lib.as_numpy(self.step.run(num_steps))
@@ -275,6 +298,21 @@ class FitLoop:
         if step % config.checkpoint_every == 0 and not self._save():
             return "non_finite"
         return None
+
+    def _unfreeze_if_due(self) -> bool:
+        """Unfreezes every layer once the step reaches ``unfreeze_at``; True if it did."""
+        at = self.config.unfreeze_at
+        if at is None or self.last_step < at or not transfer.frozen_layers(self.model):
+            return False
+        transfer.unfreeze(self.model)
+        rate = _learning_rate(self.optimizer)
+        self.log(
+            f"step {self.last_step}: unfroze {', '.join(self.frozen)} (unfreeze_at "
+            f"{at}); every layer trains from here"
+            + (f" at learning rate {rate:g}" if rate is not None else "")
+            + " (the step is traced once more)"
+        )
+        return True
 
     def _save(self) -> bool:
         """Saves the latest checkpoint; False, and nothing saved, on NaN/Inf weights."""
@@ -338,11 +376,14 @@ class FitLoop:
 
     def _next_boundary(self, step: int) -> int:
         config = self.config
-        return min(
+        boundaries = [
             _next_multiple(step, config.eval_every),
             _next_multiple(step, config.checkpoint_every),
             config.max_steps,
-        )
+        ]
+        if config.unfreeze_at is not None and step < config.unfreeze_at:
+            boundaries.append(config.unfreeze_at)  # the step changes there
+        return min(boundaries)
 
     def _evaluate(self) -> dict:
         step = self.last_step

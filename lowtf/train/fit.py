@@ -88,6 +88,12 @@ class TrainConfig:
         dropout masks use ``StepOptions.seed``.
       keep_checkpoints: how many "latest" checkpoints to keep (default 3).
       eval_batch_size: examples per evaluation call (default 4096).
+      unfreeze_at: unfreeze every frozen layer (see
+        :func:`lowtf.train.freeze`) once the global step reaches this step
+        and fine-tune everything from there, at the optimizer's learning
+        rate (default None: layers frozen when ``fit`` starts stay frozen).
+        Calls are cut to land on it. Part of the run's identity: a resume
+        past this step resumes unfrozen.
     """
 
     batch_size: int = 128
@@ -104,6 +110,7 @@ class TrainConfig:
     seed: int = 0
     keep_checkpoints: int = 3
     eval_batch_size: int = 4096
+    unfreeze_at: int | None = None
 
     def __post_init__(self):
         for name in (
@@ -124,6 +131,8 @@ class TrainConfig:
         if self.baseline is not None:
             _checks.finite("baseline", self.baseline)
         _checks.non_negative_int("seed", self.seed)
+        if self.unfreeze_at is not None:
+            _checks.positive_int("unfreeze_at", self.unfreeze_at)
 
 
 @dataclasses.dataclass

@@ -31,7 +31,7 @@ from lowtf.data import datasets
 from lowtf.distribute import WorkerLost
 from lowtf.export import saved_model
 from lowtf.export import spec as export_spec
-from lowtf.train import evaluator, metrics, plot, rundir
+from lowtf.train import evaluator, metrics, plot, rundir, transfer
 from lowtf.train import step as step_lib
 from lowtf.train.fit import TrainConfig, fit
 
@@ -89,6 +89,14 @@ class JobConfig:
         ``runs/<dataset>-<model>`` under the current directory).
       export_dir: where to export the best snapshot as a SavedModel at the
         end of the run (:func:`lowtf.export.export`; default None: no export).
+      init_from: start from this run's best snapshot (a model directory or
+        its ``best/`` folder), see :func:`lowtf.train.init_from`; default
+        None: random weights. On a resume the checkpoint's weights win.
+      freeze: freeze the first N hidden blocks (see
+        :func:`lowtf.train.freeze`); needs ``init_from`` (frozen random
+        layers would stay random). Default 0.
+      unfreeze_at: fine-tune every layer from this step on, at
+        ``learning_rate``; needs ``freeze``. Default None.
     """
 
     # -- data
@@ -131,6 +139,10 @@ class JobConfig:
     # -- output
     model_dir: str | None = None
     export_dir: str | None = None
+    # -- transfer
+    init_from: str | None = None
+    freeze: int = 0
+    unfreeze_at: int | None = None
 
     def __post_init__(self):
         _checks.one_of("dataset", self.dataset, datasets.DATASETS)
@@ -177,6 +189,14 @@ class JobConfig:
         _checks.one_of("strategy", self.strategy, distribute.STRATEGIES)
         if self.collective_timeout is not None:
             _checks.positive("collective_timeout", self.collective_timeout)
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise ValueError(
+                f"--init_from ({self.init_from!r}) must be a path: a lowtf model "
+                "directory or its best/ folder"
+            )
+        _checks.non_negative_int("freeze", self.freeze)
+        if self.unfreeze_at is not None:
+            _checks.positive_int("unfreeze_at", self.unfreeze_at)
         self._check_combinations()
 
     def _check_combinations(self) -> None:
@@ -190,6 +210,17 @@ class JobConfig:
             raise ValueError(
                 f"--collective_timeout bounds how long a worker waits for the others, so "
                 f"it needs --strategy=multi_worker (not {self.strategy}); drop it"
+            )
+        if self.freeze and not self.init_from:
+            raise ValueError(
+                f"--freeze={self.freeze} keeps the first hidden layers as they start, "
+                "which without --init_from is at random; add --init_from=DIR (a "
+                "trained run) or drop --freeze"
+            )
+        if self.unfreeze_at is not None and not self.freeze:
+            raise ValueError(
+                f"--unfreeze_at={self.unfreeze_at} unfreezes the layers --freeze "
+                "froze; add --freeze=N or drop --unfreeze_at"
             )
         if self.monitor == "regularization_loss" and not (self.l1 or self.l2):
             # Without a penalty it stays 0.0: the run would stop after
@@ -400,6 +431,11 @@ def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
             f"examples; lower it or raise --train_size"
         )
     model = build_model(config, data)
+    if config.init_from:
+        model(data.train[0][:1])  # makes the variables init_from fills
+        transfer.init_from(model, config.init_from, log=log)
+    if config.freeze:
+        transfer.freeze(model, config.freeze, name="--freeze")
     augment = build_augment(config, data)
     optimizer = build_optimizer(config)
     jit_compile = (
@@ -422,6 +458,7 @@ def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
         start_from_step=config.warmup,
         checkpoint_every=config.checkpoint_every,
         seed=config.seed,
+        unfreeze_at=config.unfreeze_at,
     )
     log(data.describe())
     augmented = f", augment {augment.spec}" if augment is not None else ""
@@ -449,7 +486,11 @@ def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
         step_options=options,
         augment=augment,
         log=log_and_start,
-        run_settings={"dataset": config.dataset},
+        run_settings={
+            "dataset": config.dataset,
+            # Only when set, so that earlier runs' records still match.
+            **({"init_from": config.init_from} if config.init_from else {}),
+        },
     )
     evaluate = evaluator.Evaluator(model, jit_compile=jit_compile)
     scores = {"test": evaluate(*data.test), "validation": evaluate(*data.validation)}

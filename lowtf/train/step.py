@@ -8,6 +8,13 @@ One step, all inside one ``tf.function`` (XLA by default):
 4. gradients and the optimizer update (any Keras optimizer or schedule);
 5. the max-norm assign ops, ``var.assign(clip_by_norm(var, r, axes))``.
 
+Frozen layers (``layer.trainable = False``, :func:`lowtf.train.freeze`) get
+no gradient, no optimizer update, no regularization loss and no max-norm op,
+and a frozen batch norm normalizes with its moving statistics. The optimizer
+is built on every variable that could train, so its slots and the
+checkpoint's layout do not depend on what is frozen. A change of the
+``trainable`` flags is picked up at the next call and costs one retrace.
+
 It returns ``cross_entropy``, ``regularization_loss``, ``total_loss`` and
 ``accuracy`` as separate scalars, so monitoring can use the cross-entropy
 alone. :meth:`TrainStep.run` runs N steps in one compiled call (a
@@ -143,6 +150,17 @@ class TrainStep(tf.Module):
         # Under XLA a batch's rows of the shuffle are cheaper to compute than
         # to gather from a permutation rebuilt each epoch; in a graph, not.
         self._rows_per_batch = jit and not distributed
+        # What trains now, set by build(): kept out of the checkpoint (a plain
+        # object, not tracked), whose layout must not depend on what is frozen.
+        self._trained = _Trained()
+        self._version = None  # nn.base.trainability_version() the list was read at
+        self._retired_traces = 0
+        self._make_functions()
+
+    def _make_functions(self) -> None:
+        """(Re)makes the compiled functions; a new list of variables needs new ones."""
+        options, distributed = self.options, self._distributed
+        jit = options.jit_compile and not options.run_eagerly
         self._gradients = self._forward_backward
         if options.run_eagerly:
             self._one, self._many = self._one_step, self._steps
@@ -184,6 +202,7 @@ class TrainStep(tf.Module):
         checks.check_batch(x, y)
         checks.check_shardable("the global batch", x.shape[0], self._strategy)
         self.build(x)
+        self._sync_trainable()
         checks.check_features(x, self._x_spec)
         host_y = checks.on_host(host_y, y)
         if host_y is not None and self._num_logits is not None:
@@ -206,6 +225,7 @@ class TrainStep(tf.Module):
             "`data.batch_size`", self.data.batch_size, self._strategy
         )
         self.build(self.data.x[:1])
+        self._sync_trainable()
         return self._many(tf.constant(num_steps, tf.int64))
 
     @property
@@ -224,7 +244,21 @@ class TrainStep(tf.Module):
         """How many times the compiled functions were traced."""
         if self.options.run_eagerly:
             return 0
-        return sum(f.experimental_get_tracing_count() for f in (self._one, self._many))
+        current = (self._one, self._many)
+        return self._retired_traces + sum(
+            f.experimental_get_tracing_count() for f in current
+        )
+
+    @property
+    def trained_variables(self) -> tuple:
+        """The variables the step differentiates and updates: frozen layers' are not.
+
+        Empty before :meth:`build`.
+        """
+        if not self._built:
+            return ()
+        self._sync_trainable()
+        return tuple(self._trained.variables)
 
     @property
     def head(self) -> str:
@@ -244,11 +278,18 @@ class TrainStep(tf.Module):
             logits = self.model(x[:1], training=False)
             self._head = losses.resolve_head(self.options.loss, logits.shape)
             self._num_logits = logits.shape[-1]  # static, as the model ran eagerly
-            trainable = self.model.trainable_variables
+            # The optimizer gets every variable that could train, frozen or
+            # not, so that its slots (and the checkpoint's layout) stay the
+            # same when layers are unfrozen; a frozen variable's slots are
+            # never updated, as it never gets a gradient.
+            trainable = _trainable_by_construction(self.model)
             if not trainable:
                 raise ValueError("the model has no trainable variables")
             self.optimizer.build(trainable)
-        self._constrained = _lowtf_constraints(self.model)
+        self._read_trainable()
+        # Tracked (so in the checkpoint, as before frozen layers existed): every
+        # pair; the step applies those of self._trained.
+        self._constrained = _lowtf_constraints(self.model, include_frozen=True)
         self._check_requirements()
         if self.data is not None:
             # Once, on the whole training set: under XLA an out-of-range label
@@ -262,6 +303,36 @@ class TrainStep(tf.Module):
         # a relaxed retrace would otherwise fail deep inside the graph.
         self._x_spec = tf.TensorSpec([None, *x.shape[1:]], x.dtype)
         self._built = True
+
+    def _read_trainable(self) -> None:
+        """Reads which variables train now (frozen layers' ones do not)."""
+        self._version = nn.base.trainability_version()
+        variables = nn.trainable_variables(self.model)
+        if not variables:
+            raise ValueError(
+                "every layer of the model is frozen, so nothing would train: "
+                "unfreeze some (lowtf.train.unfreeze(model), or freeze fewer)"
+            )
+        self._trained.variables = variables
+        self._trained.constraints = _lowtf_constraints(self.model)
+
+    def _sync_trainable(self) -> None:
+        """Picks up a change of layers' ``trainable`` flags since the last call.
+
+        A compiled function holds the list of variables it was traced with, so
+        a new list (e.g. :func:`lowtf.train.unfreeze`) makes new functions:
+        one more trace, at the next call. Checking costs one integer
+        comparison per call while nothing changes.
+        """
+        if self._version == nn.base.trainability_version():
+            return
+        before = [v.ref() for v in self._trained.variables]
+        self._read_trainable()
+        if [v.ref() for v in self._trained.variables] == before:
+            return
+        if not self.options.run_eagerly:
+            self._retired_traces = self.trace_count
+        self._make_functions()
 
     # -- traced internals ---------------------------------------------------
 
@@ -287,7 +358,7 @@ class TrainStep(tf.Module):
         }
         # Max-norm runs in cross-replica context, after the all-reduced update:
         # every copy of a mirrored variable gets the same clipped value.
-        constraints.apply_constraints(self._constrained)
+        constraints.apply_constraints(self._trained.constraints)
         # Batch-norm moving statistics are per-replica (ON_READ) variables;
         # averaged after every step, every copy holds the replicas' mean, so
         # evaluation, checkpoints and resumed runs all see the same values.
@@ -305,12 +376,13 @@ class TrainStep(tf.Module):
         grads, metrics = self._gradients(x, y, key, replicas)
         # In replica context a Keras optimizer all-reduces (sums) the gradients
         # and updates every copy of the mirrored variables identically.
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        # Only the variables that train: a frozen one's slots stay untouched.
+        self.optimizer.apply_gradients(zip(grads, self._trained.variables))
         return metrics
 
     def _forward_backward(self, x, y, key, replicas):
         global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
-        variables = self.model.trainable_variables
+        variables = self._trained.variables
         with tf.GradientTape() as tape, nn.compiled_by_xla(self._xla):
             with random.step_key(key):
                 if self._augment is not None:
@@ -332,22 +404,30 @@ class TrainStep(tf.Module):
         }
 
     def _check_requirements(self):
-        if (
-            self.options.require_regularization
-            and not regularizers.regularization_losses(self.model)
-        ):
+        # Frozen layers count: their penalty is left out while they are frozen,
+        # yet the model does carry the regularization that was asked for.
+        if self.options.require_regularization and not _any_regularized(self.model):
             raise ValueError(
                 "regularization was requested but the model has no regularization "
                 "loss: give its kernels a regularizer (e.g. lowtf.l2(1e-4)) or "
                 "turn regularization off"
             )
         if self.options.require_constraints and not (
-            self._constrained or _keras_constraints(self.model)
+            _lowtf_constraints(self.model, include_frozen=True)
+            or _keras_constraints(self.model)
         ):
             raise ValueError(
                 "a constraint (max-norm) was requested but no variable of the model "
                 "carries one: give its kernels `kernel_constraint=lowtf.max_norm(r)`"
             )
+
+
+class _Trained:
+    """The variables and constraints that train now; not a Trackable, so unsaved."""
+
+    def __init__(self):
+        self.variables = ()
+        self.constraints = []
 
 
 def _check_optimizer_strategy(optimizer, strategy):
@@ -365,10 +445,24 @@ def _check_optimizer_strategy(optimizer, strategy):
         )
 
 
-def _lowtf_constraints(model):
+def _lowtf_constraints(model, include_frozen=False):
     if isinstance(model, tf.keras.layers.Layer):
         return []  # Keras optimizers apply a Keras variable's own constraint.
-    return constraints.constrained_weights(model)
+    # Frozen layers' weights are left out: clipping would be their only change.
+    return constraints.constrained_weights(model, include_frozen=include_frozen)
+
+
+def _any_regularized(model) -> bool:
+    if isinstance(model, tf.keras.layers.Layer):
+        return bool(regularizers.regularization_losses(model))
+    return bool(regularizers.regularized_weights(model, include_frozen=True))
+
+
+def _trainable_by_construction(model) -> list:
+    """Every variable made trainable, frozen layers' included (see ``build``)."""
+    if isinstance(model, tf.keras.layers.Layer):
+        return list(model.trainable_variables)
+    return [v for v in model.variables if v.trainable]
 
 
 def _replica_averaged(model):
