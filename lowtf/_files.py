@@ -32,7 +32,8 @@ def write_atomically(path: str, text: str | bytes) -> None:
     tmp = path + TMP_SUFFIX
     # A leftover of a killed writer goes first: TensorFlow 2.21's ram:// file
     # system appends to an existing file even in mode "w".
-    remove_if_present(tmp)
+    if tf.io.gfile.exists(tmp) and not tf.io.gfile.isdir(tmp):
+        tf.io.gfile.remove(tmp)
     try:
         with tf.io.gfile.GFile(tmp, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
