@@ -140,9 +140,34 @@ def _hash_uniform(shape, key, dtype):
     Adequate for dropout masks and augmentation, not for cryptography or
     Monte Carlo estimates.
     """
-    dtype = tf.as_dtype(dtype)
-    if dtype not in _SIGNIFICANT_BITS:
-        raise ValueError(f"`dtype` ({dtype.name}) must be a float type")
+    k0, k1 = _hash_words(key)
+    index = tf.cast(tf.range(tf.reduce_prod(shape)), tf.uint32)
+    return _hash_draws(tf.reshape(index, shape), k0, k1, dtype)
+
+
+def uniform_batch(shape, keys, dtype=tf.float32):
+    """``[K, *shape]`` unit draws, row ``k`` those of ``keys[k]``, in one pass.
+
+    Row ``k`` is bit for bit :func:`uniform_from` ``(shape, keys[k])``: the
+    hash is element-wise in the key's words, so K keys cost one fused pass
+    instead of K (what a population draws its members' dropout masks with).
+
+    Args:
+      shape: the shape of one row's draws (static ints).
+      keys: int ``[K, 2]`` keys, e.g. a stack of :func:`fold_in` results.
+      dtype: a float type, default float32.
+    """
+    keys = tf.convert_to_tensor(keys)
+    k0, k1 = _hash_words(tf.transpose(keys))  # each [K]
+    shape = [int(d) for d in shape]
+    index = tf.cast(tf.range(math.prod(shape)), tf.uint32)
+    index = tf.reshape(index, [1, *shape])
+    words = [-1] + [1] * len(shape)
+    return _hash_draws(index, tf.reshape(k0, words), tf.reshape(k1, words), dtype)
+
+
+def _hash_words(key):
+    """The two 32-bit words the hash mixes in, from a key's ``[2, ...]`` words."""
     xor, shr = tf.bitwise.bitwise_xor, tf.bitwise.right_shift
     key = tf.cast(key, tf.int64)  # a 32-bit key would not shift by 32 below
     # Two well-mixed 32-bit words from all 128 key bits: fold_in leaves the
@@ -151,8 +176,16 @@ def _hash_uniform(shape, key, dtype):
     high = tf.cast(shr(key, tf.constant(32, key.dtype)), tf.uint32)
     k0 = _fmix32(xor(low[0], _fmix32(xor(low[1], _u32(0x9E3779B9)))))
     k1 = _fmix32(xor(high[0], _fmix32(xor(high[1], k0))))
-    index = tf.cast(tf.range(tf.reduce_prod(shape)), tf.uint32)
-    h = xor(tf.reshape(index, shape) * _u32(0x9E3779B9), k0)
+    return k0, k1
+
+
+def _hash_draws(index, k0, k1, dtype):
+    """The unit draws of uint32 ``index`` under the words ``k0``, ``k1`` (broadcast)."""
+    dtype = tf.as_dtype(dtype)
+    if dtype not in _SIGNIFICANT_BITS:
+        raise ValueError(f"`dtype` ({dtype.name}) must be a float type")
+    xor, shr = tf.bitwise.bitwise_xor, tf.bitwise.right_shift
+    h = xor(index * _u32(0x9E3779B9), k0)
     h = xor(h, shr(h, _u32(16))) * _u32(0x85EBCA6B)
     h = xor(h, k1)
     h = xor(h, shr(h, _u32(13))) * _u32(0xC2B2AE35)
@@ -200,15 +233,53 @@ def permute(position, size: int, key) -> tf.Tensor:
     Returns:
       int64 tensor shaped like ``position``.
     """
+    _check_size(size)
+    return _permute(position, _u32(size), _pattern(key), _u32(_mask(size)))
+
+
+def permute_batch(position, sizes, keys) -> tf.Tensor:
+    """:func:`permute` of K permutations at once: row ``k`` of ``position``.
+
+    Row ``k`` is bit for bit ``permute(position[k], sizes[k], keys[k])``:
+    the rounds are element-wise given each row's pattern, mask and size,
+    and the cycle walk leaves an entry alone once it has landed, so one
+    loop over all rows ends each where its own loop would have.
+
+    Args:
+      position: int ``[K, B]`` positions, row ``k`` in ``[0, sizes[k])``.
+      sizes: K static permutation lengths, each in ``[1, 2**31)``.
+      keys: K int ``[2]`` keys (a list, or a ``[K, 2]`` tensor).
+
+    Returns:
+      int64 ``[K, B]``.
+    """
+    sizes = [int(n) for n in sizes]
+    for n in sizes:
+        _check_size(n)
+    pattern = tf.stack([_pattern(keys[k]) for k in range(len(sizes))])[:, None]
+    limit = tf.constant(sizes, tf.uint32)[:, None]
+    mask = tf.constant([_mask(n) for n in sizes], tf.uint32)[:, None]
+    return _permute(position, limit, pattern, mask)
+
+
+def _check_size(size):
     if not 1 <= size < 2**31:
         raise ValueError(f"`size` ({size}) must be in [1, 2**31)")
+
+
+def _pattern(key):
     # One 32-bit pattern per key selects the permutation; a philox integer
     # draw, so that it is the same number in XLA and non-XLA graphs.
-    pattern = tf.random.stateless_uniform(
+    return tf.random.stateless_uniform(
         [], seed=key, minval=None, maxval=None, dtype=tf.uint32, alg=_INT_ALG
     )
-    mask = _u32((1 << max((size - 1).bit_length(), 1)) - 1)
-    limit = _u32(size)
+
+
+def _permute(position, limit, pattern, mask):
+    """Kensler's map of ``position`` under ``pattern`` into ``[0, limit)``.
+
+    ``limit``, ``pattern`` and ``mask`` (uint32) broadcast against ``position``.
+    """
     index = _kensler_round(tf.cast(position, tf.uint32), mask, pattern)
 
     def walk(index):
@@ -222,6 +293,11 @@ def permute(position, size: int, key) -> tf.Tensor:
 
     (index,) = tf.while_loop(lambda i: tf.reduce_any(i >= limit), walk, (index,))
     return tf.cast(tf.math.floormod(index + pattern % limit, limit), tf.int64)
+
+
+def _mask(size: int) -> int:
+    """The all-ones mask of the smallest power of two holding ``size`` values."""
+    return (1 << max((size - 1).bit_length(), 1)) - 1
 
 
 def _fmix32(h):

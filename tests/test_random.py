@@ -143,3 +143,29 @@ def test_dropout_draws_are_uniform_and_new_at_every_step(jit):
     for u, v in ((a, b), (a, other_layer), (a[:, 1:], a[:, :-1]), (a[1:], a[:-1])):
         assert abs(np.corrcoef(u.ravel(), v.ravel())[0, 1]) < 0.02
     np.testing.assert_array_equal(a, draws(tf.constant(1, tf.int64))[0].numpy())
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_batched_draws_equal_each_keys_own_draws_bit_for_bit(mode):
+    # What a population's step relies on: K members' masks and batch rows in
+    # one pass are exactly those K single runs draw, sizes differing too.
+    seeds = [0, 1, 5, 2**40 + 3]
+    keys = [random.fold_in(random.make_key(s, 7 + s), 500 + s) for s in seeds]
+    sizes = [9000, 9000, 1007, 513]
+
+    def draws():
+        position = tf.math.floormod(
+            tf.range(500, dtype=tf.int64)[None, :] + [[0], [3], [6], [9]],
+            tf.constant(sizes, tf.int64)[:, None],
+        )
+        batched = random.permute_batch(position, sizes, keys)
+        singles = [random.permute(position[k], sizes[k], keys[k]) for k in range(4)]
+        masks = random.uniform_batch([37, 16], tf.stack(keys))
+        each = [random.uniform_from([37, 16], k) for k in keys]
+        return batched, tf.stack(singles), masks, tf.stack(each)
+
+    batched, singles, masks, each = _in_mode(draws, mode)()
+    assert batched.shape == (4, 500) and masks.shape == (4, 37, 16)
+    np.testing.assert_array_equal(batched, singles)
+    np.testing.assert_array_equal(masks, each)
+    assert 0.45 < float(tf.reduce_mean(masks)) < 0.55

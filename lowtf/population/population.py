@@ -210,7 +210,14 @@ class Population:
             self.model, size, math.inf if self.mode == "min" else -math.inf
         )
         self._jit = jit_compile in (True, "auto")
-        self._train_index = [tf.constant(r) for r in self.train_rows]
+        sizes = [len(r) for r in self.train_rows]
+        self._train_sizes = tf.constant(sizes, tf.int64)
+        width = max(sizes)
+        padded = np.zeros([size, width], np.int64)
+        for k, r in enumerate(self.train_rows):
+            padded[k, : len(r)] = r
+        self._train_flat = tf.constant(padded.reshape(-1))
+        self._train_starts = tf.constant(np.arange(size)[:, None] * width, tf.int64)
         self._offsets = tf.range(batch_size, dtype=tf.int64)
         # Everything a stopped member must keep: its slices of the weights and
         # moving statistics, of the optimizer's slots (any optimizer variable
@@ -469,22 +476,21 @@ class Population:
     def _next_batch(self):
         """Each member's next batch of its rows, ``[K, B, features]`` and ``[K, B]``."""
         s = self.state
-        epochs, cursors, rows = [], [], []
-        for k, index in enumerate(self._train_index):
-            size = len(self.train_rows[k])
-            epoch, cursor = s.epoch[k], s.cursor[k]
-            # InMemoryBatches: the incomplete tail of an epoch is dropped.
-            wrap = cursor + self.batch_size > size
-            epoch = tf.where(wrap, epoch + 1, epoch)
-            cursor = tf.where(wrap, tf.zeros_like(cursor), cursor)
-            key = random.make_key(int(self.seeds[k]), epoch)
-            position = random.permute(cursor + self._offsets, size, key)
-            rows.append(tf.gather(index, position))
-            epochs.append(epoch)
-            cursors.append(cursor + self.batch_size)
-        s.epoch.assign(tf.stack(epochs))
-        s.cursor.assign(tf.stack(cursors))
-        rows = tf.stack(rows)
+        # InMemoryBatches: the incomplete tail of an epoch is dropped.
+        wrap = s.cursor + self.batch_size > self._train_sizes
+        epoch = tf.where(wrap, s.epoch + 1, s.epoch)
+        cursor = tf.where(wrap, tf.zeros_like(s.cursor), s.cursor)
+        keys = [
+            random.make_key(int(seed), epoch[k]) for k, seed in enumerate(self.seeds)
+        ]
+        # All members' positions in one pass: row k is the permute of its rows.
+        position = random.permute_batch(
+            cursor[:, None] + self._offsets, [len(r) for r in self.train_rows], keys
+        )
+        # Member k's rows sit at k * width in the padded [K, width] index.
+        rows = tf.gather(self._train_flat, position + self._train_starts)
+        s.epoch.assign(epoch)
+        s.cursor.assign(cursor + self.batch_size)
         return tf.gather(self.x, rows), tf.gather(self.y, rows)
 
     def _validation_sums(self, index, weight):

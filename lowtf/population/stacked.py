@@ -4,10 +4,10 @@ Member ``k``'s slice of every variable is the matching variable of
 ``lowtf.mlp(..., seed=seeds[k])``: its kernels are drawn by the same
 ``glorot_uniform(shape, seed)`` calls with the same layer seeds
 (``seed * 1000 + i``, see :func:`lowtf.models.mlp`), so they are bit-identical.
-A forward pass takes ``[K, B, in]`` inputs (one product per member and
-layer, see :func:`_matmul`); dropout masks are drawn per member under that member's step key, and
-the penalty and the max-norm cap are per member, so nothing flows between
-members.
+A forward pass takes ``[K, B, in]`` inputs (one batched product per layer,
+see :func:`_matmul`); each member's dropout mask is drawn under its own step
+key (all K in one pass, :func:`lowtf.random.uniform_batch`), and the penalty
+and the max-norm cap are per member, so nothing flows between members.
 """
 
 from __future__ import annotations
@@ -20,17 +20,6 @@ from lowtf.nn.base import glorot_uniform
 
 # BatchNorm's defaults, which lowtf.mlp uses.
 _BN_MOMENTUM, _BN_EPSILON = 0.99, 1e-3
-
-
-def member_key(key, jit: bool):
-    """Makes ``key`` the current step key while one member's masks are drawn.
-
-    The one place the population calls :func:`lowtf.random.step_key`, so
-    member ``k`` draws the masks of a single run seeded ``seeds[k]``. The
-    generator is the same in every mode; ``jit`` is kept for the callers.
-    """
-    del jit  # one generator: the masks do not depend on the compilation mode
-    return random.step_key(key)
 
 
 class StackedMLP(tf.Module):
@@ -71,6 +60,12 @@ class StackedMLP(tf.Module):
         self.seeds = [int(s) for s in seeds]
         self.size = len(self.seeds)
         self.dropout = [float(r) for r in dropout]
+        # Per member, as lowtf.Dropout computes them: the rate and the scale
+        # 1 / (1 - rate) in float64, cast to the activations' type when used.
+        self._rates = tf.constant(np.reshape(self.dropout, [-1, 1, 1]), tf.float64)
+        self._scales = tf.constant(
+            [[[1.0 / (1.0 - r)]] for r in self.dropout], tf.float64
+        )
         self._l1 = tf.constant(l1, tf.float32)
         self._l2 = tf.constant(l2, tf.float32)
         self._caps = tf.constant(maxnorm, tf.float32)
@@ -181,21 +176,20 @@ class StackedMLP(tf.Module):
         )
 
     def _dropout(self, i, h, keys, jit):
-        # One draw per member, under its own key and the seed its Dropout
-        # layer has in lowtf.mlp (seed*1000 + 500 + i): the single run's mask.
-        parts = []
-        for k, rate in enumerate(self.dropout):
-            if rate == 0:
-                parts.append(h[k])
-                continue
-            with member_key(keys[k], jit):
-                u = random.uniform(
-                    tf.shape(h[k]), self.seeds[k] * 1000 + 500 + i, h.dtype
-                )
-            scale = tf.cast(1.0 / (1.0 - rate), h.dtype)
-            keep = u >= tf.cast(rate, h.dtype)
-            parts.append(tf.where(keep, h[k] * scale, tf.zeros_like(h[k])))
-        return tf.stack(parts)
+        # Member k's mask is that of its single run: its step key folded with
+        # the seed its Dropout layer has in lowtf.mlp (seed*1000 + 500 + i),
+        # as random.uniform does; all K masks come from one fused hash pass.
+        del jit  # one generator: the masks do not depend on the compilation mode
+        folded = tf.stack(
+            [
+                random.fold_in(keys[k], s * 1000 + 500 + i)
+                for k, s in enumerate(self.seeds)
+            ]
+        )
+        u = random.uniform_batch(h.shape[1:], folded, h.dtype)
+        # A rate of 0 keeps every unit (u >= 0) and scales by 1: the identity.
+        keep = u >= tf.cast(self._rates, h.dtype)
+        return tf.where(keep, h * tf.cast(self._scales, h.dtype), tf.zeros_like(h))
 
     def penalties(self) -> tf.Tensor:
         """Each member's L1 + L2 penalty over its kernels, ``[K]``."""
@@ -228,10 +222,10 @@ class StackedMLP(tf.Module):
 
 
 def _matmul(h, kernel):
-    """``[K, B, in] @ [K, in, out]``, one product per member.
+    """``[K, B, in] @ [K, in, out]``, one batched product.
 
-    Measured (bin/bench --population, XLA on a 2-core CPU): XLA's CPU backend
-    emits a dot with a batch dimension as a naive loop, several times slower
-    than K plain products, which it hands to Eigen.
+    Measured (bin/bench --population, tiny, XLA on a 2-core CPU, TF 2.21): a
+    batched dot ran 100 steps of 8 members in 53 ms against 236 ms for K
+    plain products stacked (every other per-member piece removed).
     """
-    return tf.stack([tf.matmul(h[k], kernel[k]) for k in range(kernel.shape[0])])
+    return tf.linalg.matmul(h, kernel)
