@@ -325,6 +325,7 @@ def test_only_the_chief_writes_and_the_best_snapshot_restores(multi_worker):
         "best",
         "ckpt",
         "history.csv",
+        "run.json",  # written by the chief only; no lock left behind
         "tensorboard",
     ]
     rows = lowtf.read_history(str(model_dir / "history.csv"))

@@ -194,6 +194,8 @@ class Checkpoints:
 
     def _check_best(self) -> None:
         """Refuses a resume whose best snapshot cannot be read back (checked at start)."""
+        if not distribute.is_chief(self.strategy):
+            return  # its own snapshot is a scratch copy; it restores the chief's
         prefix = self.stopper.best_prefix
         if prefix is None:
             return
