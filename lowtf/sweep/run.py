@@ -21,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 from optuna.trial import TrialState
 
-from lowtf.data import datasets
 from lowtf.population import Population, fit_population, k_fold
 from lowtf.sweep import report, scoring
 from lowtf.sweep import study as study_lib
@@ -77,14 +76,7 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
     sweep_dir = config.resolved_sweep_dir
     job_lib.check_model_dir(sweep_dir)
     if data is None:
-        data = datasets.load(
-            config.dataset,
-            data_path=config.data_path,
-            train_size=config.train_size,
-            validation_size=config.validation_size,
-            label_column=config.label_column,
-            seed=config.data_seed,
-        )
+        data = job_lib.load_data(config)
     # Everything about the data is checked before the study exists, so a
     # refused start leaves no study behind to refuse the corrected rerun.
     x, y, folds = _splits(config, data)

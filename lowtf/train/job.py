@@ -416,14 +416,7 @@ def check_model_dir(model_dir: str) -> None:
 
 def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
     """Trains in the strategy's scope; only the ``chief`` writes files of its own."""
-    data = datasets.load(
-        config.dataset,
-        data_path=config.data_path,
-        train_size=config.train_size,
-        validation_size=config.validation_size,
-        label_column=config.label_column,
-        seed=config.data_seed,
-    )
+    data = load_data(config)
     train_rows = len(data.train[1])
     if config.batch_size > train_rows:
         raise ValueError(
@@ -538,6 +531,18 @@ def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
         f"test accuracy {test['accuracy']:.4f}"
     )
     return summary
+
+
+def load_data(config) -> datasets.Dataset:
+    """The data set a job's (or a sweep's) data settings name, loaded and checked."""
+    return datasets.load(
+        config.dataset,
+        data_path=config.data_path,
+        train_size=config.train_size,
+        validation_size=config.validation_size,
+        label_column=config.label_column,
+        seed=config.data_seed,
+    )
 
 
 def image_shape(config: JobConfig, data) -> tuple:
