@@ -1,4 +1,4 @@
-"""Model selection: grids over capacity and regularization, k-fold scores, a report.
+"""Model selection: grids or TPE over capacity and regularization, k-fold scores, a report.
 
 :class:`SweepConfig` holds the shared settings and the swept lists;
 :func:`run_sweep` trains every configuration (those of one architecture as
@@ -9,15 +9,17 @@ winner as a ``bin/train`` run. Not imported by ``import lowtf`` (it needs
 Optuna): ``from lowtf import sweep``.
 """
 
-from lowtf.sweep.config import Point, SweepConfig, by_architecture
+from lowtf.sweep.config import Point, Range, SweepConfig, by_architecture, parse_values
 from lowtf.sweep.run import SweepResult, run_sweep
 from lowtf.sweep.scoring import fold_score
 
 __all__ = [
     "Point",
+    "Range",
     "SweepConfig",
     "SweepResult",
     "by_architecture",
     "fold_score",
+    "parse_values",
     "run_sweep",
 ]

@@ -1,10 +1,14 @@
-"""What a sweep is: the shared settings, the swept lists and their grid.
+"""What a sweep is: the shared settings, the swept values and how they are searched.
 
 :class:`SweepConfig` holds ``bin/train``'s data, model, optimizer and loop
-settings once, and a list for each swept setting (architectures, L1, L2,
-dropout, max-norm). :meth:`SweepConfig.points` expands the grid: every
-combination is a :class:`Point`; :func:`by_architecture` groups points that
-can share one :class:`lowtf.Population` (one architecture).
+settings once, and for each swept setting (architectures, L1, L2, dropout,
+max-norm) a list of values or, for the numeric ones, a :class:`Range`.
+``search="grid"`` (lists only): :meth:`SweepConfig.points` expands the grid,
+every combination is a :class:`Point`. ``search="tpe"``: Optuna's TPE samples
+``trials`` points, lists as categorical choices and ranges as floats.
+:func:`by_architecture` groups points that can share one
+:class:`lowtf.Population` (one architecture). :func:`parse_values` reads a
+flag's entries (``0,1e-4`` or ``1e-6..1e-2:log``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,80 @@ from lowtf.train.job import OPTIMIZERS, JobConfig
 # The swept settings, in the order of a configuration's label and the grid.
 SWEPT = ("architecture", "l1", "l2", "dropout", "maxnorm")
 REGULARIZERS = ("l1", "l2", "dropout", "maxnorm")
+SEARCHES = ("grid", "tpe")
+# TPE's configurations per round when --claim is 0. A round's configurations
+# of one architecture train as one population, so a larger batch trains
+# faster (one compiled step for more members), but each of its points is
+# sampled knowing only the trials finished before the round (the running ones
+# enter as constant-liar guesses); 8 keeps both sides reasonable.
+TPE_BATCH = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A swept numeric setting sampled from ``[low, high]`` (``--l2=1e-6..1e-2:log``).
+
+    Attributes:
+      low, high: the ends, ``low < high``.
+      log: sample ``log(value)`` uniformly (``low > 0``) instead of ``value``
+        (default False).
+    """
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self):
+        _checks.finite("low", self.low)
+        _checks.finite("high", self.high)
+        _checks.boolean("log", self.log)
+        object.__setattr__(self, "low", float(self.low))
+        object.__setattr__(self, "high", float(self.high))
+
+    def __str__(self) -> str:
+        """As the flag spells it: ``1e-06..0.01:log``."""
+        return f"{self.low!r}..{self.high!r}" + (":log" if self.log else "")
+
+
+def parse_values(flag: str, entries) -> tuple | Range:
+    """A swept numeric flag's entries as a tuple of floats or one :class:`Range`.
+
+    Args:
+      flag: the flag's name, for the error (``"l2"``).
+      entries: its comma-separated entries (``["0", "1e-4"]``), or one range
+        entry ``"lo..hi"`` (uniform) or ``"lo..hi:log"`` (log-uniform).
+
+    Raises:
+      ValueError: an entry that is not a number, a range with other entries,
+        a range not spelled ``lo..hi[:log]``.
+    """
+    entries = list(entries)
+    given = f"--{flag}={','.join(entries)}"
+    if any(".." in e for e in entries):
+        if len(entries) != 1:
+            raise ValueError(
+                f"{given}: a range is the flag's one entry (e.g. --{flag}=1e-6..1e-2:log), "
+                "not part of a list"
+            )
+        text, log = entries[0], False
+        if text.endswith(":log"):
+            text, log = text[: -len(":log")], True
+        ends = text.split("..")
+        try:
+            low, high = (float(e) for e in ends)
+        except ValueError:
+            raise ValueError(
+                f"{given}: a range is lo..hi (uniform) or lo..hi:log (log-uniform) "
+                f"with two numbers, e.g. --{flag}=1e-6..1e-2:log"
+            ) from None
+        return Range(low, high, log)
+    values = []
+    for text in entries:
+        try:
+            values.append(float(text))
+        except ValueError:
+            raise ValueError(f"{given}: {text!r} is not a number") from None
+    return tuple(values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +158,14 @@ class SweepConfig:
     Attributes:
       architectures: presets (``"tiny"``) or widths joined by ``:``
         (``"16:64"``), one per architecture (default ``("small",)``).
-      l1, l2, dropout, maxnorm: the swept values of each, non-empty tuples
-        (default ``(0.0,)`` each).
+      l1, l2, dropout, maxnorm: the swept values of each: a non-empty tuple
+        (default ``(0.0,)`` each) or, with ``search="tpe"``, a :class:`Range`.
+      search: ``"grid"`` (default): every combination of the lists, and no
+        range; ``"tpe"``: Optuna's TPE samples ``trials`` configurations,
+        the lists as categorical choices and the ranges as floats (at least
+        one range).
+      trials: how many configurations TPE samples (``search="tpe"`` only,
+        where it is required; default 0).
       folds: 1 (default): score on the fixed validation split; k >= 2:
         stratified k-fold cross-validation on the training rows, each
         configuration trained once per fold.
@@ -91,8 +175,11 @@ class SweepConfig:
         ``journal:<path>`` for a journal file (default None:
         ``sqlite:///<sweep_dir>/study.db``).
       claim: configurations a process takes per round (default 0: all that
-        are left); with several processes on one storage, a small number
-        splits the grid between them.
+        are left of a grid, ``TPE_BATCH`` (8) with TPE); with several
+        processes on one storage, a small number splits the grid between
+        them. With TPE, a round's points are sampled before any of them is
+        scored: a larger claim makes larger populations (faster) but TPE
+        learns from fewer finished trials.
       retrain: retrain the winner with ``run_job`` and score it on test
         (default True).
     """
@@ -110,6 +197,8 @@ class SweepConfig:
     l2: tuple = (0.0,)
     dropout: tuple = (0.0,)
     maxnorm: tuple = (0.0,)
+    search: str = "grid"
+    trials: int = 0
     # -- model, optimizer, loop (shared)
     activation: str | None = None
     batchnorm: bool = False
@@ -135,6 +224,12 @@ class SweepConfig:
     retrain: bool = True
 
     def __post_init__(self):
+        if isinstance(self.architectures, Range):
+            raise ValueError(  # noqa: TRY004 - a flag's value, as every check here
+                f"--model/--hidden ({self.architectures}) is a range; architectures "
+                "are a list (e.g. --model=tiny,small), ranges are for --l1, --l2, "
+                "--dropout and --maxnorm"
+            )
         archs = _nonempty("architectures", "model", self.architectures)
         for a in archs:
             if not isinstance(a, str) or not (
@@ -147,6 +242,8 @@ class SweepConfig:
                     "(e.g. 16:64)"
                 )
         object.__setattr__(self, "architectures", archs)
+        _checks.one_of("search", self.search, SEARCHES)
+        _checks.non_negative_int("trials", self.trials)
         checks = {
             "l1": _checks.non_negative,
             "l2": _checks.non_negative,
@@ -154,7 +251,16 @@ class SweepConfig:
             "dropout": _checks.rate,
         }
         for name, check in checks.items():
-            values = _nonempty(name, name, getattr(self, name))
+            value = getattr(self, name)
+            if isinstance(value, Range):
+                _check_range(name, value, check)
+                if self.search != "tpe":
+                    raise ValueError(
+                        f"--{name}={value} is a range: ranges need --search=tpe "
+                        "--trials=N (or give a list of values for the grid)"
+                    )
+                continue
+            values = _nonempty(name, name, value)
             for v in values:
                 try:
                     check(name, v)
@@ -163,6 +269,23 @@ class SweepConfig:
                         f"--{name}={','.join(map(str, values))}: {e}"
                     ) from None
             object.__setattr__(self, name, tuple(float(v) for v in values))
+        if self.search == "grid" and self.trials:
+            raise ValueError(
+                f"--trials ({self.trials}) only applies to --search=tpe; drop it for "
+                "the grid (which trains every combination)"
+            )
+        if self.search == "tpe":
+            if self.trials < 1:
+                raise ValueError(
+                    "--search=tpe needs --trials=N (N > 0): how many configurations "
+                    "it samples"
+                )
+            if not self.ranges():
+                raise ValueError(
+                    "--search=tpe samples ranges, and every swept setting is a list; "
+                    "give one as a range (e.g. --l2=1e-6..1e-2:log) or drop "
+                    "--search=tpe to train the grid"
+                )
         _checks.positive_int("folds", self.folds)
         _checks.non_negative_int("claim", self.claim)
         _checks.boolean("retrain", self.retrain)
@@ -174,31 +297,73 @@ class SweepConfig:
                 "penalty, not a fit); monitor val_cross_entropy or val_accuracy"
             )
         # Every configuration is a valid bin/train run: JobConfig checks the
-        # shared fields once per point (cheap, and one rule in one place).
-        for p in self.points():
-            self.job_config(p, model_dir=None)
+        # shared fields once per point (cheap, and one rule in one place); a
+        # range's two ends stand for the values between them.
+        for values in itertools.product(*self._values().values()):
+            self.job_config(Point(*values), model_dir=None)
 
-    # -- the grid ---------------------------------------------------------------
+    # -- the grid or the sampled space ------------------------------------------
 
     def points(self) -> list[Point]:
-        """Every combination of the swept values (architecture varies slowest)."""
-        return [
-            Point(*values)
-            for values in itertools.product(
-                self.architectures, self.l1, self.l2, self.dropout, self.maxnorm
+        """Every combination of the swept values (architecture varies slowest).
+
+        Raises:
+          ValueError: a TPE sweep, whose points are sampled, not listed.
+        """
+        if self.search != "grid":
+            raise ValueError(
+                f"a --search={self.search} sweep samples its points; only a grid "
+                "lists them"
             )
+        return [
+            Point(*values) for values in itertools.product(*self._values().values())
         ]
 
-    def search_space(self) -> dict[str, list]:
-        """The grid as Optuna's GridSampler takes it."""
+    def search_space(self) -> dict[str, list | Range]:
+        """Per swept setting, its list of values or its :class:`Range`.
+
+        A grid's is what Optuna's GridSampler takes.
+        """
         return {
-            n: list(getattr(self, n if n != "architecture" else "architectures"))
-            for n in SWEPT
+            n: v if isinstance(v, Range) else list(v)
+            for n, v in (
+                (n, getattr(self, n if n != "architecture" else "architectures"))
+                for n in SWEPT
+            )
         }
 
+    def ranges(self) -> dict[str, Range]:
+        """The settings given as ranges."""
+        return {n: v for n, v in self.search_space().items() if isinstance(v, Range)}
+
     def swept(self) -> tuple[str, ...]:
-        """The settings with more than one value."""
-        return tuple(n for n, values in self.search_space().items() if len(values) > 1)
+        """The settings that vary: a range, or a list of more than one value."""
+        return tuple(
+            n
+            for n, v in self.search_space().items()
+            if isinstance(v, Range) or len(v) > 1
+        )
+
+    @property
+    def configurations(self) -> int:
+        """How many configurations the sweep finishes: the grid's, or ``trials``."""
+        if self.search == "tpe":
+            return self.trials
+        return math.prod(len(v) for v in self.search_space().values())
+
+    @property
+    def batch(self) -> int:
+        """Configurations a process claims per round (see ``claim``)."""
+        if self.claim:
+            return self.claim
+        return TPE_BATCH if self.search == "tpe" else self.configurations
+
+    def _values(self) -> dict[str, list]:
+        """Each setting's values, a range as its two ends."""
+        return {
+            n: [v.low, v.high] if isinstance(v, Range) else v
+            for n, v in self.search_space().items()
+        }
 
     # -- names, paths, the definition -------------------------------------------
 
@@ -223,10 +388,15 @@ class SweepConfig:
         JSON-normalized (tuples become lists), as a study's user attrs hold it.
         """
         skip = {"sweep_dir", "storage", "claim", "retrain"}
+        if self.search == "grid":
+            # A grid's definition stays what it was before TPE existed, so a
+            # study.db made then still resumes.
+            skip |= {"search", "trials"}
         fields = {
-            f.name: getattr(self, f.name)
+            f.name: str(v) if isinstance(v, Range) else v
             for f in dataclasses.fields(self)
             if f.name not in skip
+            for v in (getattr(self, f.name),)
         }
         return json.loads(json.dumps(fields))
 
@@ -283,6 +453,26 @@ def train_flags(job: JobConfig) -> list[str]:
         else:
             out.append(f"--{f.name}={value}")
     return out
+
+
+def _check_range(name: str, value: Range, check) -> None:
+    """Both ends valid for ``name``, ``low < high``, ``low > 0`` on a log scale."""
+    given = f"--{name}={value}"
+    try:
+        check(name, value.low)
+        check(name, value.high)
+    except ValueError as e:
+        raise ValueError(f"{given}: {e}") from None
+    if not value.low < value.high:
+        raise ValueError(
+            f"{given}: the low end ({value.low!r}) must be below the high end "
+            f"({value.high!r}); write lo..hi"
+        )
+    if value.log and value.low <= 0:
+        raise ValueError(
+            f"{given}: a log range needs a low end > 0 (log 0 is -inf), e.g. "
+            f"--{name}=1e-6..{value.high!r}:log; or drop :log for a uniform range"
+        )
 
 
 def _nonempty(name: str, flag: str, values) -> tuple:

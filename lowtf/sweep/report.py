@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lowtf import _files
-from lowtf.sweep.config import SWEPT
+from lowtf.sweep.config import SWEPT, Range
 from lowtf.train.job import write_text
 
 CSV_COLUMNS = (
@@ -53,9 +53,13 @@ def csv_text(rows) -> str:
 
 def markdown(config, rows, *, command: str | None, test) -> str:
     folds = "validation split" if config.folds == 1 else f"{config.folds}-fold CV"
+    # Sampled values print to 4 significant digits here; results.csv and the
+    # winner's command keep every digit.
+    ranges = ", ".join(f"{n} in {v}" for n, v in config.ranges().items())
     lines = [
         f"# Sweep: {config.dataset}, {len(rows)} configurations",
         "",
+        *([f"Sampled by TPE: {ranges}.", ""] if ranges else []),
         (
             f"Score: {config.monitor} at each member's best step ({folds}; mean ± std "
             "over folds). Gap: train minus validation cross-entropy there. Wall time: "
@@ -73,7 +77,7 @@ def markdown(config, rows, *, command: str | None, test) -> str:
         )
         mark = " **winner**" if r.get("winner") else ""
         gap = "" if _missing(r["gap"]) else f"{r['gap']:+.4f}"
-        values = " | ".join(str(r[n]) for n in SWEPT)
+        values = " | ".join(_short(r[n]) for n in SWEPT)
         lines.append(
             f"| {rank}{mark} | {values} | {score} | {r['best_step']} | {gap} | "
             f"{r['wall_seconds']:.1f} |"
@@ -127,40 +131,65 @@ def curves_figure(rows, monitor: str) -> Figure:
 def scores_figure(config, rows) -> Figure | None:
     """The score against each swept setting; one line per value of another one.
 
-    Each point is the best score over the settings neither on the axis nor
-    the line. None when nothing is swept.
+    A listed setting: each point is the best score over the settings neither
+    on the axis nor the line, the values at categorical positions. A range:
+    every configuration's score against its sampled value (a log axis for a
+    log range), coloured by the other listed setting. None when nothing is
+    swept.
     """
     swept = config.swept()
     if not swept:
         return None
+    space = config.search_space()
     ok = [r for r in rows if r["status"] == "ok"]
     fig = Figure(figsize=(4.2 * len(swept), 4), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(1, len(swept)))
     pick = max if "accuracy" in config.monitor else min
     for ax, name in zip(axes, swept):
-        others = [n for n in swept if n != name]
+        # Lines (or colours) need a listed setting: a range has no values to
+        # draw one line per.
+        others = [n for n in swept if n != name and not isinstance(space[n], Range)]
         line_by = others[0] if others else None
-        values = config.search_space()[name]
-        series = config.search_space()[line_by] if line_by else [None]
-        for v_line in series:
-            ys = []
-            for v in values:
-                scores = [
-                    r["score_mean"]
-                    for r in ok
-                    if r[name] == v and (line_by is None or r[line_by] == v_line)
-                ]
-                ys.append(pick(scores) if scores else math.nan)
-            label = f"{line_by}={v_line}" if line_by else None
-            # Categorical positions: a swept list often holds 0, which no
-            # log axis can show.
-            ax.plot(range(len(values)), ys, "o-", label=label)
-        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        series = space[line_by] if line_by else [None]
+        if isinstance(space[name], Range):
+            for i, v_line in enumerate(series):
+                mine = [r for r in ok if line_by is None or r[line_by] == v_line]
+                ax.plot(
+                    [r[name] for r in mine],
+                    [r["score_mean"] for r in mine],
+                    "o",
+                    color=f"C{i % 10}",
+                    alpha=0.8,
+                    label=f"{line_by}={v_line}" if line_by else None,
+                )
+            win = [r for r in ok if r.get("winner")]
+            ax.plot([r[name] for r in win], [r["score_mean"] for r in win], "*",
+                    color=WINNER_COLOR, ms=14, label="winner" if win else None)  # fmt: skip
+            if space[name].log:
+                ax.set_xscale("log")
+            ax.set_xlim(space[name].low, space[name].high)
+            ax.set_ylabel(config.monitor)
+        else:
+            values = space[name]
+            for v_line in series:
+                ys = []
+                for v in values:
+                    scores = [
+                        r["score_mean"]
+                        for r in ok
+                        if r[name] == v and (line_by is None or r[line_by] == v_line)
+                    ]
+                    ys.append(pick(scores) if scores else math.nan)
+                label = f"{line_by}={v_line}" if line_by else None
+                # Categorical positions: a swept list often holds 0, which no
+                # log axis can show.
+                ax.plot(range(len(values)), ys, "o-", label=label)
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+            ax.set_ylabel(f"{config.monitor} (best over the rest)")
         ax.set_xlabel(name)
-        ax.set_ylabel(f"{config.monitor} (best over the rest)")
         ax.grid(True, alpha=0.3)
-        if line_by:
+        if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize="x-small")
     return fig
 
@@ -172,7 +201,15 @@ def _save(fig: Figure, path: str) -> None:
 
 
 def _label(row) -> str:
-    return " ".join(f"{n}={row[n]}" for n in SWEPT)
+    return " ".join(f"{n}={_short(row[n])}" for n in SWEPT)
+
+
+def _short(value) -> str:
+    """A float to 4 significant digits where it has more (a sampled one)."""
+    if not isinstance(value, float):
+        return str(value)
+    short = f"{value:.4g}"
+    return str(value) if float(short) == value else short
 
 
 def _floats(values) -> np.ndarray:

@@ -1,11 +1,13 @@
 """The sweep job: data once, populations per architecture, Optuna's ledger, the winner.
 
 :func:`run_sweep` loads the data, opens the study (:mod:`lowtf.sweep.study`),
-then claims configurations until none is left: the claimed ones that share
-an architecture train as one :class:`lowtf.Population` (one
+then claims configurations until none is left (a grid's points, or TPE's
+samples in batches of ``config.batch``): the claimed ones that share an
+architecture train as one :class:`lowtf.Population` (one
 :func:`lowtf.population.fit_population` call, ``configurations x folds``
 members), and each configuration's score goes back to the study. When every
-configuration of the grid is finished (by this process or others) it ranks
+configuration of the grid, or ``trials`` sampled ones, are finished (by this
+process or others) it ranks
 them on validation alone, writes the report and retrains the winner with
 :func:`lowtf.train.run_job` into ``sweep_dir/winner``, the only step that
 reads the test set.
@@ -84,14 +86,13 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
     storage = study_lib.open_storage(config.resolved_storage)
     study = study_lib.open_study(config, storage)
     log(data.describe())
-    points = config.points()
-    total = len(points)
+    total = config.configurations
     progress = _Progress(study, total, config, log, started)
     trained = 0
     while True:
         if study_lib.requeue_interrupted(study, config):
             log("queued again the configurations of an interrupted run")
-        claimed = study_lib.claim(study, config, config.claim or total)
+        claimed = study_lib.claim(study, config, config.batch)
         if not claimed:
             if len(study_lib.ledger(study)["finished"]) >= total:
                 break
@@ -123,7 +124,7 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
             train_flags(dataclasses.replace(job, model_dir=None))
         )
     report.write(config, rows, sweep_dir, command=command, test=None)
-    log(f"sweep: {total} configurations ranked; report in {sweep_dir}")
+    log(f"sweep: {len(rows)} configurations ranked; report in {sweep_dir}")
     winner_result = None
     if winner is not None and config.retrain:
         log(f"retraining the winner ({winner['key']}) on all training rows")

@@ -1,9 +1,11 @@
 """The sweep's Optuna study: storage, definition, claims and the ledger.
 
-One study per sweep, with a ``GridSampler`` over :meth:`SweepConfig.search_space`.
-A process *claims* configurations by ``ask``-ing trials (the sampler hands
-out grid points not yet finished or running), trains them, and ``tell``-s
-their scores. Every trial carries user attrs: ``key`` (the
+One study per sweep: a ``GridSampler`` over :meth:`SweepConfig.search_space`
+for a grid, a ``TPESampler`` for ``search="tpe"`` (lists as categorical
+distributions, ranges as float ones). A process *claims* configurations by
+``ask``-ing trials (the grid sampler hands out grid points not yet finished
+or running; TPE samples new points, at most ``trials`` in all), trains
+them, and ``tell``-s their scores. Every trial carries user attrs: ``key`` (the
 :attr:`Point.key`), ``owner`` (host and pid) and, once told, ``status``
 (``"ok"`` or ``"diverged"``) with its fold scores. A trial left RUNNING by a
 process of this host that is gone (an interrupted run) is failed as
@@ -17,10 +19,10 @@ import os
 import socket
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from lowtf.sweep.config import SWEPT, Point, SweepConfig
+from lowtf.sweep.config import SWEPT, Point, Range, SweepConfig
 
 DEFINITION = "definition"
 STUDY_NAME = "lowtf-sweep"
@@ -55,7 +57,7 @@ def open_study(config: SweepConfig, storage) -> optuna.Study:
     study = optuna.create_study(
         storage=storage,
         study_name=STUDY_NAME,
-        sampler=optuna.samplers.GridSampler(config.search_space(), seed=config.seed),
+        sampler=sampler(config),
         direction=mode,
         load_if_exists=True,
     )
@@ -76,8 +78,30 @@ def open_study(config: SweepConfig, storage) -> optuna.Study:
     return study
 
 
+def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
+    """The grid's ``GridSampler``, or TPE for ``search="tpe"``.
+
+    TPE asks a round's trials before any is told, so ``constant_liar``
+    counts the running ones as (bad) results: the points of one batch spread
+    out instead of piling on the same promising spot. ``multivariate``
+    models the settings jointly (L2 and dropout interact); both are Optuna
+    5.0's defaults, spelled out for older versions.
+    """
+    if config.search == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=config.seed, multivariate=True, constant_liar=True
+        )
+    return optuna.samplers.GridSampler(config.search_space(), seed=config.seed)
+
+
 def distributions(config: SweepConfig) -> dict:
-    return {n: CategoricalDistribution(v) for n, v in config.search_space().items()}
+    """Per setting, a list as a categorical distribution, a range as a float one."""
+    return {
+        n: FloatDistribution(v.low, v.high, log=v.log)
+        if isinstance(v, Range)
+        else CategoricalDistribution(v)
+        for n, v in config.search_space().items()
+    }
 
 
 def point_of(trial) -> Point:
@@ -127,12 +151,15 @@ def requeue_interrupted(study: optuna.Study, config: SweepConfig) -> int:
 def claim(study: optuna.Study, config: SweepConfig, limit: int) -> list:
     """Asks for up to ``limit`` configurations nobody has finished or is running.
 
-    Returns ``[(trial, point)]``; a grid point handed out twice (two
-    processes racing) is failed as ``"duplicate"`` and skipped.
+    Returns ``[(trial, point)]``. Grid: a point handed out twice (two
+    processes racing) is failed as ``"duplicate"`` and skipped. TPE: every
+    sampled point is new; at most ``config.trials`` less those finished or
+    running (in any process) are asked.
     """
+    if config.search == "tpe":
+        return _claim_sampled(study, config, limit)
     keys = {p.key for p in config.points()}
     dists = distributions(config)
-    owner = {"host": socket.gethostname(), "pid": os.getpid()}
     claimed, duplicates = [], 0
     while len(claimed) < limit and duplicates <= len(keys):
         book = ledger(study)
@@ -146,10 +173,28 @@ def claim(study: optuna.Study, config: SweepConfig, limit: int) -> list:
             tell(study, trial, state=TrialState.FAIL)
             duplicates += 1
             continue
-        trial.set_user_attr("key", point.key)
-        trial.set_user_attr("owner", owner)
-        claimed.append((trial, point))
+        claimed.append((trial, _own(trial, point)))
     return claimed
+
+
+def _claim_sampled(study: optuna.Study, config: SweepConfig, limit: int) -> list:
+    book = ledger(study)
+    # A queued (interrupted) point is asked first and replaces its failed
+    # trial, so it does not count apart from the running and finished ones.
+    left = config.trials - len(book["finished"]) - len(book["running"])
+    dists = distributions(config)
+    claimed = []
+    for _ in range(min(limit, left)):
+        trial = study.ask(dists)
+        claimed.append((trial, _own(trial, point_of(trial))))
+    return claimed
+
+
+def _own(trial, point: Point) -> Point:
+    """Marks ``trial`` as ``point``'s, run by this process."""
+    trial.set_user_attr("key", point.key)
+    trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+    return point
 
 
 def _alive(pid) -> bool:
