@@ -213,3 +213,29 @@ def test_bin_sweep_end_to_end(tmp_path):
     assert "bin/train" in (sweep_dir / "results.md").read_text()
     progress = [line for line in result.stdout.splitlines() if " done, " in line]
     assert progress and "ETA" in progress[-1]
+
+
+def test_a_point_claimed_twice_goes_to_the_lowest_trial_number(monkeypatch):
+    # Two claims of one point racing (two processes on one storage): each
+    # asks the storage which holds the lowest number, so exactly one keeps it.
+    import optuna
+
+    from lowtf.sweep import study as study_lib
+
+    config = sweep.SweepConfig(**QUICK, architectures=("4",), l2=(0.0, 1e-3))
+    study = study_lib.open_study(config, optuna.storages.InMemoryStorage())
+    point = config.points()[0]
+    for _ in range(2):  # as two requeue_interrupted of one dead trial would
+        study.enqueue_trial(point.params(), skip_if_exists=False)
+    first, second = (study.ask(study_lib.distributions(config)) for _ in range(2))
+    assert study_lib.point_of(first) == study_lib.point_of(second) == point
+    second.set_user_attr("key", point.key)
+    # The first has no key yet: it is waited for, then taken for dead.
+    monkeypatch.setattr(study_lib, "CLAIM_WAIT_SECONDS", 0.2)
+    assert study_lib._first_claim(study, second.number, point.key)
+    first.set_user_attr("key", point.key)
+    assert not study_lib._first_claim(study, second.number, point.key)
+    assert study_lib._first_claim(study, first.number, point.key)
+    # A claim that gave the point up (a duplicate) holds it no more.
+    first.set_user_attr("status", "duplicate")
+    assert study_lib._first_claim(study, second.number, point.key)

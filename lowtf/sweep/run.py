@@ -16,6 +16,8 @@ reads the test set.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 
@@ -182,7 +184,15 @@ def _splits(config: SweepConfig, data):
 def _train_population(
     config, data, x, y, folds, points, trials, study, sweep_dir, progress
 ) -> None:
-    """Trains ``points`` (one architecture) x folds as one population; tells the study."""
+    """Trains ``points`` (one architecture) x folds as one population; tells the study.
+
+    The population's directory is named by what it trains (see
+    :func:`population_name`) and its points are put in the order of their
+    keys (member order is part of the checkpoint), so a rerun that claims the
+    same unfinished points resumes it from its checkpoint, grid or TPE alike.
+    """
+    pairs = sorted(zip(points, trials), key=lambda pair: pair[0].key)
+    points, trials = [p for p, _ in pairs], [t for _, t in pairs]
     members = [(p, f) for p in points for f in range(len(folds))]
     base = config.job_config(points[0], model_dir=None)
     population = Population(
@@ -206,7 +216,7 @@ def _train_population(
         min_delta=config.min_delta,
         jit_compile=config.xla if config.xla is not None else True,
     )
-    name = f"trial-{min(t.number for t in trials)}-{points[0].architecture}"
+    name = population_name(config, points)
     progress.running = len(points)
     progress.line(
         f"population {name}: {len(points)} configurations x {len(folds)} folds"
@@ -242,6 +252,22 @@ def _train_population(
             study_lib.tell(study, trial, state=TrialState.FAIL)
         else:
             study_lib.tell(study, trial, scoring.fold_score(values)[0])
+
+
+def population_name(config: SweepConfig, points) -> str:
+    """``<architecture>-<hash>``: the directory of the population training ``points``.
+
+    The hash covers the sweep's definition (every shared setting, the folds
+    included) and the sorted keys of the points, so the same group of the
+    same sweep finds its directory again (an interrupted population resumes
+    from its checkpoint), while another group, e.g. one formed when several
+    processes ``--claim`` parts of the grid, gets a fresh one: a checkpoint
+    is never resumed by a population it was not written for.
+    """
+    what = {"definition": config.definition(), "points": sorted(p.key for p in points)}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+    # "16:64" is a valid directory name everywhere but on Windows file systems.
+    return f"{points[0].architecture.replace(':', 'x')}-{digest[:12]}"
 
 
 def _row(trial) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -27,6 +28,7 @@ from lowtf.sweep.config import SWEPT, Point, Range, SweepConfig
 DEFINITION = "definition"
 STUDY_NAME = "lowtf-sweep"
 FINISHED = ("ok", "diverged")
+CLAIM_WAIT_SECONDS = 10.0
 
 
 def open_storage(url: str):
@@ -173,7 +175,13 @@ def claim(study: optuna.Study, config: SweepConfig, limit: int) -> list:
             tell(study, trial, state=TrialState.FAIL)
             duplicates += 1
             continue
-        claimed.append((trial, _own(trial, point)))
+        _own(trial, point)
+        if not _first_claim(study, trial.number, point.key):
+            trial.set_user_attr("status", "duplicate")
+            tell(study, trial, state=TrialState.FAIL)
+            duplicates += 1
+            continue
+        claimed.append((trial, point))
     return claimed
 
 
@@ -195,6 +203,35 @@ def _own(trial, point: Point) -> Point:
     trial.set_user_attr("key", point.key)
     trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
     return point
+
+
+def _first_claim(study: optuna.Study, number: int, key: str) -> bool:
+    """Whether trial ``number`` is the lowest-numbered live claim of ``key``.
+
+    ``claim``'s look at the ledger comes before ``ask``, so two processes can
+    both find a point free and both get it (GridSampler picks among points
+    not running, two ``requeue_interrupted`` can queue one point twice).
+    Trial numbers are handed out once by the storage, so "the lowest number
+    keeps it" is one answer in every process, provided each sees the keys of
+    all lower-numbered claims: those still between ``ask`` and setting their
+    key are waited for (at most ``CLAIM_WAIT_SECONDS``, then taken as dead).
+    """
+    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+    while True:
+        pending = False
+        for t in study.get_trials(deepcopy=False):
+            if t.number >= number:
+                continue
+            status = t.user_attrs.get("status")
+            if t.state == TrialState.RUNNING and "key" not in t.user_attrs:
+                pending = True
+            elif t.user_attrs.get("key") == key and (
+                (t.state == TrialState.RUNNING and status is None) or status in FINISHED
+            ):
+                return False
+        if not pending or time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
 
 
 def _alive(pid) -> bool:

@@ -1,0 +1,165 @@
+"""End-to-end tests of bin/sweep's storage: a SIGKILLed sweep resumes its
+population from the checkpoint, and two processes on one journal split the
+grid exactly once."""
+
+import csv
+import glob
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "bin", "sweep")
+# Off XLA: a step's compilation would take most of each run (about 10 s).
+DIGITS = [
+    "--train_size=400", "--validation_size=200", "--eval_every=50",
+    "--checkpoint_every=50", "--steps_per_call=25", "--noxla", "--noretrain",
+]  # fmt: skip
+# Everything in results.csv but where and when it ran.
+SCORED = (
+    "rank", "winner", "architecture", "l1", "l2", "dropout", "maxnorm", "status",
+    "score_mean", "score_std", "folds", "best_step", "gap",
+)  # fmt: skip
+
+
+def start(args, log_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    log = open(log_path, "w")  # noqa: SIM115 - closed by finish()
+    process = subprocess.Popen(
+        [sys.executable, BIN, *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    process.log = log
+    return process
+
+
+def finish(process, timeout=240):
+    process.wait(timeout=timeout)
+    process.log.close()
+    with open(process.log.name) as f:
+        return f.read()
+
+
+def results(sweep_dir):
+    with open(os.path.join(sweep_dir, "results.csv")) as f:
+        return [{c: row[c] for c in SCORED} for row in csv.DictReader(f)]
+
+
+def populations(sweep_dir):
+    path = os.path.join(sweep_dir, "populations")
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def latest_step(sweep_dir):
+    """The step of the checkpoint a resume would read (the manager's state file)."""
+    paths = glob.glob(os.path.join(sweep_dir, "populations", "*", "ckpt", "checkpoint"))
+    steps = []
+    for path in paths:
+        with open(path) as f:
+            found = re.search(
+                r'^model_checkpoint_path: "ckpt-(\d+)"', f.read(), re.MULTILINE
+            )
+        steps += [int(found.group(1))] if found else []
+    return max(steps, default=None)
+
+
+@pytest.mark.e2e
+def test_rerun_after_sigkill_resumes_the_population_and_ends_as_uninterrupted(
+    tmp_path,
+):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    args = [*DIGITS, "--l2=0,1e-3", "--max_steps=1000"]
+    # Both start together: their TensorFlow imports overlap.
+    straight = start([*args, f"--sweep_dir={a}"], tmp_path / "a.log")
+    killed = start([*args, f"--sweep_dir={b}"], tmp_path / "b1.log")
+    deadline = time.monotonic() + 180
+    while not latest_step(b):  # None or 0
+        assert killed.poll() is None, finish(killed)[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint past step 0"
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    finish(killed)
+    assert killed.returncode == -signal.SIGKILL
+    saved = latest_step(b)
+    assert 0 < saved < 1000  # interrupted mid-run
+    assert not os.path.exists(os.path.join(b, "results.csv"))
+    assert finish(straight).count("population small-") == 1, straight.returncode
+    assert straight.returncode == 0
+
+    rerun = start([*args, f"--sweep_dir={b}"], tmp_path / "b2.log")
+    output = finish(rerun)
+    assert rerun.returncode == 0, output[-2000:]
+    assert "queued again the configurations of an interrupted run" in output
+    resumed = re.findall(r"resuming from (\S+) at step (\d+)", output)
+    assert len(resumed) == 1, output[-2000:]
+    assert int(resumed[0][1]) == saved
+    # One population directory, the interrupted one: named by what it trains,
+    # the same in both sweep directories.
+    names = [populations(d) for d in (a, b)]
+    assert names[0] == names[1] and len(names[0]) == 1
+    assert os.path.dirname(os.path.dirname(resumed[0][0])) == os.path.join(
+        b, "populations", names[0][0]
+    )
+    # Resume is exact: the same scores, best steps and gaps, bit for bit, and
+    # the same evaluations in history.csv.
+    assert results(b) == results(a)
+    assert len(results(a)) == 2 and all(r["status"] == "ok" for r in results(a))
+    histories = [
+        pathlib.Path(d, "populations", names[0][0], "history.csv").read_text()
+        for d in (a, b)
+    ]
+    # A header and a row per member per evaluation, steps 0 to 1000.
+    assert histories[0] == histories[1]
+    assert histories[0].count("\n") == 1 + 2 * (1000 // 50 + 1)
+
+
+@pytest.mark.e2e
+def test_two_processes_on_one_journal_train_each_configuration_once(tmp_path):
+    journal = str(tmp_path / "study.log")
+    args = [
+        *DIGITS, "--l2=0,1e-3", "--dropout=0,0.2", "--max_steps=200", "--claim=2",
+        f"--storage=journal:{journal}",
+    ]  # fmt: skip
+    dirs = [str(tmp_path / f"p{i}") for i in range(2)]
+    processes = [
+        start([*args, f"--sweep_dir={d}"], tmp_path / f"p{i}.log")
+        for i, d in enumerate(dirs)
+    ]
+    outputs = [finish(p) for p in processes]
+    for p, out in zip(processes, outputs):
+        assert p.returncode == 0, out[-2000:]
+    trained = [
+        sum(map(int, re.findall(r": (\d+) configurations x 1 folds", out)))
+        for out in outputs
+    ]
+    print(f"configurations trained by each process: {trained}")
+    assert sum(trained) == 4
+
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    study = optuna.load_study(
+        study_name="lowtf-sweep", storage=JournalStorage(JournalFileBackend(journal))
+    )
+    done = [t for t in study.get_trials() if t.user_attrs.get("status") == "ok"]
+    keys = sorted(t.user_attrs["key"] for t in done)
+    assert len(keys) == len(set(keys)) == 4
+    assert {(t.params["l2"], t.params["dropout"]) for t in done} == {
+        (0.0, 0.0), (0.0, 0.2), (1e-3, 0.0), (1e-3, 0.2)
+    }  # fmt: skip
+    # A population of two per claim, in the directory of the process that
+    # trained it, none twice.
+    names = [name for d in dirs for name in populations(d)]
+    assert len(names) == len(set(names)) == 2
+    assert [2 * len(populations(d)) for d in dirs] == trained
+    # Both reports rank all four, identically.
+    assert results(dirs[0]) == results(dirs[1]) and len(results(dirs[0])) == 4
