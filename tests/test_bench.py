@@ -254,3 +254,56 @@ def test_binary_rejects_an_unknown_model_with_one_line(tmp_path):
     result = _bench("--models=tiny,huge", tmp_path=tmp_path)
     assert result.returncode == 2
     assert "error: --models (tiny,huge) must list values among" in result.stderr
+
+
+@pytest.mark.e2e
+def test_binary_population_group_reports_speeds_and_memory(tmp_path):
+    out = tmp_path / "report.json"
+    result = _bench(
+        "--population=2",
+        "--models=tiny",
+        "--steps_per_call=2",
+        "--repeats=1",
+        "--population_keras_runs=1",
+        "--population_single_runs=1",
+        f"--output={out}",
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (record,) = json.loads(out.read_text())["population"]
+    assert (record["model"], record["members"]) == ("tiny", 2)
+    assert (record["single_runs_timed"], record["keras_runs_timed"]) == (1, 1)
+    rates = [
+        record[f"{side}_member_steps_per_s"]
+        for side in ("population", "single", "keras")
+    ]
+    assert all(np.isfinite(rate) and rate > 0 for rate in rates)
+    assert record["speedup_vs_keras"] == pytest.approx(rates[0] / rates[2])
+    # Memory from the shapes. The population: 10,000 x 28 float32 features
+    # and float32 labels once, 9,000 + 1,000 int64 row indices per member.
+    # Each single: its 9,000 training rows, labels, int64 permutation and
+    # three int64 scalars (epoch, cursor, the permutation's epoch).
+    assert record["data_bytes_population"] == 10_000 * 29 * 4 + 2 * 10_000 * 8
+    assert record["data_bytes_singles"] == 2 * (9_000 * 29 * 4 + 9_000 * 8 + 3 * 8)
+    # Tiny (28-16-1) has 481 weights per member. The population holds weights,
+    # best copies and Adam's two slots of both members, Adam's step and
+    # learning rate, and per member 7 stopping and data-position values and
+    # the sums of the 4 step metrics (8 bytes each), and their count.
+    weights = 28 * 16 + 16 + 16 + 1
+    assert record["variable_bytes_population"] == (
+        4 * 2 * weights * 4 + 8 + 4 + 2 * (7 + 4) * 8 + 8
+    )
+    # Each single: weights and Adam's two slots, its step and learning rate.
+    assert record["variable_bytes_singles"] == 2 * (3 * weights * 4 + 8 + 4)
+    assert "keras m-steps/s" in result.stdout
+    assert "tiny K=2: 1 single runs; tiny K=2: 1 keras runs" in result.stdout
+
+
+@pytest.mark.e2e
+def test_binary_refuses_a_population_of_cnns_with_one_line(tmp_path):
+    result = _bench("--population=2", "--models=cnn", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "error: --models (cnn) must list values among tiny,small,medium,large" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr

@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from lowtf import nn
 from lowtf.bench.configs import (
-    DATA_SIZE,
     LEARNING_RATE,
     Config,
     input_shape,
@@ -112,20 +111,35 @@ def _loss_and_accuracy(num_logits: int):
 
 
 class KerasRunner:
-    """The Keras peer in one (jit_compile, steps_per_execution) variant."""
+    """The Keras peer in one (jit_compile, steps_per_execution) variant.
+
+    Args:
+      config: the model, batch size and regularization to peer.
+      data: the ``(x, y)`` arrays ``fit`` trains on (its whole batches).
+      jit_compile: Keras' ``jit_compile``.
+      steps_per_execution: Keras' ``steps_per_execution``.
+      seed: the seed of the lowtf model whose initial weights the peer
+        copies (default 0).
+    """
 
     def __init__(
-        self, config: Config, data, *, jit_compile: bool, steps_per_execution: int
+        self,
+        config: Config,
+        data,
+        *,
+        jit_compile: bool,
+        steps_per_execution: int,
+        seed: int = 0,
     ):
         self.jit_compile = jit_compile
         self.steps_per_execution = steps_per_execution
         self.batch_size = config.batch_size
-        self.steps_per_epoch = DATA_SIZE // config.batch_size
+        self.steps_per_epoch = len(data[0]) // config.batch_size
         # Whole batches only, as lowtf's epochs: a partial last batch would
         # add a step's time to each epoch that the division does not count.
         rows = self.steps_per_epoch * self.batch_size
         self.data = tuple(array[:rows] for array in data)
-        lowtf_model = make_model(config.model, config.regularization)
+        lowtf_model = make_model(config.model, config.regularization, seed=seed)
         self.model = keras_peer(lowtf_model, input_shape(config.model))
         loss, accuracy = _loss_and_accuracy(self.model.output_shape[-1])
         self.model.compile(
