@@ -266,12 +266,13 @@ def test_binary_population_group_reports_speeds_and_memory(tmp_path):
         "--repeats=1",
         "--population_keras_runs=1",
         "--population_single_runs=1",
+        "--population_batch_size=64",
         f"--output={out}",
         tmp_path=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     (record,) = json.loads(out.read_text())["population"]
-    assert (record["model"], record["members"]) == ("tiny", 2)
+    assert (record["model"], record["members"], record["batch_size"]) == ("tiny", 2, 64)
     assert (record["single_runs_timed"], record["keras_runs_timed"]) == (1, 1)
     rates = [
         record[f"{side}_member_steps_per_s"]

@@ -70,6 +70,7 @@ def run_population(
     repeats: int = 3,
     keras_runs: int = KERAS_RUNS,
     single_runs: int | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> dict:
     """One record: member-steps/s of a population, of single runs and of Keras runs.
 
@@ -88,6 +89,9 @@ def run_population(
       repeats: timed repeats, median taken (default 3).
       keras_runs: Keras runs timed, at most K (default 4); 0 skips Keras.
       single_runs: single runs timed, at most K (default None: all K).
+      batch_size: examples per member per step, the singles' and the Keras
+        runs' batch (default 500, the issue's benchmark; bin/sweep trains
+        with 128).
 
     Returns:
       A JSON-ready dict: ``model``, ``members``, the member-steps per second
@@ -107,6 +111,9 @@ def run_population(
     _checks.positive_int("steps", steps)
     _checks.positive_int("repeats", repeats)
     _checks.non_negative_int("keras_runs", keras_runs)
+    _checks.positive_int("batch_size", batch_size)
+    if batch_size > TRAIN_ROWS:
+        raise ValueError(f"`batch_size` ({batch_size}) exceeds the {TRAIN_ROWS} rows")
     if single_runs is not None:
         _checks.positive_int("single_runs", single_runs)
     singles_timed = members if single_runs is None else min(members, single_runs)
@@ -125,7 +132,7 @@ def run_population(
         l2=L2,
         dropout=DROPOUT,
         maxnorm=MAXNORM,
-        batch_size=BATCH_SIZE,
+        batch_size=batch_size,
         optimizer=tf.keras.optimizers.Adam(LEARNING_RATE),
     )
     pop.run(1)
@@ -138,7 +145,7 @@ def run_population(
         single = step_lib.TrainStep(
             make_model(model, "full", seed=k),
             tf.keras.optimizers.Adam(LEARNING_RATE),
-            data=InMemoryBatches(x[:TRAIN_ROWS], y[:TRAIN_ROWS], BATCH_SIZE, seed=k),
+            data=InMemoryBatches(x[:TRAIN_ROWS], y[:TRAIN_ROWS], batch_size, seed=k),
             options=step_lib.StepOptions(seed=k),
         )
         single.run(1)
@@ -152,14 +159,16 @@ def run_population(
     singles_s = _timed(back_to_back, repeats)
     pop_rate = members * steps / pop_s
     single_rate = singles_timed * steps / singles_s
-    keras_rate, keras_first_s = _keras(x, y, model, keras_timed, steps, repeats)
+    keras_rate, keras_first_s = _keras(
+        x, y, model, keras_timed, steps, repeats, batch_size
+    )
 
     one = singles[0]  # every single holds the same shapes
     return {
         "model": model,
         "members": members,
         "steps_per_call": steps,
-        "batch_size": BATCH_SIZE,
+        "batch_size": batch_size,
         "population_member_steps_per_s": pop_rate,
         "single_member_steps_per_s": single_rate,
         "keras_member_steps_per_s": keras_rate,
@@ -184,13 +193,13 @@ def run_population(
     }
 
 
-def _keras(x, y, model: str, runs: int, steps: int, repeats: int):
+def _keras(x, y, model: str, runs: int, steps: int, repeats: int, batch_size: int):
     """(member-steps/s, mean build + first-epoch s) of ``runs`` Keras runs, or Nones."""
     if not runs:
         return None, None
-    config = Config(model, BATCH_SIZE, "full")
+    config = Config(model, batch_size, "full")
     data = (x[:TRAIN_ROWS], y[:TRAIN_ROWS])
-    steps_per_epoch = TRAIN_ROWS // BATCH_SIZE
+    steps_per_epoch = TRAIN_ROWS // batch_size
     start = time.perf_counter()
     runners = []
     for k in range(runs):
@@ -218,7 +227,7 @@ def table(records: list[dict]) -> str:
     A note under the table says which records timed fewer runs than K.
     """
     header = (
-        f"{'model':8} {'K':>3} {'pop m-steps/s':>14} {'single m-steps/s':>17} "
+        f"{'model':8} {'K':>3} {'B':>4} {'pop m-steps/s':>14} {'single m-steps/s':>17} "
         f"{'keras m-steps/s':>16} {'x single':>9} {'x keras':>8} "
         f"{'build s pop/single/keras':>25} {'data MiB pop/singles':>21} "
         f"{'vars MiB pop/singles':>21}"
@@ -243,7 +252,7 @@ def table(records: list[dict]) -> str:
             keras_rate = f"{keras:>16,.0f}"
             keras_speedup = f"{r['speedup_vs_keras']:>7.1f}x"
         lines.append(
-            f"{r['model']:8} {r['members']:>3} "
+            f"{r['model']:8} {r['members']:>3} {r['batch_size']:>4} "
             f"{r['population_member_steps_per_s']:>14,.0f} "
             f"{r['single_member_steps_per_s']:>17,.0f} {keras_rate} "
             f"{r['speedup_vs_singles']:>8.1f}x {keras_speedup} "
