@@ -106,7 +106,10 @@ def curves_figure(rows, monitor: str) -> Figure:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.set_yscale("log")
-    colors = [f"C{i % 10}" for i in range(len(rows))]
+    # The default cycle without its red (C3), which marks the winner.
+    palette = [f"C{i}" for i in range(10) if i != 3]
+    colors = [palette[i % len(palette)] for i in range(len(rows))]
+    varying = [n for n in SWEPT if len({repr(r[n]) for r in rows}) > 1]
     # The winner last, so that it is drawn over the others.
     order = sorted(range(len(rows)), key=lambda i: bool(rows[i].get("winner")))
     for i in order:
@@ -115,7 +118,7 @@ def curves_figure(rows, monitor: str) -> Figure:
         steps = np.asarray(curve["step"], np.float64)
         win = bool(r.get("winner"))
         color, width, alpha = (WINNER_COLOR, 2.6, 1.0) if win else (colors[i], 1.0, 0.6)
-        label = ("winner: " if win else "") + _label(r)
+        label = ("winner: " if win else "") + _label(r, varying)
         ax.plot(steps, _floats(curve["val"]), "-", color=color, lw=width, alpha=alpha,
                 label=label if (win or len(rows) <= 12) else None)  # fmt: skip
         ax.plot(steps, _floats(curve["train"]), "--", color=color, lw=width * 0.7,
@@ -200,8 +203,9 @@ def _save(fig: Figure, path: str) -> None:
     _files.write_atomically(path, buffer.getvalue())
 
 
-def _label(row) -> str:
-    return " ".join(f"{n}={_short(row[n])}" for n in SWEPT)
+def _label(row, names=()) -> str:
+    """``name=value`` of ``names`` (those that differ between rows), else of all."""
+    return " ".join(f"{n}={_short(row[n])}" for n in (names or SWEPT))
 
 
 def _short(value) -> str:
