@@ -157,7 +157,7 @@ class SweepConfig:
 
     Attributes:
       architectures: presets (``"tiny"``) or widths joined by ``:``
-        (``"16:64"``), one per architecture (default ``("small",)``).
+        (``"16:64"``), one per architecture (default ``("medium",)``, as bin/train).
       l1, l2, dropout, maxnorm: the swept values of each: a non-empty tuple
         (default ``(0.0,)`` each) or, with ``search="tpe"``, a :class:`Range`.
       search: ``"grid"`` (default): every combination of the lists, and no
@@ -192,7 +192,7 @@ class SweepConfig:
     validation_size: int | None = None
     data_seed: int = 0
     # -- swept
-    architectures: tuple = ("small",)
+    architectures: tuple = ("medium",)
     l1: tuple = (0.0,)
     l2: tuple = (0.0,)
     dropout: tuple = (0.0,)
