@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "bin", "sweep")
 # Off XLA: a step's compilation would take most of each run (about 10 s).
 DIGITS = [
-    "--train_size=400", "--validation_size=200", "--eval_every=50",
+    "--model=small", "--train_size=400", "--validation_size=200", "--eval_every=50",
     "--checkpoint_every=50", "--steps_per_call=25", "--noxla", "--noretrain",
 ]  # fmt: skip
 # Everything in results.csv but where and when it ran.
