@@ -7,7 +7,6 @@ import tensorflow as tf
 import lowtf
 from lowtf import random
 
-
 SIZES = (1, 2, 7, 500, 4097)
 
 
