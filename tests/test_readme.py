@@ -83,6 +83,8 @@ def test_ci_runs_the_readmes_install_and_test_commands():
         r"^    (pip install .*)$", _section("Set-up"), flags=re.MULTILINE
     )
     test_command = [c for c in commands if "pytest" in c]
-    assert test_command == ["pip install -e '.[test]' && python -m pytest"]
+    assert test_command == [
+        "pip install -e '.[test]' && python -m pytest -n 2 --dist loadfile"
+    ]
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command[0] in ci.splitlines()
