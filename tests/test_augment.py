@@ -159,6 +159,7 @@ def test_inside_a_step_key_each_step_draws_anew_and_repeats_when_rerun():
 
 
 @pytest.mark.parametrize("spec", [ALL_OPS, *OP_SPECS.values()])
+@pytest.mark.e2e
 def test_eager_graph_and_xla_agree(spec):
     # One generator (lowtf.random): the draws are the same in every mode.
     x = images(32)
@@ -185,6 +186,7 @@ def test_exact_ops_agree_bit_for_bit_in_every_mode():
         np.testing.assert_array_equal(fn(x), eager)
 
 
+@pytest.mark.e2e
 def test_inside_a_step_key_every_mode_augments_alike():
     x = images(16)
     pipeline = augment.parse(ALL_OPS)
@@ -320,6 +322,7 @@ def _train(seed, augment_fn, steps=3, jit=True):
     return model.layers[0].kernel.numpy(), model.layers[0].bias.numpy(), step
 
 
+@pytest.mark.e2e
 def test_step_hook_is_reproducible_and_seeded():
     pipeline = augment.parse("translate:1,rotate:10", image_shape=(8, 8, 1))
     # Under XLA (the default): the same seed trains bit for bit the same.
@@ -335,6 +338,7 @@ def test_step_hook_is_reproducible_and_seeded():
     assert np.abs(seeded - plain).max() > 1e-4
 
 
+@pytest.mark.e2e
 def test_step_hook_applies_to_training_batches_only():
     # A hook that blanks the batch: the first layer's kernel then gets zero
     # gradient in training, while inference still sees the real inputs.

@@ -132,6 +132,7 @@ def test_the_registry_covers_every_layer_of_lowtf_nn():
 
 
 @CASES
+@pytest.mark.e2e
 def test_eager_function_and_xla_agree_in_training_and_at_inference(name):
     module, shape = _built(name)
     _perturb(module, seed=1)

@@ -109,6 +109,7 @@ def test_step_clips_over_units_and_leaves_the_rest_bitwise_unchanged(jit):
 
 
 @pytest.mark.parametrize("maxnorm_output", [False, True])
+@pytest.mark.e2e
 def test_every_hidden_unit_is_capped_after_every_xla_step(maxnorm_output):
     x, y = _data()
     r = 0.8

@@ -121,6 +121,7 @@ def test_cnn_switches_reach_every_kernel():
     assert sum(isinstance(layer, lowtf.Dropout) for layer in model.layers) == 1
 
 
+@pytest.mark.e2e
 def test_conv_max_norm_over_axes_012_holds_after_every_step():
     rs = np.random.RandomState(0)
     x = rs.rand(64, 64).astype(np.float32)
@@ -143,6 +144,7 @@ def test_conv_max_norm_over_axes_012_holds_after_every_step():
     assert grew  # The cap was reached, so it was enforced, not idle.
 
 
+@pytest.mark.e2e
 def test_conv_checkpoint_round_trip(tmp_path):
     rs = np.random.RandomState(1)
     x = rs.rand(64, 64).astype(np.float32)

@@ -23,8 +23,8 @@ import tensorflow as tf
 import lowtf
 from lowtf import distribute
 
-# Subprocesses: bin/ runs and multi-device workers (the slow tier).
-pytestmark = pytest.mark.e2e
+# Tests that start subprocesses (bin/ runs, multi-device workers) carry the
+# e2e marker (the slow tier); the in-process ones stay in the fast tier.
 
 HERE = os.path.dirname(__file__)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -118,6 +118,7 @@ def test_chief_and_write_dirs(tmp_path):
     assert "workertemp" not in " ".join(os.listdir(tmp_path))
 
 
+@pytest.mark.e2e
 def test_bin_train_strategy_flag(tmp_path):
     binary = os.path.join(os.path.dirname(HERE), "bin", "train")
     with open(binary) as f:
@@ -172,6 +173,7 @@ def mirrored():
 
 
 @pytest.mark.parametrize("mode", ["graph", "xla"])
+@pytest.mark.e2e
 def test_mirrored_gives_the_one_device_weights(mirrored, mode):
     # L2 and max-norm on, no dropout: the same global batches give the same
     # weights, so the penalty was added once and max-norm ran after the
@@ -188,10 +190,12 @@ def test_mirrored_gives_the_one_device_weights(mirrored, mode):
     assert result["data_type"] == "MirroredVariable"  # InMemoryBatches under the scope
 
 
+@pytest.mark.e2e
 def test_xla_replicas_match_graph_replicas(mirrored):
     assert mirrored["same_weights"]["xla_vs_graph_mirrored"] < 1e-6
 
 
+@pytest.mark.e2e
 def test_dropout_masks_differ_per_replica(mirrored):
     result = mirrored["dropout"]
     assert all(0.3 < kept < 0.7 for kept in result["kept"])
@@ -199,6 +203,7 @@ def test_dropout_masks_differ_per_replica(mirrored):
     assert result["differ"] > 0.3
 
 
+@pytest.mark.e2e
 def test_batchnorm_moving_statistics_are_averaged(mirrored):
     result = mirrored["batchnorm"]
     # After one step the average of the replicas' moving means equals the
@@ -209,6 +214,7 @@ def test_batchnorm_moving_statistics_are_averaged(mirrored):
     assert result["restored_vs_mean"] == 0.0
 
 
+@pytest.mark.e2e
 def test_evaluation_is_aggregated_across_replicas(mirrored):
     one, two = mirrored["evaluator"]["one"], mirrored["evaluator"]["two"]
     assert abs(one["cross_entropy"] - two["cross_entropy"]) < 1e-6
@@ -216,6 +222,7 @@ def test_evaluation_is_aggregated_across_replicas(mirrored):
     assert 0.3 < one["cross_entropy"] < 1.0
 
 
+@pytest.mark.e2e
 def test_mirrored_misuse_fails_with_one_readable_error(mirrored):
     errors = mirrored["errors"]
     assert (
@@ -297,6 +304,7 @@ def _weights(out, index, run):
         return [f[f"arr_{i}"] for i in range(len(f.files) - 1)] + [f["moving_mean"]]
 
 
+@pytest.mark.e2e
 def test_multi_worker_run_completes_with_identical_workers(multi_worker):
     out, (chief, other) = multi_worker
     assert (
@@ -314,6 +322,7 @@ def test_multi_worker_run_completes_with_identical_workers(multi_worker):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.e2e
 def test_only_the_chief_writes_and_the_best_snapshot_restores(multi_worker):
     out, (chief, _) = multi_worker
     result = chief["straight-0"]
@@ -358,6 +367,7 @@ def _validation():
     return _mw_worker.data()[1]
 
 
+@pytest.mark.e2e
 def test_a_multi_worker_run_stops_together_and_resumes_from_the_latest_checkpoint(
     multi_worker,
 ):
@@ -456,6 +466,7 @@ def test_lost_worker_errors():
     assert not distribute.lost_worker(ValueError("x"), _worker(1))
 
 
+@pytest.mark.e2e
 def test_bin_train_refuses_collective_timeout_without_multi_worker(tmp_path):
     for strategy, args in [("default", []), ("mirrored", ["--strategy=mirrored"])]:
         run = subprocess.run(
@@ -482,6 +493,7 @@ def test_bin_train_refuses_collective_timeout_without_multi_worker(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.e2e
 def test_bin_train_stops_with_one_line_when_a_worker_dies(tmp_path):
     model_dir = tmp_path / "run"
     # Below the coordination service's 10 s heartbeat timeout, so the survivor's

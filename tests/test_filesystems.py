@@ -120,6 +120,7 @@ def test_ram_file_system_has_what_fit_needs(ram_dir):
         tf.train.load_checkpoint(f"{ram_dir}/ckpt/ckpt-2")
 
 
+@pytest.mark.e2e
 def test_fit_on_ram_resumes_and_ends_as_an_uninterrupted_local_run(tmp_path, ram_dir):
     whole_model = lowtf.mlp("small", dropout=0.3, seed=5)
     whole, _ = _fit(tmp_path / "whole", CONFIG, whole_model)
@@ -187,6 +188,7 @@ class _Boom(Exception):
 
 
 @pytest.mark.parametrize("where", ["ram", "local"])
+@pytest.mark.e2e
 def test_an_exception_mid_training_leaves_best_alone_and_cleans_up(
     where, tmp_path, ram_dir, monkeypatch
 ):
@@ -265,6 +267,7 @@ def test_an_exception_mid_training_leaves_best_alone_and_cleans_up(
     assert [row["step"] for row in again.history] == [0, 20, 40, 60]
 
 
+@pytest.mark.e2e
 def test_an_exception_at_the_step_0_evaluation_closes_the_writers(ram_dir, monkeypatch):
     writers = []
     create_file_writer = tf.summary.create_file_writer

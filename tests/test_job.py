@@ -41,6 +41,7 @@ def tiny_run(tmp_path_factory):
     return model_dir, result, lines
 
 
+@pytest.mark.e2e
 def test_run_job_writes_summary_flags_and_curves(tiny_run):
     model_dir, result, lines = tiny_run
     with open(os.path.join(model_dir, "summary.json")) as f:
@@ -90,6 +91,7 @@ def test_run_job_writes_summary_flags_and_curves(tiny_run):
     assert lines[-1].endswith(f"test accuracy {summary['test_accuracy']:.4f}")
 
 
+@pytest.mark.e2e
 def test_run_job_resumes_and_keeps_the_flags_text(tiny_run):
     model_dir, first, _ = tiny_run
     lines = []
@@ -104,6 +106,7 @@ def test_run_job_resumes_and_keeps_the_flags_text(tiny_run):
         assert f.read() == "--model=tiny\n--max_steps=60\n"
 
 
+@pytest.mark.e2e
 def test_run_job_augments_digit_images_for_an_mlp(tmp_path):
     config = job.JobConfig(
         hidden=[16], augment="translate:1", train_size=100, xla=False,
@@ -195,6 +198,7 @@ def tree(path):
     )
 
 
+@pytest.mark.e2e
 def test_unusable_model_dir_is_refused_before_anything_is_written(tmp_path, tiny_run):
     afile = tmp_path / "afile"
     afile.write_text("x")

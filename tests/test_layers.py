@@ -131,6 +131,7 @@ def test_dropout_rejects_bad_rates(rate):
 
 
 @pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.e2e
 def test_same_seed_gives_the_same_run(binary_data, jit):
     x, y = binary_data
 
@@ -197,6 +198,7 @@ def test_batchnorm_inference_uses_moving_statistics():
     assert not layer.moving_mean.trainable and not layer.moving_variance.trainable
 
 
+@pytest.mark.e2e
 def test_batchnorm_moving_averages_update_inside_the_compiled_step(binary_data):
     x, y = binary_data[0][:128], binary_data[1][:128]
     model = lowtf.mlp("tiny", batchnorm=True, seed=2)

@@ -47,6 +47,7 @@ def _digest(root) -> dict:
     }
 
 
+@pytest.mark.e2e
 def test_a_missing_state_file_resumes_from_the_newest_readable_checkpoint(tmp_path):
     _fit(tmp_path)
     os.remove(tmp_path / "ckpt" / "checkpoint")
@@ -57,6 +58,7 @@ def test_a_missing_state_file_resumes_from_the_newest_readable_checkpoint(tmp_pa
     assert [row["step"] for row in result.history] == [0, 20, 40, 60]
 
 
+@pytest.mark.e2e
 def test_traces_without_a_checkpoint_are_refused_and_the_best_snapshot_kept(tmp_path):
     _fit(tmp_path)
     shutil.rmtree(tmp_path / "ckpt")
@@ -67,6 +69,7 @@ def test_traces_without_a_checkpoint_are_refused_and_the_best_snapshot_kept(tmp_
     assert _digest(tmp_path) == before
 
 
+@pytest.mark.e2e
 def test_a_resume_with_other_settings_is_refused_setting_by_setting(tmp_path):
     _fit(tmp_path)
     before = _digest(tmp_path)
@@ -85,6 +88,7 @@ def test_a_resume_with_other_settings_is_refused_setting_by_setting(tmp_path):
     assert _digest(tmp_path) == before
 
 
+@pytest.mark.e2e
 def test_the_learning_rate_given_on_resume_is_the_one_that_runs_and_is_recorded(tmp_path):
     _fit(tmp_path)
     optimizer = tf.keras.optimizers.Adam(5e-4)
@@ -101,6 +105,7 @@ def test_the_learning_rate_given_on_resume_is_the_one_that_runs_and_is_recorded(
     assert record["resumes"][-1]["step"] == 40
 
 
+@pytest.mark.e2e
 def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(tmp_path):
     _fit(tmp_path)
     with lowtf.train.rundir.RunLock(str(tmp_path)):
@@ -113,6 +118,7 @@ def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "zeroed"])
+@pytest.mark.e2e
 def test_a_damaged_latest_checkpoint_is_refused_at_start_naming_an_older_one(tmp_path, damage):
     _fit(tmp_path)
     data = next((tmp_path / "ckpt").glob("ckpt-40.data-*"))
@@ -130,6 +136,7 @@ def test_a_damaged_latest_checkpoint_is_refused_at_start_naming_an_older_one(tmp
     ('{"prefix": 3}', "is not a best-snapshot pointer"),
     ("{trunc", "is not valid JSON"),
 ])
+@pytest.mark.e2e
 def test_a_best_json_of_the_wrong_shape_is_refused_at_start(tmp_path, text, message):
     _fit(tmp_path)
     (tmp_path / "best" / "best.json").write_text(text)
@@ -139,6 +146,7 @@ def test_a_best_json_of_the_wrong_shape_is_refused_at_start(tmp_path, text, mess
     assert _digest(tmp_path) == before
 
 
+@pytest.mark.e2e
 def test_a_truncated_best_snapshot_is_refused_at_start(tmp_path):
     result, _ = _fit(tmp_path)
     pointer = lowtf.train.best_checkpoint(str(tmp_path / "best"))
@@ -150,6 +158,7 @@ def test_a_truncated_best_snapshot_is_refused_at_start(tmp_path):
     assert _digest(tmp_path) == before
 
 
+@pytest.mark.e2e
 def test_an_undecodable_or_foreign_history_is_refused_at_start(tmp_path):
     _fit(tmp_path)
     (tmp_path / "history.csv").write_bytes(b"\xff\xfe\x00garbage")

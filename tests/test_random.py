@@ -7,18 +7,24 @@ import tensorflow as tf
 import lowtf
 from lowtf import random
 
+SIZES = (1, 2, 7, 500, 4097)
 
-@pytest.mark.parametrize("size", [1, 2, 7, 500, 4097])
-def test_permutation_holds_every_index_once_with_and_without_xla(size):
+
+@pytest.mark.e2e
+def test_permutation_holds_every_index_once_with_and_without_xla():
+    # Every size in one function: one trace (and one XLA compile) per mode.
     outputs = []
     for jit in (False, True):
         fn = tf.function(
-            lambda epoch: random.permutation(size, random.make_key(3, epoch)),
+            lambda epoch: [
+                random.permutation(size, random.make_key(3, epoch)) for size in SIZES
+            ],
             jit_compile=jit,
         )
-        outputs.append(fn(tf.constant(5, tf.int64)).numpy())
-    np.testing.assert_array_equal(np.sort(outputs[0]), np.arange(size))
-    np.testing.assert_array_equal(outputs[0], outputs[1])
+        outputs.append([t.numpy() for t in fn(tf.constant(5, tf.int64))])
+    for size, graph, xla in zip(SIZES, *outputs):
+        np.testing.assert_array_equal(np.sort(graph), np.arange(size))
+        np.testing.assert_array_equal(graph, xla)
 
 
 def test_permute_is_random_access_into_the_permutation():
@@ -32,9 +38,9 @@ def test_permute_is_random_access_into_the_permutation():
 
 def test_permutations_differ_by_key_and_look_shuffled():
     size, epochs = 1000, 200
-    perms = np.stack(
-        [random.permutation(size, random.make_key(7, e)).numpy() for e in range(epochs)]
-    )
+    # One graph, called per epoch: the same draws as eager calls, faster.
+    fn = tf.function(lambda e: random.permutation(size, random.make_key(7, e)))
+    perms = np.stack([fn(tf.constant(e, tf.int64)).numpy() for e in range(epochs)])
     assert len({p.tobytes() for p in perms}) == epochs
     # Where element 0 lands is uniform over the ten deciles (chi-square, 9 dof,
     # 99.9% quantile 27.9), and neighbours in a permutation are uncorrelated.
@@ -45,6 +51,7 @@ def test_permutations_differ_by_key_and_look_shuffled():
     assert gaps == pytest.approx((size + 1) / 3, rel=0.02)
 
 
+@pytest.mark.e2e
 def test_per_batch_rows_equal_the_materialized_permutation():
     x = np.zeros([1000, 2], np.float32)
     y = np.arange(1000)
@@ -66,6 +73,7 @@ def _in_mode(fn, mode):
 
 
 @pytest.mark.parametrize("mode", ["graph", "xla"])
+@pytest.mark.e2e
 def test_every_draw_is_the_same_in_eager_graph_and_xla(mode):
     # A first key word above 2**32 is where auto_select fold-ins differed
     # under XLA; float32 philox draws differed for any key.
@@ -146,6 +154,7 @@ def test_dropout_draws_are_uniform_and_new_at_every_step(jit):
 
 
 @pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+@pytest.mark.e2e
 def test_batched_draws_equal_each_keys_own_draws_bit_for_bit(mode):
     # What a population's step relies on: K members' masks and batch rows in
     # one pass are exactly those K single runs draw, sizes differing too.

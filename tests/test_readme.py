@@ -23,6 +23,7 @@ def _section(title_fragment: str) -> str:
     return matches[0]
 
 
+@pytest.mark.e2e
 def test_own_loop_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", _section("own loop"), flags=re.DOTALL)
     assert len(blocks) == 1
@@ -49,6 +50,7 @@ def test_own_loop_example_runs():
     assert all(k in printed.getvalue() for k in lowtf.train.metrics.STEP_METRICS)
 
 
+@pytest.mark.e2e
 def test_population_example_runs():
     blocks = re.findall(
         r"```python\n(.*?)```", _section("Populations"), flags=re.DOTALL
@@ -81,6 +83,8 @@ def test_ci_runs_the_readmes_install_and_test_commands():
         r"^    (pip install .*)$", _section("Set-up"), flags=re.MULTILINE
     )
     test_command = [c for c in commands if "pytest" in c]
-    assert test_command == ["pip install -e '.[test]' && python -m pytest"]
+    assert test_command == [
+        "pip install -e '.[test]' && python -m pytest -n 2 --dist loadfile"
+    ]
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command[0] in ci.splitlines()

@@ -94,6 +94,7 @@ def test_sgd_with_inverse_time_decay_uses_the_decayed_rate_each_step(binary_data
             np.testing.assert_allclose(var.numpy(), w0 - lr * g.numpy(), atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_adam_with_the_tutorials_inverse_time_decay_trains_under_xla(binary_data):
     x, y = binary_data
     # The tutorial: lr 1e-3 halved after 1000 epochs; decay faster here to see it.
@@ -177,6 +178,7 @@ def test_keras_model_trains_and_its_losses_are_gathered(binary_data):
 # -- eager, tf.function and XLA ---------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_eager_graph_and_xla_agree(binary_data):
     x, y = binary_data[0][:200], binary_data[1][:200]
     modes = {
@@ -219,6 +221,7 @@ def _one_dropout_step(options, x, y, augment=None):
 
 
 @pytest.mark.parametrize("augmented", [False, True], ids=["dropout", "augment"])
+@pytest.mark.e2e
 def test_one_dropout_step_is_the_same_in_eager_graph_and_xla(binary_data, augmented):
     # One generator (lowtf.random): a run continues the same random stream
     # whether jit_compile="auto" picks XLA or not on the machine it resumes on.
@@ -256,6 +259,7 @@ def test_one_dropout_step_is_the_same_in_eager_graph_and_xla(binary_data, augmen
 # -- N steps per call -------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_run_with_other_n_and_many_calls_does_not_retrace(binary_data):
     x, y = binary_data
     step = lowtf.TrainStep(
@@ -275,6 +279,7 @@ def test_run_with_other_n_and_many_calls_does_not_retrace(binary_data):
     assert step.trace_count == 2  # the single-batch function, traced once
 
 
+@pytest.mark.e2e
 def test_run_n_equals_n_single_steps_on_the_same_batches(binary_data):
     x, y = binary_data
     n, batch = 5, 300  # 3 batches an epoch: the run crosses an epoch boundary
@@ -314,6 +319,7 @@ def test_batches_cover_each_epoch_once(binary_data):
 # -- checkpoints -------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_checkpoint_round_trip_of_model_optimizer_step_and_data(binary_data, tmp_path):
     x, y = binary_data
 
@@ -518,6 +524,7 @@ def test_step_option_flags_take_only_bools(field):
 
 
 @pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.e2e
 def test_mirrored_strategy_on_one_device_matches_the_default_strategy(binary_data, jit):
     x, y = binary_data
 

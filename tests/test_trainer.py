@@ -138,6 +138,7 @@ def test_overfitting_net_stops_at_best_step_plus_patience_with_the_best_weights(
     assert evaluation["accuracy"] == best["val_accuracy"]
 
 
+@pytest.mark.e2e
 def test_history_tensorboard_and_progress_lines(tmp_path):
     schedule = tf.keras.optimizers.schedules.InverseTimeDecay(
         1e-2, decay_steps=50, decay_rate=1.0
@@ -217,6 +218,7 @@ def test_history_tensorboard_and_progress_lines(tmp_path):
     )  # unconstrained, still reported
 
 
+@pytest.mark.e2e
 def test_rerun_resumes_and_matches_one_uninterrupted_run(tmp_path):
     config = lowtf.TrainConfig(
         batch_size=40,
@@ -256,6 +258,7 @@ def test_rerun_resumes_and_matches_one_uninterrupted_run(tmp_path):
     assert not [line for line in lines if line.startswith("step ")]
 
 
+@pytest.mark.e2e
 def test_non_finite_loss_stops_restores_best_and_keeps_the_checkpoints(tmp_path):
     # The learning rate turns NaN after step 60: the weights go NaN at once.
     schedule = _NanAfter(60, 1e-2)
@@ -304,6 +307,7 @@ def test_non_finite_loss_stops_restores_best_and_keeps_the_checkpoints(tmp_path)
         assert evaluate(*validation)["cross_entropy"] == recorded[int(step)]
 
 
+@pytest.mark.e2e
 def test_weights_broken_by_a_calls_last_step_are_never_checkpointed(tmp_path):
     # Step 25's update uses a NaN rate: the call 21-25 reports finite losses
     # (computed before the update), then step 25 is a checkpoint step.
@@ -356,6 +360,7 @@ def _signal_at(step, action):
     return log, lines
 
 
+@pytest.mark.e2e
 def test_sigterm_stops_gracefully_saves_and_restores_best(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     log, lines = _signal_at(40, lambda: os.kill(os.getpid(), signal.SIGTERM))
@@ -376,6 +381,7 @@ def test_sigterm_stops_gracefully_saves_and_restores_best(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("ckpt-40")
 
 
+@pytest.mark.e2e
 def test_keyboard_interrupt_restores_best_and_keeps_the_last_checkpoint(tmp_path):
     def interrupt():
         raise KeyboardInterrupt
@@ -409,6 +415,7 @@ def _tree_digest(root):
     return digest
 
 
+@pytest.mark.e2e
 def test_a_failed_start_leaves_an_existing_model_dir_untouched(tmp_path):
     config = lowtf.TrainConfig(batch_size=40, max_steps=40, eval_every=20)
     _fit(tmp_path, config)
@@ -498,6 +505,7 @@ def test_sigkill_at_any_moment_then_resume_ends_like_an_uninterrupted_run(tmp_pa
     assert len(glob.glob(str(killed_dir / "best" / "best-*.index"))) == 1
 
 
+@pytest.mark.e2e
 def test_readme_examples_run_and_stop_early(tmp_path):
     # Also the XLA path of fit (the default), as bin/train runs it.
     readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -519,6 +527,7 @@ def test_readme_examples_run_and_stop_early(tmp_path):
     assert restored == float(stopper.best_value.numpy())
 
 
+@pytest.mark.e2e
 def test_a_keras_model_trains_reports_its_kernel_norms_and_restores(tmp_path):
     def keras_mlp():
         return tf.keras.Sequential(
@@ -546,6 +555,7 @@ def test_a_keras_model_trains_reports_its_kernel_norms_and_restores(tmp_path):
     assert ("max_unit_norm/out", 40) in norms
 
 
+@pytest.mark.e2e
 def test_a_keras_model_with_dropout_saves_and_resumes(tmp_path):
     # Keras 3 Dropout keeps an int64 seed-generator state among the model's
     # variables: the NaN/Inf check before each save must skip it.
@@ -581,6 +591,7 @@ def test_a_keras_model_with_dropout_saves_and_resumes(tmp_path):
     assert (again.best_step, again.best_value) == (result.best_step, result.best_value)
 
 
+@pytest.mark.e2e
 def test_bad_validation_data_is_refused_before_model_dir_is_written(tmp_path):
     config = lowtf.TrainConfig(batch_size=40, max_steps=40, eval_every=20)
     (x, y), (x_val, y_val) = _noisy()
@@ -638,6 +649,7 @@ def test_bad_validation_data_is_refused_before_model_dir_is_written(tmp_path):
     assert _tree_digest(existing) == before
 
 
+@pytest.mark.e2e
 def test_regularization_loss_monitor_needs_a_regularized_model(tmp_path):
     config = lowtf.TrainConfig(monitor="regularization_loss", batch_size=40)
     with pytest.raises(
@@ -672,6 +684,7 @@ def _fit_monitoring_training_loss(tmp_path, model, steps_per_call, *, nan_after)
     return _fit(tmp_path, config, model=model, optimizer=optimizer)
 
 
+@pytest.mark.e2e
 def test_weights_broken_before_an_evaluation_never_become_the_best(tmp_path):
     # Monitoring a training metric, whose means come from before each update:
     # step 40's update uses a NaN rate, yet the training loss of steps 21-40
@@ -691,6 +704,7 @@ def test_weights_broken_before_an_evaluation_never_become_the_best(tmp_path):
         np.testing.assert_array_equal(restored, stored)
 
 
+@pytest.mark.e2e
 def test_weights_broken_before_any_snapshot_fall_back_to_the_latest_checkpoint(
     tmp_path,
 ):
@@ -718,6 +732,7 @@ def test_weights_broken_before_any_snapshot_fall_back_to_the_latest_checkpoint(
 @pytest.mark.parametrize(
     "monitor, mode", [("val_accuracy", "auto"), ("val_cross_entropy", "max")]
 )
+@pytest.mark.e2e
 def test_resume_with_another_monitor_or_mode_is_refused(tmp_path, monitor, mode):
     config = lowtf.TrainConfig(
         batch_size=50, max_steps=40, eval_every=20, checkpoint_every=20

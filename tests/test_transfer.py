@@ -29,6 +29,7 @@ def _model(**kwargs):
     return lowtf.mlp((16, 16), **{**defaults, **kwargs})
 
 
+@pytest.mark.e2e
 def test_frozen_layers_are_bit_for_bit_unchanged_and_get_no_optimizer_update():
     x, y = _data()
     model = _model()
@@ -154,6 +155,7 @@ def digits_run(tmp_path_factory):
     return model_dir
 
 
+@pytest.mark.e2e
 def test_init_from_a_10_class_run_into_a_5_class_head(digits_run):
     pointer = lowtf.train.best_checkpoint(os.path.join(digits_run, "best"))
     source = lowtf.mlp((32, 16), num_classes=10, batchnorm=True, seed=3)
@@ -179,6 +181,7 @@ def test_init_from_a_10_class_run_into_a_5_class_head(digits_run):
     assert lowtf.train.init_from(again, os.path.join(digits_run, "best"), log=lambda s: None).fresh == ("logits",)
 
 
+@pytest.mark.e2e
 def test_init_from_refuses_a_hidden_layer_of_another_width(digits_run, tmp_path):
     model = lowtf.mlp((32, 8), num_classes=5, batchnorm=True)
     model(np.zeros((1, 64), np.float32))
@@ -214,6 +217,7 @@ def _fine_tune(model_dir, pretrained, max_steps, unfreeze_at=40, log=None):
     return model, result
 
 
+@pytest.mark.e2e
 def test_unfreeze_at_trains_frozen_layers_only_after_the_step(digits_run, tmp_path):
     (x, _), _ = _digits([5, 6, 7, 8, 9], per_class=10)
     model_dir = str(tmp_path / "tuned")
@@ -245,6 +249,7 @@ def test_unfreeze_at_trains_frozen_layers_only_after_the_step(digits_run, tmp_pa
         _fine_tune(model_dir, digits_run, max_steps=90, unfreeze_at=50)
 
 
+@pytest.mark.e2e
 def test_resumed_fine_tuning_ends_as_an_uninterrupted_one(digits_run, tmp_path):
     whole, _ = _fine_tune(str(tmp_path / "whole"), digits_run, max_steps=90)
     parts = str(tmp_path / "parts")
@@ -277,6 +282,7 @@ def test_job_config_transfer_flags():
         lowtf.train.JobConfig(init_from="x", freeze=-1)
 
 
+@pytest.mark.e2e
 def test_run_job_fine_tunes_from_a_run(tmp_path):
     job = lowtf.train.JobConfig
     source = str(tmp_path / "source")
