@@ -101,6 +101,7 @@ def test_more_folds_than_the_smallest_class_and_a_bad_storage_are_refused(
         sweep.run_sweep(config, data=data, log=lambda line: None)
 
 
+@pytest.mark.e2e
 def test_resume_selection_on_validation_only_and_definition(tmp_path, data):
     config = sweep.SweepConfig(
         **QUICK, architectures=("tiny", "4"), l2=(0.0, 1e-2), folds=2,

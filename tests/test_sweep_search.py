@@ -131,6 +131,7 @@ def test_tpe_config_counts_trials_and_batches():
     assert dists["dropout"] == optuna.distributions.CategoricalDistribution([0.0, 0.3])
 
 
+@pytest.mark.e2e
 def test_tpe_sweep_samples_resumes_and_refuses_another_range(tmp_path, data):
     config = sweep.SweepConfig(
         **QUICK, search="tpe", trials=6, l2=L2, dropout=(0.0, 0.3), claim=4,
