@@ -6,7 +6,26 @@ folder comes first on sys.path). It imports no TensorFlow, so a worker may
 import it before it makes its ``tf.distribute`` strategy.
 """
 
+import os
+
 import numpy as np
+
+# bin/sweep, and a sweep small enough to train in a second or two per
+# population: synthetic rows, off XLA, no winner retraining.
+SWEEP_BIN = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "sweep"
+)
+QUICK_SWEEP = {
+    "dataset": "synthetic",
+    "train_size": 120,
+    "validation_size": 60,
+    "batch_size": 24,
+    "max_steps": 30,
+    "eval_every": 10,
+    "patience": 100,
+    "xla": False,
+    "retrain": False,
+}
 
 
 def noisy_split(n_train, n_val, features, *, seed, weights=(1.0, 1.0), noise=1.0):

@@ -11,25 +11,12 @@ import sys
 
 import numpy as np
 import pytest
+from _fixtures import QUICK_SWEEP, SWEEP_BIN
 
 import lowtf
 from lowtf import sweep
 
-BIN = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "sweep"
-)
-# Tiny and off XLA: each population compiles in about a second.
-QUICK = {
-    "dataset": "synthetic",
-    "train_size": 120,
-    "validation_size": 60,
-    "batch_size": 24,
-    "max_steps": 30,
-    "eval_every": 10,
-    "patience": 100,
-    "xla": False,
-    "retrain": False,
-}
+BIN, QUICK = SWEEP_BIN, QUICK_SWEEP
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import sys
 
 import optuna
 import pytest
+from _fixtures import QUICK_SWEEP, SWEEP_BIN
 from optuna.trial import TrialState
 
 import lowtf
@@ -21,20 +22,7 @@ from lowtf.sweep import study as study_lib
 from lowtf.sweep.config import TPE_BATCH
 from lowtf.train.job import JobConfig
 
-BIN = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "sweep"
-)
-QUICK = {
-    "dataset": "synthetic",
-    "train_size": 120,
-    "validation_size": 60,
-    "batch_size": 24,
-    "max_steps": 30,
-    "eval_every": 10,
-    "patience": 100,
-    "xla": False,
-    "retrain": False,
-}
+BIN, QUICK = SWEEP_BIN, QUICK_SWEEP
 L2 = sweep.Range(1e-6, 1e-2, log=True)
 
 
