@@ -52,6 +52,7 @@ def test_entries_parse_as_floats_or_one_range(entries, expected):
         (["1..2..3"], r"--l2=1..2..3: a range is lo..hi"),
         (["1e-6..1e-2:lg"], r"--l2=1e-6..1e-2:lg: a range is lo..hi"),
         (["x"], r"--l2=x: 'x' is not a number"),
+        (["inf..1"], r"--l2=inf..1: the ends of a range must be finite numbers"),
     ],
 )
 def test_bad_entries_are_refused(entries, message):
@@ -202,15 +203,43 @@ def test_interrupted_sampled_trials_are_asked_again_with_their_floats(monkeypatc
     book = study_lib.ledger(study)
     assert book["waiting"] == {p.key for _, p in first}
     assert book["running"] == set() and book["finished"] == {}
-    # Asked first, with the very same floats; then new samples up to 5 trials.
+    # Asked first and alone, with the very same floats: the interrupted
+    # population forms again (and resumes from its checkpoint).
     again = study_lib.claim(study, config, 8)
-    assert len(again) == 5
-    assert [p for _, p in again[:2]] == [p for _, p in first]
-    assert len({p.key for _, p in again}) == 5
-    for _, p in again:
+    assert [p for _, p in again] == [p for _, p in first]
+    # Then new samples up to 5 trials, none a point already taken.
+    more = study_lib.claim(study, config, 8)
+    assert len(more) == 3
+    keys = {p.key for _, p in again + more}
+    assert len(keys) == 5
+    for _, p in again + more:
         assert 1e-6 <= p.l2 <= 1e-2 and 0.0 <= p.dropout <= 0.5
     # All 5 running: nothing is left to claim.
     assert study_lib.claim(study, config, 8) == []
+
+
+def test_a_rerun_samples_new_points_and_an_ownerless_trial_is_abandoned(monkeypatch):
+    config = sweep.SweepConfig(search="tpe", trials=6, l2=L2)
+    storage = optuna.storages.InMemoryStorage()
+    study = study_lib.open_study(config, storage)
+    first = study_lib.claim(study, config, 3)
+    for trial, _ in first:
+        study_lib.tell(study, trial, 1.0)
+    # A second process (or a rerun) on the same storage: its sampler is
+    # seeded by the study's size, so it does not draw the first 3 again.
+    rerun = study_lib.open_study(config, storage)
+    second = study_lib.claim(rerun, config, 3)
+    assert len(second) == 3
+    assert not {p.key for _, p in first} & {p.key for _, p in second}
+    # A trial asked by a process that died before claiming it (no owner):
+    # failed as abandoned once older than CLAIM_WAIT_SECONDS, never requeued.
+    orphan = rerun.ask(study_lib.distributions(config))
+    monkeypatch.setattr(study_lib, "CLAIM_WAIT_SECONDS", -1.0)
+    assert study_lib.requeue_interrupted(rerun, config) == 0
+    stored = rerun.get_trials(deepcopy=False)[orphan.number]
+    assert stored.state == TrialState.FAIL
+    assert stored.user_attrs["status"] == "abandoned"
+    assert study_lib.ledger(rerun)["waiting"] == set()
 
 
 def test_scores_picture_scatters_a_range_on_a_log_axis():

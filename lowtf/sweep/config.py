@@ -92,6 +92,8 @@ def parse_values(flag: str, entries) -> tuple | Range:
                 f"{given}: a range is lo..hi (uniform) or lo..hi:log (log-uniform) "
                 f"with two numbers, e.g. --{flag}=1e-6..1e-2:log"
             ) from None
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"{given}: the ends of a range must be finite numbers")
         return Range(low, high, log)
     values = []
     for text in entries:

@@ -14,6 +14,7 @@ process of this host that is gone (an interrupted run) is failed as
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -29,6 +30,8 @@ DEFINITION = "definition"
 STUDY_NAME = "lowtf-sweep"
 FINISHED = ("ok", "diverged")
 CLAIM_WAIT_SECONDS = 10.0
+# TPE: draws of an already taken point tolerated per claim before giving up.
+_MAX_RESAMPLES = 20
 
 
 def open_storage(url: str):
@@ -90,10 +93,12 @@ def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
     5.0's defaults, spelled out for older versions.
     """
     if config.search == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=config.seed, multivariate=True, constant_liar=True
-        )
+        return _tpe(config.seed)
     return optuna.samplers.GridSampler(config.search_space(), seed=config.seed)
+
+
+def _tpe(seed: int) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
 def distributions(config: SweepConfig) -> dict:
@@ -132,31 +137,55 @@ def ledger(study: optuna.Study) -> dict:
 
 
 def requeue_interrupted(study: optuna.Study, config: SweepConfig) -> int:
-    """Fails the trials of dead processes of this host and queues their points again."""
+    """Fails the trials of dead processes of this host and queues their points again.
+
+    A trial without an owner (its process died between ``ask`` and claiming
+    it, which takes milliseconds) is failed as ``"abandoned"`` once it is
+    older than ``CLAIM_WAIT_SECONDS``, on any host: it never held a point.
+    """
     host, count = socket.gethostname(), 0
+    now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get("owner") or {}
+        owner = t.user_attrs.get("owner")
+        if owner is None:
+            started = t.datetime_start or now
+            if (now - started).total_seconds() > CLAIM_WAIT_SECONDS:
+                _fail(study, t, "abandoned")
+            continue
         if owner.get("host") != host or owner.get("pid") == os.getpid():
             continue
         if _alive(owner.get("pid")):
             continue
-        study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
-        tell(study, t.number, state=TrialState.FAIL)
-        book = ledger(study)
         key = t.user_attrs.get("key")
+        if not _fail(study, t, "interrupted" if key else "abandoned") or not key:
+            continue
+        book = ledger(study)
         if key not in book["finished"] and key not in book["waiting"]:
             study.enqueue_trial(point_of(t).params(), skip_if_exists=False)
         count += 1
     return count
 
 
+def _fail(study: optuna.Study, trial, status: str) -> bool:
+    """Fails a running trial as ``status``; False if another process just did."""
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, "status", status)
+        tell(study, trial.number, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        return False
+    return True
+
+
 def claim(study: optuna.Study, config: SweepConfig, limit: int) -> list:
     """Asks for up to ``limit`` configurations nobody has finished or is running.
 
     Returns ``[(trial, point)]``. Grid: a point handed out twice (two
-    processes racing) is failed as ``"duplicate"`` and skipped. TPE: every
-    sampled point is new; at most ``config.trials`` less those finished or
-    running (in any process) are asked.
+    processes racing) is failed as ``"duplicate"`` and skipped. TPE: at
+    most ``config.trials`` less those finished or running (in any process)
+    are asked, by a sampler seeded with the study's size (a rerun draws new
+    points); a point already finished, running or drawn is failed as
+    ``"duplicate"`` and drawn again; while interrupted points are queued, a
+    round takes exactly those, so their population forms again and resumes.
     """
     if config.search == "tpe":
         return _claim_sampled(study, config, limit)
@@ -190,18 +219,37 @@ def _claim_sampled(study: optuna.Study, config: SweepConfig, limit: int) -> list
     # A queued (interrupted) point is asked first and replaces its failed
     # trial, so it does not count apart from the running and finished ones.
     left = config.trials - len(book["finished"]) - len(book["running"])
+    if book["waiting"]:
+        # The queued points alone: they re-form the interrupted population,
+        # whose directory (named by its members) holds the checkpoint to resume.
+        limit = min(limit, len(book["waiting"]))
+    # Seeded by the study's size: a rerun, or another process, draws new
+    # points rather than the first run's random start-up points again.
+    study.sampler = _tpe(config.seed + len(study.get_trials(deepcopy=False)))
     dists = distributions(config)
-    claimed = []
-    for _ in range(min(limit, left)):
+    taken = set(book["finished"]) | book["running"]
+    claimed, duplicates = [], 0
+    while len(claimed) < min(limit, left) and duplicates <= _MAX_RESAMPLES:
         trial = study.ask(dists)
-        claimed.append((trial, _own(trial, point_of(trial))))
+        point = point_of(trial)
+        if point.key in taken:  # a value drawn twice (a list, or a narrow range)
+            trial.set_user_attr("status", "duplicate")
+            tell(study, trial, state=TrialState.FAIL)
+            duplicates += 1
+            continue
+        taken.add(point.key)
+        claimed.append((trial, _own(trial, point)))
     return claimed
 
 
 def _own(trial, point: Point) -> Point:
-    """Marks ``trial`` as ``point``'s, run by this process."""
-    trial.set_user_attr("key", point.key)
+    """Marks ``trial`` as ``point``'s, run by this process.
+
+    The owner first: a process killed in between leaves a trial that
+    :func:`requeue_interrupted` can tell is dead.
+    """
     trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+    trial.set_user_attr("key", point.key)
     return point
 
 
