@@ -44,15 +44,22 @@ KERAS_RUNS = 4  # Keras runs timed per record by default (see run_population)
 MIB = 2**20
 
 
-def _timed(call, repeats: int) -> float:
-    """Median seconds of ``call()`` over ``repeats`` (after one warm-up call)."""
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _interleaved(calls, repeats: int) -> list[float]:
+    """Median seconds of each of ``calls`` over ``repeats``, taken in turn.
+
+    One warm-up call each, then every repeat times each call once, so a
+    change in the machine's load falls on all of them alike (timing one
+    form's repeats and then the other's does not).
+    """
+    for call in calls:
         call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, kept in zip(calls, times):
+            start = time.perf_counter()
+            call()
+            kept.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def nbytes(values) -> int:
@@ -137,7 +144,6 @@ def run_population(
     )
     pop.run(1)
     pop_first_s = time.perf_counter() - start
-    pop_s = _timed(lambda: pop.run(steps)["total_loss"], repeats)
 
     start = time.perf_counter()
     singles = []
@@ -156,7 +162,9 @@ def run_population(
         for single in singles:
             single.run(steps)["total_loss"].numpy()
 
-    singles_s = _timed(back_to_back, repeats)
+    pop_s, singles_s = _interleaved(
+        [lambda: pop.run(steps)["total_loss"], back_to_back], repeats
+    )
     pop_rate = members * steps / pop_s
     single_rate = singles_timed * steps / singles_s
     keras_rate, keras_first_s = _keras(
