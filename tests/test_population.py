@@ -311,3 +311,49 @@ def test_refused_under_a_strategy():
     with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
         with pytest.raises(ValueError, match="refused under a tf.distribute strategy"):
             _population()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_compacting_stopped_members_changes_no_number(tmp_path, jit):
+    # Six members; four never improve after step 0 (min_delta huge) and stop
+    # at step 40, so from then on fit_population trains a subset of the two
+    # still training. Every variable and history row equals the whole run's,
+    # also for a compacted run resumed from its step-80 checkpoint.
+    six = {k: v * 2 for k, v in MEMBERS.items()}
+    six["seeds"] = [3, 11, 4, 5, 6, 7]
+
+    def fit(name, compact, max_steps=120):
+        pop = _population(
+            jit=jit,
+            members=six,
+            train=TRAIN * 2,
+            val=VAL * 2,
+            patience=[40, 1000, 40, 40, 1000, 40],
+            min_delta=[1e9, 0.0, 1e9, 1e9, 0.0, 1e9],
+        )
+        lines = []
+        fit_population(
+            pop,
+            model_dir=tmp_path / name,
+            max_steps=max_steps,
+            eval_every=20,
+            checkpoint_every=40,
+            compact=compact,
+            log=lines.append,
+        )
+        return pop, lines
+
+    whole, _ = fit("whole", False)
+    compacted, lines = fit("compacted", True)
+    assert "step 40: 2 of 6 members still train; training them alone from here" in lines
+    fit("resumed", True, max_steps=80)
+    resumed, _ = fit("resumed", True)
+    assert compacted.stop_step.tolist() == [40, -1, 40, 40, -1, 40]
+    assert len(whole.variables) == len(compacted.variables) > 20
+    for other in (compacted, resumed):
+        for a, b in zip(whole.variables, other.variables):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    history = (tmp_path / "whole" / "history.csv").read_text()
+    assert (tmp_path / "compacted" / "history.csv").read_text() == history
+    assert (tmp_path / "resumed" / "history.csv").read_text() == history

@@ -87,6 +87,7 @@ def fit_population(
     steps_per_call: int = 100,
     checkpoint_every: int = 1000,
     keep_checkpoints: int = 3,
+    compact: bool = True,
     log=print,
 ) -> PopulationResult:
     """Trains every member with step-based early stopping; resumes from ``model_dir``.
@@ -107,6 +108,12 @@ def fit_population(
       checkpoint_every: save the latest checkpoint every this many steps
         (default 1000), and when training ends.
       keep_checkpoints: how many latest checkpoints to keep (default 3).
+      compact: once at most half the members still train, train a
+        :meth:`Population.subset` of those instead (default True): stopped
+        members are no longer computed, each member's steps are unchanged.
+        The subset is rebuilt (and compiled) each time the members still
+        training fall to half of it; evaluations, checkpoints and best
+        snapshots stay the whole population's.
       log: called with one progress line per evaluation (default ``print``).
 
     Returns:
@@ -164,6 +171,7 @@ def fit_population(
             _save_best(population, os.path.join(model_dir, "best"))
         log(_progress(record, population, max_steps))
 
+    runner = _Runner(population, compact, log)
     if latest:
         log(f"resuming from {latest} at step {step}")
     else:
@@ -176,7 +184,7 @@ def fit_population(
             max_steps,
         )
         num_steps = min(steps_per_call, boundary - step)
-        population.run(num_steps)
+        runner.run(num_steps)
         step += num_steps
         if step % eval_every == 0 or step == max_steps:
             evaluate()
@@ -222,6 +230,40 @@ def read_best_weights(best_dir: str) -> dict | None:
         pointer = json.load(f)
     pointer["prefix"] = os.path.join(best_dir, pointer["prefix"])
     return pointer
+
+
+class _Runner:
+    """Runs steps on the population, or on a subset of the members still training."""
+
+    def __init__(self, population: Population, compact: bool, log):
+        _checks.boolean("compact", compact)
+        self.population, self.compact, self.log = population, compact, log
+        self.sub, self.indices = None, None
+
+    def run(self, num_steps: int) -> None:
+        pop = self.population
+        training = np.flatnonzero(~pop.stopped)
+        if not self.compact or pop.size < 4 or len(training) > pop.size // 2:
+            pop.run(num_steps)
+            return
+        if self.sub is None or len(training) <= len(self.indices) // 2:
+            # Rebuilt when the members still training fall to half of it: one
+            # compilation per halving, not per stopped member (a stopped one
+            # left in the subset stays frozen there as here).
+            self.indices = [int(k) for k in training]
+            self.sub = pop.subset(self.indices)
+            self.log(
+                f"step {int(pop.step.numpy())}: {len(training)} of {pop.size} members "
+                "still train; training them alone from here"
+            )
+        pop.load_members(self.sub, self.indices)
+        means = self.sub.run(num_steps)
+        pop.store_members(self.sub, self.indices)
+        whole = {}
+        for name, values in means.items():
+            whole[name] = np.zeros(pop.size, np.float64)
+            whole[name][self.indices] = values
+        pop.state.add_means(whole, num_steps)
 
 
 # -- best snapshots -----------------------------------------------------------

@@ -225,6 +225,8 @@ class Population:
         slots = [
             v for v in optimizer.variables if len(v.shape) >= 1 and v.shape[0] == size
         ]
+        self._slots = slots
+        self._eval_batch_size = eval_batch_size
         self._frozen = [*self.model.state, *slots, self.state.epoch, self.state.cursor]
         self._val_index, self._val_weight = _padded_rows(self.val_rows, eval_batch_size)
         compile_ = {"jit_compile": self._jit, "reduce_retracing": True}
@@ -389,6 +391,83 @@ class Population:
             for var in targets:
                 var.assign(next(values))
         return model
+
+    def subset(self, indices) -> Population:
+        """A population of the members at ``indices``, for training only.
+
+        Its members have the hyper-parameters, rows and seeds of these
+        members, and a fresh optimizer of the same configuration; their
+        state (weights, optimizer slots and step, data positions, stopped
+        flags) is copied in with :meth:`load_members` before each use and
+        written back with :meth:`store_members`. Member ``i`` of the subset
+        then takes the steps member ``indices[i]`` would take here: the same
+        keys (seed and global step), batches and update. What
+        :func:`~lowtf.population.fit_population` trains on once most members
+        have stopped, so that they are no longer computed.
+        """
+        idx = [int(k) for k in indices]
+        if (
+            not idx
+            or len(set(idx)) != len(idx)
+            or not all(0 <= k < self.size for k in idx)
+        ):
+            raise ValueError(
+                f"`indices` ({indices!r}) must be distinct member indices in [0, {self.size})"
+            )
+        pick = lambda v: np.asarray(v)[idx]  # noqa: E731
+        optimizer = type(self.optimizer).from_config(self.optimizer.get_config())
+        return Population(
+            self.x,
+            self.y,
+            train_rows=[self.train_rows[k] for k in idx],
+            val_rows=[self.val_rows[k] for k in idx],
+            seeds=pick(self.seeds),
+            optimizer=optimizer,
+            model=self.units,
+            num_classes=self.num_classes,
+            activation=self.activation,
+            batchnorm=self.batchnorm,
+            maxnorm_output=self.maxnorm_output,
+            l1=pick(self.l1),
+            l2=pick(self.l2),
+            dropout=pick(self.dropout),
+            maxnorm=pick(self.maxnorm),
+            batch_size=self.batch_size,
+            monitor=self.monitor,
+            mode=self.mode,
+            patience=pick(self.patience),
+            min_delta=pick(self.min_delta),
+            eval_batch_size=self._eval_batch_size,
+            jit_compile=self._jit,
+        )
+
+    def _training_state(self) -> list:
+        """The per-member variables one training step reads and changes."""
+        return [
+            *self.model.state,
+            *self._slots,
+            self.state.epoch,
+            self.state.cursor,
+            self.state.stop_step,
+        ]
+
+    def load_members(self, sub: Population, indices) -> None:
+        """Copies the training state of the members at ``indices`` into ``sub``."""
+        idx = tf.constant(indices, tf.int64)
+        for src, dst in zip(self._training_state(), sub._training_state()):
+            dst.assign(tf.gather(tf.convert_to_tensor(src), idx))
+        sub.optimizer.iterations.assign(self.optimizer.iterations)
+
+    def store_members(self, sub: Population, indices) -> None:
+        """Writes ``sub``'s training state (and the step) back to ``indices``."""
+        idx = tf.constant(indices, tf.int64)[:, None]
+        for dst, src in zip(self._training_state(), sub._training_state()):
+            # assign, not scatter_nd_update: Keras optimizer slots lack it.
+            whole = tf.convert_to_tensor(dst)
+            dst.assign(
+                tf.tensor_scatter_nd_update(whole, idx, tf.convert_to_tensor(src))
+            )
+        self.optimizer.iterations.assign(sub.optimizer.iterations)
 
     # -- early stopping, per member ----------------------------------------
 
