@@ -108,7 +108,8 @@ def fit_population(
       checkpoint_every: save the latest checkpoint every this many steps
         (default 1000), and when training ends.
       keep_checkpoints: how many latest checkpoints to keep (default 3).
-      compact: once at most half the members still train, train a
+      compact: once at most half the members still train (populations of
+        4 or more), train a
         :meth:`Population.subset` of those instead (default True): stopped
         members are no longer computed, each member's steps are unchanged.
         The subset is rebuilt (and compiled) each time the members still
@@ -130,6 +131,7 @@ def fit_population(
         ("keep_checkpoints", keep_checkpoints),
     ):
         _checks.positive_int(name, value)
+    _checks.boolean("compact", compact)
     if not callable(log):
         raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")
     model_dir = os.fspath(model_dir)
@@ -236,7 +238,6 @@ class _Runner:
     """Runs steps on the population, or on a subset of the members still training."""
 
     def __init__(self, population: Population, compact: bool, log):
-        _checks.boolean("compact", compact)
         self.population, self.compact, self.log = population, compact, log
         self.sub, self.indices = None, None
 
