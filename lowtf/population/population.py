@@ -225,7 +225,6 @@ class Population:
         slots = [
             v for v in optimizer.variables if len(v.shape) >= 1 and v.shape[0] == size
         ]
-        self._slots = slots
         self._eval_batch_size = eval_batch_size
         self._frozen = [*self.model.state, *slots, self.state.epoch, self.state.cursor]
         self._val_index, self._val_weight = _padded_rows(self.val_rows, eval_batch_size)
@@ -442,14 +441,8 @@ class Population:
         )
 
     def _training_state(self) -> list:
-        """The per-member variables one training step reads and changes."""
-        return [
-            *self.model.state,
-            *self._slots,
-            self.state.epoch,
-            self.state.cursor,
-            self.state.stop_step,
-        ]
+        """The per-member variables a step changes, and the stopped flags."""
+        return [*self._frozen, self.state.stop_step]
 
     def load_members(self, sub: Population, indices) -> None:
         """Copies the training state of the members at ``indices`` into ``sub``."""

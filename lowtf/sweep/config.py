@@ -141,11 +141,15 @@ def architecture_units(architecture: str) -> tuple[int, ...]:
     return tuple(int(w) for w in architecture.split(":"))
 
 
-def by_architecture(points) -> dict[str, list[Point]]:
-    """Points grouped by architecture, groups and points in their given order."""
-    groups: dict[str, list[Point]] = {}
-    for p in points:
-        groups.setdefault(p.architecture, []).append(p)
+def by_architecture(items, point=lambda item: item) -> dict[str, list]:
+    """Items grouped by their point's architecture, in their given order.
+
+    ``point`` gives an item's :class:`Point` (default: the item is one), e.g.
+    ``lambda pair: pair[1]`` for ``(trial, point)`` pairs.
+    """
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(point(item).architecture, []).append(item)
     return groups
 
 

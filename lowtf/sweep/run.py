@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from lowtf.population import Population, fit_population, k_fold
 from lowtf.sweep import report, scoring
 from lowtf.sweep import study as study_lib
-from lowtf.sweep.config import SWEPT, Point, SweepConfig, train_flags
+from lowtf.sweep.config import SWEPT, Point, SweepConfig, by_architecture, train_flags
 from lowtf.train import job as job_lib
 
 WINNER_DIR = "winner"
@@ -101,10 +101,8 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
             progress.line("waiting for other processes")
             time.sleep(POLL_SECONDS)
             continue
-        groups = {}
-        for trial, point in claimed:  # pairs: a key may not stand for its trial
-            groups.setdefault(point.architecture, []).append((trial, point))
-        for pairs in groups.values():
+        # Pairs, not a dict by key: a key may not stand for its trial.
+        for pairs in by_architecture(claimed, lambda pair: pair[1]).values():
             group = [p for _, p in pairs]
             _train_population(
                 config, data, x, y, folds, group, [t for t, _ in pairs],
