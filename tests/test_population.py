@@ -58,6 +58,25 @@ def _fit(model_dir, jit=False, max_steps=SCHEDULE["max_steps"]):
     return pop, result
 
 
+def _assert_same_history(dir_a, dir_b):
+    """history.csv of two model dirs: equal bit for bit but the mean total loss.
+
+    The training means of total_loss may differ by an ulp in graph mode
+    (not under XLA) between two identical uninterrupted runs on a busy
+    machine (seen under pytest -n 2); every other number must be equal.
+    """
+    a, b = (
+        np.genfromtxt(d / "history.csv", delimiter=",", names=True)
+        for d in (dir_a, dir_b)
+    )
+    assert a.dtype.names == b.dtype.names and len(a) == len(b) > 0
+    for name in a.dtype.names:
+        if name == "total_loss":
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """One uninterrupted graph-mode fit, read (never changed) by several tests."""
@@ -218,9 +237,7 @@ def test_resume_equals_uninterrupted(tmp_path, fitted):
     assert len(resumed.variables) == len(straight.variables) > 20
     for a, b in zip(resumed.variables, straight.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    text_a = (tmp_path / "a" / "history.csv").read_text()
-    text_b = (straight_dir / "history.csv").read_text()
-    assert text_a == text_b
+    _assert_same_history(tmp_path / "a", straight_dir)
 
 
 @pytest.mark.e2e
@@ -354,6 +371,5 @@ def test_compacting_stopped_members_changes_no_number(tmp_path, jit):
     for other in (compacted, resumed):
         for a, b in zip(whole.variables, other.variables):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    history = (tmp_path / "whole" / "history.csv").read_text()
-    assert (tmp_path / "compacted" / "history.csv").read_text() == history
-    assert (tmp_path / "resumed" / "history.csv").read_text() == history
+    for other in ("compacted", "resumed"):
+        _assert_same_history(tmp_path / other, tmp_path / "whole")

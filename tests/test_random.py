@@ -178,3 +178,53 @@ def test_batched_draws_equal_each_keys_own_draws_bit_for_bit(mode):
     np.testing.assert_array_equal(batched, singles)
     np.testing.assert_array_equal(masks, each)
     assert 0.45 < float(tf.reduce_mean(masks)) < 0.55
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_batched_fold_ins_and_patterns_equal_tensorflows_philox_bit_for_bit(mode):
+    # fold_in_batch and permute_batch's patterns compute philox in uint32
+    # arithmetic; they must be the numbers TensorFlow's own philox ops give,
+    # for any int64 key (negative words and words above 2**32 included).
+    rng = np.random.default_rng(0)
+    keys = np.concatenate(
+        [
+            rng.integers(-(2**63), 2**63 - 1, size=(12, 2), dtype=np.int64),
+            rng.integers(0, 1000, size=(12, 2), dtype=np.int64),
+            [[0, 0], [-1, -1], [2**63 - 1, -(2**63)], [2**40 + 3, 7]],
+        ]
+    )
+    data = np.arange(len(keys), dtype=np.int64) * 1000 + 500
+
+    def batched():
+        position = tf.zeros([len(keys), 1], tf.int64)
+        sizes = [2**31 - 1] * len(keys)
+        return random.fold_in_batch(keys, data), random.permute_batch(
+            position, sizes, keys
+        )
+
+    folded, permuted = _in_mode(batched, mode)()
+    expected = [random.fold_in(k, d).numpy() for k, d in zip(keys, data)]
+    np.testing.assert_array_equal(folded, expected)
+    patterns = [random.permute(tf.zeros([1], tf.int64), 2**31 - 1, k) for k in keys]
+    np.testing.assert_array_equal(permuted, np.stack(patterns))
+    assert len(np.unique(np.asarray(folded)[:, 0])) == len(keys)
+
+
+def test_make_keys_stacks_each_seed_with_its_step():
+    keys = random.make_keys([3, 4, 2**40], [7, 8, 9]).numpy()
+    np.testing.assert_array_equal(keys, [[3, 7], [4, 8], [2**40, 9]])
+    np.testing.assert_array_equal(
+        random.make_keys([3, 4], 11).numpy(),
+        [random.make_key(3, 11).numpy(), random.make_key(4, 11).numpy()],
+    )
+
+
+def test_fold_in_batch_folds_several_data_into_each_key():
+    keys = random.make_keys([3, 2**40], [7, 8])
+    data = np.array([[500, 501, 502], [9, 10, 11]])
+    folded = random.fold_in_batch(keys, data).numpy()
+    assert folded.shape == (2, 3, 2)
+    for k in range(2):
+        for i in range(3):
+            expected = random.fold_in(keys[k], data[k, i]).numpy()
+            np.testing.assert_array_equal(folded[k, i], expected)

@@ -219,6 +219,7 @@ class Population:
         self._train_flat = tf.constant(padded.reshape(-1))
         self._train_starts = tf.constant(np.arange(size)[:, None] * width, tf.int64)
         self._offsets = tf.range(batch_size, dtype=tf.int64)
+        self._seeds = tf.constant(self.seeds, tf.int64)
         # Everything a stopped member must keep: its slices of the weights and
         # moving statistics, of the optimizer's slots (any optimizer variable
         # with a leading member axis) and its data position.
@@ -228,7 +229,13 @@ class Population:
         self._eval_batch_size = eval_batch_size
         self._frozen = [*self.model.state, *slots, self.state.epoch, self.state.cursor]
         self._val_index, self._val_weight = _padded_rows(self.val_rows, eval_batch_size)
-        compile_ = {"jit_compile": self._jit, "reduce_retracing": True}
+        # No AutoGraph: the step's only loop is an explicit tf.while_loop, and
+        # converting every function it calls took seconds of each trace.
+        compile_ = {
+            "jit_compile": self._jit,
+            "reduce_retracing": True,
+            "autograph": False,
+        }
         self._many = tf.function(self._steps, **compile_)
         self._val_sums = tf.function(self._validation_sums, **compile_)
 
@@ -498,13 +505,19 @@ class Population:
     # -- traced internals --------------------------------------------------
 
     def _steps(self, num_steps):
-        totals = {name: tf.zeros([self.size]) for name in STEP_METRICS}
-        # A counter loop, not tf.range: XLA would recompile per num_steps.
-        i = tf.constant(0, tf.int64)
-        while i < num_steps:
+        def body(i, totals):
             metrics = self._one_step()
-            totals = {name: totals[name] + metrics[name] for name in STEP_METRICS}
-            i += 1
+            return i + 1, {name: totals[name] + metrics[name] for name in STEP_METRICS}
+
+        # A counter loop, not tf.range: XLA would recompile per num_steps.
+        _, totals = tf.while_loop(
+            lambda i, _: i < num_steps,
+            body,
+            (
+                tf.constant(0, tf.int64),
+                {name: tf.zeros([self.size]) for name in STEP_METRICS},
+            ),
+        )
         count = tf.cast(num_steps, tf.float32)
         return {name: value / count for name, value in totals.items()}
 
@@ -512,12 +525,12 @@ class Population:
         active = tf.logical_not(self.state.stop_step >= 0)
         before = [tf.convert_to_tensor(v) for v in self._frozen]
         step = self.step
-        keys = [random.make_key(int(seed), step) for seed in self.seeds]
+        keys = random.make_keys(self._seeds, step)  # [K, 2], one per member
         x, y = self._next_batch()
         variables = self.model.trainable
         batch = tf.cast(self.batch_size, tf.float32)
         with tf.GradientTape() as tape:
-            logits = self.model(x, training=True, keys=keys, jit=self._jit)
+            logits = self.model(x, training=True, keys=keys)
             logits = tf.cast(logits, tf.float32)
             per_example = self._per_example(losses.cross_entropy, logits, y)
             cross_entropy = tf.reduce_sum(per_example, axis=1) / batch
@@ -552,9 +565,7 @@ class Population:
         wrap = s.cursor + self.batch_size > self._train_sizes
         epoch = tf.where(wrap, s.epoch + 1, s.epoch)
         cursor = tf.where(wrap, tf.zeros_like(s.cursor), s.cursor)
-        keys = [
-            random.make_key(int(seed), epoch[k]) for k, seed in enumerate(self.seeds)
-        ]
+        keys = random.make_keys(self._seeds, epoch)
         # All members' positions in one pass: row k is the permute of its rows.
         position = random.permute_batch(
             cursor[:, None] + self._offsets, [len(r) for r in self.train_rows], keys

@@ -6,7 +6,8 @@ Member ``k``'s slice of every variable is the matching variable of
 (``seed * 1000 + i``, see :func:`lowtf.models.mlp`), so they are bit-identical.
 A forward pass takes ``[K, B, in]`` inputs (one batched product per layer,
 see :func:`_matmul`); each member's dropout mask is drawn under its own step
-key (all K in one pass, :func:`lowtf.random.uniform_batch`), and the penalty
+key (all K keys and masks in one pass, :func:`lowtf.random.fold_in_batch` and
+:func:`lowtf.random.uniform_batch`), and the penalty
 and the max-norm cap are per member, so nothing flows between members.
 """
 
@@ -59,6 +60,8 @@ class StackedMLP(tf.Module):
         self.maxnorm_output = maxnorm_output
         self.seeds = [int(s) for s in seeds]
         self.size = len(self.seeds)
+        # seed * 1000: the base of member k's layer seeds in lowtf.mlp.
+        self._layer_seeds = tf.constant([s * 1000 for s in self.seeds], tf.int64)
         self.dropout = [float(r) for r in dropout]
         # Per member, as lowtf.Dropout computes them: the rate and the scale
         # 1 / (1 - rate) in float64, cast to the activations' type when used.
@@ -136,15 +139,24 @@ class StackedMLP(tf.Module):
 
     # -- the arithmetic -------------------------------------------------------
 
-    def __call__(self, x, *, training: bool, keys=None, jit: bool = False):
+    def __call__(self, x, *, training: bool, keys=None):
         """Logits ``[K, B, logits]`` of inputs ``[K, B, features]``.
 
-        In training, ``keys`` (one step key per member) key the dropout masks
-        and batch norm normalizes with each member's batch statistics and
-        moves its moving averages.
+        In training, ``keys`` (``[K, 2]``, member k's step key in row k) key
+        the dropout masks, and batch norm normalizes with each member's batch
+        statistics and moves its moving averages.
         """
         h = x
         biases = iter(self.biases)
+        dropout = training and any(self.dropout)
+        if dropout:
+            # Member k's key for layer i: its step key folded with the seed
+            # its Dropout layer has in lowtf.mlp (seed*1000 + 500 + i), as
+            # random.uniform does; [K, layers, 2], every fold-in in one pass.
+            layers = tf.range(len(self.units), dtype=tf.int64)
+            folded = random.fold_in_batch(
+                keys, self._layer_seeds[:, None] + 500 + layers
+            )
         for i in range(len(self.units)):
             h = _matmul(h, self.kernels[i])
             if self.batchnorm:
@@ -152,8 +164,8 @@ class StackedMLP(tf.Module):
             else:
                 h = h + next(biases)[:, None, :]
             h = self.activation(h)
-            if training and any(self.dropout):
-                h = self._dropout(i, h, keys, jit)
+            if dropout:
+                h = self._dropout(h, folded[:, i])
         return _matmul(h, self.kernels[-1]) + next(biases)[:, None, :]
 
     def _batchnorm(self, i, h, training):
@@ -175,18 +187,9 @@ class StackedMLP(tf.Module):
             _BN_EPSILON,
         )
 
-    def _dropout(self, i, h, keys, jit):
-        # Member k's mask is that of its single run: its step key folded with
-        # the seed its Dropout layer has in lowtf.mlp (seed*1000 + 500 + i),
-        # as random.uniform does; all K masks come from one fused hash pass.
-        del jit  # one generator: the masks do not depend on the compilation mode
-        folded = tf.stack(
-            [
-                random.fold_in(keys[k], s * 1000 + 500 + i)
-                for k, s in enumerate(self.seeds)
-            ]
-        )
-        u = random.uniform_batch(h.shape[1:], folded, h.dtype)
+    def _dropout(self, h, keys):
+        """Member k's dropout of ``h[k]`` under its layer key ``keys[k]``."""
+        u = random.uniform_batch(h.shape[1:], keys, h.dtype)
         # A rate of 0 keeps every unit (u >= 0) and scales by 1: the identity.
         keep = u >= tf.cast(self._rates, h.dtype)
         return tf.where(keep, h * tf.cast(self._scales, h.dtype), tf.zeros_like(h))
