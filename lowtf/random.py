@@ -38,6 +38,7 @@ import contextlib
 import math
 import threading
 
+import numpy as np
 import tensorflow as tf
 
 _state = threading.local()
@@ -73,16 +74,6 @@ def make_key(seed, step) -> tf.Tensor:
     return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
 
 
-def make_keys(seeds, steps) -> tf.Tensor:
-    """K keys at once: int64 ``[K, 2]``, row ``k`` is ``make_key(seeds[k], steps[k])``.
-
-    ``steps`` may be one step for all (a scalar) or one per seed.
-    """
-    seeds = tf.cast(seeds, tf.int64)
-    steps = tf.broadcast_to(tf.cast(steps, tf.int64), tf.shape(seeds))
-    return tf.stack([seeds, steps], axis=1)
-
-
 def fold_in(key, data) -> tf.Tensor:
     """A new int64 ``[2]`` key derived from ``key`` and an integer ``data``.
 
@@ -92,38 +83,6 @@ def fold_in(key, data) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(
         tf.cast(key, tf.int64), tf.cast(data, tf.int64), alg=_INT_ALG
     )
-
-
-def fold_in_batch(keys, data) -> tf.Tensor:
-    """:func:`fold_in` of K keys at once: row ``k`` is ``fold_in(keys[k], data[k])``.
-
-    Bit for bit, in every mode: :func:`_philox` computes in element-wise
-    uint32 arithmetic the two philox blocks ``stateless_fold_in`` draws
-    (the seed's scramble, then the int64 draw), so K keys are a handful of
-    fused passes instead of K random ops. A population derives its members'
-    dropout keys with it; K separate ops made its compiled step grow with K
-    (compilation and per-step overhead).
-
-    Args:
-      keys: int ``[K, 2]`` keys.
-      data: integers ``[K]`` (one per key), ``[K, L]`` (L per key: a
-        population's dropout layers) or one for all.
-
-    Returns:
-      int64 ``[K, 2]`` (``[K, L, 2]`` for ``[K, L]`` data): the drawn word
-      and ``data``. The drawn word depends on the key alone, so L fold-ins
-      of one key cost one draw.
-    """
-    block = _philox(*_philox_scramble(keys))
-    drawn = tf.bitwise.bitwise_or(
-        tf.cast(block[0], tf.uint64),
-        tf.bitwise.left_shift(tf.cast(block[1], tf.uint64), _u64(32)),
-    )
-    data = tf.cast(data, tf.int64)
-    drawn = tf.cast(drawn, tf.int64)
-    drawn = tf.reshape(drawn, [-1] + [1] * max(len(data.shape) - 1, 0))
-    drawn, data = drawn + tf.zeros_like(data), data + tf.zeros_like(drawn)
-    return tf.stack([drawn, data], axis=-1)
 
 
 def uniform(shape, seed: int, dtype=tf.float32):
@@ -279,18 +238,20 @@ def permute(position, size: int, key) -> tf.Tensor:
     return _permute(position, _u32(size), _pattern(key), _u32(_mask(size)))
 
 
-def permute_batch(position, sizes, keys) -> tf.Tensor:
+def permute_batch(position, sizes, patterns) -> tf.Tensor:
     """:func:`permute` of K permutations at once: row ``k`` of ``position``.
 
-    Row ``k`` is bit for bit ``permute(position[k], sizes[k], keys[k])``:
-    the rounds are element-wise given each row's pattern, mask and size,
-    and the cycle walk leaves an entry alone once it has landed, so one
-    loop over all rows ends each where its own loop would have.
+    Row ``k`` is bit for bit ``permute(position[k], sizes[k], keys[k])`` for
+    ``patterns = permutation_patterns(keys)``: the rounds are element-wise
+    given each row's pattern, mask and size, and the cycle walk leaves an
+    entry alone once it has landed, so one loop over all rows ends each
+    where its own loop would have.
 
     Args:
       position: int ``[K, B]`` positions, row ``k`` in ``[0, sizes[k])``.
       sizes: K static permutation lengths, each in ``[1, 2**31)``.
-      keys: int ``[K, 2]`` keys (a tensor, or a list of K ``[2]`` keys).
+      patterns: K patterns (:func:`permutation_patterns` of the keys; a
+        NumPy array or an integer tensor holding uint32 values).
 
     Returns:
       int64 ``[K, B]``.
@@ -298,12 +259,83 @@ def permute_batch(position, sizes, keys) -> tf.Tensor:
     sizes = [int(n) for n in sizes]
     for n in sizes:
         _check_size(n)
-    keys = tf.cast(tf.convert_to_tensor(keys), tf.int64)
-    # _pattern's philox uint32 draw for every key: the block's first word.
-    pattern = _philox(*_philox_scramble(keys))[0][:, None]
+    pattern = tf.cast(tf.convert_to_tensor(patterns), tf.uint32)[:, None]
     limit = tf.constant(sizes, tf.uint32)[:, None]
     mask = tf.constant([_mask(n) for n in sizes], tf.uint32)[:, None]
     return _permute(position, limit, pattern, mask)
+
+
+# -- philox on the host: many keys' fold-ins and patterns at once -------------
+#
+# A population needs, for each member, the key its single run would fold in
+# at every step (dropout) and the pattern of every epoch's permutation. Drawn
+# in the compiled step, one TensorFlow philox op per member made the graph
+# grow with K, and even one vectorized philox (20 rounds) cost 1.5 s of XLA
+# compilation per population; these tables cost the host microseconds.
+
+
+def fold_in_words(keys) -> np.ndarray:
+    """The word :func:`fold_in` draws from each key: ``fold_in(key, d)[0]``.
+
+    ``fold_in(key, d)`` is ``[fold_in_words(key), d]`` for every ``d``, bit
+    for bit (philox as TensorFlow's kernels and XLA run it, in NumPy).
+
+    Args:
+      keys: int64 ``[..., 2]`` keys (NumPy).
+
+    Returns:
+      int64 ``[...]``.
+    """
+    block = _philox(*_philox_scramble(keys))
+    word = block[0].astype(np.uint64) | (block[1].astype(np.uint64) << np.uint64(32))
+    return word.view(np.int64)
+
+
+def permutation_patterns(keys) -> np.ndarray:
+    """The pattern :func:`permute` draws from each key (uint32 ``[...]``)."""
+    return _philox(*_philox_scramble(keys))[0]
+
+
+# Philox-4x32-10 (Salmon et al. 2011) as TensorFlow runs it for alg="philox":
+# multipliers, key increments, and the constant key with which
+# random_ops_util._philox_scramble_seed turns a seed into a key and counter.
+_PHILOX_M = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
+_PHILOX_W = (np.uint32(0x9E3779B9), np.uint32(0xBB67AE85))
+_PHILOX_SCRAMBLE_KEY = 0x02461E293EC8F720
+_LOW = np.uint64(0xFFFFFFFF)
+_32 = np.uint64(32)
+
+
+def _philox(k0, k1, counter):
+    """The philox block (4 uint32 arrays) of key words ``k0, k1`` and a counter."""
+    c0, c1, c2, c3 = counter
+    for _ in range(10):
+        p0 = c0.astype(np.uint64) * _PHILOX_M[0]
+        p1 = c2.astype(np.uint64) * _PHILOX_M[1]
+        lo0, hi0 = (p0 & _LOW).astype(np.uint32), (p0 >> _32).astype(np.uint32)
+        lo1, hi1 = (p1 & _LOW).astype(np.uint32), (p1 >> _32).astype(np.uint32)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = k0 + _PHILOX_W[0], k1 + _PHILOX_W[1]
+    return c0, c1, c2, c3
+
+
+def _philox_scramble(keys):
+    """Key words and counter philox draws from int64 ``keys`` ``[..., 2]`` with."""
+    keys = np.ascontiguousarray(keys, np.int64).view(np.uint64)
+    words = []
+    for i in (0, 1):  # each int64 seed word as its low and high uint32 words
+        words += [
+            (keys[..., i] & _LOW).astype(np.uint32),
+            (keys[..., i] >> _32).astype(np.uint32),
+        ]
+    ones = np.ones_like(words[0])
+    mix = _philox(
+        ones * np.uint32(_PHILOX_SCRAMBLE_KEY & 0xFFFFFFFF),
+        ones * np.uint32(_PHILOX_SCRAMBLE_KEY >> 32),
+        words,
+    )
+    zeros = np.zeros_like(words[0])
+    return mix[0], mix[1], (zeros, zeros, mix[2], mix[3])
 
 
 def _check_size(size):
@@ -337,63 +369,6 @@ def _permute(position, limit, pattern, mask):
 
     (index,) = tf.while_loop(lambda i: tf.reduce_any(i >= limit), walk, (index,))
     return tf.cast(tf.math.floormod(index + pattern % limit, limit), tf.int64)
-
-
-# Philox-4x32-10 (Salmon et al. 2011) as TensorFlow's kernels and XLA run it
-# for alg="philox": multipliers, key increments, and the constant key with
-# which a seed is scrambled into a key and counter (random_ops_util.py).
-_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
-_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
-_PHILOX_SCRAMBLE_KEY = 0x02461E293EC8F720
-
-
-def _philox(k0, k1, counter):
-    """The philox block of uint32 key words ``k0, k1`` and 4 counter words."""
-    xor = tf.bitwise.bitwise_xor
-    c0, c1, c2, c3 = counter
-    for _ in range(10):
-        lo0, hi0 = _mul_hi_lo(c0, _PHILOX_M[0])
-        lo1, hi1 = _mul_hi_lo(c2, _PHILOX_M[1])
-        c0, c1, c2, c3 = xor(xor(hi1, c1), k0), lo1, xor(xor(hi0, c3), k1), lo0
-        k0, k1 = k0 + _u32(_PHILOX_W[0]), k1 + _u32(_PHILOX_W[1])
-    return c0, c1, c2, c3
-
-
-def _philox_scramble(keys):
-    """The key words and counter that philox draws from ``keys`` ``[K, 2]`` with.
-
-    TensorFlow's ``_philox_scramble_seed``: one block under a constant key
-    with the seed as counter; its words are the new key and the counter's
-    upper half.
-    """
-    keys = tf.cast(keys, tf.int64)
-    seed = [*_u64_words(keys[:, 0]), *_u64_words(keys[:, 1])]
-    ones = tf.ones_like(seed[0])
-    mix = _philox(
-        ones * _u32(_PHILOX_SCRAMBLE_KEY & 0xFFFFFFFF),
-        ones * _u32(_PHILOX_SCRAMBLE_KEY >> 32),
-        seed,
-    )
-    zeros = tf.zeros_like(seed[0])
-    return mix[0], mix[1], (zeros, zeros, mix[2], mix[3])
-
-
-def _mul_hi_lo(a, multiplier: int):
-    """The low and high uint32 words of ``a * multiplier`` (a uint32)."""
-    product = tf.cast(a, tf.uint64) * _u64(multiplier)
-    return tf.cast(product, tf.uint32), tf.cast(
-        tf.bitwise.right_shift(product, _u64(32)), tf.uint32
-    )
-
-
-def _u64_words(x):
-    """The low and high uint32 words of int64 ``x`` (two's complement)."""
-    x = tf.cast(x, tf.uint64)
-    return tf.cast(x, tf.uint32), tf.cast(tf.bitwise.right_shift(x, _u64(32)), tf.uint32)
-
-
-def _u64(value) -> tf.Tensor:
-    return tf.constant(value, tf.uint64)
 
 
 def _mask(size: int) -> int:

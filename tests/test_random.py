@@ -167,7 +167,8 @@ def test_batched_draws_equal_each_keys_own_draws_bit_for_bit(mode):
             tf.range(500, dtype=tf.int64)[None, :] + [[0], [3], [6], [9]],
             tf.constant(sizes, tf.int64)[:, None],
         )
-        batched = random.permute_batch(position, sizes, keys)
+        patterns = random.permutation_patterns(np.stack([k.numpy() for k in keys]))
+        batched = random.permute_batch(position, sizes, patterns)
         singles = [random.permute(position[k], sizes[k], keys[k]) for k in range(4)]
         masks = random.uniform_batch([37, 16], tf.stack(keys))
         each = [random.uniform_from([37, 16], k) for k in keys]
@@ -180,11 +181,11 @@ def test_batched_draws_equal_each_keys_own_draws_bit_for_bit(mode):
     assert 0.45 < float(tf.reduce_mean(masks)) < 0.55
 
 
-@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
-def test_batched_fold_ins_and_patterns_equal_tensorflows_philox_bit_for_bit(mode):
-    # fold_in_batch and permute_batch's patterns compute philox in uint32
-    # arithmetic; they must be the numbers TensorFlow's own philox ops give,
-    # for any int64 key (negative words and words above 2**32 included).
+def test_host_philox_words_are_tensorflows_fold_ins_and_patterns_bit_for_bit():
+    # A population draws its members' dropout keys and batch orders from
+    # these NumPy tables; they must be the numbers TensorFlow's philox ops
+    # give its single runs, for any int64 key (negative words and words
+    # above 2**32 included).
     rng = np.random.default_rng(0)
     keys = np.concatenate(
         [
@@ -193,38 +194,18 @@ def test_batched_fold_ins_and_patterns_equal_tensorflows_philox_bit_for_bit(mode
             [[0, 0], [-1, -1], [2**63 - 1, -(2**63)], [2**40 + 3, 7]],
         ]
     )
-    data = np.arange(len(keys), dtype=np.int64) * 1000 + 500
-
-    def batched():
-        position = tf.zeros([len(keys), 1], tf.int64)
-        sizes = [2**31 - 1] * len(keys)
-        return random.fold_in_batch(keys, data), random.permute_batch(
-            position, sizes, keys
+    words = random.fold_in_words(keys.reshape(4, 7, 2))
+    assert words.shape == (4, 7) and words.dtype == np.int64
+    for key, word in zip(keys, words.reshape(-1)):
+        np.testing.assert_array_equal(
+            random.fold_in(key, 500 + int(key[0] % 7)), [word, 500 + int(key[0] % 7)]
         )
-
-    folded, permuted = _in_mode(batched, mode)()
-    expected = [random.fold_in(k, d).numpy() for k, d in zip(keys, data)]
-    np.testing.assert_array_equal(folded, expected)
-    patterns = [random.permute(tf.zeros([1], tf.int64), 2**31 - 1, k) for k in keys]
-    np.testing.assert_array_equal(permuted, np.stack(patterns))
-    assert len(np.unique(np.asarray(folded)[:, 0])) == len(keys)
-
-
-def test_make_keys_stacks_each_seed_with_its_step():
-    keys = random.make_keys([3, 4, 2**40], [7, 8, 9]).numpy()
-    np.testing.assert_array_equal(keys, [[3, 7], [4, 8], [2**40, 9]])
-    np.testing.assert_array_equal(
-        random.make_keys([3, 4], 11).numpy(),
-        [random.make_key(3, 11).numpy(), random.make_key(4, 11).numpy()],
+    assert len(np.unique(words)) == len(keys)
+    size = 2**31 - 1
+    permuted = random.permute_batch(
+        tf.zeros([len(keys), 1], tf.int64),
+        [size] * len(keys),
+        random.permutation_patterns(keys),
     )
-
-
-def test_fold_in_batch_folds_several_data_into_each_key():
-    keys = random.make_keys([3, 2**40], [7, 8])
-    data = np.array([[500, 501, 502], [9, 10, 11]])
-    folded = random.fold_in_batch(keys, data).numpy()
-    assert folded.shape == (2, 3, 2)
-    for k in range(2):
-        for i in range(3):
-            expected = random.fold_in(keys[k], data[k, i]).numpy()
-            np.testing.assert_array_equal(folded[k, i], expected)
+    singles = [random.permute(tf.zeros([1], tf.int64), size, k) for k in keys]
+    np.testing.assert_array_equal(permuted, np.stack(singles))

@@ -43,6 +43,11 @@ from lowtf.train import early_stopping
 from lowtf.train.metrics import MONITORS, STEP_METRICS
 
 
+# The most steps one compiled call of Population.run takes (the size of its
+# per-call random tables); a longer run takes several calls.
+CALL_STEPS = 1000
+
+
 class Population:
     """K members of one MLP architecture, trained in one compiled step.
 
@@ -219,7 +224,12 @@ class Population:
         self._train_flat = tf.constant(padded.reshape(-1))
         self._train_starts = tf.constant(np.arange(size)[:, None] * width, tf.int64)
         self._offsets = tf.range(batch_size, dtype=tf.int64)
-        self._seeds = tf.constant(self.seeds, tf.int64)
+        # The random tables of one call (see _tables): every epoch a call of
+        # CALL_STEPS steps can reach, with a margin for a mid-epoch start.
+        batches = min(len(r) // batch_size for r in self.train_rows)
+        self._min_batches = batches
+        self._table_epochs = CALL_STEPS // batches + 3
+        self._dropout = bool(np.any(self.dropout > 0))
         # Everything a stopped member must keep: its slices of the weights and
         # moving statistics, of the optimizer's slots (any optimizer variable
         # with a leading member axis) and its data position.
@@ -288,9 +298,10 @@ class Population:
         return [*self.model.state, *self.state.variables, *self.optimizer.variables]
 
     def run(self, num_steps: int) -> dict[str, np.ndarray]:
-        """Runs ``num_steps`` steps in one compiled call.
+        """Runs ``num_steps`` steps in one compiled call (per ``CALL_STEPS``).
 
         ``num_steps`` enters as a tensor: another value does not retrace.
+        More than :data:`CALL_STEPS` steps take several calls.
 
         Returns:
           The :data:`lowtf.train.metrics.STEP_METRICS`, each a ``[K]`` array
@@ -298,10 +309,21 @@ class Population:
           those of its frozen weights).
         """
         _checks.positive_int("num_steps", num_steps)
-        means = self._many(tf.constant(num_steps, tf.int64))
-        means = {name: means[name].numpy() for name in STEP_METRICS}
-        self.state.add_means(means, num_steps)
-        return means
+        calls = []
+        while num_steps > 0:
+            n = min(num_steps, CALL_STEPS)
+            means = self._many(tf.constant(n, tf.int64), *self._tables(n))
+            means = {name: means[name].numpy() for name in STEP_METRICS}
+            self.state.add_means(means, n)
+            calls.append((n, means))
+            num_steps -= n
+        if len(calls) == 1:
+            return calls[0][1]
+        total = sum(n for n, _ in calls)
+        return {
+            name: sum(n * m[name].astype(np.float64) for n, m in calls) / total
+            for name in STEP_METRICS
+        }
 
     def evaluate(self, *, update: bool = True) -> dict[str, np.ndarray]:
         """Evaluates every member on its validation rows; updates early stopping.
@@ -528,9 +550,46 @@ class Population:
 
     # -- traced internals --------------------------------------------------
 
-    def _steps(self, num_steps):
+    def _tables(self, num_steps: int):
+        """The random numbers of the next ``num_steps`` steps, drawn on the host.
+
+        Member k's single run draws its batch order from
+        ``permute(..., make_key(seed, epoch))`` and its dropout keys from
+        ``fold_in(make_key(seed, step), layer seed)``; these are the same
+        philox words (:func:`lowtf.random.permutation_patterns`,
+        :func:`lowtf.random.fold_in_words`) for the epochs and steps the call
+        can reach, so the compiled step holds no philox: per member, the
+        patterns of ``_table_epochs`` epochs from its current one, and one
+        dropout word per step from the current step (zeros when no member
+        drops out).
+        """
+        seeds = self.seeds[:, None]
+        epoch = self.state.epoch.numpy()
+        reach = min(num_steps // self._min_batches + 3, self._table_epochs)
+        epochs = epoch[:, None] + np.arange(reach)
+        patterns = np.zeros([self.size, self._table_epochs], np.int64)
+        patterns[:, :reach] = random.permutation_patterns(
+            np.stack(np.broadcast_arrays(seeds, epochs), axis=-1)
+        )
+        words = np.zeros([self.size, CALL_STEPS], np.int64)
+        step = int(self.step.numpy())
+        if self._dropout:
+            steps = step + np.arange(num_steps)[None, :]
+            words[:, :num_steps] = random.fold_in_words(
+                np.stack(np.broadcast_arrays(seeds, steps), axis=-1)
+            )
+        return (
+            tf.constant(patterns),
+            tf.constant(epoch),
+            tf.constant(words),
+            tf.constant(step, tf.int64),
+        )
+
+    def _steps(self, num_steps, patterns, first_epoch, words, first_step):
+        tables = (patterns, first_epoch, words, first_step)
+
         def body(i, totals):
-            metrics = self._one_step()
+            metrics = self._one_step(*tables)
             return i + 1, {name: totals[name] + metrics[name] for name in STEP_METRICS}
 
         # A counter loop, not tf.range: XLA would recompile per num_steps.
@@ -545,12 +604,12 @@ class Population:
         count = tf.cast(num_steps, tf.float32)
         return {name: value / count for name, value in totals.items()}
 
-    def _one_step(self):
+    def _one_step(self, patterns, first_epoch, words, first_step):
         active = tf.logical_not(self.state.stop_step >= 0)
         before = [tf.convert_to_tensor(v) for v in self._frozen]
-        step = self.step
-        keys = random.make_keys(self._seeds, step)  # [K, 2], one per member
-        x, y = self._next_batch()
+        # Each member's fold_in word of make_key(seed, step) (see _tables).
+        keys = tf.gather(words, self.step - first_step, axis=1)
+        x, y = self._next_batch(patterns, first_epoch)
         variables = self.model.trainable
         batch = tf.cast(self.batch_size, tf.float32)
         with tf.GradientTape() as tape:
@@ -582,17 +641,18 @@ class Population:
         flat = tf.reshape(logits, [-1, self.num_logits])
         return tf.reshape(fn(self.head, flat, tf.reshape(y, [-1])), tf.shape(y))
 
-    def _next_batch(self):
+    def _next_batch(self, patterns, first_epoch):
         """Each member's next batch of its rows, ``[K, B, features]`` and ``[K, B]``."""
         s = self.state
         # InMemoryBatches: the incomplete tail of an epoch is dropped.
         wrap = s.cursor + self.batch_size > self._train_sizes
         epoch = tf.where(wrap, s.epoch + 1, s.epoch)
         cursor = tf.where(wrap, tf.zeros_like(s.cursor), s.cursor)
-        keys = random.make_keys(self._seeds, epoch)
-        # All members' positions in one pass: row k is the permute of its rows.
+        # All members' positions in one pass: row k is the permute of its rows,
+        # under the pattern of make_key(seed, epoch) (see _tables).
+        pattern = tf.gather(patterns, epoch - first_epoch, batch_dims=1)
         position = random.permute_batch(
-            cursor[:, None] + self._offsets, [len(r) for r in self.train_rows], keys
+            cursor[:, None] + self._offsets, [len(r) for r in self.train_rows], pattern
         )
         # Member k's rows sit at k * width in the padded [K, width] index.
         rows = tf.gather(self._train_flat, position + self._train_starts)

@@ -6,8 +6,7 @@ Member ``k``'s slice of every variable is the matching variable of
 (``seed * 1000 + i``, see :func:`lowtf.models.mlp`), so they are bit-identical.
 A forward pass takes ``[K, B, in]`` inputs (one batched product per layer,
 see :func:`_matmul`); each member's dropout mask is drawn under its own step
-key (all K keys and masks in one pass, :func:`lowtf.random.fold_in_batch` and
-:func:`lowtf.random.uniform_batch`), and the penalty
+key (all K masks in one pass, :func:`lowtf.random.uniform_batch`), and the penalty
 and the max-norm cap are per member, so nothing flows between members.
 """
 
@@ -142,21 +141,14 @@ class StackedMLP(tf.Module):
     def __call__(self, x, *, training: bool, keys=None):
         """Logits ``[K, B, logits]`` of inputs ``[K, B, features]``.
 
-        In training, ``keys`` (``[K, 2]``, member k's step key in row k) key
-        the dropout masks, and batch norm normalizes with each member's batch
+        In training, ``keys`` (``[K]`` int64: member k's
+        :func:`lowtf.random.fold_in_words` of its step key) key the dropout
+        masks, and batch norm normalizes with each member's batch
         statistics and moves its moving averages.
         """
         h = x
         biases = iter(self.biases)
         dropout = training and any(self.dropout)
-        if dropout:
-            # Member k's key for layer i: its step key folded with the seed
-            # its Dropout layer has in lowtf.mlp (seed*1000 + 500 + i), as
-            # random.uniform does; [K, layers, 2], every fold-in in one pass.
-            layers = tf.range(len(self.units), dtype=tf.int64)
-            folded = random.fold_in_batch(
-                keys, self._layer_seeds[:, None] + 500 + layers
-            )
         for i in range(len(self.units)):
             h = _matmul(h, self.kernels[i])
             if self.batchnorm:
@@ -165,7 +157,11 @@ class StackedMLP(tf.Module):
                 h = h + next(biases)[:, None, :]
             h = self.activation(h)
             if dropout:
-                h = self._dropout(h, folded[:, i])
+                # Member k's key for layer i: its step key folded with the seed
+                # its Dropout layer has in lowtf.mlp (seed*1000 + 500 + i), as
+                # random.uniform does: fold_in(key, d) is [word, d].
+                layer_keys = tf.stack([keys, self._layer_seeds + 500 + i], axis=1)
+                h = self._dropout(h, layer_keys)
         return _matmul(h, self.kernels[-1]) + next(biases)[:, None, :]
 
     def _batchnorm(self, i, h, training):
