@@ -159,7 +159,8 @@ def fit_population(
     history_path = os.path.join(model_dir, "history.csv")
     step = int(population.step.numpy())
     rows = _read_history(history_path, keep_upto=step) if latest else []
-    _write_history(history_path, rows)
+    lines = [_line(r) for r in rows]  # each row's CSV text, formatted once
+    _write_history(history_path, lines)
 
     def evaluate():
         # A stopped member's history ends at its last evaluation, as a single fit's.
@@ -167,8 +168,9 @@ def fit_population(
         record = population.evaluate()
         new = [row for row in _rows(record, population.size) if training[row["member"]]]
         rows.extend(new)
+        lines.extend(_line(r) for r in new)
         # Rewritten whole: not every TensorFlow file system can append.
-        _write_history(history_path, rows)
+        _write_history(history_path, lines)
         if record["improved"].any():
             _save_best(population, os.path.join(model_dir, "best"))
         log(_progress(record, population, max_steps))
@@ -336,13 +338,18 @@ def _read_history(path: str, keep_upto: int) -> list[dict]:
     return rows
 
 
-def _write_history(path: str, rows: list[dict]) -> None:
-    """Rewrites the whole file through a temporary one renamed over it."""
+def _line(row: dict) -> str:
+    """One history.csv row as CSV text (with its line end)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(HISTORY_COLUMNS)
-    writer.writerows(_cells(r) for r in rows)
-    _files.write_atomically(path, buffer.getvalue())
+    csv.writer(buffer).writerow(_cells(row))
+    return buffer.getvalue()
+
+
+def _write_history(path: str, lines: list[str]) -> None:
+    """Rewrites the whole file (header and ``lines``) through a temporary one."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(HISTORY_COLUMNS)
+    _files.write_atomically(path, buffer.getvalue() + "".join(lines))
 
 
 # -- pieces -------------------------------------------------------------------
