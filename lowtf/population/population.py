@@ -234,7 +234,9 @@ class Population:
         # moving statistics, of the optimizer's slots (any optimizer variable
         # with a leading member axis) and its data position.
         slots = [
-            v for v in optimizer.variables if len(v.shape) >= 1 and v.shape[0] == size
+            _tf_variable(v)
+            for v in optimizer.variables
+            if len(v.shape) >= 1 and v.shape[0] == size
         ]
         self._eval_batch_size = eval_batch_size
         self._frozen = [*self.model.state, *slots, self.state.epoch, self.state.cursor]
@@ -723,6 +725,17 @@ class _State(tf.Module):
     def reset_means(self) -> None:
         self.sums.assign(tf.zeros_like(self.sums))
         self.count.assign(0)
+
+
+def _tf_variable(variable):
+    """The tf.Variable behind a Keras 3 optimizer slot (the slot itself otherwise).
+
+    Read in the step and copied between a population and its subsets: a
+    Keras variable converts to a tensor through Python on every use, which
+    took some 5 ms of each trace per slot.
+    """
+    inner = getattr(variable, "value", None)
+    return inner if isinstance(inner, tf.Variable) else variable
 
 
 def _expand(mask, like):
