@@ -111,7 +111,10 @@ def fit_population(
       compact: once at most half the members still train (populations of
         4 or more), train a
         :meth:`Population.subset` of those instead (default True): stopped
-        members are no longer computed, each member's steps are unchanged.
+        members are no longer computed, each member's steps are unchanged
+        (to float rounding: XLA may round a product of another member count
+        differently; the subsets, and so the numbers, are the same on every
+        rerun).
         The subset is rebuilt (and compiled) each time the members still
         training fall to half of it; evaluations, checkpoints and best
         snapshots stay the whole population's.
