@@ -1,5 +1,8 @@
 """lowtf.population: K members in one compiled step, each equal to its own single run."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -373,3 +376,56 @@ def test_compacting_stopped_members_changes_no_number(tmp_path, jit):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for other in ("compacted", "resumed"):
         _assert_same_history(tmp_path / other, tmp_path / "whole")
+    built = [{"step": 40, "members": [1, 4]}]
+    assert json.loads((tmp_path / "compacted" / "subsets.json").read_text()) == built
+    assert json.loads((tmp_path / "resumed" / "subsets.json").read_text()) == built
+    assert not json.loads((tmp_path / "whole" / "subsets.json").read_text())
+
+
+@pytest.mark.e2e
+def test_a_resumed_compacted_fit_trains_the_subset_it_trained_before(tmp_path):
+    # Members 0, 2 and 3 stop at step 20, member 5 at 40: the subset built at
+    # 20 ({1, 4, 5}) trains on. Resumed from the step-40 checkpoint, the fit
+    # trains that subset again, not one of the two still training, and forgets
+    # the subset an interrupted run built after step 40.
+    six = {k: v * 2 for k, v in MEMBERS.items()}
+    six["seeds"] = [3, 11, 4, 5, 6, 7]
+
+    def fit(max_steps):
+        pop = _population(
+            members=six,
+            train=TRAIN * 2,
+            val=VAL * 2,
+            patience=[20, 1000, 20, 20, 1000, 40],
+            min_delta=[1e9, 0.0, 1e9, 1e9, 0.0, 1e9],
+        )
+        lines = []
+        fit_population(
+            pop,
+            model_dir=tmp_path,
+            max_steps=max_steps,
+            eval_every=20,
+            checkpoint_every=40,
+            log=lines.append,
+        )
+        return pop, lines
+
+    _, lines = fit(60)
+    assert "step 20: 3 of 6 members still train; training them alone from here" in lines
+    assert fit(60)[0].stop_step.tolist() == [20, -1, 20, 20, -1, 40]
+    subsets = tmp_path / "subsets.json"
+    written = [{"step": 20, "members": [1, 4, 5]}]
+    assert json.loads(subsets.read_text()) == written
+    # An interrupted run's later subset, and a rewind to the step-40 checkpoint.
+    subsets.write_text(json.dumps(written + [{"step": 50, "members": [1, 4]}]))
+    ckpt = tf.train.CheckpointManager(tf.train.Checkpoint(), tmp_path / "ckpt", 3)
+    ckpt_40 = [c for c in ckpt.checkpoints if c.endswith("-40")]
+    assert ckpt_40
+    with open(tmp_path / "ckpt" / "checkpoint", "w") as f:
+        f.write(f'model_checkpoint_path: "{os.path.basename(ckpt_40[0])}"\n')
+    _, lines = fit(80)
+    assert (
+        "step 40: training the 3 members of the subset built at step 20 alone, as before"
+        in lines
+    )
+    assert json.loads(subsets.read_text()) == written

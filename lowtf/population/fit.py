@@ -15,6 +15,10 @@
   :func:`read_best_weights`.
 * ``history.csv``: one row per member per evaluation: ``member`` and the
   columns of :class:`lowtf.train.metrics.Evaluation`.
+* ``subsets.json``: the subsets a compacted run trained, each with the step
+  it was built at, so that a resumed run trains the subset the
+  uninterrupted run trained at that step (the members a batched product
+  holds can change its rounding).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from lowtf.train.metrics import COLUMNS
 
 HISTORY_COLUMNS = ("member", *COLUMNS)
 POINTER = "best.json"
+SUBSETS = "subsets.json"
 _SNAPSHOT = re.compile(r"^best-(\d+)-(\d+)([._].*)?$")
 
 
@@ -178,7 +183,9 @@ def fit_population(
             _save_best(population, os.path.join(model_dir, "best"))
         log(_progress(record, population, max_steps))
 
-    runner = _Runner(population, compact, log)
+    runner = _Runner(
+        population, compact, log, os.path.join(model_dir, SUBSETS), bool(latest)
+    )
     if latest:
         log(f"resuming from {latest} at step {step}")
     else:
@@ -240,27 +247,49 @@ def read_best_weights(best_dir: str) -> dict | None:
 
 
 class _Runner:
-    """Runs steps on the population, or on a subset of the members still training."""
+    """Runs steps on the population, or on a subset of the members still training.
 
-    def __init__(self, population: Population, compact: bool, log):
+    The subsets built are recorded in ``path`` with their steps; resumed,
+    it trains the subset that was in use at the resumed step.
+    """
+
+    def __init__(self, population: Population, compact: bool, log, path, resume):
         self.population, self.compact, self.log = population, compact, log
-        self.sub, self.indices = None, None
+        self.path, self.sub, self.indices = path, None, None
+        step = int(population.step.numpy())
+        built = _read_subsets(path) if resume else []
+        # Subsets built after the resumed checkpoint never happened.
+        self.built = [b for b in built if b["step"] <= step]
+        if self.built and compact:
+            self.indices = self.built[-1]["members"]
+        _files.write_atomically(path, json.dumps(self.built))
 
     def run(self, num_steps: int) -> None:
         pop = self.population
         training = np.flatnonzero(~pop.stopped)
-        if not self.compact or pop.size < 4 or len(training) > pop.size // 2:
+        if self.indices is None and (
+            not self.compact or pop.size < 4 or len(training) > pop.size // 2
+        ):
             pop.run(num_steps)
             return
-        if self.sub is None or len(training) <= len(self.indices) // 2:
+        step = int(pop.step.numpy())
+        if self.indices is None or len(training) <= len(self.indices) // 2:
             # Rebuilt when the members still training fall to half of it: one
             # compilation per halving, not per stopped member (a stopped one
             # left in the subset stays frozen there as here).
             self.indices = [int(k) for k in training]
             self.sub = pop.subset(self.indices)
+            self.built.append({"step": step, "members": self.indices})
+            _files.write_atomically(self.path, json.dumps(self.built))
             self.log(
-                f"step {int(pop.step.numpy())}: {len(training)} of {pop.size} members "
+                f"step {step}: {len(training)} of {pop.size} members "
                 "still train; training them alone from here"
+            )
+        elif self.sub is None:  # resumed: the subset of the uninterrupted run
+            self.sub = pop.subset(self.indices)
+            self.log(
+                f"step {step}: training the {len(self.indices)} members of the "
+                f"subset built at step {self.built[-1]['step']} alone, as before"
             )
         pop.load_members(self.sub, self.indices)
         means = self.sub.run(num_steps)
@@ -270,6 +299,24 @@ class _Runner:
             whole[name] = np.zeros(pop.size, np.float64)
             whole[name][self.indices] = values
         pop.state.add_means(whole, num_steps)
+
+
+def _read_subsets(path: str) -> list[dict]:
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    try:
+        built = json.loads(text)
+        return [
+            {"step": int(b["step"]), "members": list(map(int, b["members"]))}
+            for b in built
+        ]
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(
+            f"{path} is not a list of subsets ({type(e).__name__}: {e}); it records "
+            "which members a compacted run trained: restore it or use a new model_dir"
+        ) from None
 
 
 # -- best snapshots -----------------------------------------------------------
