@@ -10,6 +10,7 @@ from _fixtures import noisy_split
 
 import lowtf
 from lowtf.population import Population, fit_population, k_fold
+from lowtf.population import population as population_lib
 
 (X, Y), _ = noisy_split(400, 0, 5, seed=7, weights=(1.0, -1.0, 0.5))
 PERM = np.random.RandomState(0).permutation(len(X))
@@ -88,7 +89,7 @@ def fitted(tmp_path_factory):
     return pop, result, model_dir
 
 
-def _single_fit(k, model_dir, jit, schedule):
+def _single_fit(k, model_dir, jit, schedule, train=TRAIN, val=VAL):
     """Member k's configuration fit alone by lowtf.fit: (model, FitResult)."""
     seed = MEMBERS["seeds"][k]
     model = lowtf.mlp(
@@ -102,8 +103,8 @@ def _single_fit(k, model_dir, jit, schedule):
     single = lowtf.fit(
         model,
         tf.keras.optimizers.Adam(1e-2),
-        train=(X[TRAIN[k]], Y[TRAIN[k]]),
-        validation=(X[VAL[k]], Y[VAL[k]]),
+        train=(X[train[k]], Y[train[k]]),
+        validation=(X[val[k]], Y[val[k]]),
         model_dir=str(model_dir),
         config=lowtf.TrainConfig(batch_size=32, seed=seed, **schedule),
         step_options=lowtf.StepOptions(seed=seed, jit_compile=jit),
@@ -148,6 +149,31 @@ def test_member_equals_its_single_fit_after_20_steps(tmp_path):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
     for a, b in zip(_weights(pop.member(0)), _weights(model)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_run_of_several_calls_and_one_batch_epochs_draw_as_single_runs(
+    tmp_path, monkeypatch
+):
+    # The random tables of a call reach as many epochs as it can: here every
+    # step starts a new epoch for members 0 and 1 (40 and 60 rows, batch 32),
+    # and each run(10) of the fit takes two calls (CALL_STEPS lowered to 7).
+    monkeypatch.setattr(population_lib, "CALL_STEPS", 7)
+    train = [PERM[:40], PERM[40:100], PERM[100:180]]
+    val = [PERM[300:]] * 3
+    pop = _population(train=train, val=val, patience=100)
+    assert pop._table_epochs == 7 // 1 + 3
+    result = fit_population(
+        pop, model_dir=tmp_path / "pop", max_steps=20, eval_every=10,
+        log=lambda s: None,
+    )  # fmt: skip
+    schedule = dict(max_steps=20, eval_every=10, patience=100)
+    for k in (0, 2):  # with dropout: its keys come from the tables too
+        model, single = _single_fit(k, tmp_path / f"s{k}", False, schedule, train, val)
+        ours = [r["val_cross_entropy"] for r in result.members[k].history]
+        theirs = [r["val_cross_entropy"] for r in single.history]
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+        for a, b in zip(_weights(pop.member(k)), _weights(model)):
+            np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.e2e

@@ -104,8 +104,8 @@ def fit_population(
     Args:
       population: a :class:`Population` (its members' hyper-parameters,
         rows and early-stopping settings).
-      model_dir: where checkpoints, best snapshots and history.csv go; an
-        existing one is resumed.
+      model_dir: where checkpoints, best snapshots, history.csv and
+        subsets.json go; an existing one is resumed.
       max_steps: stop at this step at the latest (default 10000).
       eval_every: evaluate every member every this many steps (default 100).
       steps_per_call: steps per compiled call at most (default 100); calls
@@ -119,7 +119,9 @@ def fit_population(
         members are no longer computed, each member's steps are unchanged
         (to float rounding: XLA may round a product of another member count
         differently; the subsets, and so the numbers, are the same on every
-        rerun).
+        rerun, and a resumed run takes up its subset from subsets.json;
+        resuming with another ``compact`` setting, or a model_dir written
+        before subsets.json existed, may group members otherwise).
         The subset is rebuilt (and compiled) each time the members still
         training fall to half of it; evaluations, checkpoints and best
         snapshots stay the whole population's.

@@ -73,6 +73,9 @@ class Population:
         ``lowtf.mlp(seed=)``, ``TrainConfig(seed=)`` and ``StepOptions(seed=)``
         do for a single run.
       optimizer: a Keras optimizer, shared (one learning rate or schedule).
+        The step is traced without AutoGraph: a custom schedule or
+        optimizer must branch on tensors with ``tf.cond``, not Python
+        ``if`` (Keras' own are fine).
       model: a preset name or hidden widths, as :func:`lowtf.mlp` (default
         ``"small"``).
       num_classes: classes (default 2: one sigmoid logit).
@@ -323,7 +326,9 @@ class Population:
             return calls[0][1]
         total = sum(n for n, _ in calls)
         return {
-            name: sum(n * m[name].astype(np.float64) for n, m in calls) / total
+            name: (
+                sum(n * m[name].astype(np.float64) for n, m in calls) / total
+            ).astype(np.float32)
             for name in STEP_METRICS
         }
 
