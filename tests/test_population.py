@@ -436,9 +436,9 @@ def test_a_resumed_compacted_fit_trains_the_subset_it_trained_before(tmp_path):
         )
         return pop, lines
 
-    _, lines = fit(60)
+    pop, lines = fit(60)
     assert "step 20: 3 of 6 members still train; training them alone from here" in lines
-    assert fit(60)[0].stop_step.tolist() == [20, -1, 20, 20, -1, 40]
+    assert pop.stop_step.tolist() == [20, -1, 20, 20, -1, 40]
     subsets = tmp_path / "subsets.json"
     written = [{"step": 20, "members": [1, 4, 5]}]
     assert json.loads(subsets.read_text()) == written
