@@ -359,6 +359,35 @@ def test_refused_under_a_strategy():
             _population()
 
 
+def _fit_six(model_dir, patience, max_steps, jit=False, compact=True):
+    """Six members (MEMBERS twice): 1 and 4 improve, the others never after step 0.
+
+    fit_population with evaluations every 20 steps and checkpoints every 40;
+    returns the population and the fit's log lines.
+    """
+    six = {k: v * 2 for k, v in MEMBERS.items()}
+    six["seeds"] = [3, 11, 4, 5, 6, 7]
+    pop = _population(
+        jit=jit,
+        members=six,
+        train=TRAIN * 2,
+        val=VAL * 2,
+        patience=patience,
+        min_delta=[1e9, 0.0, 1e9, 1e9, 0.0, 1e9],
+    )
+    lines = []
+    fit_population(
+        pop,
+        model_dir=model_dir,
+        max_steps=max_steps,
+        eval_every=20,
+        checkpoint_every=40,
+        compact=compact,
+        log=lines.append,
+    )
+    return pop, lines
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 def test_compacting_stopped_members_changes_no_number(tmp_path, jit):
@@ -366,29 +395,9 @@ def test_compacting_stopped_members_changes_no_number(tmp_path, jit):
     # at step 40, so from then on fit_population trains a subset of the two
     # still training. Every variable and history row equals the whole run's,
     # also for a compacted run resumed from its step-80 checkpoint.
-    six = {k: v * 2 for k, v in MEMBERS.items()}
-    six["seeds"] = [3, 11, 4, 5, 6, 7]
-
     def fit(name, compact, max_steps=120):
-        pop = _population(
-            jit=jit,
-            members=six,
-            train=TRAIN * 2,
-            val=VAL * 2,
-            patience=[40, 1000, 40, 40, 1000, 40],
-            min_delta=[1e9, 0.0, 1e9, 1e9, 0.0, 1e9],
-        )
-        lines = []
-        fit_population(
-            pop,
-            model_dir=tmp_path / name,
-            max_steps=max_steps,
-            eval_every=20,
-            checkpoint_every=40,
-            compact=compact,
-            log=lines.append,
-        )
-        return pop, lines
+        patience = [40, 1000, 40, 40, 1000, 40]
+        return _fit_six(tmp_path / name, patience, max_steps, jit=jit, compact=compact)
 
     whole, _ = fit("whole", False)
     compacted, lines = fit("compacted", True)
@@ -414,27 +423,8 @@ def test_a_resumed_compacted_fit_trains_the_subset_it_trained_before(tmp_path):
     # 20 ({1, 4, 5}) trains on. Resumed from the step-40 checkpoint, the fit
     # trains that subset again, not one of the two still training, and forgets
     # the subset an interrupted run built after step 40.
-    six = {k: v * 2 for k, v in MEMBERS.items()}
-    six["seeds"] = [3, 11, 4, 5, 6, 7]
-
     def fit(max_steps):
-        pop = _population(
-            members=six,
-            train=TRAIN * 2,
-            val=VAL * 2,
-            patience=[20, 1000, 20, 20, 1000, 40],
-            min_delta=[1e9, 0.0, 1e9, 1e9, 0.0, 1e9],
-        )
-        lines = []
-        fit_population(
-            pop,
-            model_dir=tmp_path,
-            max_steps=max_steps,
-            eval_every=20,
-            checkpoint_every=40,
-            log=lines.append,
-        )
-        return pop, lines
+        return _fit_six(tmp_path, [20, 1000, 20, 20, 1000, 40], max_steps)
 
     pop, lines = fit(60)
     assert "step 20: 3 of 6 members still train; training them alone from here" in lines
