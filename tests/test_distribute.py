@@ -468,7 +468,8 @@ def test_lost_worker_errors():
 
 @pytest.mark.e2e
 def test_bin_train_refuses_collective_timeout_without_multi_worker(tmp_path):
-    for strategy, args in [("default", []), ("mirrored", ["--strategy=mirrored"])]:
+    # Mirrored only: JobConfig refuses every strategy alike (tests/test_job.py).
+    for strategy, args in [("mirrored", ["--strategy=mirrored"])]:
         run = subprocess.run(
             [
                 sys.executable,

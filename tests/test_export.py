@@ -299,9 +299,9 @@ def test_bin_export_and_bin_predict_on_csv_gz_and_npz(tiny_run):
     np.savez(root / "rows.npz", x=rows)
     for name in ("rows.csv", "rows.csv.gz", "rows.npz"):
         output = str(root / f"{name}.predictions.csv")
-        if name == "rows.csv.gz":
-            # bin/predict runs predict_file and prints its lines: this format
-            # in process spares one TensorFlow start-up (seconds).
+        if name != "rows.csv":
+            # bin/predict runs predict_file and prints its lines: these formats
+            # in process spare a TensorFlow start-up (seconds) each.
             lines = []
             rows_read = export.predict_file(
                 exports, str(root / name), output, batch_size=10, log_every=10,

@@ -121,6 +121,44 @@ def test_run_job_augments_digit_images_for_an_mlp(tmp_path):
     assert 0 <= result.test_accuracy <= 1
 
 
+# A resume whose settings define another run (bin/train's flags, as JobConfig
+# fields) is refused naming the setting; bin/train prints it as one line with
+# status 2 (tests/test_bin_train.py checks that for one of them).
+DEFINING = [
+    ({"activation": "relu"}, '"activation": "relu"'),
+    ({"dropout": 0.2}, '"rate": 0.2'),
+    ({"seed": 3}, "step_seed: recorded 0, now 3"),
+    ({"batch_size": 25}, "batch_size: recorded 50, now 25"),
+    ({"data_seed": 1}, "validation_data: recorded"),
+]
+
+
+@pytest.mark.e2e
+def test_a_resume_with_another_defining_setting_is_refused_and_changes_nothing(
+    tmp_path,
+):
+    model_dir = str(tmp_path / "run")
+    job.run_job(job.JobConfig(**TINY, model_dir=model_dir), log=lambda line: None)
+    before = _digest(model_dir)
+    for change, listed in DEFINING:
+        config = job.JobConfig(**{**TINY, **change}, model_dir=model_dir)
+        with pytest.raises(ValueError, match="belongs to another run") as raised:
+            job.run_job(config, log=lambda line: None)
+        assert listed in str(raised.value), (change, str(raised.value))
+        assert _digest(model_dir) == before, change
+
+
+def _digest(path):
+    """Every file under ``path`` with its bytes."""
+    files = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                files[os.path.relpath(full, path)] = f.read()
+    return files
+
+
 # Each combination that bin/train refuses with status 2, and the one line it prints.
 REFUSED = [
     ({"model": "small", "hidden": (8,)}, "give --model or --hidden, not both"),
