@@ -467,34 +467,6 @@ def test_lost_worker_errors():
 
 
 @pytest.mark.e2e
-def test_bin_train_refuses_collective_timeout_without_multi_worker(tmp_path):
-    # Mirrored only: JobConfig refuses every strategy alike (tests/test_job.py).
-    for strategy, args in [("mirrored", ["--strategy=mirrored"])]:
-        run = subprocess.run(
-            [
-                sys.executable,
-                BIN_TRAIN,
-                *args,
-                "--collective_timeout=30",
-                f"--model_dir={tmp_path / 'run'}",
-            ],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=ENV,
-            timeout=120,
-        )
-        expected = (
-            "error: --collective_timeout bounds how long a worker waits for the others, "
-            f"so it needs --strategy=multi_worker (not {strategy}); drop it"
-        )
-        assert run.returncode == 2
-        # The last line: TensorFlow's import may log to stderr before it.
-        assert run.stderr.strip().splitlines()[-1] == expected
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.e2e
 def test_bin_train_stops_with_one_line_when_a_worker_dies(tmp_path):
     model_dir = tmp_path / "run"
     # Below the coordination service's 10 s heartbeat timeout, so the survivor's

@@ -168,6 +168,11 @@ REFUSED = [
         "--weight_decay is the decoupled decay of AdamW; add --optimizer=adamw (not adam) or use --l2",
     ),
     (
+        {"collective_timeout": 30.0},
+        "--collective_timeout bounds how long a worker waits for the others, so it "
+        "needs --strategy=multi_worker (not default); drop it",
+    ),
+    (
         {"strategy": "mirrored", "collective_timeout": 30.0},
         (
             "--collective_timeout bounds how long a worker waits for the others, so it "
