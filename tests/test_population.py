@@ -389,15 +389,15 @@ def _fit_six(model_dir, patience, max_steps, jit=False, compact=True):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-def test_compacting_stopped_members_changes_no_number(tmp_path, jit):
+def test_compacting_stopped_members_changes_no_number(tmp_path):
     # Six members; four never improve after step 0 (min_delta huge) and stop
     # at step 40, so from then on fit_population trains a subset of the two
     # still training. Every variable and history row equals the whole run's,
-    # also for a compacted run resumed from its step-80 checkpoint.
+    # also for a compacted run resumed from its step-80 checkpoint. Under XLA,
+    # the default (the subsets are the same code in a plain graph).
     def fit(name, compact, max_steps=120):
         patience = [40, 1000, 40, 40, 1000, 40]
-        return _fit_six(tmp_path / name, patience, max_steps, jit=jit, compact=compact)
+        return _fit_six(tmp_path / name, patience, max_steps, jit=True, compact=compact)
 
     whole, _ = fit("whole", False)
     compacted, lines = fit("compacted", True)

@@ -500,21 +500,16 @@ class Population:
             return cached[1:]
         pairs = list(zip(self._training_state(), sub._training_state()))
 
+        # Two ops per variable (a gather or a scatter of rows and an assign or
+        # a read): each op costs its trace about a millisecond.
         def load(idx):
             for src, dst in pairs:
-                dst.assign(tf.gather(tf.convert_to_tensor(src), idx))
+                dst.assign(src.sparse_read(idx))
             sub.optimizer.iterations.assign(self.optimizer.iterations)
 
         def store(idx):
             for dst, src in pairs:
-                # assign, not scatter_nd_update: Keras optimizer slots lack it.
-                dst.assign(
-                    tf.tensor_scatter_nd_update(
-                        tf.convert_to_tensor(dst),
-                        idx[:, None],
-                        tf.convert_to_tensor(src),
-                    )
-                )
+                dst.scatter_update(tf.IndexedSlices(src.read_value(), idx))
             self.optimizer.iterations.assign(sub.optimizer.iterations)
 
         graph = {"autograph": False, "reduce_retracing": True}
