@@ -63,17 +63,20 @@ def step_key(key):
         stack.pop()
 
 
+@tf.autograph.experimental.do_not_convert
 def current_key():
     """The innermost :func:`step_key`'s key, or None outside one."""
     stack = _stack()
     return stack[-1] if stack else None
 
 
+@tf.autograph.experimental.do_not_convert
 def make_key(seed, step) -> tf.Tensor:
     """The key for global step ``step`` of a run seeded with ``seed``."""
     return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
 
 
+@tf.autograph.experimental.do_not_convert
 def fold_in(key, data) -> tf.Tensor:
     """A new int64 ``[2]`` key derived from ``key`` and an integer ``data``.
 
@@ -85,6 +88,7 @@ def fold_in(key, data) -> tf.Tensor:
     )
 
 
+@tf.autograph.experimental.do_not_convert
 def uniform(shape, seed: int, dtype=tf.float32):
     """U[0, 1) draws keyed by the current step and a layer's ``seed``.
 
@@ -146,6 +150,7 @@ def _hash_uniform(shape, key, dtype):
     return _hash_draws(tf.reshape(index, shape), k0, k1, dtype)
 
 
+@tf.autograph.experimental.do_not_convert
 def uniform_batch(shape, keys, dtype=tf.float32):
     """``[K, *shape]`` unit draws, row ``k`` those of ``keys[k]``, in one pass.
 
@@ -196,6 +201,7 @@ def _hash_draws(index, k0, k1, dtype):
     return draws * tf.constant(2.0**-bits, dtype)
 
 
+@tf.autograph.experimental.do_not_convert
 def permutation(size: int, key) -> tf.Tensor:
     """A pseudo-random permutation of ``[0, size)`` from ``key``, without a sort.
 
@@ -213,6 +219,7 @@ def permutation(size: int, key) -> tf.Tensor:
     return permute(tf.range(size, dtype=tf.int64), size, key)
 
 
+@tf.autograph.experimental.do_not_convert
 def permute(position, size: int, key) -> tf.Tensor:
     """The entries at ``position`` of :func:`permutation` ``(size, key)``.
 
@@ -238,6 +245,7 @@ def permute(position, size: int, key) -> tf.Tensor:
     return _permute(position, _u32(size), _pattern(key), _u32(_mask(size)))
 
 
+@tf.autograph.experimental.do_not_convert
 def permute_batch(position, sizes, patterns) -> tf.Tensor:
     """:func:`permute` of K permutations at once: row ``k`` of ``position``.
 

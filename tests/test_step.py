@@ -45,6 +45,48 @@ def test_softmax_head_with_integer_labels():
     assert metrics["accuracy"] == pytest.approx((logits.argmax(1) == y).mean())
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_a_users_layer_may_branch_on_a_tensor_in_python(jit):
+    # lowtf's own layers skip AutoGraph; a user's layer, a subclass's call and
+    # a Lambda's function are still converted, so a Python `if` on a tensor
+    # works inside the compiled step (here every branch flips the sign).
+    class FlipIfNegative(lowtf.nn.Layer):
+        def call(self, x, training):
+            if tf.reduce_mean(x) < 0:
+                return -x
+            return x
+
+    class FlippedDense(lowtf.nn.Dense):
+        def call(self, x, training):
+            out = super().call(x, training)
+            if tf.reduce_mean(out) > 0:
+                out = -out
+            return out
+
+    def flip_if_positive(x):
+        if tf.reduce_sum(x) > 0:
+            return -x
+        return x
+
+    x, y = _multiclass()
+    x = x - 1.0  # a negative mean: the first layer flips
+    model = lowtf.nn.Sequential([
+        FlipIfNegative(),
+        FlippedDense(8, "elu", seed=1),
+        lowtf.nn.Lambda(flip_if_positive),
+        lowtf.nn.Dense(3, seed=2),
+    ])  # fmt: skip
+    logits = model(x).numpy().astype(np.float64)  # eager: Python branches
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    step = lowtf.TrainStep(
+        model, tf.keras.optimizers.SGD(0.1), options=lowtf.StepOptions(jit_compile=jit)
+    )
+    metrics = lowtf.train.step.as_numpy(step(x, y))
+    assert metrics["cross_entropy"] == pytest.approx(
+        -log_p[np.arange(len(y)), y].mean(), 1e-5
+    )
+
+
 def test_sigmoid_head_with_binary_labels(binary_data):
     x, y = binary_data[0][:100], binary_data[1][:100]
     model = lowtf.mlp("tiny", seed=2)

@@ -56,6 +56,7 @@ class InMemoryBatches(tf.Module):
     def _permutation(self, epoch):
         return random.permutation(self.size, random.make_key(self.seed, epoch))
 
+    @tf.autograph.experimental.do_not_convert
     def next(self, *, per_batch: bool = False):
         """The next ``(x, y)`` batch; advances the position variables.
 
@@ -66,18 +67,29 @@ class InMemoryBatches(tf.Module):
             epoch (fewer ops per step: best in a plain TF graph). Both give
             the same batches. Default False.
         """
-        if self.cursor + self.batch_size > self.size:
-            self.epoch.assign_add(1)
-            self.cursor.assign(0)
+        # Not converted by AutoGraph (converting lowtf's own functions took
+        # seconds of every trace): the branches on tensors are explicit.
+        wrap = self.cursor + self.batch_size > self.size  # the tail is dropped
+        self.epoch.assign_add(tf.cast(wrap, self.epoch.dtype))
+        self.cursor.assign(tf.where(wrap, tf.zeros_like(self.cursor), self.cursor))
         positions = self.cursor + self._offsets
         if per_batch:
             index = random.permute(
                 positions, self.size, random.make_key(self.seed, self.epoch)
             )
         else:
-            if self.order_epoch != self.epoch:
+
+            def reorder():
                 self.order.assign(self._permutation(self.epoch))
                 self.order_epoch.assign(self.epoch)
+                return tf.constant(True)
+
+            # Once per epoch, not per step: the whole permutation.
+            tf.cond(
+                tf.not_equal(self.order_epoch, self.epoch),
+                reorder,
+                lambda: tf.constant(False),
+            )
             # A gather, not tf.slice: XLA would take the slice's start as a
             # compile-time constant and compile once per cursor value.
             index = tf.gather(self.order, positions)

@@ -188,6 +188,7 @@ def glorot_uniform(shape: Sequence[int], seed: int, dtype=tf.float32) -> tf.Tens
 class Flatten(Layer):
     """Reshapes ``[batch, ...]`` to ``[batch, prod(...)]``."""
 
+    @tf.autograph.experimental.do_not_convert
     def call(self, x, training):
         width = math.prod(x.shape[1:]) if x.shape[1:].is_fully_defined() else -1
         return tf.reshape(x, [-1, width])
@@ -236,6 +237,7 @@ class Reshape(Layer):
         for i, size in enumerate(self.shape):
             _checks.positive_int(f"shape[{i}]", size)
 
+    @tf.autograph.experimental.do_not_convert
     def call(self, x, training):
         size = math.prod(x.shape[1:]) if x.shape[1:].is_fully_defined() else None
         if size is not None and size != math.prod(self.shape):

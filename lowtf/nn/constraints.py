@@ -101,6 +101,7 @@ def constrained_weights(
     return pairs
 
 
+@tf.autograph.experimental.do_not_convert
 def apply_constraints(pairs) -> list:
     """Runs ``var.assign(constraint(var))`` for each pair; returns the ops."""
     return [var.assign(constraint(var)) for var, constraint in pairs]

@@ -99,6 +99,7 @@ class Conv2D(Layer):
                 "bias", tf.zeros([self.filters]), regularizer=self.bias_regularizer
             )
 
+    @tf.autograph.experimental.do_not_convert
     def call(self, x, training):
         channels = self.kernel.shape[2]
         if x.shape.rank != 4 or x.shape[-1] != channels:
@@ -125,6 +126,7 @@ class _Pool2D(Layer):
         _checks.one_of("padding", padding, PADDINGS)
         self.padding = padding
 
+    @tf.autograph.experimental.do_not_convert
     def call(self, x, training):
         if x.shape.rank != 4:
             raise ValueError(

@@ -62,6 +62,7 @@ class Dense(Layer):
                 "bias", tf.zeros([self.units]), regularizer=self.bias_regularizer
             )
 
+    @tf.autograph.experimental.do_not_convert
     def call(self, x, training):
         # Checked here, at trace time, so a wrong batch fails with one readable
         # error instead of an XLA/matmul shape or dtype trace from the graph.

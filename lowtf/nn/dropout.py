@@ -32,6 +32,7 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.seed = random.next_layer_seed() if seed is None else seed
 
+    @tf.autograph.experimental.do_not_convert
     def call(self, x, training):
         if not training or self.rate == 0:
             return x

@@ -15,6 +15,7 @@ from lowtf import _checks
 HEADS = ("auto", "softmax", "sigmoid")
 
 
+@tf.autograph.experimental.do_not_convert
 def resolve_head(head: str, logits_shape: tf.TensorShape) -> str:
     """Resolves ``"auto"`` from the logits' static width."""
     _checks.one_of("loss", head, HEADS)
@@ -28,6 +29,7 @@ def resolve_head(head: str, logits_shape: tf.TensorShape) -> str:
     return head
 
 
+@tf.autograph.experimental.do_not_convert
 def cross_entropy(head: str, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Per-example cross-entropy, shape ``[batch]``, for a resolved head."""
     if head == "sigmoid":
@@ -40,6 +42,7 @@ def cross_entropy(head: str, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     )
 
 
+@tf.autograph.experimental.do_not_convert
 def correct(head: str, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Per-example 0/1 correctness, shape ``[batch]``, in the logits' dtype."""
     if head == "sigmoid":

@@ -60,6 +60,7 @@ class BatchNorm(Layer):
             "moving_variance", tf.ones([depth]), **local
         )
 
+    @tf.autograph.experimental.do_not_convert
     def call(self, x, training):
         # A frozen batch norm is a fixed affine map, as in Keras: its batch
         # statistics would otherwise keep moving the layers after it.
