@@ -68,16 +68,36 @@ def test_a_users_layer_may_branch_on_a_tensor_in_python(jit):
             return -x
         return x
 
+    def elu_or_relu(x):  # a user's activation
+        if tf.reduce_min(x) < -10:
+            return tf.nn.relu(x)
+        return tf.nn.elu(x)
+
+    def l2_if_large(w):  # a user's regularizer
+        if tf.reduce_max(tf.abs(w)) > 0:
+            return 0.01 * tf.reduce_sum(tf.square(w))
+        return tf.constant(0.0)
+
+    def clip_if_large(w):  # a user's constraint
+        if tf.reduce_max(tf.abs(w)) > 0.05:
+            return tf.clip_by_value(w, -0.05, 0.05)
+        return w
+
     x, y = _multiclass()
     x = x - 1.0  # a negative mean: the first layer flips
     model = lowtf.nn.Sequential([
         FlipIfNegative(),
         FlippedDense(8, "elu", seed=1),
         lowtf.nn.Lambda(flip_if_positive),
-        lowtf.nn.Dense(3, seed=2),
+        lowtf.nn.Dense(
+            3, elu_or_relu, kernel_regularizer=l2_if_large,
+            kernel_constraint=clip_if_large, seed=2,
+        ),
     ])  # fmt: skip
     logits = model(x).numpy().astype(np.float64)  # eager: Python branches
     log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    kernel = model.layers[-1].kernel
+    penalty = 0.01 * np.sum(np.square(kernel.numpy().astype(np.float64)))
     step = lowtf.TrainStep(
         model, tf.keras.optimizers.SGD(0.1), options=lowtf.StepOptions(jit_compile=jit)
     )
@@ -85,6 +105,28 @@ def test_a_users_layer_may_branch_on_a_tensor_in_python(jit):
     assert metrics["cross_entropy"] == pytest.approx(
         -log_p[np.arange(len(y)), y].mean(), 1e-5
     )
+    assert metrics["regularization_loss"] == pytest.approx(penalty, 1e-5)
+    assert np.abs(kernel.numpy()).max() == pytest.approx(0.05)  # clipped
+
+
+def test_training_may_be_a_tensor_known_at_run_time_only():
+    # lowtf's layers branch on a Python bool; a `training` tensor picks one of
+    # the two traces at run time, as AutoGraph's tf.cond did.
+    model = lowtf.mlp("tiny", num_classes=3, dropout=0.5, batchnorm=True, seed=1)
+    x = _multiclass()[0]
+    model(x[:1])
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.bool)])
+    def logits(training):
+        return model(x, training=training)
+
+    (moving,) = [v for v in model.variables if "moving_mean" in v.name]
+    inference = model(x, training=False).numpy()
+    np.testing.assert_array_equal(logits(tf.constant(False)).numpy(), inference)
+    np.testing.assert_array_equal(moving.numpy(), 0.0)  # inference moves nothing
+    trained = logits(tf.constant(True)).numpy()
+    assert np.abs(trained - inference).max() > 1e-3  # batch statistics, dropout
+    assert np.abs(moving.numpy()).max() > 1e-4  # the moving mean moved
 
 
 def test_sigmoid_head_with_binary_labels(binary_data):
@@ -356,6 +398,21 @@ def test_batches_cover_each_epoch_once(binary_data):
     assert np.array_equal(np.sort(seen), np.arange(1000))
     next_epoch = data.next()[1].numpy()
     assert int(data.epoch) == 1 and not np.array_equal(next_epoch, seen[:250])
+
+
+def test_the_whole_permutation_is_drawn_once_per_epoch(binary_data, monkeypatch):
+    # The graph path (per_batch=False) builds an epoch's order when the epoch
+    # changes, not at every batch; in a graph its tf.cond takes the same branch.
+    x = binary_data[0]
+    data = lowtf.InMemoryBatches(x, np.arange(1000), 300, seed=1)  # 3 per epoch
+    drawn = []
+    permutation = data._permutation
+    monkeypatch.setattr(data, "_permutation", lambda e: drawn.append(int(e)) or permutation(e))
+    eager = [data.next()[1].numpy() for _ in range(7)]  # epochs 0, 0, 0, 1, 1, 1, 2
+    assert drawn == [1, 2]  # epoch 0's was drawn when the data was made
+    again = lowtf.InMemoryBatches(x, np.arange(1000), 300, seed=1)
+    graph = tf.function(lambda: again.next()[1])
+    np.testing.assert_array_equal([graph().numpy() for _ in range(7)], eager)
 
 
 # -- checkpoints -------------------------------------------------------------------

@@ -267,17 +267,21 @@ def test_scores_picture_scatters_a_range_on_a_log_axis():
 
 
 @pytest.mark.e2e
-def test_bin_sweep_refuses_a_range_without_tpe_in_one_line(tmp_path):
-    # One process: every SweepConfig refusal is tested in process above.
-    result = subprocess.run(
-        [sys.executable, BIN, "--l2=1e-6..1e-2:log", f"--sweep_dir={tmp_path / 's'}"],
-        check=False, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if "error" in line]
-    assert errors == [
-        "error: --l2=1e-06..0.01:log is a range: ranges need --search=tpe --trials=N "
-        "(or give a list of values for the grid)"
-    ], errors
+def test_bin_sweep_refuses_bad_values_and_ranges_in_one_line(tmp_path):
+    # bin/sweep's two error paths (a flag's values, then SweepConfig), one
+    # process each: every refusal is tested in process above.
+    cases = [
+        (["--dropout=0,0..1"], "error: --dropout=0,0..1: a range is the flag's one entry"),
+        (["--l2=1e-6..1e-2:log"], "error: --l2=1e-06..0.01:log is a range: ranges "
+                                  "need --search=tpe --trials=N"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = subprocess.run(
+            [sys.executable, BIN, *args, f"--sweep_dir={tmp_path / 's'}"],
+            check=False, capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr[-2000:]
+        errors = [line for line in result.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1 and errors[0].startswith(message), errors
     assert not (tmp_path / "s").exists()

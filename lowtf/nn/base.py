@@ -121,6 +121,18 @@ class Layer(tf.Module):
             with self.name_scope:
                 self.build(x.shape)
             self._built = True
+        if tf.is_tensor(training):
+            # lowtf's layers branch on a Python bool (their code skips
+            # AutoGraph); a tensor known at trace time is one, any other
+            # picks one of the two traces at run time.
+            static = tf.get_static_value(training)
+            if static is None:
+                return tf.cond(
+                    training,
+                    lambda: self.call(x, training=True),
+                    lambda: self.call(x, training=False),
+                )
+            training = bool(static)
         return self.call(x, training=training)
 
     def build(self, input_shape: tf.TensorShape) -> None:

@@ -64,6 +64,7 @@ class MaxNorm:
             return [self.axis] if isinstance(self.axis, int) else list(self.axis)
         return list(range(max(rank - 1, 1)))
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, w: tf.Tensor) -> tf.Tensor:
         """Returns ``w`` with every over-long unit clipped to norm ``max_value``."""
         axes = self.norm_axes(w.shape.rank)
@@ -101,7 +102,6 @@ def constrained_weights(
     return pairs
 
 
-@tf.autograph.experimental.do_not_convert
 def apply_constraints(pairs) -> list:
     """Runs ``var.assign(constraint(var))`` for each pair; returns the ops."""
     return [var.assign(constraint(var)) for var, constraint in pairs]

@@ -99,8 +99,12 @@ class Conv2D(Layer):
                 "bias", tf.zeros([self.filters]), regularizer=self.bias_regularizer
             )
 
-    @tf.autograph.experimental.do_not_convert
     def call(self, x, training):
+        # As Dense: the activation may be a user's function (converted).
+        return self.activation(self._affine(x))
+
+    @tf.autograph.experimental.do_not_convert
+    def _affine(self, x):
         channels = self.kernel.shape[2]
         if x.shape.rank != 4 or x.shape[-1] != channels:
             raise ValueError(
@@ -110,7 +114,7 @@ class Conv2D(Layer):
         y = _xla_cpu.conv2d(x, self.kernel, self.strides, self.padding)
         if self.use_bias:
             y = tf.nn.bias_add(y, self.bias)
-        return self.activation(y)
+        return y
 
 
 class _Pool2D(Layer):

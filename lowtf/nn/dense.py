@@ -62,8 +62,13 @@ class Dense(Layer):
                 "bias", tf.zeros([self.units]), regularizer=self.bias_regularizer
             )
 
-    @tf.autograph.experimental.do_not_convert
     def call(self, x, training):
+        # Converted by AutoGraph (the activation may be a user's function);
+        # the affine part is lowtf's own and is not.
+        return self.activation(self._affine(x))
+
+    @tf.autograph.experimental.do_not_convert
+    def _affine(self, x):
         # Checked here, at trace time, so a wrong batch fails with one readable
         # error instead of an XLA/matmul shape or dtype trace from the graph.
         fan_in = self.kernel.shape[0]
@@ -80,4 +85,4 @@ class Dense(Layer):
         y = tf.matmul(x, self.kernel)
         if self.use_bias:
             y = tf.nn.bias_add(y, self.bias)
-        return self.activation(y)
+        return y

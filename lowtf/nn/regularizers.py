@@ -44,6 +44,7 @@ class Regularizer:
                 "at all to train unregularized"
             )
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, w: tf.Tensor) -> tf.Tensor:
         penalty = tf.zeros([], w.dtype)
         if self.l1:
@@ -85,7 +86,6 @@ def make(l1: float = 0.0, l2: float = 0.0) -> Regularizer | None:
     return Regularizer(l1=l1, l2=l2)
 
 
-@tf.autograph.experimental.do_not_convert
 def regularization_losses(model) -> list[tf.Tensor]:
     """Gathers every regularization loss of a model, one scalar per weight.
 
@@ -111,7 +111,6 @@ def regularization_losses(model) -> list[tf.Tensor]:
     return losses
 
 
-@tf.autograph.experimental.do_not_convert
 def total_regularization_loss(model, dtype=tf.float32) -> tf.Tensor:
     """The sum of :func:`regularization_losses`, 0 when there are none."""
     losses = regularization_losses(model)

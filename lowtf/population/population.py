@@ -243,6 +243,13 @@ class Population:
         ]
         self._eval_batch_size = eval_batch_size
         self._frozen = [*self.model.state, *slots, self.state.epoch, self.state.cursor]
+        for v in slots:
+            if not isinstance(v, tf.Variable):  # copied by row in load/store_members
+                raise ValueError(
+                    f"`optimizer` ({type(optimizer).__name__}) keeps its slot "
+                    f"{v.name!r} as a {type(v).__name__}, not a tf.Variable; use a "
+                    "Keras optimizer on the TensorFlow backend"
+                )
         self._val_index, self._val_weight = _padded_rows(self.val_rows, eval_batch_size)
         # No AutoGraph: the step's only loop is an explicit tf.while_loop, and
         # converting every function it calls took seconds of each trace.
