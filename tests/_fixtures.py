@@ -6,6 +6,7 @@ folder comes first on sys.path). It imports no TensorFlow, so a worker may
 import it before it makes its ``tf.distribute`` strategy.
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -62,3 +63,16 @@ def new_best_at(line: str) -> int | None:
         return None
     step = line.split("/")[0].removeprefix("step ")
     return int(step) if line.rstrip().endswith(f" @ {step}") else None
+
+
+def tree_digest(root) -> dict:
+    """Every file under ``root`` (its path relative to it) with a hash of its bytes."""
+    digest = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                digest[os.path.relpath(path, root)] = hashlib.sha256(
+                    f.read()
+                ).hexdigest()
+    return digest

@@ -7,12 +7,12 @@ before TensorFlow is imported and cost a fraction of a second each.
 
 import ast
 import gzip
-import hashlib
 import json
 import os
 import subprocess
 import sys
 
+import _fixtures  # tests/_fixtures.py; pytest puts tests/ on sys.path
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,17 +49,6 @@ def train(*args, cwd=None):
 def summary(model_dir):
     with open(os.path.join(model_dir, "summary.json")) as f:
         return json.load(f)
-
-
-def tree_digest(path):
-    """Every file under ``path`` with a hash of its bytes."""
-    digest = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                digest[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-    return digest
 
 
 def assert_refused(result, message):
@@ -101,14 +90,14 @@ def test_default_run_outputs(default_run):
 
 def test_failed_start_leaves_the_model_dir_intact(default_run):
     model_dir, _ = default_run
-    before = tree_digest(model_dir)
+    before = _fixtures.tree_digest(model_dir)
     # Another network cannot resume this directory's checkpoint.
     result = train(f"--model_dir={model_dir}", "--hidden=8", "--max_steps=300")
     assert_refused(result, "does not fit this model")
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
     # (Bad data and a batch larger than the training set fail before any
     # write too: tests/test_job.py, in process.)
-    assert tree_digest(model_dir) == before
+    assert _fixtures.tree_digest(model_dir) == before
 
 
 def test_maxnorm_holds_in_the_saved_best_snapshot(tmp_path):
@@ -320,9 +309,9 @@ def test_a_resume_with_another_defining_flag_is_refused(tmp_path):
     # is refused in process by tests/test_job.py.
     model_dir = str(tmp_path / "run")
     assert train(f"--model_dir={model_dir}", "--dataset=synthetic", *QUICK).returncode == 0
-    before = tree_digest(model_dir)
+    before = _fixtures.tree_digest(model_dir)
     result = train(f"--model_dir={model_dir}", "--dataset=synthetic", *QUICK, "--data_seed=1")
     assert result.returncode == 2
     assert_refused(result, "belongs to another run")
     assert "validation_data: recorded" in result.stderr, result.stderr[-500:]
-    assert tree_digest(model_dir) == before
+    assert _fixtures.tree_digest(model_dir) == before

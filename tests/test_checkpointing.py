@@ -154,16 +154,6 @@ def test_mismatch_names_the_variable_and_how_it_differs(tmp_path):
     )
 
 
-def _digest(root):
-    return {
-        os.path.relpath(os.path.join(folder, name), root): open(
-            os.path.join(folder, name), "rb"
-        ).read()
-        for folder, _, names in os.walk(root)
-        for name in names
-    }
-
-
 def test_an_unreadable_latest_checkpoint_is_refused_and_left_as_it_is(tmp_path):
     first = _checkpoints(tmp_path)
     first.save()
@@ -171,7 +161,7 @@ def test_an_unreadable_latest_checkpoint_is_refused_and_left_as_it_is(tmp_path):
     first.save()
     # A truncated copy or a full disk: the index file of ckpt-5 is zeroed.
     (tmp_path / "ckpt" / "ckpt-5.index").write_bytes(b"")
-    before = _digest(tmp_path)
+    before = _fixtures.tree_digest(tmp_path)
     other = _checkpoints(tmp_path, seed=3)
     weights = _values(other)
     with pytest.raises(
@@ -183,7 +173,7 @@ def test_an_unreadable_latest_checkpoint_is_refused_and_left_as_it_is(tmp_path):
         r"pick another model_dir",
     ):
         other.restore_latest()
-    assert _digest(tmp_path) == before
+    assert _fixtures.tree_digest(tmp_path) == before
     for a, b in zip(weights, _values(other)):
         np.testing.assert_array_equal(a, b)
 
@@ -196,14 +186,14 @@ def test_a_latest_checkpoint_named_but_missing_is_refused(tmp_path):
     # ckpt/checkpoint names ckpt-5, whose index is gone: TensorFlow finds no
     # checkpoint, and starting over would rewrite this run's history.
     os.remove(tmp_path / "ckpt" / "ckpt-5.index")
-    before = _digest(tmp_path)
+    before = _fixtures.tree_digest(tmp_path)
     with pytest.raises(
         ValueError,
         match=r"has a latest checkpoint \(.*ckpt-5\) that cannot be resumed \(its "
         r"files are missing\); model_dir was left as it is",
     ):
         _checkpoints(tmp_path).restore_latest()
-    assert _digest(tmp_path) == before
+    assert _fixtures.tree_digest(tmp_path) == before
     # A state file that does not parse is refused too.
     (tmp_path / "ckpt" / "checkpoint").write_text("model_checkpoint_path: ckpt-5 {")
     with pytest.raises(

@@ -6,6 +6,7 @@ import os
 import re
 import types
 
+import _fixtures  # tests/_fixtures.py; pytest puts tests/ on sys.path
 import pytest
 import tensorflow as tf
 
@@ -139,24 +140,13 @@ def test_a_resume_with_another_defining_setting_is_refused_and_changes_nothing(
 ):
     model_dir = str(tmp_path / "run")
     job.run_job(job.JobConfig(**TINY, model_dir=model_dir), log=lambda line: None)
-    before = _digest(model_dir)
+    before = _fixtures.tree_digest(model_dir)
     for change, listed in DEFINING:
         config = job.JobConfig(**{**TINY, **change}, model_dir=model_dir)
         with pytest.raises(ValueError, match="belongs to another run") as raised:
             job.run_job(config, log=lambda line: None)
         assert listed in str(raised.value), (change, str(raised.value))
-        assert _digest(model_dir) == before, change
-
-
-def _digest(path):
-    """Every file under ``path`` with its bytes."""
-    files = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                files[os.path.relpath(full, path)] = f.read()
-    return files
+        assert _fixtures.tree_digest(model_dir) == before, change
 
 
 # Each combination that bin/train refuses with status 2, and the one line it prints.

@@ -5,7 +5,6 @@ the same call; its subprocess tests are in test_bin_train.py) and checks that
 the directory's files are left byte for byte as they were.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,14 +38,6 @@ def _fit(model_dir, *, config=CONFIG, model=None, optimizer=None, data=None, opt
     return result, lines
 
 
-def _digest(root) -> dict:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.mark.e2e
 def test_a_missing_state_file_resumes_from_the_newest_readable_checkpoint(tmp_path):
     _fit(tmp_path)
@@ -62,17 +53,17 @@ def test_a_missing_state_file_resumes_from_the_newest_readable_checkpoint(tmp_pa
 def test_traces_without_a_checkpoint_are_refused_and_the_best_snapshot_kept(tmp_path):
     _fit(tmp_path)
     shutil.rmtree(tmp_path / "ckpt")
-    before = _digest(tmp_path)
+    before = _fixtures.tree_digest(tmp_path)
     with pytest.raises(ValueError, match=r"holds best, history.csv of an earlier run but "
                        r"no checkpoint to resume from"):
         _fit(tmp_path)
-    assert _digest(tmp_path) == before
+    assert _fixtures.tree_digest(tmp_path) == before
 
 
 @pytest.mark.e2e
 def test_a_resume_with_other_settings_is_refused_setting_by_setting(tmp_path):
     _fit(tmp_path)
-    before = _digest(tmp_path)
+    before = _fixtures.tree_digest(tmp_path)
     cases = [
         (dict(model=lowtf.mlp([16], activation="relu", seed=1)), "elu.*relu"),
         (dict(model=lowtf.mlp([16], dropout=0.2, seed=1)), r"Dropout \{\"rate\": 0.2\}"),
@@ -85,7 +76,7 @@ def test_a_resume_with_other_settings_is_refused_setting_by_setting(tmp_path):
     for kwargs, message in cases:
         with pytest.raises(ValueError, match="belongs to another run.*" + message):
             _fit(tmp_path, **kwargs)
-    assert _digest(tmp_path) == before
+    assert _fixtures.tree_digest(tmp_path) == before
 
 
 @pytest.mark.e2e
@@ -110,10 +101,10 @@ def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(tmp_path)
     _fit(tmp_path)
     with lowtf.train.rundir.RunLock(str(tmp_path)):
         (tmp_path / "lock").write_text(json.dumps({"host": "node7", "pid": 4242}))
-        before = _digest(tmp_path)
+        before = _fixtures.tree_digest(tmp_path)
         with pytest.raises(ValueError, match=r"in use by another run \(pid 4242 on node7"):
             _fit(tmp_path)
-        assert _digest(tmp_path) == before
+        assert _fixtures.tree_digest(tmp_path) == before
         (tmp_path / "lock").unlink()
 
 
@@ -124,11 +115,11 @@ def test_a_damaged_latest_checkpoint_is_refused_at_start_naming_an_older_one(tmp
     data = next((tmp_path / "ckpt").glob("ckpt-40.data-*"))
     content = data.read_bytes()
     data.write_bytes(content[: len(content) // 2] if damage == "truncated" else bytes(len(content)))
-    before = _digest(tmp_path)
+    before = _fixtures.tree_digest(tmp_path)
     with pytest.raises(ValueError, match=r"ckpt-40\) that cannot be resumed .* An older "
                        r"checkpoint, .*ckpt-20, is readable"):
         _fit(tmp_path)
-    assert _digest(tmp_path) == before
+    assert _fixtures.tree_digest(tmp_path) == before
 
 
 @pytest.mark.parametrize("text, message", [
@@ -140,10 +131,10 @@ def test_a_damaged_latest_checkpoint_is_refused_at_start_naming_an_older_one(tmp
 def test_a_best_json_of_the_wrong_shape_is_refused_at_start(tmp_path, text, message):
     _fit(tmp_path)
     (tmp_path / "best" / "best.json").write_text(text)
-    before = _digest(tmp_path)
+    before = _fixtures.tree_digest(tmp_path)
     with pytest.raises(ValueError, match=message):
         _fit(tmp_path)
-    assert _digest(tmp_path) == before
+    assert _fixtures.tree_digest(tmp_path) == before
 
 
 @pytest.mark.e2e
@@ -152,10 +143,10 @@ def test_a_truncated_best_snapshot_is_refused_at_start(tmp_path):
     pointer = lowtf.train.best_checkpoint(str(tmp_path / "best"))
     data = next((tmp_path / "best").glob(os.path.basename(pointer["prefix"]) + ".data-*"))
     data.write_bytes(data.read_bytes()[:10])
-    before = _digest(tmp_path)
+    before = _fixtures.tree_digest(tmp_path)
     with pytest.raises(ValueError, match=r"the best snapshot .* cannot be read"):
         _fit(tmp_path)
-    assert _digest(tmp_path) == before
+    assert _fixtures.tree_digest(tmp_path) == before
 
 
 @pytest.mark.e2e

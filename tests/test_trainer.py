@@ -3,7 +3,6 @@
 import contextlib
 import dataclasses
 import glob
-import hashlib
 import io
 import json
 import os
@@ -403,23 +402,11 @@ def test_keyboard_interrupt_restores_best_and_keeps_the_last_checkpoint(tmp_path
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("ckpt-50")
 
 
-def _tree_digest(root):
-    digest = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                digest[os.path.relpath(path, root)] = hashlib.sha256(
-                    f.read()
-                ).hexdigest()
-    return digest
-
-
 @pytest.mark.e2e
 def test_a_failed_start_leaves_an_existing_model_dir_untouched(tmp_path):
     config = lowtf.TrainConfig(batch_size=40, max_steps=40, eval_every=20)
     _fit(tmp_path, config)
-    before = _tree_digest(tmp_path)
+    before = _fixtures.tree_digest(tmp_path)
     with pytest.raises(
         ValueError,
         match=r"does not fit .* float32\[1\] in the checkpoint but float32\[16\] here",
@@ -434,7 +421,7 @@ def test_a_failed_start_leaves_an_existing_model_dir_untouched(tmp_path):
         ValueError, match=r"`batch_size` \(400\) exceeds the 200 examples"
     ):
         _fit(tmp_path, lowtf.TrainConfig(batch_size=400))
-    assert _tree_digest(tmp_path) == before
+    assert _fixtures.tree_digest(tmp_path) == before
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         _fit(tmp_path / "file", config)
@@ -643,10 +630,10 @@ def test_bad_validation_data_is_refused_before_model_dir_is_written(tmp_path):
         assert not fresh.exists()
     existing = tmp_path / "existing"
     _fit(existing, config)
-    before = _tree_digest(existing)
+    before = _fixtures.tree_digest(existing)
     with pytest.raises(ValueError, match=r"label 3\.0 is out of range"):
         _fit(existing, config, data=((x, y), (x_val, three)))
-    assert _tree_digest(existing) == before
+    assert _fixtures.tree_digest(existing) == before
 
 
 @pytest.mark.e2e
