@@ -39,7 +39,6 @@ import tensorflow as tf
 _FUSED_ROWS = 32
 
 
-@tf.autograph.experimental.do_not_convert
 def conv2d(x, kernel, strides, padding: str):
     """``tf.nn.conv2d(x, kernel, strides, padding)`` on NHWC images."""
     if not _xla_on_cpu() or None in (x.shape[1], x.shape[2]):
@@ -57,7 +56,6 @@ def conv2d(x, kernel, strides, padding: str):
     return tf.reshape(y, [-1, oh, ow, filters])
 
 
-@tf.autograph.experimental.do_not_convert
 def max_pool2d(x, pool_size, strides, padding: str):
     """``tf.nn.max_pool2d`` with the same arguments."""
     if _windows_tile(x, pool_size, strides, padding):
@@ -72,7 +70,6 @@ def avg_pool2d(x, pool_size, strides, padding: str):
     return tf.nn.avg_pool2d(x, pool_size, strides, padding)
 
 
-@tf.autograph.experimental.do_not_convert
 def total(t):
     """``tf.reduce_sum(t)`` over every axis, in one fused pass under XLA on CPU."""
     units = t.shape[-1] if t.shape.rank else 1
