@@ -335,9 +335,11 @@ def test_one_dropout_step_is_the_same_in_eager_graph_and_xla(binary_data, augmen
     for name in ("graph", "xla"):
         metrics, weights = results[name]
         for key in lowtf.train.metrics.STEP_METRICS:
-            assert metrics[key] == pytest.approx(eager_metrics[key], rel=1e-6, abs=1e-7)
+            # Across processors (Intel, AMD) XLA's fused ops may round a few
+            # values of 256 one step apart from the kernels': float tolerance.
+            assert metrics[key] == pytest.approx(eager_metrics[key], rel=1e-5, abs=1e-6)
         for a, b in zip(weights, eager_weights):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 # -- N steps per call -------------------------------------------------------------
