@@ -227,3 +227,25 @@ def test_a_point_claimed_twice_goes_to_the_lowest_trial_number(monkeypatch):
     # A claim that gave the point up (a duplicate) holds it no more.
     first.set_user_attr("status", "duplicate")
     assert study_lib._first_claim(study, second.number, point.key)
+
+
+def test_each_fold_is_standardized_on_its_own_training_rows(data):
+    from lowtf.data import datasets
+    from lowtf.sweep import run as run_lib
+
+    config = sweep.SweepConfig(**dict(QUICK, folds=3))
+    x, y, folds = run_lib._splits(config, data)
+    raw = data.train[0] * data.std + data.mean
+    n = len(raw)
+    assert len(folds) == 3 and len(x) == 3 * n
+    means = []
+    for t, v in folds:
+        assert (t // n == v // n).all() and len(set(t // n)) == 1  # one copy per fold
+        # The map that sets the fold's training rows to mean 0, std 1, from
+        # those rows alone, is the one its validation rows get.
+        mean, std = datasets.statistics(raw[t % n])
+        np.testing.assert_allclose(x[t].mean(axis=0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(x[v], (raw[v % n] - mean) / std, atol=1e-5)
+        np.testing.assert_array_equal(y[v], data.train[1][v % n])
+        means.append(mean)
+    assert not np.allclose(means[0], means[1])  # the folds' scales differ

@@ -316,11 +316,7 @@ def _finish(name, splits, num_classes, path) -> Dataset:
                 f"{where}: {part} examples have shape {x.shape[1:]}, the training ones "
                 f"{train_x.shape[1:]}; every split needs the same example shape"
             )
-    mean = train_x.mean(axis=0)
-    std = train_x.std(axis=0)
-    # A feature constant in training (a border pixel) carries no information:
-    # centre it but do not divide by ~0, which would blow up held-out values.
-    std = np.where(std > 1e-6, std, 1.0)
+    mean, std = statistics(train_x)
     normalized = [((x - mean) / std).astype(np.float32) for x in features]
     return Dataset(
         name=name,
@@ -332,6 +328,18 @@ def _finish(name, splits, num_classes, path) -> Dataset:
         mean=mean.astype(np.float32),
         std=std.astype(np.float32),
     )
+
+
+def statistics(train_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature ``(mean, std)`` of training rows, as every loader standardizes.
+
+    A feature constant in training (a border pixel) carries no information:
+    it is centred but not divided by ~0 (its std is 1), which would blow up
+    held-out values.
+    """
+    mean = train_x.mean(axis=0)
+    std = train_x.std(axis=0)
+    return mean, np.where(std > 1e-6, std, 1.0)
 
 
 def _labels(where, part, y) -> np.ndarray:

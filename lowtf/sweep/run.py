@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from optuna.trial import TrialState
 
+from lowtf.data import datasets
 from lowtf.population import Population, fit_population, k_fold
 from lowtf.sweep import report, scoring
 from lowtf.sweep import study as study_lib
@@ -171,8 +172,19 @@ def _splits(config: SweepConfig, data):
                 f"smallest class (label {int(np.flatnonzero(counts == least)[0])}); "
                 f"use --folds={least} or fewer, or more --train_size"
             )
-        x, y = flat(x_train), np.asarray(y_train)
-        folds = k_fold(y, config.folds, seed=config.data_seed)
+        folds = k_fold(np.asarray(y_train), config.folds, seed=config.data_seed)
+        # Each fold is standardized on its own training rows, as a run on
+        # them alone would be: its validation rows must not set its scale.
+        # The loader's scale (the whole split's) is undone first; fold f's
+        # copy of the rows sits at f * n in the shared x.
+        raw = flat(x_train) * flat(data.std[None]) + flat(data.mean[None])
+        copies = []
+        for train_rows, _ in folds:
+            mean, std = datasets.statistics(raw[train_rows])
+            copies.append(((raw - mean) / std).astype(np.float32))
+        x = np.concatenate(copies)
+        y = np.tile(np.asarray(y_train), config.folds)
+        folds = [(t + f * n, v + f * n) for f, (t, v) in enumerate(folds)]
         smallest = min(len(t) for t, _ in folds)
     if config.batch_size > smallest:
         raise ValueError(
