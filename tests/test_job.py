@@ -282,6 +282,18 @@ def test_unusable_model_dir_is_refused_before_anything_is_written(tmp_path, tiny
     assert not (tmp_path / "cnn").exists()
 
 
+def test_a_refusal_before_the_directory_exists_keeps_its_own_message(
+    tmp_path, monkeypatch
+):
+    def refuse(self):
+        raise ValueError("the lock was refused")
+
+    monkeypatch.setattr(lowtf.train.rundir.RunLock, "acquire", refuse)
+    with pytest.raises(ValueError, match="the lock was refused"):
+        job.run_job(job.JobConfig(**TINY, model_dir=str(tmp_path / "new")))
+    assert not (tmp_path / "new").exists()
+
+
 def _worker(index):
     """A stand-in strategy whose cluster resolver says this is worker ``index``."""
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
