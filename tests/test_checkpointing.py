@@ -43,6 +43,7 @@ def _checkpoints(model_dir, hidden=(8,), seed=1):
         stopper=stopper,
         snapshot=snapshot,
         running=checkpointing.RunningMeans(),
+        clock=checkpointing.WallClock(),
         keep=3,
         strategy=tf.distribute.get_strategy(),
     )

@@ -249,6 +249,8 @@ def test_rerun_resumes_and_matches_one_uninterrupted_run(tmp_path):
     )
     for a, b in zip(_values(model), _values(whole_model)):
         np.testing.assert_array_equal(a, b)
+    # The run's wall time covers both sessions, not only the resumed one.
+    assert second.wall_seconds > first.wall_seconds > 0
     # A finished run is not trained again.
     again, lines = _fit(
         tmp_path / "split", config, model=lowtf.mlp("small", dropout=0.3, seed=5)

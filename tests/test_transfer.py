@@ -287,7 +287,13 @@ def test_run_job_fine_tunes_from_a_run(tmp_path):
     job = lowtf.train.JobConfig
     source = str(tmp_path / "source")
     common = {"hidden": (16,), "max_steps": 20, "eval_every": 10, "batch_size": 32, "xla": False}
-    lowtf.train.run_job(job(model_dir=source, **common), log=lambda s: None)
+    first = lowtf.train.run_job(job(model_dir=source, **common), log=lambda s: None)
+    frozen = lowtf.train.run_job(
+        job(model_dir=str(tmp_path / "frozen"), init_from=source, freeze=1, **common),
+        log=lambda s: None,
+    )
+    # A frozen layer's weights are still the model's parameters.
+    assert frozen.num_parameters == first.num_parameters == 64 * 16 + 16 + 16 * 10 + 10
     lines = []
     result = lowtf.train.run_job(
         job(model_dir=str(tmp_path / "tuned"), init_from=source, freeze=1, unfreeze_at=10, **common),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 
 import tensorflow as tf
 
@@ -94,6 +95,31 @@ class RunningMeans(tf.Module):
         self.count.assign(0)
 
 
+class WallClock(tf.Module):
+    """The wall time a run has trained, over all its sessions (checkpointed).
+
+    Each save adds the time since the previous one (or since the clock was
+    made), so a resumed run counts the sessions before it up to the
+    checkpoint it resumed from; what a killed session did after its last
+    checkpoint is redone, and counted, by the next.
+    """
+
+    def __init__(self):
+        super().__init__(name="wall_clock")
+        self.seconds = tf.Variable(0.0, dtype=tf.float64, name="seconds")
+        self._since = time.monotonic()
+
+    def tick(self) -> None:
+        """Adds the time since the last tick to ``seconds``."""
+        now = time.monotonic()
+        self.seconds.assign_add(now - self._since)
+        self._since = now
+
+    def total(self) -> float:
+        """Seconds so far, this session's untaken tick included."""
+        return float(self.seconds.numpy()) + time.monotonic() - self._since
+
+
 class Checkpoints:
     """The "latest" checkpoints of one fit, and the restore of its best snapshot.
 
@@ -104,17 +130,28 @@ class Checkpoints:
         ``prune_on_save=False`` (its old snapshots go after each save here).
       snapshot: the ``tf.train.Checkpoint`` the stopper saves as best.
       running: the run's :class:`RunningMeans`.
+      clock: the run's :class:`WallClock`.
       keep: how many latest checkpoints to keep.
       strategy: the ``tf.distribute`` strategy the run is under.
     """
 
     def __init__(
-        self, model_dir, *, train_step, stopper, snapshot, running, keep, strategy
+        self,
+        model_dir,
+        *,
+        train_step,
+        stopper,
+        snapshot,
+        running,
+        clock,
+        keep,
+        strategy,
     ):
         self.model_dir, self.strategy = model_dir, strategy
         self.train_step, self.stopper, self.snapshot = train_step, stopper, snapshot
+        self.clock = clock
         self.state = tf.train.Checkpoint(
-            train_step=train_step, early_stopping=stopper, running=running
+            train_step=train_step, early_stopping=stopper, running=running, clock=clock
         )
         self.manager = tf.train.CheckpointManager(
             self.state,
@@ -237,6 +274,7 @@ class Checkpoints:
         # loss was computed; such a state must not become the one to resume.
         if not finite_weights(self.train_step.model):
             return False
+        self.clock.tick()
         _files.write_checkpoint(
             lambda: self.manager.save(checkpoint_number=step),
             os.path.join(self.manager.directory, f"ckpt-{step}"),

@@ -99,12 +99,14 @@ class FitLoop:
             prune_on_save=False,
         )
         self.running = checkpointing.RunningMeans()
+        self.clock = checkpointing.WallClock()
         self.checkpoints = checkpointing.Checkpoints(
             model_dir,
             train_step=self.step,
             stopper=self.stopper,
             snapshot=self.snapshot,
             running=self.running,
+            clock=self.clock,
             keep=config.keep_checkpoints,
             strategy=self.strategy,
         )

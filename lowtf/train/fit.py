@@ -49,7 +49,6 @@ import dataclasses
 import os
 import signal
 import threading
-import time
 
 import tensorflow as tf
 
@@ -145,7 +144,9 @@ class FitResult:
       monitor: the monitored metric's name.
       stop_reason: one of :data:`STOP_REASONS`.
       last_step: the global step when training stopped.
-      wall_seconds: wall time of this call.
+      wall_seconds: wall time of the run, over every session: a resumed
+        run adds its earlier sessions' time up to the checkpoint it resumed
+        from.
       history: every evaluation row of the run, earlier sessions included
         (the columns of :data:`lowtf.train.metrics.COLUMNS`).
     """
@@ -243,7 +244,6 @@ def fit(
         ``ckpt/checkpoint`` but missing.
       Exception: whatever training raises, unchanged (see above).
     """
-    started = time.monotonic()
     if not isinstance(config, TrainConfig):
         raise ValueError(f"`config` ({config!r}) must be a lowtf.TrainConfig")
     if not callable(log):
@@ -292,7 +292,7 @@ def fit(
         monitor=config.monitor,
         stop_reason=reason,
         last_step=last_step,
-        wall_seconds=time.monotonic() - started,
+        wall_seconds=run.clock.total(),
         history=[dict(row) for row in run.history.rows],
     )
 

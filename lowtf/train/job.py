@@ -256,7 +256,8 @@ class JobResult:
         validation_accuracy: of the restored best snapshot.
       dataset, train_size, validation_size, test_size, num_classes: the data.
       model: :attr:`JobConfig.model_name`; augment: the spec, or None.
-      num_parameters: trainable scalars of the model.
+      num_parameters: the model's weights (frozen ones included, batch
+        norm's moving statistics not).
 
     A non-finite number is None (JSON has no NaN or Infinity).
     """
@@ -512,8 +513,10 @@ def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
         num_classes=data.num_classes,
         model=config.model_name,
         augment=augment.spec if augment is not None else None,
+        # Frozen layers' weights count: they are parameters of the model,
+        # trained earlier; the moving statistics of batch norm are not.
         num_parameters=int(
-            sum(v.shape.num_elements() for v in model.trainable_variables)
+            sum(v.shape.num_elements() for v in model.variables if v.trainable)
         ),
     )
     if chief:  # every worker holds the same model and numbers
