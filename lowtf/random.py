@@ -127,6 +127,71 @@ def normal(shape, key, dtype=tf.float32) -> tf.Tensor:
     return radius * tf.cos(2.0 * math.pi * u[1])
 
 
+@contextlib.contextmanager
+def member_words(words):
+    """Makes ``words`` the current step's fold-in words of K stacked members.
+
+    What a stacked model's Dropout keys its masks with: member ``k``'s word
+    is :func:`fold_in_words` of its own step key, ``make_key(seed_k, step)``
+    (computed on the host, where philox costs microseconds), so that
+    ``[words[k], d]`` is bit for bit ``fold_in(make_key(seed_k, step), d)``.
+
+    Args:
+      words: int64 ``[K]`` tensor (or array).
+    """
+    stack = _member_stack()
+    stack.append(tf.convert_to_tensor(words, tf.int64))
+    try:
+        yield stack[-1]
+    finally:
+        stack.pop()
+
+
+@tf.autograph.experimental.do_not_convert
+def current_member_words():
+    """The innermost :func:`member_words`' words, or None outside one."""
+    stack = _member_stack()
+    return stack[-1] if stack else None
+
+
+@tf.autograph.experimental.do_not_convert
+def uniform_members(shape, seeds, dtype=tf.float32):
+    """``[K, *shape]`` U[0, 1) draws, row ``k`` member ``k``'s under its step key.
+
+    Row ``k`` is bit for bit ``uniform_from(shape, [words[k], seeds[k]])``
+    for the current :func:`member_words`, i.e. what :func:`uniform`
+    ``(shape, seeds[k])`` draws under member ``k``'s :func:`step_key`; all
+    rows in one pass (:func:`uniform_batch`).
+
+    Args:
+      shape: the shape of one member's draws (static ints, or an int tensor).
+      seeds: int64 ``[K]`` layer seeds, one per member.
+      dtype: a float type, default float32.
+
+    Returns:
+      The draws, or None outside a :func:`member_words` context.
+    """
+    words = current_member_words()
+    if words is None:
+        return None
+    keys = tf.stack([words, tf.cast(seeds, tf.int64)], axis=1)
+    if not tf.is_tensor(shape) and all(isinstance(d, int) for d in shape):
+        return uniform_batch(shape, keys, dtype)
+    # A shape known only at run time: uniform_batch's arithmetic, dynamic.
+    shape = tf.cast(shape, tf.int32)
+    k0, k1 = _hash_words(tf.transpose(keys))
+    index = tf.cast(tf.range(tf.reduce_prod(shape)), tf.uint32)
+    index = tf.reshape(index, tf.concat([[1], shape], 0))
+    words = tf.concat([[-1], tf.ones_like(shape)], 0)
+    return _hash_draws(index, tf.reshape(k0, words), tf.reshape(k1, words), dtype)
+
+
+def _member_stack() -> list:
+    if not hasattr(_state, "members"):
+        _state.members = []
+    return _state.members
+
+
 # Significant bits of each float type: a draw keeps that many hash bits, so
 # that it is exact in the type and strictly below 1.
 _SIGNIFICANT_BITS = {tf.float16: 11, tf.bfloat16: 8, tf.float32: 24, tf.float64: 32}

@@ -4,6 +4,11 @@ Layers are ``tf.Module`` objects with lazy variables; a weight may carry a
 regularizer (its penalty gathered by the training step and added to the
 cross-entropy by hand) and a constraint (applied by an assign op after every
 update).
+
+Every layer also runs stacked: ``members=K`` layers hold K models' weights
+with a leading member axis and take ``[K, batch, ...]`` inputs, one batched
+product for all members; :func:`stack` makes such a model from K built ones
+and :func:`unstack` copies a member back.
 """
 
 from lowtf.nn.base import (
@@ -23,6 +28,7 @@ from lowtf.nn.conv import AvgPool2D, Conv2D, MaxPool2D
 from lowtf.nn.dense import Dense
 from lowtf.nn.dropout import Dropout
 from lowtf.nn.normalization import BatchNorm
+from lowtf.nn.stacking import stack, unstack
 from lowtf.nn.regularizers import (
     Regularizer,
     l1,
@@ -57,6 +63,8 @@ __all__ = [
     "l2",
     "max_norm",
     "regularization_losses",
+    "stack",
     "total_regularization_loss",
     "unit_norms",
+    "unstack",
 ]

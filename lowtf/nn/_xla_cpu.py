@@ -40,20 +40,35 @@ _FUSED_ROWS = 32
 
 
 def conv2d(x, kernel, strides, padding: str):
-    """``tf.nn.conv2d(x, kernel, strides, padding)`` on NHWC images."""
-    if not _xla_on_cpu() or None in (x.shape[1], x.shape[2]):
+    """``tf.nn.conv2d(x, kernel, strides, padding)`` on NHWC images.
+
+    A stacked kernel ``[K, kh, kw, in, out]`` convolves member ``k``'s
+    images ``x[k]`` (``x``: ``[K, B, H, W, in]``) with ``kernel[k]``: always
+    the patches' form, as one batched product (``tf.nn.conv2d`` has no
+    per-example kernels), and it needs static image sizes.
+    """
+    stacked = kernel.shape.rank == 5
+    if not stacked and (not _xla_on_cpu() or None in (x.shape[1], x.shape[2])):
         return tf.nn.conv2d(x, kernel, strides=strides, padding=padding)
-    kh, kw, channels, filters = kernel.shape
+    *lead, kh, kw, channels, filters = kernel.shape
+    if stacked:
+        if not x.shape[-3:].is_fully_defined():
+            raise ValueError(
+                f"a stacked convolution needs static image sizes, got shape {x.shape}"
+            )
+        x = tf.reshape(x, [-1, *x.shape[-3:]])  # the members' images as one batch
     (sh, sw), (oh, ow), x = _padded(x, (kh, kw), strides, padding)
     views = [
         x[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw, :]
         for i in range(kh)
         for j in range(kw)
     ]
-    # Channel order (i, j, c) is the kernel's own [kh, kw, in] order.
-    patches = tf.reshape(tf.concat(views, axis=-1), [-1, kh * kw * channels])
-    y = tf.matmul(patches, tf.reshape(kernel, [kh * kw * channels, filters]))
-    return tf.reshape(y, [-1, oh, ow, filters])
+    # Channel order (i, j, c) is the kernel's own [kh, kw, in] order; stacked,
+    # member k's patches [B * oh * ow, ...] meet its own kernel.
+    size = kh * kw * channels
+    patches = tf.reshape(tf.concat(views, axis=-1), [*lead, -1, size])
+    y = tf.matmul(patches, tf.reshape(kernel, [*lead, size, filters]))
+    return tf.reshape(y, [*lead, -1, oh, ow, filters])
 
 
 def max_pool2d(x, pool_size, strides, padding: str):
@@ -72,18 +87,34 @@ def avg_pool2d(x, pool_size, strides, padding: str):
 
 def total(t):
     """``tf.reduce_sum(t)`` over every axis, in one fused pass under XLA on CPU."""
-    units = t.shape[-1] if t.shape.rank else 1
-    size = t.shape.num_elements()
+    return _sum(t, lead=0)
+
+
+def member_totals(t):
+    """``[K]``: the sum of each member's ``t[k]``, fused as :func:`total`'s."""
+    return _sum(t, lead=1)
+
+
+def _sum(t, lead: int):
+    """The sum over every axis of ``t`` but its first ``lead`` (0 or 1)."""
+    axes = None if lead == 0 else list(range(lead, t.shape.rank))
+    units = t.shape[-1] if t.shape.rank > lead else 1
+    size = t.shape[lead:].num_elements()
     if not _xla_on_cpu() or not size or not units:
-        return tf.reduce_sum(t)
+        return tf.reduce_sum(t, axes)
     rows = size // units
     if rows <= _FUSED_ROWS or rows % _FUSED_ROWS:
-        return tf.reduce_sum(t)  # fused as it is, or no even blocks
-    blocks = tf.reduce_sum(tf.reshape(t, [-1, _FUSED_ROWS, units]), axis=1)
+        return tf.reduce_sum(t, axes)  # fused as it is, or no even blocks
+    members = list(t.shape[:lead])
+    blocks = tf.reduce_sum(
+        tf.reshape(t, [*members, -1, _FUSED_ROWS, units]), axis=lead + 1
+    )
     # A product, not a second reduce_sum: XLA would merge two reductions
     # back into the long one.
     return tf.tensordot(
-        tf.reshape(blocks, [-1]), tf.ones([size // _FUSED_ROWS], t.dtype), 1
+        tf.reshape(blocks, [*members, -1]),
+        tf.ones([size // _FUSED_ROWS], t.dtype),
+        1,
     )
 
 

@@ -15,6 +15,10 @@ is "every axis but the last", which is right for both kernels.
 Units whose norm is already at most ``r`` are left bit-for-bit unchanged:
 ``tf.clip_by_norm`` computes ``w * r / max(|w|, r)``, which can move such a
 unit by one rounding step, so only the units over the cap take its value.
+
+A stacked model's constraints hold one cap per member
+(``MaxNorm((3.0, 0.0, 2.0))``, 0 leaving that member uncapped) and take the
+norms of each member's units in a kernel stacked along its first axis.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from lowtf import _checks
@@ -37,18 +42,35 @@ class MaxNorm:
     kernel only (a Conv2D kernel needs ``axis=[0, 1, 2]``), so lowtf's default
     ``axis=None`` means every axis but the last, right for both.
 
+    Per member: ``max_value`` may be a K-sequence (stored as a K-tuple) of
+    caps >= 0, 0 leaving that member's units as they are. Such a constraint
+    takes kernels stacked along a leading member axis ``[K, ...]``; ``axis``
+    still names the axes of one member's kernel.
+
     Attributes:
-      max_value: the cap ``r`` (> 0), checked at construction.
+      max_value: the cap ``r`` (> 0), checked at construction; or K caps
+        (>= 0, at least one > 0).
       axis: an axis or a list of axes the norm is taken over; None (default)
         means every axis but the last, i.e. the incoming weights of each
         output unit.
     """
 
-    max_value: float
+    max_value: float | tuple
     axis: int | Sequence[int] | None = None
 
     def __post_init__(self):
-        _checks.positive("max_value", self.max_value)
+        if isinstance(self.max_value, (list, tuple, np.ndarray)):
+            for k, cap in enumerate(self.max_value):
+                _checks.non_negative(f"max_value[{k}]", cap)
+            caps = tuple(float(cap) for cap in self.max_value)
+            if not any(caps):
+                raise ValueError(
+                    f"`max_value` ({caps!r}) needs a cap above 0 for some member; "
+                    "pass no constraint at all to leave every member uncapped"
+                )
+            object.__setattr__(self, "max_value", caps)
+        else:
+            _checks.positive("max_value", self.max_value)
         axes = [self.axis] if isinstance(self.axis, int) else self.axis
         if axes is not None and (
             not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
@@ -58,21 +80,66 @@ class MaxNorm:
                 "None (every axis but the last)"
             )
 
+    @property
+    def members(self) -> int | None:
+        """None for an ordinary constraint; K when its caps are per member."""
+        return len(self.max_value) if isinstance(self.max_value, tuple) else None
+
+    @classmethod
+    def of_members(cls, constraints) -> MaxNorm | None:
+        """The per-member constraint of K members' ordinary ones.
+
+        Args:
+          constraints: K ordinary :class:`MaxNorm` or None (a member without
+            one: cap 0); those given must share one ``axis``.
+
+        Returns:
+          The stacked constraint, or None when no member has one.
+        """
+        constraints = list(constraints)
+        given = [c for c in constraints if c is not None]
+        for k, c in enumerate(constraints):
+            if c is not None and (not isinstance(c, cls) or c.members is not None):
+                raise ValueError(
+                    f"constraint {k} ({c!r}) must be an ordinary lowtf.MaxNorm (or "
+                    "None) to be stacked"
+                )
+        if not given:
+            return None
+        axes = {repr(c.axis) for c in given}
+        if len(axes) > 1:
+            raise ValueError(
+                f"the constraints' axes differ ({', '.join(sorted(axes))}): stacked "
+                "members take their norms over the same axes"
+            )
+        caps = tuple(0.0 if c is None else c.max_value for c in constraints)
+        return cls(caps, given[0].axis)
+
     def norm_axes(self, rank: int) -> list[int]:
-        """The axes the norm is taken over, for a weight of rank ``rank``."""
-        if self.axis is not None:
-            return [self.axis] if isinstance(self.axis, int) else list(self.axis)
-        return list(range(max(rank - 1, 1)))
+        """The axes the norm is taken over, for a weight of rank ``rank``.
+
+        Per member, ``rank`` counts the member axis, which is never one of them.
+        """
+        lead = 0 if self.members is None else 1
+        if self.axis is None:
+            return list(range(lead, max(rank - 1, lead + 1)))
+        axes = [self.axis] if isinstance(self.axis, int) else list(self.axis)
+        return [a + lead if a >= 0 else a for a in axes]
 
     @tf.autograph.experimental.do_not_convert
     def __call__(self, w: tf.Tensor) -> tf.Tensor:
         """Returns ``w`` with every over-long unit clipped to norm ``max_value``."""
+        w = tf.convert_to_tensor(w)
         axes = self.norm_axes(w.shape.rank)
         r = tf.cast(self.max_value, w.dtype)
-        clipped = tf.clip_by_norm(w, r, axes=axes)
-        # Only the units over the cap take clip_by_norm's value: for the others
-        # w * r / r can move a bit. XLA fuses the two norm reductions into one.
-        return tf.where(_norms(w, axes, keepdims=True) > r, clipped, w)
+        if self.members is not None:  # member k's cap against its own units
+            r = tf.reshape(r, [self.members] + [1] * (w.shape.rank - 1))
+        norms = _norms(w, axes, keepdims=True)
+        # tf.clip_by_norm's arithmetic, w * r / max(|w|, r), taken only by the
+        # units over the cap: for the others w * r / r can move a bit. A cap
+        # of 0 (a member left free) takes none.
+        over = tf.logical_and(norms > r, r > 0)
+        return tf.where(over, w * r / tf.maximum(norms, r), w)
 
 
 def max_norm(max_value: float, axis: int | Sequence[int] | None = None) -> MaxNorm:

@@ -26,7 +26,14 @@ class BatchNorm(Layer):
       trainable: False freezes gamma and beta and, as in Keras, runs the
         layer in inference mode (moving statistics, not updated) even in a
         training step; default True.
+      members: None (default) for an ordinary layer; K for a stack of K:
+        every variable ``[K, channels]``, each member normalizing with its
+        own batch statistics (over every axis but the member and channel
+        axes) and moving its own averages by the same formula.
     """
+
+    _architecture = ("momentum", "epsilon", "center", "scale")
+    _per_member = ()
 
     def __init__(
         self,
@@ -37,8 +44,9 @@ class BatchNorm(Layer):
         scale=True,
         name=None,
         trainable=True,
+        members=None,
     ):
-        super().__init__(name=name, trainable=trainable)
+        super().__init__(name=name, trainable=trainable, members=members)
         _checks.rate("momentum", momentum)
         _checks.positive("epsilon", epsilon)
         self.momentum = float(momentum)
@@ -47,17 +55,17 @@ class BatchNorm(Layer):
         self.scale = scale
 
     def build(self, input_shape):
-        depth = input_shape[-1]
-        self.gamma = self.add_weight("gamma", tf.ones([depth])) if self.scale else None
-        self.beta = self.add_weight("beta", tf.zeros([depth])) if self.center else None
+        depth = [*self._lead, input_shape[-1]]
+        self.gamma = self.add_weight("gamma", tf.ones(depth)) if self.scale else None
+        self.beta = self.add_weight("beta", tf.zeros(depth)) if self.center else None
         local = dict(
             trainable=False,
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.MEAN,
         )
-        self.moving_mean = self.add_weight("moving_mean", tf.zeros([depth]), **local)
+        self.moving_mean = self.add_weight("moving_mean", tf.zeros(depth), **local)
         self.moving_variance = self.add_weight(
-            "moving_variance", tf.ones([depth]), **local
+            "moving_variance", tf.ones(depth), **local
         )
 
     @tf.autograph.experimental.do_not_convert
@@ -65,13 +73,20 @@ class BatchNorm(Layer):
         # A frozen batch norm is a fixed affine map, as in Keras: its batch
         # statistics would otherwise keep moving the layers after it.
         if training and self.trainable:
-            axes = list(range(x.shape.rank - 1))
+            # Stacked, each member's own statistics: the member axis stays.
+            axes = list(range(len(self._lead), x.shape.rank - 1))
             mean, variance = tf.nn.moments(x, axes=axes)
             decay = tf.cast(1.0 - self.momentum, x.dtype)
             self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
             self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
         else:
             mean, variance = self.moving_mean, self.moving_variance
+        along = self._along
         return tf.nn.batch_normalization(
-            x, mean, variance, self.beta, self.gamma, self.epsilon
+            x,
+            along(mean, x),
+            along(variance, x),
+            along(self.beta, x),
+            along(self.gamma, x),
+            self.epsilon,
         )
