@@ -11,6 +11,10 @@ One registry of (factory, input shape), covering every layer of
 * a SavedModel round trip: a ``tf.Module`` serving the layer at inference
   through a ``tf.function`` with an input signature, saved, loaded, the same
   outputs.
+
+Stacked layers and models (``members=K``, :func:`lowtf.nn.stack`) take the
+same checks, their dropout keyed by each member's step key
+(:func:`lowtf.random.member_words`).
 """
 
 import inspect
@@ -89,7 +93,75 @@ REGISTRY = {
     ),
 }
 
+MEMBERS = 2
+
+
+def _stack(make, example_shape):
+    """The stack of ``make(k)`` for each member, each built on one example."""
+    models = [make(k) for k in range(MEMBERS)]
+    for model in models:
+        model(tf.zeros([1, *example_shape]))
+    return lowtf.nn.stack(models)
+
+
+REGISTRY.update(
+    {
+        "stacked_conv2d_strided_valid_capped": (
+            lambda: lowtf.Conv2D(
+                4,
+                2,
+                strides=2,
+                padding="VALID",
+                kernel_constraint=lowtf.MaxNorm((1.0, 0.0)),
+                seed=(10, 11),
+                members=MEMBERS,
+            ),
+            (MEMBERS, 2, 7, 7, 3),
+        ),
+        "stacked_avg_pool2d_same": (
+            lambda: lowtf.AvgPool2D(3, strides=2, padding="SAME", members=MEMBERS),
+            (MEMBERS, 2, 5, 5, 2),
+        ),
+        "stacked_mlp_all_switches": (
+            lambda: _stack(
+                lambda k: lowtf.mlp(
+                    "small",
+                    num_classes=4,
+                    dropout=(0.2, 0.0)[k],  # member 1's mlp has no Dropout
+                    batchnorm=True,
+                    l1=1e-5,
+                    l2=(1e-4, 0.0)[k],
+                    maxnorm=(2.0, 0.0)[k],
+                    seed=k,
+                ),
+                (9,),
+            ),
+            (MEMBERS, 4, 9),
+        ),
+        "stacked_cnn_digits": (
+            lambda: _stack(
+                lambda k: lowtf.cnn(
+                    "digits",
+                    filters=(4,),
+                    dense=(16,),
+                    batchnorm=True,
+                    dropout=(0.2, 0.4)[k],
+                    seed=8 + k,
+                ),
+                (64,),
+            ),
+            (MEMBERS, 4, 64),
+        ),
+    }
+)
+
 CASES = pytest.mark.parametrize("name", sorted(REGISTRY))
+
+
+def _member_words(step):
+    """Member k's fold-in words at ``step`` (run seed k), as a population's."""
+    keys = np.array([[k, step] for k in range(MEMBERS)], np.int64)
+    return tf.constant(random.fold_in_words(keys))
 
 
 def _input(shape, seed=0):
@@ -139,10 +211,10 @@ def test_eager_function_and_xla_agree_in_training_and_at_inference(name):
     x = _input(shape, seed=2)
     initial = [v.numpy() for v in module.variables]
 
-    def both(t, step):
+    def both(t, step, words):
         # A step's key, a tensor as in TrainStep: dropout is on, with the
-        # masks of that global step.
-        with random.step_key(random.make_key(0, step)):
+        # masks of that global step (a stacked model's: its members' words).
+        with random.step_key(random.make_key(0, step)), random.member_words(words):
             training = module(t, training=True)
         return training, module(t, training=False)
 
@@ -155,11 +227,12 @@ def test_eager_function_and_xla_agree_in_training_and_at_inference(name):
         # Training moves batch-norm statistics: every mode starts from the same.
         for var, value in zip(module.variables, initial):
             var.assign(value)
-        outputs[mode] = [t.numpy() for t in fn(x, tf.constant(5, tf.int64))]
+        step = tf.constant(5, tf.int64)
+        outputs[mode] = [t.numpy() for t in fn(x, step, _member_words(5))]
     training, inference = outputs["eager"]
     assert inference.shape[0] == shape[0] and np.isfinite(training).all()
     # Only dropout draws: with it, another step's key gives another output.
-    other_step = both(x, tf.constant(6, tf.int64))[0].numpy()
+    other_step = both(x, tf.constant(6, tf.int64), _member_words(6))[0].numpy()
     if any(isinstance(m, lowtf.Dropout) for m in _modules(module)):
         assert not np.allclose(other_step, training)
     else:
@@ -196,11 +269,12 @@ def test_checkpoint_round_trip_into_a_fresh_module(name, tmp_path):
 class _Served(tf.Module):
     """A layer served at inference, any batch size."""
 
-    def __init__(self, layer, example_shape):
+    def __init__(self, layer, example_shape, lead=()):
         super().__init__()
         self.layer = layer
         self.weights = list(layer.variables)
-        spec = tf.TensorSpec([None, *example_shape], tf.float32)
+        # A stacked layer: any batch size, its K members.
+        spec = tf.TensorSpec([*lead, None, *example_shape], tf.float32)
         self.serve = tf.function(
             lambda x: self.layer(x, training=False), input_signature=[spec]
         )
@@ -211,7 +285,8 @@ def test_saved_model_round_trip(name, tmp_path):
     module, shape = _built(name)
     _perturb(module, seed=9)
     x = _input(shape, seed=10)
-    served = _Served(module, shape[1:])
+    lead = shape[:1] if module.members else ()
+    served = _Served(module, shape[len(lead) + 1 :], lead)
     expected = served.serve(x).numpy()
     np.testing.assert_allclose(
         expected, module(x, training=False).numpy(), rtol=1e-6, atol=1e-7
@@ -221,8 +296,9 @@ def test_saved_model_round_trip(name, tmp_path):
     loaded = tf.saved_model.load(str(tmp_path / "saved"))
     assert np.array_equal(loaded.serve(x).numpy(), expected)
     # Another batch size runs through the same signature.
+    first = (slice(None),) * len(lead) + (slice(0, 1),)  # one example (each member's)
     np.testing.assert_allclose(
-        loaded.serve(x[:1]).numpy(), expected[:1], rtol=1e-5, atol=1e-6
+        loaded.serve(x[first]).numpy(), expected[first], rtol=1e-5, atol=1e-6
     )
     assert len(loaded.weights) == len(module.variables)
     for var, want in zip(loaded.weights, module.variables):

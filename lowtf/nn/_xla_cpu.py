@@ -17,7 +17,13 @@ L2 penalties took about 0.5 ms of a 13 ms step. Written differently:
 * a sum over a whole weight (the L1 and L2 penalties) runs in blocks of 32
   rows and a product with ones: XLA fuses a reduction of at most 32 rows
   with the square that feeds it, while a longer one becomes a tree of
-  reduce-windows that first writes every square out.
+  reduce-windows that first writes every square out. A stacked weight's
+  per-member sums (:func:`member_totals`) take the same blocks per member.
+
+A stacked convolution (a kernel ``[K, kh, kw, in, out]``, one per member)
+always takes the patches' form, as one batched product: ``tf.nn.conv2d`` has
+no per-example kernels, and K separate convolutions would grow the graph
+with K.
 
 Outside XLA, or when a GPU is visible (where XLA calls cuDNN), the usual
 ``tf.nn`` ops and ``tf.reduce_sum`` run: TensorFlow's own CPU kernels are
