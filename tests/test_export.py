@@ -3,12 +3,15 @@
 import gzip
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from _fixtures import tree_digest
 
 import lowtf
 from lowtf import export
@@ -250,6 +253,17 @@ def _run(binary, *args):
     )
 
 
+def _start(binary, *args):
+    """A binary started in the background (``communicate()`` waits for it)."""
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "bin", binary), *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A tiny synthetic run of run_job (no export yet)."""
@@ -415,3 +429,342 @@ def test_bin_train_export_dir_exports_at_the_end(tmp_path):
     assert os.path.exists(os.path.join(exports, "1", "saved_model.pb"))
     with open(tmp_path / "run" / "flags.txt") as f:
         assert f"--export_dir={exports}\n" in f.read()
+
+
+# -- nothing lost, nothing silently wrong ---------------------------------------------
+
+
+def _csv(rows, header=None, *, quote=False, bom=False, newline="\n"):
+    """csv text of ``rows`` (repr of each float, optionally quoted) under ``header``."""
+    q = '"' if quote else ""
+    lines = [] if header is None else [header]
+    lines += [",".join(f"{q}{float(v)!r}{q}" for v in row) for row in rows]
+    return ("\ufeff" if bom else "") + newline.join(lines) + newline
+
+
+def _predictions(path):
+    """An output's rows as numbers: (class ids, probabilities)."""
+    with open(path) as f:
+        assert f.readline() == "class_id,p0,p1\n"
+    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    return table[:, 0], table[:, 1:]
+
+
+@pytest.fixture(scope="module")
+def clean(fitted, tmp_path_factory):
+    """300 raw rows, and what predict_file writes for them from a header-less csv."""
+    _model, path, _rows, _expected = fitted
+    root = tmp_path_factory.mktemp("clean")
+    rows = _raw_binary(300, seed=11)[0]
+    (root / "rows.csv").write_text(_csv(rows))
+    export.predict_file(
+        path, str(root / "rows.csv"), str(root / "out.csv"), log=lambda line: None
+    )
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    probabilities = serve(features=tf.constant(rows))["probabilities"].numpy()
+    ids, got = _predictions(root / "out.csv")
+    np.testing.assert_allclose(got, probabilities, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(ids, probabilities.argmax(1))
+    return path, rows, (root / "out.csv").read_bytes()
+
+
+@pytest.mark.e2e
+def test_bin_predict_never_writes_over_the_input_or_a_file_it_did_not_make(
+    clean, tmp_path, monkeypatch
+):
+    path, rows, expected = clean
+    data = tmp_path / "data" / "rows.csv"
+    data.parent.mkdir()
+    data.write_text(_csv(rows))
+    os.symlink(data, tmp_path / "link.csv")
+    os.link(data, tmp_path / "hard.csv")
+    (tmp_path / "out.csv").write_text("an older output\n")
+    (tmp_path / "out.csv.tmp").write_text("a file of the user's\n")
+    (tmp_path / "folder").mkdir()
+    before = tree_digest(tmp_path)
+
+    # The input through a symlink and "..": refused before anything is written.
+    spelled = f"{tmp_path}/data/../link.csv"
+    done = _run(
+        "predict", f"--model={path}", f"--data_path={data}", f"--output={spelled}"
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert _errors(done.stderr) == [
+        (
+            f"error: --output ({spelled}) is --data_path ({data}); predictions never "
+            f"replace their input: name another file"
+        )
+    ]
+    # The same check in process, for the other spellings, with or without overwrite.
+    monkeypatch.chdir(tmp_path / "data")
+    for output in (
+        "rows.csv",
+        "./rows.csv",
+        "../hard.csv",
+        f"{tmp_path}//data/rows.csv",
+    ):
+        for overwrite in (False, True):
+            with pytest.raises(ValueError, match=r"is --data_path .* never replace"):
+                export.predict_file(path, str(data), output, overwrite=overwrite)
+    for output, message in (
+        (tmp_path / "out.csv", r"exists; pass --overwrite to replace it"),
+        (tmp_path / "folder", rf"--output \({tmp_path}/folder\) is a directory; name a file"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            export.predict_file(path, str(data), str(output))
+    assert tree_digest(tmp_path) == before
+
+    # --overwrite replaces the output, and only it: the user's out.csv.tmp stays.
+    done = _run(
+        "predict", f"--model={path}", f"--data_path={data}",
+        f"--output={tmp_path / 'out.csv'}", "--overwrite",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == f"predict: 300 rows written to {tmp_path / 'out.csv'}\n"
+    assert (tmp_path / "out.csv").read_bytes() == expected
+    after = tree_digest(tmp_path)
+    del after["out.csv"], before["out.csv"]
+    assert after == before  # no temporary left, nothing else touched
+
+
+@pytest.mark.e2e
+def test_bin_predict_takes_no_data_row_for_a_header(clean, tmp_path):
+    path, rows, expected = clean
+    columns = ",".join(str(i) for i in range(28))  # pandas' header of an array
+    (tmp_path / "pandas.csv").write_text(_csv(rows, columns))
+    whole = np.round(rows)  # whole-number rows: column numbers are ambiguous
+    (tmp_path / "whole.csv").write_text(
+        columns
+        + "\n"
+        + "".join(",".join(str(int(v)) for v in row) + "\n" for row in whole)
+    )
+    runs = {
+        name: _start(
+            "predict",
+            f"--model={path}",
+            f"--data_path={tmp_path / name}",
+            f"--output={tmp_path / name}.out",
+            *flags,
+        )
+        for name, flags in (("pandas.csv", []), ("whole.csv", ["--header=yes"]))
+    }
+    inputs = tree_digest(tmp_path)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    whole_expected = serve(features=tf.constant(whole))["probabilities"].numpy()
+    first = serve(features=tf.constant([np.arange(28.0)], tf.float32))["probabilities"]
+
+    # In process meanwhile: every spelling of the 300 rows gives the same bytes.
+    header = ",".join(f"f{i}" for i in range(28))
+    same = {
+        "bom.csv": _csv(rows, bom=True),
+        "bom_header_crlf.csv": _csv(rows, header, bom=True, newline="\r\n"),
+        "quoted.csv": _csv(rows, quote=True),
+        "quoted_header.csv": _csv(
+            rows, ",".join(f'"{c}"' for c in header.split(",")), quote=True
+        ),
+        "quoted_columns.csv": _csv(rows, ",".join(f'"{i}"' for i in range(28))),
+        "one_based.csv": _csv(rows, ",".join(str(i + 1) for i in range(28))),
+    }
+    for name, text in same.items():
+        (tmp_path / name).write_text(text, newline="")
+        assert (
+            export.predict_file(
+                path, str(tmp_path / name), str(tmp_path / f"{name}.out")
+            )
+            == 300
+        )
+        assert (tmp_path / f"{name}.out").read_bytes() == expected, name
+    with gzip.open(tmp_path / "pandas.csv.gz", "wt") as f:
+        f.write(_csv(rows, columns))
+    export.predict_file(path, str(tmp_path / "pandas.csv.gz"), str(tmp_path / "gz.out"))
+    assert (tmp_path / "gz.out").read_bytes() == expected
+
+    # A first row that is not all text nor column numbers is data, checked as any.
+    typo = _csv(rows).splitlines(True)
+    bad0 = typo[0].split(",")
+    bad0[5] = "1.2.3"
+    bad30 = typo[30].split(",")
+    bad30[5] = "1.2.3"
+    empty = typo[0].split(",")
+    empty[2] = ""
+    failing = {
+        "typo_row_0.csv": (
+            ",".join(bad0) + "".join(typo[1:]), "auto",
+            "data row 0, column 5 is 1.2.3, not a number; if row 0 is a header, pass --header=yes",
+        ),
+        "typo_row_30.csv": (
+            "".join(typo[:30]) + ",".join(bad30) + "".join(typo[31:]), "auto",
+            "data row 30, column 5 is 1.2.3, not a number",
+        ),
+        "empty_row_0.csv": (
+            ",".join(empty) + "".join(typo[1:]), "auto",
+            "data row 0, column 2 is empty; if row 0 is a header, pass --header=yes",
+        ),
+        "header_with_a_number.csv": (
+            _csv(rows, header.replace("f27", "27")), "auto",
+            "data row 0, column 0 is f0, not a number; if row 0 is a header, pass --header=yes",
+        ),
+        "whole.csv": (
+            None, "auto",
+            (
+                "row 0 is 0,1,...,27, the column numbers (what pandas writes as a header), "
+                "and the file has other rows with whole numbers too: it may be a header or "
+                "an example; pass --header=yes or --header=no"
+            ),
+        ),
+        "text_header.csv": (_csv(rows, header), "no", "data row 0, column 0 is f0, not a number"),
+    }  # fmt: skip
+    for name, (text, choice, message) in failing.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        output = str(tmp_path / f"{name}.failed")
+        with pytest.raises(lowtf.DataError) as error:
+            export.predict_file(path, str(tmp_path / name), output, header=choice)
+        assert str(error.value) == f"{tmp_path / name}: {message}"
+        assert not os.path.exists(output)
+    export.predict_file(
+        path, str(tmp_path / "header_with_a_number.csv"),
+        str(tmp_path / "number.out"), header="yes",
+    )  # fmt: skip
+    assert (tmp_path / "number.out").read_bytes() == expected
+    # --header=no keeps the column numbers as an example: 301 rows, said so.
+    export.predict_file(
+        path, str(tmp_path / "whole.csv"), str(tmp_path / "no.out"), header="no"
+    )
+    ids, got = _predictions(tmp_path / "no.out")
+    assert got.shape == (301, 2)
+    np.testing.assert_allclose(got[0], first.numpy()[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got[1:], whole_expected, rtol=0, atol=1e-6)
+
+    # The binaries: 300 rows out for 300 data rows in, the clean file's numbers.
+    for name, done in runs.items():
+        stdout, stderr = done.communicate(timeout=300)
+        assert done.returncode == 0, stderr[-2000:]
+        assert stdout == f"predict: 300 rows written to {tmp_path / name}.out\n"
+    assert (tmp_path / "pandas.csv.out").read_bytes() == expected
+    ids, got = _predictions(tmp_path / "whole.csv.out")
+    assert got.shape == (300, 2)
+    np.testing.assert_allclose(got, whole_expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(ids, whole_expected.argmax(1))
+    for name in ("pandas.csv", "whole.csv"):
+        assert tree_digest(tmp_path)[name] == inputs[name]
+
+
+@pytest.mark.e2e
+def test_bin_predict_stops_on_sigint_and_sigterm_without_a_trace(clean, tmp_path):
+    path, rows, _expected = clean
+    np.savetxt(tmp_path / "big.csv", np.tile(rows, (70, 1)), fmt="%.7g", delimiter=",")
+    runs = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        folder = tmp_path / sig.name
+        folder.mkdir()
+        (folder / "out.csv").write_text("an older output\n")
+        (folder / "out.csv.tmp").write_text("a file of the user's\n")
+        before = tree_digest(tmp_path)
+        runs[sig] = before, _start(
+            "predict", f"--model={path}", f"--data_path={tmp_path / 'big.csv'}",
+            f"--output={folder / 'out.csv'}", "--overwrite", "--batch_size=1",
+            "--log_every=100",
+        )  # fmt: skip
+    for sig, (before, done) in runs.items():
+        # Mid-way: a progress line printed, the temporary file there.
+        assert done.stdout.readline() == "predict: 100 rows\n"
+        made = set(os.listdir(tmp_path / sig.name)) - {"out.csv", "out.csv.tmp"}
+        assert len(made) == 1 and made.pop().startswith(".out.csv.")
+        done.send_signal(sig)
+    for sig, (before, done) in runs.items():
+        _stdout, stderr = done.communicate(timeout=120)
+        assert done.returncode == 128 + sig
+        assert "Traceback" not in stderr
+        assert _errors(stderr) == [
+            f"error: stopped by {sig.name}; no partial output or temporary file is left"
+        ]
+    # Input, older output and the user's .tmp as they were; nothing else left.
+    assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.e2e
+def test_bin_export_says_a_run_in_progress_or_interrupted(tiny_run, tmp_path):
+    _root, model_dir = tiny_run
+    run = tmp_path / "run"
+    run.mkdir()
+    # What a run has before its end: best/ and flags.txt, no model.json yet.
+    subprocess.run(["cp", "-r", os.path.join(model_dir, "best"), str(run)], check=True)
+    (run / "flags.txt").write_text("--model=tiny\n")
+    exports = tmp_path / "exports"
+    done = _run("export", f"--model_dir={run}", f"--export_dir={exports}")
+    assert done.returncode == 2 and done.stdout == ""
+    assert _errors(done.stderr) == [
+        (
+            f"error: {run} is a run that was interrupted before its end (its best snapshot "
+            f"so far is step 40): model.json, which the export rebuilds the network from, is "
+            f"written when a run ends; resume it with bin/train --flagfile={run}/flags.txt "
+            f"and let it finish, or stop it with Ctrl-C once it has started (it then writes "
+            f"model.json), and export after"
+        )
+    ]
+    # A live process holds the lock: in progress.
+    host = socket.gethostname()
+    (run / "lock").write_text(json.dumps({"host": host, "pid": os.getpid()}))
+    with pytest.raises(ValueError) as error:
+        export.export(str(run), str(exports))
+    assert str(error.value).startswith(
+        f"{run} is a run in progress (pid {os.getpid()} on {host} holds {run}/lock); "
+        f"its best snapshot so far is step 40, and model.json"
+    )
+    assert not exports.exists()
+
+
+@pytest.mark.e2e
+def test_concurrent_exports_take_distinct_versions(
+    tiny_run, fitted, tmp_path, monkeypatch
+):
+    _root, model_dir = tiny_run
+    exports = tmp_path / "exports"
+    runs = [
+        _start("export", f"--model_dir={model_dir}", f"--export_dir={exports}")
+        for _ in range(2)
+    ]
+    # In process meanwhile, a race made certain: another export renames version 1
+    # while this one is saving; this one must take 2 and leave 1 as it is.
+    model = fitted[0]
+    base = tmp_path / "raced"
+    real_save = tf.saved_model.save
+
+    other = {}
+
+    def racing_save(obj, path, signatures=None):
+        real_save(obj, path, signatures=signatures)
+        if not other:
+            real_save(obj, str(base / "1"), signatures=signatures)
+            other.update(tree_digest(base / "1"))
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    stale, live = f".tmp-{dead.pid}-0-{host}", f".tmp-{os.getpid()}-0-{host}"
+    for name in (stale, live):
+        os.makedirs(base / name)
+    monkeypatch.setattr(tf.saved_model, "save", racing_save)
+    assert export.save(model, str(base), feature_shape=(28,)) == f"{base}/2"
+    monkeypatch.undo()
+    assert other and tree_digest(base / "1") == other
+    # A killed export's temporary goes; a live one's stays.
+    assert sorted(os.listdir(base)) == sorted(["1", "2", live])
+
+    written = []
+    for done in runs:
+        stdout, stderr = done.communicate(timeout=300)
+        assert done.returncode == 0, stderr[-2000:]
+        written.append(stdout.strip())
+    assert sorted(written) == [f"exported {model_dir} to {exports}/{v}" for v in (1, 2)]
+    assert sorted(os.listdir(exports)) == ["1", "2"]
+    rows = _raw_binary(20, seed=4)[0]
+    one, two = (
+        tf.saved_model.load(f"{exports}/{v}")
+        .signatures["serving_default"](features=tf.constant(rows))["probabilities"]
+        .numpy()
+        for v in (1, 2)
+    )
+    np.testing.assert_array_equal(one, two)
+    assert one.std() > 0

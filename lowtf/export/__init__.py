@@ -5,7 +5,9 @@
   ``export_dir/<version>/``, in TensorFlow Serving's layout; :func:`save`
   does the same for any lowtf model in memory.
 - :func:`predict_file` streams a csv, csv.gz or npz file through an export
-  and writes ``class_id,p0,p1,...`` rows (what ``bin/predict`` runs).
+  and writes ``class_id,p0,p1,...`` rows, one per data row (what
+  ``bin/predict`` runs); it never writes over its input, nor over an
+  existing file unless asked.
 
 The SavedModel's ``serving_default`` signature takes raw float32 features
 ``[None, *feature_shape]`` and returns ``probabilities`` and ``class_ids``;

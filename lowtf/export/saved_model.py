@@ -16,24 +16,32 @@ it: ``tf.saved_model.load(path).signatures["serving_default"]``.
 TensorFlow Serving's layout: each export is a version subdirectory named by
 an integer, ``export_dir/<version>/saved_model.pb`` (plus ``variables/``);
 Serving serves the highest version. A version is written under a temporary
-name first and renamed when complete, so a server watching ``export_dir``
-never sees half of one.
+name of its own first (``.tmp-<pid>-<random>-<host>``) and renamed when
+complete, so a server watching ``export_dir`` never sees half of one. The
+rename is what claims the version number: it never replaces a directory, so
+exports running at once into one ``export_dir`` take distinct versions (the
+one that loses a race takes the next number).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import uuid
 
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks
+from lowtf import _checks, _files
 from lowtf.export import spec as spec_lib
-from lowtf.train import early_stopping
+from lowtf.train import early_stopping, rundir
 
 SIGNATURE = "serving_default"
 INPUT = "features"
 OUTPUTS = ("probabilities", "class_ids")
+# Prefix of the directory a version is written to before its rename.
+_TMP_PREFIX = ".tmp-"
 
 
 class _Serving(tf.Module):
@@ -108,23 +116,74 @@ def save(
         raise ValueError(
             "`std` has a zero; the loader divides by 1 for a constant feature"
         )
+    requested = version
     version = _version(export_dir, version)
     # Built here, so that the traced function only reads the variables.
     model(tf.zeros([1, *feature_shape]), training=False)
     serving = _Serving(model, feature_shape, mean, std)
-    path = os.path.join(export_dir, str(version))
-    temporary = os.path.join(export_dir, f".tmp-{version}")
-    if tf.io.gfile.exists(temporary):
-        tf.io.gfile.rmtree(temporary)  # left by an interrupted export
     tf.io.gfile.makedirs(export_dir)
+    _remove_stale_temporaries(export_dir)
+    # A name no other export (of this process or another) can have.
+    temporary = os.path.join(
+        export_dir,
+        f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}-{socket.gethostname()}",
+    )
     try:
         tf.saved_model.save(serving, temporary, signatures={SIGNATURE: serving.serve})
-        tf.io.gfile.rename(temporary, path)
+        return _claim(temporary, export_dir, version, requested)
     except BaseException:
-        if tf.io.gfile.exists(temporary):
-            tf.io.gfile.rmtree(temporary)
+        _files.remove_if_present(temporary)
         raise
-    return path
+
+
+def _claim(temporary, export_dir, version, requested) -> str:
+    """Renames ``temporary`` to the version directory; the next one if taken meanwhile."""
+    while True:
+        path = os.path.join(export_dir, str(version))
+        try:
+            # No overwrite: a version another export renamed first stays its own.
+            tf.io.gfile.rename(temporary, path, overwrite=False)
+            return path
+        except tf.errors.OpError:
+            # rename(2) onto a non-empty directory fails with ENOTEMPTY rather
+            # than AlreadyExists: whichever, a path that exists now was taken.
+            if not tf.io.gfile.exists(path):
+                raise
+            if requested is not None:
+                raise ValueError(
+                    f"`version` ({requested}) was written to {export_dir} by another "
+                    f"export meanwhile; leave it out for the next free one"
+                ) from None
+        version = max(_versions(export_dir), default=version) + 1
+
+
+def _remove_stale_temporaries(export_dir) -> None:
+    """Deletes the temporaries of exports killed on this host (their pid is gone)."""
+    for name in tf.io.gfile.listdir(export_dir):
+        parts = name.rstrip("/").split("-", 3)  # .tmp, pid, random, host
+        if (
+            len(parts) != 4
+            or not name.startswith(_TMP_PREFIX)
+            or not parts[1].isdigit()
+        ):
+            continue  # not one of ours (an older lowtf's .tmp-<version> included)
+        if _running({"pid": int(parts[1]), "host": parts[3].rstrip("/")}):
+            continue
+        try:
+            _files.remove_if_present(os.path.join(export_dir, name.rstrip("/")))
+        except tf.errors.OpError:
+            pass  # another export is deleting it too
+
+
+def _running(owner: dict) -> bool:
+    """Whether ``{"host", "pid"}`` may be a live process: not known dead on this host."""
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's process cannot be checked from here
+    try:
+        os.kill(owner["pid"], 0)
+    except OSError as error:
+        return error.errno != errno.ESRCH
+    return True
 
 
 def export(model_dir: str, export_dir: str, *, version: int | None = None) -> str:
@@ -142,9 +201,14 @@ def export(model_dir: str, export_dir: str, *, version: int | None = None) -> st
       The path written, ``export_dir/<version>``.
 
     Raises:
-      ValueError: no model.json or best snapshot in ``model_dir``, a snapshot
-        that does not fit model.json, or a bad ``version``.
+      ValueError: no model.json or best snapshot in ``model_dir`` (a run in
+        progress or interrupted before its end is said to be one), a
+        snapshot that does not fit model.json, or a bad ``version``.
     """
+    if not tf.io.gfile.exists(os.path.join(model_dir, spec_lib.MODEL_FILE)):
+        pointer = early_stopping.best_checkpoint(os.path.join(model_dir, "best"))
+        if pointer is not None:
+            raise ValueError(_unfinished(model_dir, pointer))
     spec, mean, std = spec_lib.read(model_dir)
     pointer = early_stopping.best_checkpoint(os.path.join(model_dir, "best"))
     if pointer is None:
@@ -170,6 +234,37 @@ def export(model_dir: str, export_dir: str, *, version: int | None = None) -> st
         mean=mean,
         std=std,
         version=version,
+    )
+
+
+def _unfinished(model_dir, pointer) -> str:
+    """Why a run with a best snapshot but no model.json cannot be exported yet.
+
+    run_job writes model.json (and the training split's normalization, which
+    the export builds in) when the run ends; a run in progress or one that
+    was killed has neither, and they cannot be made up from the snapshot.
+    """
+    lock = os.path.join(model_dir, rundir.LOCK)
+    owner = rundir.RunLock(model_dir).holder() if tf.io.gfile.exists(lock) else None
+    best = f"its best snapshot so far is step {pointer['step']}"
+    if owner is not None and _running(owner):
+        return (
+            f"{model_dir} is a run in progress (pid {owner['pid']} on {owner.get('host')} "
+            f"holds {lock}); {best}, and model.json, which the export rebuilds the "
+            f"network from, is written when the run ends: export once it has ended, or "
+            f"stop it with Ctrl-C (it then ends at its next step and writes model.json)"
+        )
+    flagfile = os.path.join(model_dir, "flags.txt")
+    again = (
+        f"bin/train --flagfile={flagfile}"
+        if tf.io.gfile.exists(flagfile)
+        else "bin/train with its flags"
+    )
+    return (
+        f"{model_dir} is a run that was interrupted before its end ({best}): "
+        f"model.json, which the export rebuilds the network from, is written when a "
+        f"run ends; resume it with {again} and let it finish, or stop it with Ctrl-C "
+        f"once it has started (it then writes model.json), and export after"
     )
 
 
