@@ -209,8 +209,9 @@ def test_per_member_penalties_equal_each_models(kind):
     want = [float(lowtf.nn.total_regularization_loss(m)) for m in models]
     total = lowtf.nn.total_regularization_loss(stacked)
     np.testing.assert_allclose(total.numpy(), want, rtol=1e-6)
-    compiled = _xla(lambda: lowtf.nn.total_regularization_loss(stacked))()
-    np.testing.assert_allclose(compiled.numpy(), want, rtol=1e-5)
+    if kind == "mlp":  # under XLA on CPU its [64, 16] kernel sums in blocks
+        compiled = _xla(lambda: lowtf.nn.total_regularization_loss(stacked))()
+        np.testing.assert_allclose(compiled.numpy(), want, rtol=1e-5)
 
 
 def test_a_stack_without_penalties_totals_k_zeros():
@@ -262,6 +263,16 @@ def test_stacked_dropout_draws_each_members_mask_bit_for_bit():
         own = random.uniform_from([4, 50], random.fold_in(key, seeds[k]))
         assert np.array_equal(draws[k].numpy(), own.numpy())
     assert np.array_equal(got[1], x[1].numpy())  # rate 0: the identity
+
+    # A batch size known only at run time draws the same masks.
+    signature = [tf.TensorSpec([K, None, 50]), tf.TensorSpec([K], tf.int64)]
+
+    @tf.function(input_signature=signature)
+    def unknown_batch(x, words):
+        with random.member_words(words):
+            return stacked(x, training=True)
+
+    assert np.array_equal(unknown_batch(x, _words()).numpy(), got)
     assert (got[0] == 0).mean() == pytest.approx(0.3, abs=0.1)
     # Outside member_words: a stateful draw, still each member's own rate.
     fallback = stacked(x, training=True).numpy()
@@ -298,41 +309,42 @@ def test_member_totals_sum_each_member_in_blocks_under_xla():
     np.testing.assert_allclose(_xla_cpu.member_totals(t), want, rtol=2e-6)
 
 
-def _built(models):
+def _built(*models, width=64):
+    """The models, each built on one example of ``width`` features."""
     for model in models:
-        model(tf.zeros([1, 64]))
-    return models
+        model(tf.zeros([1, width]))
+    return list(models)
 
 
 @pytest.mark.parametrize(
     "make, match",
     [
         (
-            lambda: _built([_mlp(0), _mlp(1), _mlp(2, hidden=(16, 4))]),
+            lambda: _built(_mlp(0), _mlp(1), _mlp(2, hidden=(16, 4))),
             r"members 0 and 2 differ in dense_1\.units \(8 vs 4\): a population "
             "stacks models of one architecture",
         ),
         (
-            lambda: _built([_mlp(0), _mlp(1, batchnorm=False)]),
+            lambda: _built(_mlp(0), _mlp(1, batchnorm=False)),
             r"members 0 and 1 differ in mlp's layer 1 \(BatchNorm 'batchnorm_0' vs "
             r"Dense 'dense_1'\)",
         ),
         (
             lambda: _built(
-                [_mlp(0, batchnorm=False), _mlp(1, batchnorm=False, activation="relu")]
+                _mlp(0, batchnorm=False), _mlp(1, batchnorm=False, activation="relu")
             ),
             r"members 0 and 1 differ in dense_0\.activation \(elu vs relu\)",
         ),
         (
-            lambda: _built([_cnn(0), _cnn(1, filters=(3,))]),
+            lambda: _built(_cnn(0), _cnn(1, filters=(3,))),
             r"members 0 and 1 differ in conv_0\.filters \(4 vs 3\)",
         ),
         (
-            lambda: _wider(),
+            lambda: [*_built(_mlp(0)), *_built(_mlp(1), width=9)],
             r"members 0 and 1 differ in dense_0\.kernel's shape \(\(64, 16\) vs "
             r"\(9, 16\)\)",
         ),
-        (lambda: [*_built([_mlp(0)]), _mlp(1)], "call each model once on an example"),
+        (lambda: [*_built(_mlp(0)), _mlp(1)], "call each model once on an example"),
         (lambda: [], "empty"),
     ],
 )
@@ -342,19 +354,13 @@ def test_stack_refuses_other_architectures_and_unbuilt_models(make, match):
         lowtf.nn.stack(models)
 
 
-def _wider():
-    narrow = _mlp(1)
-    narrow(tf.zeros([1, 9]))
-    return [_built([_mlp(0)])[0], narrow]
-
-
 def test_unstack_refuses_another_architecture_and_a_missing_member():
-    stacked = lowtf.nn.stack(_built([_mlp(0), _mlp(1)]))
-    (other,) = _built([_mlp(0, hidden=(16, 4))])
+    stacked = lowtf.nn.stack(_built(_mlp(0), _mlp(1)))
+    (other,) = _built(_mlp(0, hidden=(16, 4)))
     with pytest.raises(ValueError, match=r"dense_1\.kernel's shape \(\(16, 8\) vs"):
         lowtf.nn.unstack(stacked, 0, other)
     with pytest.raises(ValueError, match=r"`k` \(2\) must be below the stack's 2"):
-        lowtf.nn.unstack(stacked, 2, _built([_mlp(0)])[0])
+        lowtf.nn.unstack(stacked, 2, *_built(_mlp(0)))
     with pytest.raises(ValueError, match="not a stacked model"):
         lowtf.nn.unstack(other, 0, other)
 

@@ -71,8 +71,9 @@ def stack(models: Sequence[Layer], *, name: str | None = None) -> Layer:
     # input shape); the members' values then replace the initial ones.
     stacked(tf.zeros([len(models), 1, *shape]), training=False)
     for layer, members in rows:
-        for i, var in enumerate(_own_variables(layer)):
-            var.assign(tf.stack([_own_variables(m)[i] for m in members]))
+        per_member = zip(*(_own_variables(m) for m in members))
+        for var, values in zip(_own_variables(layer), per_member):
+            var.assign(tf.stack(values))
         # Sequential's setter reaches its layers: set parents first (rows are
         # in that order), so that each layer ends with its members' flag.
         if layer.trainable != members[0].trainable:
