@@ -205,7 +205,7 @@ def test_members_do_not_interact():
     second = [other.run(40)["total_loss"] for _ in range(2)]
     assert [m[0] for m in first] == [m[0] for m in second]  # bit for bit
     assert first[-1][1] != second[-1][1]
-    for a, b in zip(base.model.state, other.model.state):
+    for a, b in zip(base.model.variables, other.model.variables):
         np.testing.assert_array_equal(a.numpy()[0], b.numpy()[0])
         assert not np.array_equal(a.numpy()[1], b.numpy()[1])
 
@@ -215,13 +215,14 @@ def test_max_norm_caps_each_member_at_its_own_cap():
     members = dict(MEMBERS, maxnorm=[0.3, 0.0, 1.0], l2=0.0, dropout=0.0)
     pop = _population(members=members, lr=0.05)
     pop.run(60)
-    hidden = pop.model.kernels[:-1]
+    kernels = [m.kernel for m in pop.model.submodules if isinstance(m, lowtf.Dense)]
+    hidden = kernels[:-1]
     for kernel in hidden:
         norms = np.sqrt((kernel.numpy() ** 2).sum(axis=1))  # [K, units]
         assert norms[0].max() <= 0.3 + 1e-6
         assert norms[2].max() <= 1.0 + 1e-6
         assert norms[1].max() > 1.0  # uncapped: grew past both others' caps
-    out = np.sqrt((pop.model.kernels[-1].numpy() ** 2).sum(axis=1))
+    out = np.sqrt((kernels[-1].numpy() ** 2).sum(axis=1))
     assert out[0].max() > 0.3  # the output layer is not capped by default
 
 
@@ -234,15 +235,15 @@ def test_a_stopped_member_no_longer_changes():
     record = pop.evaluate()
     assert record["stopped"].tolist() == [True, False, False]
     assert pop.stop_step.tolist() == [40, -1, -1]
-    frozen = [v.numpy()[0] for v in pop.model.state]
+    frozen = [v.numpy()[0] for v in pop.model.variables]
     slots = [
         v.numpy()[0]
         for v in pop.optimizer.variables
         if len(v.shape) and v.shape[0] == 3
     ]
-    moving = [v.numpy()[1] for v in pop.model.state]
+    moving = [v.numpy()[1] for v in pop.model.variables]
     pop.run(30)
-    for v, before in zip(pop.model.state, frozen):
+    for v, before in zip(pop.model.variables, frozen):
         np.testing.assert_array_equal(v.numpy()[0], before)
     after = [
         v.numpy()[0]
@@ -251,7 +252,7 @@ def test_a_stopped_member_no_longer_changes():
     ]
     for a, b in zip(after, slots):
         np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(pop.model.state[0].numpy()[1], moving[0])
+    assert not np.array_equal(pop.model.variables[0].numpy()[1], moving[0])
     # Its best weights are those of step 0 (its only improvement).
     assert pop.best_step.tolist()[0] == 0
     assert int(pop.step.numpy()) == 70
@@ -274,8 +275,7 @@ def test_member_holds_the_best_weights_bit_for_bit(fitted):
     pop, _, model_dir = fitted
     for k in range(3):
         model = pop.member(k)
-        dense = [m for m in model.layers if isinstance(m, lowtf.Dense)]
-        ours = [v.numpy() for layer in dense for v in (layer.kernel, layer.bias)]
+        ours = [v.numpy() for v in model.variables]
         best = [v.numpy()[k] for v in pop.state.best]  # kernel, bias per layer
         assert len(ours) == len(best) == 6
         for a, b in zip(ours, best):
@@ -306,7 +306,7 @@ def test_one_trace_for_any_number_of_steps():
 def test_batch_norm_statistics_are_per_member():
     pop = _population(batchnorm=True, members=dict(MEMBERS, dropout=0.0))
     pop.run(30)
-    means = pop.model.moving_means[0].numpy()
+    means = _first_batchnorm(pop.model).moving_mean.numpy()
     assert not np.allclose(means[0], means[1])
     single = _population(
         batchnorm=True,
@@ -316,11 +316,15 @@ def test_batch_norm_statistics_are_per_member():
     )
     single.run(30)
     np.testing.assert_allclose(
-        single.model.moving_means[0].numpy()[0], means[0], atol=1e-6
+        _first_batchnorm(single.model).moving_mean.numpy()[0], means[0], atol=1e-6
     )
     model = pop.member(0, weights="latest")
     bn = [m for m in model.layers if isinstance(m, lowtf.BatchNorm)][0]
     np.testing.assert_array_equal(bn.moving_mean.numpy(), means[0])
+
+
+def _first_batchnorm(model):
+    return [m for m in model.submodules if isinstance(m, lowtf.BatchNorm)][0]
 
 
 def test_k_fold_is_stratified_and_disjoint():

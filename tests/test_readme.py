@@ -64,12 +64,10 @@ def test_population_example_runs():
         exec(compile(source, "README.md", "exec"), namespace)
 
     pop, record = namespace["pop"], namespace["record"]
-    assert pop.size == 8
+    assert pop.size == 4
     assert set(namespace["metrics"]) == set(lowtf.train.metrics.STEP_METRICS)
-    val = record["val_cross_entropy"]
-    assert val.shape == (8,) and (val < 0.6).all()  # every member learned
-    # Each member's penalty is its own: L2 1e-2 members pay more than 1e-4 ones.
-    assert record["regularization_loss"][4:].min() > record["regularization_loss"][:4].max()
+    assert (record["val_accuracy"] > 0.9).all()  # every CNN learned
+    np.testing.assert_allclose(record["learning_rate"], [1e-3, 3e-3, 1e-3, 3e-3])
     best = namespace["best"]
     k = int(np.argmin(pop.best_value))
     val_rows = pop.val_rows[k]

@@ -1,26 +1,34 @@
-"""A population: K configurations of one MLP trained together in one compiled step.
+"""A population: K models of one architecture trained together in one compiled step.
 
-Each of K members has its own initial weights (its seed), L1 and L2 scales,
-dropout rate, max-norm cap, training and validation rows of one shared data
-set, batch order, dropout masks, metrics and early stopping; they share the
-architecture, the optimizer (and its learning rate or schedule) and the
-global step. One step gathers a ``[K, B, features]`` batch (member ``k``'s
-rows), runs each layer's products for every member, sums the members' losses
-(their parameters are disjoint, so member ``k``'s gradient is that of its
-own loss alone) and applies one optimizer update to the stacked variables.
+The members are ordinary lowtf models (:func:`lowtf.mlp`, :func:`lowtf.cnn`,
+or any tree of :mod:`lowtf.nn` layers), one per member, built with the
+member's seed. :func:`lowtf.nn.stack` turns them into one model with a
+leading member axis on every variable: one compiled product per layer for
+all members, each member's own dropout rate and masks, L1/L2 scales and
+max-norm cap. Each member also has its own training and validation rows of
+one shared data set, batch order, augmentation draws, learning rate (and
+weight decay), metrics and early stopping; the members share the
+architecture, the optimizer's kind (and its schedule's shape) and the global
+step. One step gathers a ``[K, B, ...]`` batch (member ``k``'s rows), runs
+the stacked model, sums the members' losses (their parameters are disjoint,
+so member ``k``'s gradient is that of its own loss alone) and applies one
+optimizer update to the stacked variables.
 
-Why member ``k`` equals a single run (``lowtf.mlp(..., seed=s)``,
-``StepOptions(seed=s)``, ``TrainConfig(seed=s)`` on ``x[train_rows[k]]``,
-with ``s = seeds[k]``): its initial weights come from the same
-``glorot_uniform`` calls; its batches from the same
+Why member ``k`` equals its single run (its model, ``StepOptions(seed=s)``,
+``TrainConfig(seed=s)`` on ``x[train_rows[k]]``, with ``s = seeds[k]`` and
+an optimizer of rate ``learning_rate[k]``): its initial weights are those of
+its own model, copied; its batches come from the same
 :func:`lowtf.random.permute` of its rows keyed by ``make_key(s, epoch)``
 (the tail of each epoch dropped, as :class:`lowtf.InMemoryBatches`); its
-dropout masks from :func:`lowtf.random.uniform` under ``make_key(s, step)``
-and the same layer seeds. An element-wise optimizer (SGD, momentum, Adam,
+dropout masks from the same hash under ``fold_in(make_key(s, step), layer
+seed)`` (:func:`lowtf.random.member_words`), its augmentation under
+``make_key(s, step)``. An element-wise optimizer (SGD, momentum, Adam,
 AdamW, RMSprop, Adagrad, ... without a global ``clipnorm``) applied to
-stacked variables does, slot for slot, what K optimizers would do. The
-batched products may round differently from K separate ones, so the match
-is to float tolerance, not bit for bit.
+stacked variables does, slot for slot, what K optimizers would do, and its
+update is linear in the learning rate, so member ``k``'s update is the
+shared rate's update scaled by ``learning_rate[k] / rate``. The batched
+products and that scaling may round differently from K separate runs, so
+the match is to float tolerance, not bit for bit.
 
 A member whose patience has run out stops changing: after every step its
 slices of the weights, moving statistics, optimizer slots and data position
@@ -34,12 +42,13 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks, models, random
+from lowtf import _checks, nn, random
+from lowtf import models as models_lib
 from lowtf.data import checks
-from lowtf.nn import BatchNorm, Dense, losses
+from lowtf.nn import constraints, losses, regularizers
 from lowtf.population import members
-from lowtf.population.stacked import StackedMLP
 from lowtf.train import early_stopping
+from lowtf.train import evaluator as evaluator_lib
 from lowtf.train.metrics import MONITORS, STEP_METRICS
 
 
@@ -49,43 +58,68 @@ CALL_STEPS = 1000
 
 
 class Population:
-    """K members of one MLP architecture, trained in one compiled step.
+    """K models of one architecture, trained in one compiled step.
 
-    >>> pop = lowtf.Population(x, y, train_rows=[t0, t1], val_rows=[v0, v1],
-    ...                        seeds=[0, 1], l2=[1e-4, 1e-3], optimizer=Adam(1e-3))
+    >>> pop = lowtf.Population(
+    ...     x, y, models=lambda k: lowtf.cnn(dropout=[0.0, 0.3][k], seed=k),
+    ...     train_rows=[t0, t1], val_rows=[v0, v1], seeds=[0, 1],
+    ...     learning_rate=[1e-3, 3e-3], optimizer=tf.keras.optimizers.Adam(1e-3))
     >>> metrics = pop.run(100)    # STEP_METRICS, each a [K] array
     >>> record = pop.evaluate()   # per-member evaluation, early stopping
-    >>> best = pop.member(0)      # a plain lowtf.mlp with member 0's best weights
+    >>> best = pop.member(0)      # member 0's model with its best weights
 
     The data set ``(x, y)`` is held once; each member holds row indices into
     it. Every per-member argument takes one value per member (a list or
     array of length K) or one number for all.
 
     Args:
-      x: features ``[n, features]`` (float32), shared by every member.
+      x: features ``[n, ...]`` (float32), shared by every member.
       y: labels ``[n]`` (class indices, or 0/1 for two classes).
       train_rows: K arrays of row indices, member k's training rows (at
         least ``batch_size`` each).
       val_rows: K arrays of row indices, member k's validation rows (at
         least one each, none among its training rows).
       seeds: K seeds; ``len(seeds)`` is the population size K. Member k's
-        seed makes its initial weights, batch order and dropout masks, as
-        ``lowtf.mlp(seed=)``, ``TrainConfig(seed=)`` and ``StepOptions(seed=)``
-        do for a single run.
-      optimizer: a Keras optimizer, shared (one learning rate or schedule).
+        seed keys its batch order, dropout masks and augmentation, as
+        ``TrainConfig(seed=)`` and ``StepOptions(seed=)`` do for a single
+        run; with the MLP arguments below it also seeds its initial weights
+        (``lowtf.mlp(seed=)``).
+      optimizer: a Keras optimizer of element-wise updates (SGD, Adam,
+        AdamW, RMSprop, ...); its kind, settings and schedule are shared.
         The step is traced without AutoGraph: a custom schedule or
         optimizer must branch on tensors with ``tf.cond``, not Python
         ``if`` (Keras' own are fine).
-      model: a preset name or hidden widths, as :func:`lowtf.mlp` (default
-        ``"small"``).
-      num_classes: classes (default 2: one sigmoid logit).
-      activation: hidden activation (default ``"elu"``).
-      batchnorm: batch norm before each hidden activation, statistics per
-        member (default False).
-      maxnorm_output: also cap the output layer (default False).
-      l1, l2: per-member kernel penalty scales (default 0).
-      dropout: per-member dropout rate after each hidden layer (default 0).
-      maxnorm: per-member max-norm cap of each hidden unit (default 0: off).
+      models: the members' models: a callable ``k -> model`` (member k's
+        model, built with its own seed and hyper-parameters, e.g.
+        ``lowtf.cnn(seed=seeds[k], dropout=rates[k])``) or a sequence of K
+        models. They must share one architecture (see
+        :func:`lowtf.nn.stack`) and may differ in anything that does not
+        change a shape: initial weights, dropout rate, L1/L2 scales,
+        max-norm cap. Default None: lowtf.mlp members built from the MLP
+        arguments below.
+      learning_rate: per member, its learning rate (default None: the
+        optimizer's for every member). Member k's update is the optimizer's
+        scaled by ``learning_rate[k] / r``, with ``r`` the optimizer's rate
+        or its schedule's ``initial_learning_rate``: a schedule's shape is
+        shared, each member scales its base rate.
+      weight_decay: per member, decoupled weight decay (default None: the
+        optimizer's own, if any). Each step every trained variable of
+        member k shrinks by ``learning_rate_k(step) * weight_decay[k]`` of
+        itself before the update, as Keras' AdamW does; the optimizer's own
+        ``weight_decay`` must then be unset.
+      augment: an augmentation callable as for :class:`lowtf.TrainStep`
+        (e.g. :func:`lowtf.augment.parse`), applied to each member's batch
+        under its own key (default None).
+      model: MLP members only (``models=None``): a preset name or hidden
+        widths, as :func:`lowtf.mlp` (default ``"small"``).
+      num_classes: MLP members: classes (default 2: one sigmoid logit).
+      activation: MLP members: hidden activation (default ``"elu"``).
+      batchnorm: MLP members: batch norm before each hidden activation
+        (default False).
+      maxnorm_output: MLP members: also cap the output layer (default False).
+      l1, l2: MLP members: per-member kernel penalty scales (default 0).
+      dropout: MLP members: per-member dropout rate (default 0).
+      maxnorm: MLP members: per-member max-norm cap (default 0: off).
       batch_size: examples per member per step (default 128).
       monitor: the metric early stopping watches, one of
         :data:`lowtf.train.metrics.MONITORS` (default ``"val_cross_entropy"``).
@@ -97,15 +131,15 @@ class Population:
       eval_batch_size: validation rows per member per evaluation call
         (default 4096).
       jit_compile: XLA (default True) or a plain ``tf.function`` graph
-        (False); ``"auto"`` is XLA, as for any MLP.
+        (False); ``"auto"`` picks as :class:`lowtf.TrainStep` does.
 
     Raises:
-      ValueError: a per-member vector of another length than K, a member
-        without validation rows or with fewer training rows than
-        ``batch_size``, validation rows among a member's training rows, a
-        row index outside ``x``, bad labels or features, or a
-        ``tf.distribute`` strategy in scope (populations train on one
-        device).
+      ValueError: a per-member vector of another length than K, members of
+        different architectures, a member without validation rows or with
+        fewer training rows than ``batch_size``, validation rows among a
+        member's training rows, a row index outside ``x``, bad labels or
+        features, or a ``tf.distribute`` strategy in scope (populations
+        train on one device).
     """
 
     def __init__(
@@ -117,6 +151,10 @@ class Population:
         val_rows,
         seeds,
         optimizer,
+        models=None,
+        learning_rate=None,
+        weight_decay=None,
+        augment=None,
         model="small",
         num_classes: int = 2,
         activation: str = "elu",
@@ -147,17 +185,6 @@ class Population:
             _checks.non_negative_int(f"seeds[{k}]", s)
         self.size = size
         self.seeds = np.asarray(seeds, np.int64)
-        self.l1 = members.vector("l1", l1, size, _checks.non_negative)
-        self.l2 = members.vector("l2", l2, size, _checks.non_negative)
-        self.dropout = members.vector("dropout", dropout, size, _checks.rate)
-        self.maxnorm = members.vector("maxnorm", maxnorm, size, _checks.non_negative)
-        self.units = models.hidden_units(model)
-        self.num_logits = models.num_logits(num_classes)
-        self.num_classes = num_classes
-        self.activation = activation
-        _checks.boolean("batchnorm", batchnorm)
-        _checks.boolean("maxnorm_output", maxnorm_output)
-        self.batchnorm, self.maxnorm_output = bool(batchnorm), bool(maxnorm_output)
         _checks.positive_int("batch_size", batch_size)
         _checks.positive_int("eval_batch_size", eval_batch_size)
         _checks.one_of("monitor", monitor, MONITORS)
@@ -176,18 +203,22 @@ class Population:
                 "tf.keras.optimizers.Adam(1e-3)"
             )
         self.optimizer = optimizer
+        if augment is not None and not callable(augment):
+            raise ValueError(
+                f"`augment` ({augment!r}) must be a callable x -> x, e.g. "
+                "lowtf.augment.parse('translate:1')"
+            )
+        self.augment = augment
 
         # The data, held once and checked once, as InMemoryBatches does.
         x_t, y_t = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
         checks.check_batch(x_t, y_t)
-        if x_t.shape.rank != 2 or x_t.dtype != tf.float32:
+        if x_t.shape.rank < 2 or x_t.dtype != tf.float32:
             raise ValueError(
-                f"`x` must be float32 features [n, features], got {x_t.dtype.name} "
+                f"`x` must be float32 features [n, ...], got {x_t.dtype.name} "
                 f"{x_t.shape}; cast with x.astype(np.float32)"
             )
         checks.check_finite(np.asarray(x), "x")
-        self.head = "sigmoid" if self.num_logits == 1 else "softmax"
-        checks.check_labels(np.asarray(y), self.head, self.num_logits, "y")
         n = int(x_t.shape[0])
         self.x, self.y = x_t, y_t
         self.train_rows = members.rows("train_rows", train_rows, size, n)
@@ -200,24 +231,39 @@ class Population:
                     f"({batch_size}); give member {k} more rows or lower batch_size"
                 )
 
-        self.model = StackedMLP(
-            units=self.units,
-            num_classes=num_classes,
-            activation=activation,
-            batchnorm=self.batchnorm,
-            maxnorm_output=self.maxnorm_output,
-            features=int(x_t.shape[1]),
-            seeds=self.seeds,
-            l1=self.l1,
-            l2=self.l2,
-            dropout=self.dropout,
-            maxnorm=self.maxnorm,
+        self._members = self._member_models(
+            models,
+            dict(
+                model=model,
+                num_classes=num_classes,
+                activation=activation,
+                batchnorm=batchnorm,
+                maxnorm_output=maxnorm_output,
+                l1=l1,
+                l2=l2,
+                dropout=dropout,
+                maxnorm=maxnorm,
+            ),
         )
-        self.optimizer.build(self.model.trainable)
+        logits = self._members[0](self.x[:1], training=False)
+        self.num_logits = int(logits.shape[-1])
+        self.head = losses.resolve_head("auto", logits.shape)
+        checks.check_labels(np.asarray(y), self.head, self.num_logits, "y")
+        self.model = nn.stack(self._members, name="population")
+        self._variables = list(self.model.variables)
+        self._trainable = list(nn.trainable_variables(self.model))
+        if not self._trainable:
+            raise ValueError("the members' models have no trainable variables")
+        self._constrained = constraints.constrained_weights(self.model)
+        self._rates = self._learning_rates(learning_rate)
+        self._decay = self._weight_decays(weight_decay)
+        self.optimizer.build(self._trainable)
         self.state = _State(
-            self.model, size, math.inf if self.mode == "min" else -math.inf
+            self._variables, size, math.inf if self.mode == "min" else -math.inf
         )
-        self._jit = jit_compile in (True, "auto")
+        if jit_compile == "auto":
+            jit_compile = evaluator_lib.auto_jit_compile(self._members[0])
+        self._jit = bool(jit_compile)
         sizes = [len(r) for r in self.train_rows]
         self._train_sizes = tf.constant(sizes, tf.int64)
         width = max(sizes)
@@ -232,7 +278,11 @@ class Population:
         batches = min(len(r) // batch_size for r in self.train_rows)
         self._min_batches = batches
         self._table_epochs = CALL_STEPS // batches + 3
-        self._dropout = bool(np.any(self.dropout > 0))
+        # Dropout words are drawn only when some member drops units.
+        self._dropout = any(
+            isinstance(m, nn.Dropout) and np.any(np.asarray(m.rate) > 0)
+            for m in self.model.submodules
+        )
         # Everything a stopped member must keep: its slices of the weights and
         # moving statistics, of the optimizer's slots (any optimizer variable
         # with a leading member axis) and its data position.
@@ -242,7 +292,7 @@ class Population:
             if len(v.shape) >= 1 and v.shape[0] == size
         ]
         self._eval_batch_size = eval_batch_size
-        self._frozen = [*self.model.state, *slots, self.state.epoch, self.state.cursor]
+        self._frozen = [*self._variables, *slots, self.state.epoch, self.state.cursor]
         for v in slots:
             if not isinstance(v, tf.Variable):  # copied by row in load/store_members
                 raise ValueError(
@@ -307,7 +357,7 @@ class Population:
     @property
     def variables(self) -> list:
         """Every variable the checkpoint holds: weights, best weights, state, optimizer."""
-        return [*self.model.state, *self.state.variables, *self.optimizer.variables]
+        return [*self._variables, *self.state.variables, *self.optimizer.variables]
 
     def run(self, num_steps: int) -> dict[str, np.ndarray]:
         """Runs ``num_steps`` steps in one compiled call (per ``CALL_STEPS``).
@@ -365,7 +415,7 @@ class Population:
         train = self.state.means()
         nan = np.full(self.size, math.nan)
         if train is None:
-            regularization = self.model.penalties().numpy().astype(np.float64)
+            regularization = self._penalties().numpy().astype(np.float64)
             train = {"cross_entropy": nan, "accuracy": nan, "total_loss": nan}
         else:
             regularization = train["regularization_loss"]
@@ -377,7 +427,7 @@ class Population:
             "val_accuracy": hits / counts,
             "regularization_loss": regularization,
             "total_loss": train["total_loss"],
-            "learning_rate": np.full(self.size, _learning_rate(self.optimizer)),
+            "learning_rate": self._member_rates(),
         }
         improved = np.zeros(self.size, bool)
         if update:
@@ -388,7 +438,11 @@ class Population:
         return record
 
     def member(self, k: int, *, weights: str = "best"):
-        """Member ``k`` as a plain ``lowtf.mlp`` with its hyper-parameters.
+        """Member ``k`` as a plain lowtf model, with its hyper-parameters.
+
+        With ``models`` given as a callable (or the MLP arguments), a fresh
+        model is built for it; given as a sequence, member ``k``'s own
+        model object receives the weights and is returned.
 
         Args:
           k: the member, ``0 <= k < K``.
@@ -396,43 +450,115 @@ class Population:
             bit for bit) or ``"latest"`` (its current weights).
 
         Returns:
-          A built :func:`lowtf.mlp` that :class:`lowtf.Evaluator`,
-          :class:`lowtf.TrainStep`, checkpoints and the rest of lowtf accept.
+          A built model that :class:`lowtf.Evaluator`, :class:`lowtf.TrainStep`,
+          checkpoints and the rest of lowtf accept.
+
+        Raises:
+          ValueError: a bad ``k``, or ``weights="best"`` for a member that
+            was never evaluated (it has no best weights yet: evaluate first,
+            or ask for ``weights="latest"``).
         """
         if not isinstance(k, (int, np.integer)) or not 0 <= k < self.size:
             raise ValueError(f"`k` ({k!r}) must be a member index in [0, {self.size})")
         _checks.one_of("weights", weights, ("best", "latest"))
         k = int(k)
-        model = models.mlp(
-            self.units,
-            num_classes=self.num_classes,
-            activation=self.activation,
-            dropout=float(self.dropout[k]),
-            batchnorm=self.batchnorm,
-            l1=float(self.l1[k]),
-            l2=float(self.l2[k]),
-            maxnorm=float(self.maxnorm[k]),
-            maxnorm_output=self.maxnorm_output,
-            seed=int(self.seeds[k]),
-        )
-        model(self.x[:1], training=False)  # makes its variables
-        source = self.state.best if weights == "best" else self.model.state
-        values = iter(v[k] for v in source)
-        for layer in model.layers:
-            if isinstance(layer, Dense):
-                targets = [layer.kernel] + ([layer.bias] if layer.use_bias else [])
-            elif isinstance(layer, BatchNorm):
-                targets = [
-                    layer.gamma,
-                    layer.beta,
-                    layer.moving_mean,
-                    layer.moving_variance,
-                ]
-            else:
-                continue
-            for var in targets:
-                var.assign(next(values))
+        if weights == "best" and self.state.best_step.numpy()[k] < 0:
+            raise ValueError(
+                f"member {k} has no best weights yet: it was never evaluated. Call "
+                "evaluate() (or fit the population) first, or ask for "
+                "weights='latest'"
+            )
+        model = self._build_member(k)
+        source = self.state.best if weights == "best" else self._variables
+        targets = list(model.variables)
+        for var, value in zip(targets, source, strict=True):
+            var.assign(value[k])
         return model
+
+    def _build_member(self, k: int):
+        """Member ``k``'s single model, built (its own object for a sequence)."""
+        model = self._factory(k)
+        model(self.x[:1], training=False)  # makes its variables
+        return model
+
+    def _member_models(self, models, mlp: dict) -> list:
+        """The K single models, built, from ``models`` or the MLP arguments."""
+        size = self.size
+        if models is None:
+            l1 = members.vector("l1", mlp["l1"], size, _checks.non_negative)
+            l2 = members.vector("l2", mlp["l2"], size, _checks.non_negative)
+            rate = members.vector("dropout", mlp["dropout"], size, _checks.rate)
+            cap = members.vector("maxnorm", mlp["maxnorm"], size, _checks.non_negative)
+            shared = {n: mlp[n] for n in ("num_classes", "activation", "batchnorm")}
+            shared["maxnorm_output"] = mlp["maxnorm_output"]
+            units = models_lib.hidden_units(mlp["model"])
+
+            def factory(k):
+                return models_lib.mlp(
+                    units,
+                    l1=float(l1[k]),
+                    l2=float(l2[k]),
+                    dropout=float(rate[k]),
+                    maxnorm=float(cap[k]),
+                    seed=int(self.seeds[k]),
+                    **shared,
+                )
+
+        elif callable(models):
+            factory = models
+        else:
+            given = list(models)
+            if len(given) != size:
+                raise ValueError(
+                    f"`models` has {len(given)} models but the population has {size} "
+                    "members (the length of `seeds`); give one model per member"
+                )
+            factory = given.__getitem__
+        self._factory = factory
+        return [self._build_member(k) for k in range(size)]
+
+    def _learning_rates(self, learning_rate):
+        """Each member's rate over the optimizer's (``[K]`` float32), or None."""
+        self.learning_rate = None
+        if learning_rate is None:
+            return None
+        rates = members.vector("learning_rate", learning_rate, self.size, _checks.positive)
+        base = _base_rate(self.optimizer)
+        if base is None:
+            raise ValueError(
+                f"per-member `learning_rate` needs the optimizer's base rate: a "
+                f"number or a schedule with `initial_learning_rate`, not "
+                f"{self.optimizer.get_config().get('learning_rate')!r}"
+            )
+        self.learning_rate = rates
+        scales = rates / base
+        if np.all(scales == 1.0):
+            return None  # the optimizer's own update, with no scaling at all
+        return tf.constant(scales, tf.float32)
+
+    def _weight_decays(self, weight_decay):
+        """Each member's decoupled weight decay (``[K]`` float32), or None."""
+        self.weight_decay = None
+        if weight_decay is None:
+            return None
+        decays = members.vector("weight_decay", weight_decay, self.size, _checks.non_negative)
+        if getattr(self.optimizer, "weight_decay", None):
+            raise ValueError(
+                f"per-member `weight_decay` replaces the optimizer's own "
+                f"({self.optimizer.weight_decay}); make the optimizer without it"
+            )
+        self.weight_decay = decays
+        return tf.constant(decays, tf.float32)
+
+    def _member_rates(self) -> np.ndarray:
+        """Each member's learning rate at the current step, ``[K]`` float64."""
+        rate = np.full(self.size, _learning_rate(self.optimizer))
+        return rate if self._rates is None else rate * self._rates.numpy()
+
+    def _penalties(self) -> tf.Tensor:
+        """Each member's regularization loss, ``[K]``."""
+        total = regularizers.total_regularization_loss(self.model)
+        return tf.zeros([self.size]) + tf.cast(total, tf.float32)
 
     def subset(self, indices) -> Population:
         """A population of the members at ``indices``, for training only.
@@ -456,7 +582,7 @@ class Population:
             raise ValueError(
                 f"`indices` ({indices!r}) must be distinct member indices in [0, {self.size})"
             )
-        pick = lambda v: np.asarray(v)[idx]  # noqa: E731
+        pick = lambda v: None if v is None else np.asarray(v)[idx]  # noqa: E731
         optimizer = type(self.optimizer).from_config(self.optimizer.get_config())
         return Population(
             self.x,
@@ -465,15 +591,11 @@ class Population:
             val_rows=[self.val_rows[k] for k in idx],
             seeds=pick(self.seeds),
             optimizer=optimizer,
-            model=self.units,
-            num_classes=self.num_classes,
-            activation=self.activation,
-            batchnorm=self.batchnorm,
-            maxnorm_output=self.maxnorm_output,
-            l1=pick(self.l1),
-            l2=pick(self.l2),
-            dropout=pick(self.dropout),
-            maxnorm=pick(self.maxnorm),
+            # Built models: their values are overwritten by load_members.
+            models=[self._members[k] for k in idx],
+            learning_rate=pick(self.learning_rate),
+            weight_decay=pick(self.weight_decay),
+            augment=self.augment,
             batch_size=self.batch_size,
             monitor=self.monitor,
             mode=self.mode,
@@ -542,7 +664,7 @@ class Population:
         patience_from = np.where(active & (patience_from < 0), step, patience_from)
         if improves.any():
             mask = tf.constant(improves)
-            for var, best_var in zip(self.model.state, s.best):
+            for var, best_var in zip(self._variables, s.best):
                 best_var.assign(tf.where(_expand(mask, var), var, best_var))
             s.best_value.assign(np.where(improves, value, best))
             s.best_step.assign(np.where(improves, step, s.best_step.numpy()))
@@ -617,22 +739,25 @@ class Population:
         active = tf.logical_not(self.state.stop_step >= 0)
         before = [tf.convert_to_tensor(v) for v in self._frozen]
         # Each member's fold_in word of make_key(seed, step) (see _tables).
-        keys = tf.gather(words, self.step - first_step, axis=1)
+        words = tf.gather(words, self.step - first_step, axis=1)
         x, y = self._next_batch(patterns, first_epoch)
-        variables = self.model.trainable
+        variables = self._trainable
         batch = tf.cast(self.batch_size, tf.float32)
-        with tf.GradientTape() as tape:
-            logits = self.model(x, training=True, keys=keys)
+        with tf.GradientTape() as tape, nn.compiled_by_xla(self._jit):
+            if self.augment is not None:
+                x = self._augmented(x)
+            with random.member_words(words):
+                logits = self.model(x, training=True)
             logits = tf.cast(logits, tf.float32)
             per_example = self._per_example(losses.cross_entropy, logits, y)
             cross_entropy = tf.reduce_sum(per_example, axis=1) / batch
-            regularization = self.model.penalties()
+            regularization = self._penalties()
             total = cross_entropy + regularization
             # Disjoint parameters: the sum's gradient is each member's own.
             loss = tf.reduce_sum(total)
         grads = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        self.model.apply_max_norm()
+        self._update(grads, variables)
+        constraints.apply_constraints(self._constrained)
         for var, old in zip(self._frozen, before):
             var.assign(tf.where(_expand(active, old), var, old))
         accuracy = (
@@ -644,6 +769,36 @@ class Population:
             "total_loss": total,
             "accuracy": accuracy,
         }
+
+    def _augmented(self, x):
+        """Member k's batch augmented under its own step key, as its single run's."""
+        out = []
+        for k in range(self.size):
+            with random.step_key(random.make_key(self.seeds[k], self.step)):
+                out.append(self.augment(x[k]))
+        return tf.stack(out)
+
+    def _update(self, grads, variables):
+        """The optimizer's update, with each member's weight decay and rate.
+
+        The update of an element-wise optimizer is linear in its rate, so
+        member k's is the shared update times ``scales[k]``; the decoupled
+        decay comes first, as Keras applies an AdamW's.
+        """
+        scales, decays = self._rates, self._decay
+        if decays is not None:
+            rate = tf.cast(self.optimizer.learning_rate, tf.float32)
+            if scales is not None:
+                rate = rate * scales
+            for var in variables:
+                var.assign_sub(var * _expand(decays, var) * _expand(rate, var))
+        if scales is None:
+            self.optimizer.apply_gradients(zip(grads, variables))
+            return
+        start = [v.read_value() for v in variables]
+        self.optimizer.apply_gradients(zip(grads, variables))
+        for var, old in zip(variables, start):
+            var.assign(old + _expand(scales, var) * (var - old))
 
     def _per_example(self, fn, logits, y):
         """``fn(head, logits, y)`` over ``[K, B, ...]`` as a ``[K, B]`` tensor."""
@@ -670,9 +825,9 @@ class Population:
         return tf.gather(self.x, rows), tf.gather(self.y, rows)
 
     def _validation_sums(self, index, weight):
-        logits = tf.cast(
-            self.model(tf.gather(self.x, index), training=False), tf.float32
-        )
+        with nn.compiled_by_xla(self._jit):
+            logits = self.model(tf.gather(self.x, index), training=False)
+        logits = tf.cast(logits, tf.float32)
         y = tf.gather(self.y, index)
         keep = weight > 0  # padding rows count for nothing, even with an Inf loss
         ce = self._per_example(losses.cross_entropy, logits, y)
@@ -687,12 +842,12 @@ class Population:
 class _State(tf.Module):
     """Per-member state beside the weights, all ``[K]`` variables (checkpointed)."""
 
-    def __init__(self, model: StackedMLP, size: int, worst: float):
+    def __init__(self, variables: list, size: int, worst: float):
         super().__init__(name="population_state")
         local = dict(trainable=False)
         self.best = [
             tf.Variable(v, name=v.name.split(":")[0] + "/best", **local)
-            for v in model.state
+            for v in variables
         ]
         self.epoch = tf.Variable(tf.zeros([size], tf.int64), name="epoch", **local)
         self.cursor = tf.Variable(tf.zeros([size], tf.int64), name="cursor", **local)
@@ -768,6 +923,17 @@ def _padded_rows(val_rows, chunk: int):
         [tf.constant(index[:, i : i + chunk]) for i in range(0, width, chunk)],
         [tf.constant(weight[:, i : i + chunk]) for i in range(0, width, chunk)],
     )
+
+
+def _base_rate(optimizer) -> float | None:
+    """The optimizer's rate, or its schedule's initial rate; None if it has neither."""
+    rate = optimizer.get_config().get("learning_rate")
+    if isinstance(rate, dict):  # a serialized schedule
+        rate = rate.get("config", {}).get("initial_learning_rate")
+    try:
+        return float(rate)
+    except (TypeError, ValueError):
+        return None
 
 
 def _learning_rate(optimizer) -> float:

@@ -1,0 +1,200 @@
+"""A population of any lowtf model: member k equals its single run, with its own rate."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from _fixtures import noisy_split
+
+import lowtf
+from lowtf.data import InMemoryBatches
+
+STEPS = 300
+
+
+def _single_run(model, optimizer, x, y, seed, batch_size, jit, augment=None):
+    """Member k's configuration trained alone for STEPS steps; its model."""
+    step = lowtf.TrainStep(
+        model,
+        optimizer,
+        data=InMemoryBatches(x, y, batch_size, seed=seed),
+        augment=augment,
+        options=lowtf.StepOptions(seed=seed, jit_compile=jit),
+    )
+    step.run(STEPS)
+    return model
+
+
+def _assert_members_equal_singles(pop, singles, atol):
+    for k, single in enumerate(singles):
+        member = pop.member(k, weights="latest")
+        ours, theirs = member.variables, single.variables
+        assert len(ours) == len(theirs) > 0
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=atol, err_msg=a.name)
+
+
+@pytest.mark.e2e
+def test_mlp_members_with_batch_norm_and_their_own_learning_rates_equal_single_runs():
+    (x, y), _ = noisy_split(360, 0, 6, seed=3, weights=(1.0, -1.0, 0.5))
+    rates = [3e-4, 1e-3, 3e-3, 1e-2]
+    seeds = [5, 6, 7, 8]
+    rows = [np.arange(0, 300), np.arange(60, 360), np.arange(0, 240), np.arange(30, 330)]
+    val = [np.arange(300, 360), np.arange(0, 60), np.arange(240, 360), np.arange(0, 30)]
+
+    def make(k):
+        return lowtf.mlp("small", batchnorm=True, l2=[0.0, 1e-3, 0.0, 1e-2][k], seed=seeds[k])
+
+    schedule = tf.keras.optimizers.schedules.InverseTimeDecay(1e-3, 100, 1.0)
+    pop = lowtf.Population(
+        x,
+        y,
+        models=make,
+        train_rows=rows,
+        val_rows=val,
+        seeds=seeds,
+        learning_rate=rates,
+        optimizer=tf.keras.optimizers.Adam(schedule),
+        batch_size=32,
+        jit_compile=False,
+    )
+    pop.run(STEPS)
+    np.testing.assert_allclose(pop.evaluate()["learning_rate"], np.array(rates) / 4)
+    singles = [
+        _single_run(
+            make(k),
+            tf.keras.optimizers.Adam(
+                tf.keras.optimizers.schedules.InverseTimeDecay(rates[k], 100, 1.0)
+            ),
+            x[rows[k]],
+            y[rows[k]],
+            seeds[k],
+            32,
+            jit=False,
+        )
+        for k in range(4)
+    ]
+    _assert_members_equal_singles(pop, singles, atol=2e-4)
+    # The rates made a difference: members 0 and 3 moved apart from a common start.
+    first = [pop.member(k, weights="latest").variables[-1].numpy() for k in (0, 3)]
+    assert not np.allclose(first[0], first[1], atol=1e-2)
+
+
+@pytest.mark.e2e
+def test_cnn_members_with_augmentation_dropout_and_max_norm_equal_single_runs():
+    data = lowtf.load_dataset("digits")
+    x, y = data.train
+    x, y = x[:600], y[:600]
+    raw = x * data.std + data.mean
+    augment = lowtf.augment.parse(
+        "translate:1,rotate:10",
+        image_shape=(8, 8, 1),
+        value_range=(float(raw.min()), float(raw.max())),
+        mean=data.mean,
+        std=data.std,
+    )
+    seeds = [1, 2, 3, 4]
+    dropout = [0.0, 0.3, 0.5, 0.2]
+    caps = [0.0, 1.0, 2.0, 0.5]
+    rates = [1e-3, 3e-3, 1e-3, 2e-3]
+
+    def make(k):
+        return lowtf.cnn(
+            filters=(4, 8),
+            dense=(16,),
+            dropout=dropout[k],
+            maxnorm=caps[k],
+            seed=seeds[k],
+        )
+
+    rows = [np.arange(0, 500)] * 4
+    val = [np.arange(500, 600)] * 4
+    pop = lowtf.Population(
+        x,
+        y,
+        models=make,
+        train_rows=rows,
+        val_rows=val,
+        seeds=seeds,
+        learning_rate=rates,
+        optimizer=tf.keras.optimizers.Adam(1e-3),
+        augment=augment,
+        batch_size=32,
+        jit_compile=False,
+    )
+    pop.run(STEPS)
+    singles = [
+        _single_run(
+            make(k),
+            tf.keras.optimizers.Adam(rates[k]),
+            x[:500],
+            y[:500],
+            seeds[k],
+            32,
+            jit=False,
+            augment=augment,
+        )
+        for k in range(4)
+    ]
+    _assert_members_equal_singles(pop, singles, atol=2e-4)
+    # The caps bind: member 3's dense units sit at its cap of 0.5.
+    dense = [m for m in pop.member(3, weights="latest").layers if isinstance(m, lowtf.Dense)]
+    norms = lowtf.nn.unit_norms(dense[0].kernel).numpy()
+    assert norms.max() == pytest.approx(0.5, rel=1e-5)
+
+
+def test_per_member_weight_decay_equals_adamw():
+    (x, y), _ = noisy_split(200, 0, 5, seed=1)
+    decays = [0.0, 0.05, 0.3]
+    seeds = [0, 1, 2]
+    rows, val = [np.arange(160)] * 3, [np.arange(160, 200)] * 3
+    pop = lowtf.Population(
+        x,
+        y,
+        models=lambda k: lowtf.mlp("tiny", seed=seeds[k]),
+        train_rows=rows,
+        val_rows=val,
+        seeds=seeds,
+        weight_decay=decays,
+        learning_rate=[1e-2, 1e-2, 3e-2],
+        optimizer=tf.keras.optimizers.AdamW(1e-2, weight_decay=0.0),
+        batch_size=40,
+        jit_compile=False,
+    )
+    pop.run(40)
+    for k in range(3):
+        single = lowtf.mlp("tiny", seed=seeds[k])
+        step = lowtf.TrainStep(
+            single,
+            tf.keras.optimizers.AdamW([1e-2, 1e-2, 3e-2][k], weight_decay=decays[k]),
+            data=InMemoryBatches(x[:160], y[:160], 40, seed=seeds[k]),
+            options=lowtf.StepOptions(seed=seeds[k], jit_compile=False),
+        )
+        step.run(40)
+        for a, b in zip(pop.member(k, weights="latest").variables, single.variables):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_members_of_different_architectures_and_bad_rates_are_refused():
+    (x, y), _ = noisy_split(100, 0, 4, seed=0)
+    rows, val = [np.arange(80)] * 2, [np.arange(80, 100)] * 2
+    common = dict(train_rows=rows, val_rows=val, seeds=[0, 1], batch_size=20)
+    with pytest.raises(ValueError, match="architecture") as info:
+        lowtf.Population(
+            x,
+            y,
+            models=[lowtf.mlp("tiny"), lowtf.mlp("small")],
+            optimizer=tf.keras.optimizers.Adam(1e-3),
+            **common,
+        )
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"`learning_rate\[1\]`"):
+        lowtf.Population(
+            x,
+            y,
+            learning_rate=[1e-3, -1.0],
+            optimizer=tf.keras.optimizers.Adam(1e-3),
+            **common,
+        )
+    pop = lowtf.Population(x, y, optimizer=tf.keras.optimizers.Adam(1e-3), **common)
+    with pytest.raises(ValueError, match="never evaluated"):
+        pop.member(0)
