@@ -648,6 +648,7 @@ def test_bin_predict_takes_no_data_row_for_a_header(clean, tmp_path):
     np.testing.assert_array_equal(ids, whole_expected.argmax(1))
     for name in ("pandas.csv", "whole.csv"):
         assert tree_digest(tmp_path)[name] == inputs[name]
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
 
 
 @pytest.mark.e2e

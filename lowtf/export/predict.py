@@ -132,9 +132,9 @@ def predict_file(
         batches = _npz_batches(data_path, shape, batch_size, npz_key)
     else:
         batches = _csv_batches(data_path, shape, batch_size, header)
-    temporary = _temporary(output)
-    rows = 0
+    temporary, rows = None, 0
     try:
+        temporary = _temporary(output)
         with tf.io.gfile.GFile(temporary, "w") as f:
             width = None
             for x in batches:
@@ -175,6 +175,8 @@ def predict_file(
             ) from None
     except BaseException as error:
         # An error, Ctrl-C or SIGTERM: no partial output, no temporary left.
+        if temporary is None:
+            raise
         _files.remove_if_present(temporary)
         if isinstance(error, tf.errors.OpError) and temporary in str(error):
             # A write that failed (disk full, permissions): named as the output.
