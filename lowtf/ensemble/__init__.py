@@ -1,0 +1,23 @@
+"""Ensembles: average the probabilities of trained models, chosen on validation.
+
+:class:`Ensemble` is a lowtf model (its logits are those of the averaged
+probabilities); :func:`greedy_selection` chooses members and weights on
+validation predictions (Caruana et al. 2004); :func:`calibration_error`
+scores how well probabilities match accuracy.
+"""
+
+from lowtf.ensemble.model import Ensemble
+from lowtf.ensemble.selection import (
+    accuracy,
+    calibration_error,
+    cross_entropy,
+    greedy_selection,
+)
+
+__all__ = [
+    "Ensemble",
+    "accuracy",
+    "calibration_error",
+    "cross_entropy",
+    "greedy_selection",
+]

@@ -1,0 +1,87 @@
+"""lowtf.ensemble: averaged probabilities as a model, greedy selection, calibration."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from _fixtures import noisy_split
+
+import lowtf
+from lowtf import ensemble
+
+(X, Y), _ = noisy_split(64, 0, 6, seed=2)
+
+
+def _built(model, x=X):
+    model(x[:1])
+    return model
+
+
+def _softmax(logits):
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def test_an_ensemble_averages_its_members_probabilities_with_weights():
+    members = [
+        _built(lowtf.mlp("tiny", num_classes=3, seed=0)),
+        _built(lowtf.mlp("small", num_classes=3, seed=1)),  # another architecture
+        _built(lowtf.mlp("tiny", num_classes=3, seed=2)),
+    ]
+    weights = [0.5, 0.25, 0.25]
+    model = lowtf.Ensemble(members, weights=[2, 1, 1])
+    assert [sorted(g) for g in model.order] == [[0, 2], [1]]  # stacked by architecture
+    singles = np.stack([_softmax(m(X).numpy()) for m in members])
+    expected = np.tensordot(weights, singles, axes=1)
+    np.testing.assert_allclose(model.probabilities(X).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(model.member_probabilities(X).numpy(), singles, atol=1e-6)
+    variance = np.tensordot(weights, (singles - expected) ** 2, axes=1)
+    np.testing.assert_allclose(model.disagreement(X).numpy(), variance, atol=1e-6)
+    # Its logits are those of the mean: an Evaluator scores the ensemble itself.
+    y = np.arange(len(X)) % 3
+    scores = lowtf.Evaluator(model, jit_compile=False)(X, y)
+    picked = expected[np.arange(len(y)), y]
+    assert scores["cross_entropy"] == pytest.approx(-np.log(picked).mean(), rel=1e-5)
+    assert scores["accuracy"] == pytest.approx((expected.argmax(1) == y).mean())
+
+
+def test_a_sigmoid_ensemble_and_refusals():
+    members = [_built(lowtf.mlp("tiny", seed=s)) for s in (0, 1)]
+    model = lowtf.Ensemble(members)
+    p = np.mean([1 / (1 + np.exp(-m(X).numpy())) for m in members], axis=0)
+    np.testing.assert_allclose(model.probabilities(X).numpy(), p, atol=1e-6)
+    scores = lowtf.Evaluator(model, jit_compile=True)(X, Y)
+    expected = -np.mean(np.where(Y[:, None] == 1, np.log(p), np.log1p(-p)))
+    assert scores["cross_entropy"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="not built"):
+        lowtf.Ensemble([lowtf.mlp("tiny")])
+    with pytest.raises(ValueError, match="different numbers of logits"):
+        lowtf.Ensemble([members[0], _built(lowtf.mlp("tiny", num_classes=3))])
+    with pytest.raises(ValueError, match="`weights`"):
+        lowtf.Ensemble(members, weights=[1.0, -1.0])
+
+
+def test_greedy_selection_picks_on_validation_with_replacement():
+    y = np.array([0, 1, 1, 0])
+    good = np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.6, 0.4]])
+    bad = good[:, ::-1]
+    sharp = np.array([[0.99, 0.01], [0.01, 0.99], [0.7, 0.3], [0.55, 0.45]])
+    weights = ensemble.greedy_selection(np.stack([bad, good, sharp]), y, max_picks=5)
+    # Four picks of `good`, one of `sharp` (a mix), never `bad`.
+    np.testing.assert_allclose(weights, [0.0, 0.8, 0.2])
+    mixed = np.tensordot(weights, np.stack([bad, good, sharp]), axes=1)
+    # The chosen mixture beats every single candidate on validation.
+    assert ensemble.cross_entropy(mixed, y) < min(
+        ensemble.cross_entropy(c, y) for c in (good, sharp)
+    )
+
+
+def test_calibration_error_bins_confidence():
+    p = np.array([[0.95, 0.05], [0.95, 0.05], [0.6, 0.4], [0.3, 0.7]])
+    y = np.array([0, 1, 0, 1])
+    # Bins of width 1/15: 0.95 (two, half right), 0.6 (right), 0.7 (right).
+    expected = 0.5 * abs(0.5 - 0.95) + 0.25 * abs(1 - 0.6) + 0.25 * abs(1 - 0.7)
+    assert ensemble.calibration_error(p, y) == pytest.approx(expected)
+    sigmoid = np.array([[0.95], [0.2]])
+    assert ensemble.calibration_error(sigmoid, np.array([1, 0])) == pytest.approx(
+        0.5 * 0.05 + 0.5 * 0.2
+    )
