@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from lowtf import _checks, nn, random
+from lowtf.augment import mix as mix_lib
 from lowtf.data import checks
 from lowtf.nn import constraints, losses, regularizers
 from lowtf.train import evaluator
@@ -66,6 +67,15 @@ class StepOptions:
         never trains unregularized in silence). Default False.
       require_constraints: raise if no variable carries a constraint
         (default False).
+      label_smoothing: smooth the training targets by this much, in [0, 1)
+        (default 0: off), as Keras' ``CategoricalCrossentropy`` /
+        ``BinaryCrossentropy(label_smoothing=)``; the training loss only:
+        evaluations report the plain cross-entropy.
+      mixup: Beta(alpha, alpha) shape of mixup (default 0: off), see
+        :mod:`lowtf.augment.mix`.
+      cutmix: Beta shape of CutMix (default 0: off); images, or flat
+        examples with ``image_shape``. With both, each step does one of them.
+      image_shape: ``(h, w, c)`` of flat examples, for CutMix (default None).
     """
 
     jit_compile: bool | str = True
@@ -74,6 +84,10 @@ class StepOptions:
     seed: int = 0
     require_regularization: bool = False
     require_constraints: bool = False
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    image_shape: tuple | None = None
 
     def __post_init__(self):
         # Not one_of: `1 in (True, False)` holds, and "no" is a truthy flag.
@@ -83,6 +97,16 @@ class StepOptions:
         _checks.non_negative_int("seed", self.seed)
         _checks.boolean("require_regularization", self.require_regularization)
         _checks.boolean("require_constraints", self.require_constraints)
+        _checks.rate("label_smoothing", self.label_smoothing)
+        mix_lib.check_alpha("mixup", self.mixup)
+        mix_lib.check_alpha("cutmix", self.cutmix)
+        if self.image_shape is not None:
+            _checks.image_shape("image_shape", self.image_shape)
+
+    @property
+    def soft_targets(self) -> bool:
+        """Whether the training loss takes soft targets (smoothing or mixing)."""
+        return bool(self.label_smoothing or self.mixup or self.cutmix)
 
 
 class TrainStep(tf.Module):
@@ -383,19 +407,41 @@ class TrainStep(tf.Module):
     def _forward_backward(self, x, y, key, replicas):
         global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
         variables = self._trained.variables
+        options = self.options
         with tf.GradientTape() as tape, nn.compiled_by_xla(self._xla):
             with random.step_key(key):
                 if self._augment is not None:
                     x = self._augment(x)
+                soft = None
+                if options.soft_targets:
+                    soft = losses.targets(
+                        self._head, y, self._num_logits, options.label_smoothing
+                    )
+                if options.mixup or options.cutmix:
+                    x, soft = mix_lib.mix(
+                        x,
+                        soft,
+                        key,
+                        mixup_alpha=options.mixup,
+                        cutmix_alpha=options.cutmix,
+                        image_shape=options.image_shape,
+                    )
                 logits = self.model(x, training=True)
             logits = tf.cast(logits, tf.float32)
-            per_example = losses.cross_entropy(self._head, logits, y)
+            if soft is None:
+                per_example = losses.cross_entropy(self._head, logits, y)
+            else:
+                per_example = losses.soft_cross_entropy(self._head, logits, soft)
             cross_entropy = tf.reduce_sum(per_example) / global_batch
             regularization = regularizers.total_regularization_loss(self.model)
             # Added by hand, and scaled so that the replicas' sum adds it once.
             loss = cross_entropy + regularization / replicas
         grads = tape.gradient(loss, variables)
-        accuracy = tf.reduce_sum(losses.correct(self._head, logits, y)) / global_batch
+        if soft is None:
+            hits = losses.correct(self._head, logits, y)
+        else:  # against the mixed (or smoothed) targets' argmax
+            hits = losses.soft_correct(self._head, logits, soft)
+        accuracy = tf.reduce_sum(hits) / global_batch
         return grads, {
             "cross_entropy": cross_entropy,
             "regularization_loss": regularization / replicas,
