@@ -53,6 +53,10 @@ class InMemoryBatches(tf.Module):
             0, dtype=tf.int64, trainable=False, name="order_epoch"
         )
 
+    def example(self):
+        """The first ``(x, y)`` example as a batch of one, for building a model."""
+        return self.x[:1], self.y[:1]
+
     def _permutation(self, epoch):
         return random.permutation(self.size, random.make_key(self.seed, epoch))
 

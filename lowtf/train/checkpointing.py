@@ -376,8 +376,19 @@ def unreadable(prefix: str) -> str | None:
     """
     try:
         reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+        dtypes = reader.get_variable_to_dtype_map()
         for key in reader.get_variable_to_shape_map():
-            reader.get_tensor(key)
+            if dtypes[key] == tf.variant:
+                # A tf.data iterator's state (lowtf.data.Stream): NumPy has no
+                # such dtype, so TensorFlow's own restore op reads it.
+                tf.raw_ops.RestoreV2(
+                    prefix=prefix,
+                    tensor_names=[key],
+                    shape_and_slices=[""],
+                    dtypes=[tf.variant],
+                )
+            else:
+                reader.get_tensor(key)
     except Exception as error:  # noqa: BLE001 (damaged files raise OpError, IndexError, ...)
         return f"{type(error).__name__}: {_first_line(error)}"
     return None
@@ -419,5 +430,8 @@ def _variable_specs(path) -> dict:
         if key.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/")):
             continue  # bookkeeping, not state
         name = key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE")
-        specs[name] = f"{dtypes[key].name}{list(shape)}"
+        # A tf.data iterator's state is a vector whose length depends on
+        # what its buffers hold: only its kind must match.
+        dtype = dtypes[key].name
+        specs[name] = dtype if dtypes[key] == tf.variant else f"{dtype}{list(shape)}"
     return specs

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from lowtf import distribute
-from lowtf.data import InMemoryBatches, checks
+from lowtf.data import InMemoryBatches, Stream, checks, streams
 from lowtf.nn import regularizers
 from lowtf.train import checkpointing, early_stopping, rundir, summaries, transfer
 from lowtf.train import step as step_lib
@@ -60,16 +60,23 @@ class FitLoop:
                 "unfreeze: freeze some first (lowtf.train.freeze(model, n)), or "
                 "drop it"
             )
-        x, y = _pair("train", train)
+        streamed = isinstance(train, Stream)
+        # A stream is not read here: an all-zero example gives its shapes.
+        x, y = train.example() if streamed else _pair("train", train)
+        validation = streams.materialize("validation", validation)
         self.x_val, self.y_val = _pair("validation", validation)
         _check_validation_features(x, self.x_val)
         self.model, self.optimizer = model, optimizer
         self.strategy = tf.distribute.get_strategy()
-        data = InMemoryBatches(x, y, config.batch_size, seed=config.seed)
+        data = (
+            train
+            if streamed
+            else InMemoryBatches(x, y, config.batch_size, seed=config.seed)
+        )
         self.step = step_lib.TrainStep(
             model, optimizer, data=data, augment=augment, options=options
         )
-        self.step.build(data.x[:1])  # checks the training labels against the head
+        self.step.build(x[:1])  # checks in-memory training labels against the head
         # Bad validation labels would give a meaningless validation loss (a
         # sigmoid head takes 3 as "more than 1") or fail at the step-0
         # evaluation, after model_dir was written.
@@ -118,7 +125,7 @@ class FitLoop:
             train=(x, y),
             validation=(self.x_val, self.y_val),
             settings={
-                "batch_size": config.batch_size,
+                "batch_size": data.batch_size,  # a stream's own
                 "data_seed": config.seed,
                 "step_seed": options.seed,
                 "loss": options.loss,
@@ -135,6 +142,8 @@ class FitLoop:
                 **(run_settings or {}),
             },
         )
+        if streamed:  # its content cannot be hashed: its source names it
+            self.identity["train_data"] = train.identity
         self.record = rundir.read_record(model_dir)  # refuses a damaged one
         requested_rate = _learning_rate(optimizer)
         self.resumed = self.checkpoints.restore_latest()

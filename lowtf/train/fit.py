@@ -67,7 +67,8 @@ class TrainConfig:
     """Cadence and early-stopping settings of :func:`fit`; all steps are global steps.
 
     Attributes:
-      batch_size: examples per training step (default 128, as ``bin/train``).
+      batch_size: examples per training step (default 128, as ``bin/train``);
+        a :class:`lowtf.data.Stream` brings its own, and this one is unused.
       max_steps: stop at this step at the latest (default 10000).
       eval_every: evaluate every this many steps (default 100).
       steps_per_call: steps per compiled call at most (default 100); calls
@@ -185,8 +186,16 @@ def fit(
         under a ``tf.distribute`` strategy, make it, the optimizer, and call
         :func:`fit`, all inside ``with strategy.scope():``.
       optimizer: a Keras optimizer.
-      train: ``(x, y)`` training arrays, held in memory.
-      validation: ``(x, y)`` validation arrays.
+      train: ``(x, y)`` training arrays, held in memory, or a
+        :class:`lowtf.data.Stream` of batches from a ``tf.data`` pipeline
+        (TFRecord shards, a CSV file read as it goes), whose position is
+        checkpointed with the rest: a resumed run reads the same batches as
+        an uninterrupted one. A stream's records are checked as they come: a
+        corrupt one, or NaN features or bad labels, raise a
+        :class:`lowtf.DataError` naming them (``model_dir`` keeps the latest
+        checkpoint and the best snapshot it last saved).
+      validation: ``(x, y)`` validation arrays, or a finite ``tf.data.Dataset``
+        of ``(x, y)`` batches or examples, read once into memory.
       model_dir: where checkpoints, the best snapshot, history.csv and
         TensorBoard events go; an existing one is resumed. A path on any
         TensorFlow file system (local, ``gs://...``, ``ram://...``).

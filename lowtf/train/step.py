@@ -19,8 +19,11 @@ It returns ``cross_entropy``, ``regularization_loss``, ``total_loss`` and
 ``accuracy`` as separate scalars, so monitoring can use the cross-entropy
 alone. :meth:`TrainStep.run` runs N steps in one compiled call (a
 ``tf.range`` loop in the graph, N a tensor, batches sampled in the graph from
-an :class:`InMemoryBatches`), which removes the per-call Python overhead that
-dominates small models.
+an :class:`InMemoryBatches` or read from a :class:`lowtf.data.Stream`'s
+``tf.data`` iterator), which removes the per-call Python overhead that
+dominates small models. XLA cannot compile the iterator op, so with a stream
+the loop and the read are a plain graph and each step inside it is compiled
+by XLA (BUILD_NOTES.md has the measurements).
 
 Under ``tf.distribute`` the arithmetic is already right: the cross-entropy
 of each replica is summed and divided by the global batch size, and the
@@ -41,7 +44,7 @@ import tensorflow as tf
 
 from lowtf import _checks, nn, random
 from lowtf.augment import mix as mix_lib
-from lowtf.data import checks
+from lowtf.data import checks, streams
 from lowtf.nn import constraints, losses, regularizers
 from lowtf.train import evaluator
 from lowtf.train.metrics import STEP_METRICS
@@ -120,7 +123,8 @@ class TrainStep(tf.Module):
       model: a lowtf module or any ``tf.Module``/Keras model called as
         ``model(x, training=...)`` that returns logits.
       optimizer: a Keras optimizer (with a learning-rate schedule or not).
-      data: optional :class:`InMemoryBatches`; required by :meth:`run`.
+      data: optional :class:`InMemoryBatches` or :class:`lowtf.data.Stream`;
+        required by :meth:`run`.
       augment: optional callable ``augment(x) -> x`` applied to every
         training batch inside the compiled step (never at inference), e.g.
         ``lowtf.augment.parse("translate:1,rotate:10")``. It runs under the
@@ -186,13 +190,21 @@ class TrainStep(tf.Module):
         options, distributed = self.options, self._distributed
         jit = options.jit_compile and not options.run_eagerly
         self._gradients = self._forward_backward
+        # The step inside run()'s loop: the loop's own under XLA, except with
+        # a stream, whose iterator op XLA cannot compile (see _steps).
+        self._batch_step = self._one_step
         if options.run_eagerly:
             self._one, self._many = self._one_step, self._steps
         else:
             whole = options.jit_compile and not distributed
             compile_ = {"jit_compile": whole, "reduce_retracing": True}
             self._one = tf.function(self._one_step, **compile_)
-            self._many = tf.function(self._steps, **compile_)
+            if isinstance(self.data, streams.Stream):
+                self._many = tf.function(self._steps, reduce_retracing=True)
+                if whole:
+                    self._batch_step = self._one
+            else:
+                self._many = tf.function(self._steps, **compile_)
             if jit and distributed:
                 self._gradients = tf.function(
                     self._forward_backward, jit_compile=True, reduce_retracing=True
@@ -241,6 +253,14 @@ class TrainStep(tf.Module):
 
         Returns the STEP_METRICS averaged over those steps. ``num_steps`` enters
         as a tensor, so calling with another value does not retrace.
+
+        Raises:
+          lowtf.DataError: a streamed batch could not be read (a corrupt
+            record, one that does not parse), or holds NaN/Inf features or
+            labels the head cannot take; none of the call's steps is kept
+            (the step, the weights and the stream's position are those of the
+            last completed call, except on a corrupt record, which the stream
+            has read past).
         """
         if self.data is None:
             raise ValueError("`run` needs the step to be built with `data=`")
@@ -248,9 +268,17 @@ class TrainStep(tf.Module):
         checks.check_shardable(
             "`data.batch_size`", self.data.batch_size, self._strategy
         )
-        self.build(self.data.x[:1])
+        self.build(self.data.example()[0])
         self._sync_trainable()
-        return self._many(tf.constant(num_steps, tf.int64))
+        if not isinstance(self.data, streams.Stream):
+            return self._many(tf.constant(num_steps, tf.int64))
+        try:
+            return self._many(tf.constant(num_steps, tf.int64))
+        except tf.errors.OpError as error:
+            reason = self.data.read_error(error)
+            if reason is None:
+                raise
+            raise reason from None
 
     @property
     def step(self) -> tf.Variable:
@@ -315,9 +343,10 @@ class TrainStep(tf.Module):
         # pair; the step applies those of self._trained.
         self._constrained = _lowtf_constraints(self.model, include_frozen=True)
         self._check_requirements()
-        if self.data is not None:
+        if self.data is not None and not isinstance(self.data, streams.Stream):
             # Once, on the whole training set: under XLA an out-of-range label
-            # gives a NaN loss, not an error.
+            # gives a NaN loss, not an error. A stream's batches are checked
+            # as they come (_next_batch).
             checks.check_labels(
                 np.asarray(self.data.y), self._head, int(logits.shape[-1]), "data.y"
             )
@@ -366,12 +395,21 @@ class TrainStep(tf.Module):
         # the range's length as a compile-time constant and recompile per n.
         i = tf.constant(0, tf.int64)
         while i < num_steps:
-            x, y = self.data.next(per_batch=self._rows_per_batch)
-            metrics = self._one_step(x, y)
+            x, y = self._next_batch()
+            metrics = self._batch_step(x, y)
             totals = {name: totals[name] + metrics[name] for name in STEP_METRICS}
             i += 1
         count = tf.cast(num_steps, tf.float32)
         return {name: value / count for name, value in totals.items()}
+
+    def _next_batch(self):
+        if not isinstance(self.data, streams.Stream):
+            return self.data.next(per_batch=self._rows_per_batch)
+        # Read and checked in the graph around the XLA-compiled step: under
+        # XLA a NaN feature or a bad label gives a NaN loss, not an error.
+        x, y = self.data.next()
+        high = 1 if self._head == "sigmoid" else self._num_logits - 1
+        return streams.assert_batch(x, y, high)
 
     def _one_step(self, x, y):
         key = random.make_key(self.options.seed, self.step)
