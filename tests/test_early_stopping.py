@@ -239,3 +239,55 @@ def test_restore_best_weights_restores_when_update_signals_the_stop(tmp_path):
     assert stopped and float(var.numpy()) == 2.0  # the weights of step 200
     with pytest.raises(ValueError, match="needs `best_dir=`"):
         lowtf.EarlyStopping(restore_best_weights=True)
+
+
+def test_the_members_rule_is_early_stopping_for_each_member():
+    # K members with their own patience, min_delta and baseline, fed random
+    # values with NaNs: update_members on [K] arrays decides as K
+    # EarlyStopping objects do, update by update (a stopped member frozen).
+    rs = np.random.RandomState(5)
+    patience = np.array([100, 200, 300, 200, 400])
+    min_delta = np.array([0.0, 0.01, 0.0, 0.05, 0.0])
+    baseline = np.array([0.5, 0.7, 0.2, 0.6, 0.9])
+    for mode, base in (("min", baseline), ("max", None)):
+        singles = [
+            lowtf.EarlyStopping(
+                monitor="m",
+                mode=mode,
+                patience=int(p),
+                min_delta=float(d),
+                baseline=None if base is None else float(b),
+                start_from_step=300,
+            )
+            for p, d, b in zip(patience, min_delta, baseline)
+        ]
+        worst = math.inf if mode == "min" else -math.inf
+        best_value, best_step = np.full(5, worst), np.full(5, -1)
+        patience_from, stop_step = np.full(5, -1), np.full(5, -1)
+        for step in range(0, 1500, 100):
+            values = rs.uniform(0.0, 1.0, 5)
+            values[rs.uniform(size=5) < 0.1] = math.nan
+            active = stop_step < 0
+            rule = early_stopping.update_members(
+                step,
+                values,
+                best_value=best_value,
+                best_step=best_step,
+                patience_from=patience_from,
+                mode=mode,
+                patience=patience,
+                min_delta=min_delta,
+                baseline=base,
+                start_from_step=300,
+                active=active,
+            )
+            best_value, best_step = rule.best_value, rule.best_step
+            patience_from = rule.patience_from
+            stop_step = np.where(rule.stopped, step, stop_step)
+            for k, single in enumerate(singles):
+                if not active[k]:
+                    continue
+                assert single.update(step, {"m": values[k]}) == rule.stopped[k]
+                assert float(single.best_value.numpy()) == best_value[k]
+                assert int(single.best_step.numpy()) == best_step[k]
+        assert (stop_step >= 300).all()  # every one stopped, none before 300

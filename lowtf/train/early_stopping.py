@@ -22,15 +22,21 @@ snapshots are deleted after that, or, with ``prune_on_save=False``, only
 when the caller says the new state is durable (:meth:`EarlyStopping.prune`,
 which the trainer calls after each "latest" checkpoint): a run resumed from
 an older checkpoint then still finds the snapshot its restored state names.
+
+The rule itself (what improves, when the patience restarts, when it is used
+up) is :func:`update_members`, on ``[K]`` NumPy arrays: :class:`EarlyStopping`
+calls it with K = 1, :class:`lowtf.Population` with one entry per member.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
 
+import numpy as np
 import tensorflow as tf
 
 from lowtf import _checks, _files
@@ -51,6 +57,103 @@ def resolve_mode(monitor: str, mode: str) -> str:
         return metrics.monitor_mode(monitor)
     # A metric of the user's own loop: accuracies improve upwards, as in Keras.
     return "max" if "accuracy" in monitor else "min"
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberUpdate:
+    """What one evaluation does to K members' early stopping (``[K]`` arrays).
+
+    Attributes:
+      improved: bool, whose value beat its best by more than ``min_delta``.
+      best_value: float64, the best values after the evaluation.
+      best_step: int64, the steps of those best values (-1: none yet).
+      patience_from: int64, the step each member's patience counts from.
+      stopped: bool, whose patience is used up at this evaluation.
+    """
+
+    improved: np.ndarray
+    best_value: np.ndarray
+    best_step: np.ndarray
+    patience_from: np.ndarray
+    stopped: np.ndarray
+
+
+def update_members(
+    step: int,
+    value,
+    *,
+    best_value,
+    best_step,
+    patience_from,
+    mode: str,
+    patience,
+    min_delta=0.0,
+    baseline=None,
+    start_from_step: int = 0,
+    active=True,
+) -> MemberUpdate:
+    """The early-stopping rule for K members at one evaluation, written once.
+
+    Keras' ``EarlyStopping`` in global steps: a value improves when it beats
+    the best by more than ``min_delta`` (a NaN never does, the first finite
+    value always does); the patience counts from the first evaluation, and
+    restarts at each improvement that also beats ``baseline`` (any
+    improvement when it is None); it is used up once ``step - patience_from
+    >= patience`` at a step at or past ``start_from_step``, after a best was
+    recorded. Members not ``active`` (stopped already) are left as they are.
+
+    Args:
+      step: the global step of the evaluation.
+      value: ``[K]`` monitored values (or one number for K = 1).
+      best_value, best_step, patience_from: ``[K]`` state before the update
+        (``patience_from`` -1 before the first evaluation).
+      mode: ``"min"`` or ``"max"`` (resolved, see :func:`resolve_mode`).
+      patience, min_delta: numbers or ``[K]`` arrays.
+      baseline: None, a number or ``[K]`` numbers.
+      start_from_step: no stop at a step below this (default 0).
+      active: ``[K]`` bools or one, who is updated (default True: all).
+
+    Returns:
+      A :class:`MemberUpdate` of the state after the evaluation.
+    """
+    value = np.asarray(value, np.float64)
+    best_value = np.asarray(best_value, np.float64)
+    active = np.broadcast_to(np.asarray(active, bool), value.shape)
+    improved = _beats(value, best_value, mode, min_delta) & active
+    first = active & (np.asarray(patience_from) < 0)
+    patience_from = np.where(first, step, patience_from)
+    restarts = improved
+    if baseline is not None:
+        baseline = np.asarray(baseline, np.float64)
+        restarts = improved & _beats(value, baseline, mode, min_delta)
+    patience_from = np.where(restarts, step, patience_from).astype(np.int64)
+    best_step = np.where(improved, step, best_step).astype(np.int64)
+    stopped = active & patience_used_up(
+        best_step, step, patience_from, patience, start_from_step
+    )
+    return MemberUpdate(
+        improved=improved,
+        best_value=np.where(improved, value, best_value),
+        best_step=best_step,
+        patience_from=patience_from,
+        stopped=stopped,
+    )
+
+
+def patience_used_up(best_step, last_step, patience_from, patience, start_from_step):
+    """Whether the patience is used up (elementwise): the stop condition alone."""
+    return (
+        (np.asarray(best_step) >= 0)
+        & (np.asarray(last_step) >= start_from_step)
+        & (np.asarray(last_step) - np.asarray(patience_from) >= patience)
+    )
+
+
+def _beats(value, reference, mode: str, min_delta):
+    with np.errstate(invalid="ignore"):  # a NaN compares False: it never beats
+        if mode == "min":
+            return value < reference - min_delta
+        return value > reference + min_delta
 
 
 class EarlyStopping(tf.Module):
@@ -178,7 +281,9 @@ class EarlyStopping(tf.Module):
 
         A NaN never improves; the first finite value always does.
         """
-        return self._beats(value, float(self.best_value.numpy()))
+        return bool(
+            _beats(value, float(self.best_value.numpy()), self.mode, self.min_delta)
+        )
 
     def update(self, step: int, metrics: dict) -> bool:
         """Records an evaluation at ``step``; returns True when training should stop.
@@ -204,35 +309,46 @@ class EarlyStopping(tf.Module):
                 f"({int(self.last_step.numpy())}); steps must not go back"
             )
         value = float(metrics[self.monitor])
-        if int(self.patience_from.numpy()) < 0:
-            self.patience_from.assign(step)
-        if self.improves(value):
+        rule = update_members(
+            step,
+            [value],
+            best_value=[self.best_value.numpy()],
+            best_step=[self.best_step.numpy()],
+            patience_from=[self.patience_from.numpy()],
+            mode=self.mode,
+            patience=self.patience,
+            min_delta=self.min_delta,
+            baseline=self.baseline,
+            start_from_step=self.start_from_step,
+        )
+        if rule.improved[0]:
+            # The snapshot first: a crash before the variables move leaves the
+            # state naming the previous, complete snapshot.
             new_id = self._save_best(step, value) if self.best_dir else 0
             self.best_value.assign(value)
             self.best_step.assign(step)
             self.best_id.assign(new_id)
             if self.best_dir and self.prune_on_save:
                 self.prune()
-            if self.baseline is None or self._beats(value, self.baseline):
-                self.patience_from.assign(step)
+        self.patience_from.assign(int(rule.patience_from[0]))
         self.last_step.assign(step)
-        self.steps_without_progress.assign(step - int(self.patience_from.numpy()))
+        self.steps_without_progress.assign(step - int(rule.patience_from[0]))
         if self.stopped and self.restore_best_weights:
             self.restore_best()
         return self.stopped
 
-    def _beats(self, value: float, reference: float) -> bool:
-        if self.mode == "min":
-            return value < reference - self.min_delta
-        return value > reference + self.min_delta
-
     @property
     def stopped(self) -> bool:
         """True once the patience is used up at a step at or past ``start_from_step``."""
-        return (
-            int(self.best_step.numpy()) >= 0
-            and int(self.last_step.numpy()) >= self.start_from_step
-            and int(self.steps_without_progress.numpy()) >= self.patience
+        last_step = int(self.last_step.numpy())
+        return bool(
+            patience_used_up(
+                int(self.best_step.numpy()),
+                last_step,
+                last_step - int(self.steps_without_progress.numpy()),
+                self.patience,
+                self.start_from_step,
+            )
         )
 
     @property

@@ -3,14 +3,16 @@
 * ``history.csv``: one row per evaluation, the columns of
   :data:`COLUMNS`. Floats are written with ``repr``, so reading the
   file back gives the very numbers the loop saw; a value that does not exist
-  (the training means at step 0, before any step) is an empty cell.
+  (the training means at step 0, before any step) is an empty cell. A
+  population's file has one row per member per evaluation, with a
+  ``member`` column first (:data:`MEMBER_COLUMNS`).
 * ``tensorboard/train`` and ``tensorboard/validation``: event files with the
   same tags in both (``cross_entropy``, ``accuracy``, ``regularization_loss``,
   ``total_loss``), so TensorBoard draws training and validation on one chart,
   plus ``learning_rate`` and ``max_unit_norm/<layer>`` (the largest incoming
   weight norm of any unit of the layer, where max-norm can be seen at work)
-  under train. Read them with TensorBoard or
-  ``tf.compat.v1.train.summary_iterator``.
+  under train. A population's tags carry the member: ``member_3/cross_entropy``.
+  Read them with TensorBoard or ``tf.compat.v1.train.summary_iterator``.
 
 ``tf.summary.scalar`` needs the ``tensorboard`` package, which lowtf does not
 depend on; :func:`scalar` writes the same record (a float32 scalar tensor
@@ -29,6 +31,11 @@ from lowtf.nn import constraints
 from lowtf.nn.base import keras_layers
 from lowtf.train.metrics import COLUMNS, Evaluation
 
+# history.csv of a population: the member first, then an evaluation's columns.
+MEMBER_COLUMNS = ("member", *COLUMNS)
+# Columns read as integers; every other one is a float or empty.
+_INTEGERS = ("member", "step")
+
 
 class History:
     """``history.csv``, appended one row per evaluation and flushed at once.
@@ -38,10 +45,13 @@ class History:
 
     Args:
       path: the CSV file.
+      members: a population's history: rows carry a ``member`` column
+        (default False).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, members: bool = False):
         self.path = path
+        self.columns = MEMBER_COLUMNS if members else COLUMNS
         self.rows: list[dict] = []
 
     def start(self, keep_upto: int | None) -> list[dict]:
@@ -56,18 +66,31 @@ class History:
         if keep_upto is not None:
             text = _files.read_text(self.path) or ""  # a missing file: no rows
             rows = [r for r in _parse(text) if r["step"] <= keep_upto]
-        _files.write_atomically(self.path, _csv([COLUMNS, *map(_cells, rows)]))
+        _files.write_atomically(
+            self.path, _csv([self.columns, *(self._cells(r) for r in rows)])
+        )
         self.rows = rows
         return rows
 
     def append(self, row: dict) -> None:
         """Appends one row; the file is closed (so flushed) before this returns."""
-        _files.append(self.path, _csv([_cells(row)]))
-        self.rows.append(dict(row))
+        self.extend([row])
+
+    def extend(self, rows: list[dict]) -> None:
+        """Appends rows (a population's members at one step) in one write."""
+        _files.append(self.path, _csv([self._cells(r) for r in rows]))
+        self.rows.extend(dict(r) for r in rows)
+
+    def _cells(self, row: dict) -> list[str]:
+        return [
+            "" if row.get(name) is None else repr(row[name]) for name in self.columns
+        ]
 
 
 def read_history(path: str) -> list[dict]:
     """Reads a ``history.csv``: dicts with ``step`` an int, the rest floats or None.
+
+    A population's rows also hold ``member``, an int.
 
     Rows that do not parse (a line cut short by a crash) are skipped.
     ``path`` may be on any TensorFlow file system.
@@ -81,12 +104,13 @@ def read_history(path: str) -> list[dict]:
     return _parse(text)
 
 
-def check_history(path: str) -> None:
+def check_history(path: str, columns: tuple = COLUMNS) -> None:
     """Refuses a ``history.csv`` that lowtf could not have written, before a resume.
 
     A last line cut short by a crash is fine (it is skipped); bytes that do
-    not decode, or a header that is not lowtf's, are a ValueError naming the
-    file.
+    not decode, or a header other than ``columns`` (a single run's by
+    default, :data:`MEMBER_COLUMNS` for a population), are a ValueError
+    naming the file.
     """
     try:
         text = _files.read_text(path)
@@ -97,22 +121,33 @@ def check_history(path: str) -> None:
         ) from None
     if text is None or not text.strip():
         return
-    header = text.splitlines()[0].split(",")
-    if tuple(header) != COLUMNS:
+    header = history_header(text)
+    if header != tuple(columns):
         raise ValueError(
-            f"{path} is not a lowtf history (its header is {','.join(header)[:80]!r}, "
-            f"not {','.join(COLUMNS)!r}); restore it from a copy or delete it"
+            f"{path} is not a lowtf history of this kind of run (its header is "
+            f"{','.join(header)[:80]!r}, not {','.join(columns)!r}); restore it from "
+            "a copy or delete it"
         )
 
 
+def history_header(text: str) -> tuple:
+    """The column names of a history.csv's text (its first line)."""
+    return tuple(text.splitlines()[0].split(",")) if text.strip() else ()
+
+
 def _parse(text: str) -> list[dict]:
+    header = history_header(text)
+    columns = MEMBER_COLUMNS if header[:1] == ("member",) else COLUMNS
     rows = []
     for record in csv.DictReader(io.StringIO(text, newline="")):
         try:
-            row = {"step": int(record["step"])}
-            for name in COLUMNS[1:]:
+            row = {}
+            for name in columns:
                 cell = record[name]
-                row[name] = None if cell == "" else float(cell)
+                if name in _INTEGERS:
+                    row[name] = int(cell)
+                else:
+                    row[name] = None if cell == "" else float(cell)
         except (KeyError, TypeError, ValueError):
             continue
         rows.append(row)
@@ -124,12 +159,6 @@ def _csv(records) -> str:
     out = io.StringIO(newline="")
     csv.writer(out).writerows(records)
     return out.getvalue()
-
-
-def _cells(row: dict) -> list[str]:
-    return [
-        "" if row.get(name) is None else repr(row[name]) for name in COLUMNS
-    ]
 
 
 # What tensorboard.summary.v2.scalar attaches: the scalars plugin, whose
@@ -160,15 +189,31 @@ class Summaries:
 
     def write(self, evaluation: Evaluation, unit_norms: dict | None = None) -> None:
         """Writes one evaluation and the layers' max unit norms at its step."""
+        self._scalars(evaluation, unit_norms, prefix="")
+        self._flush()
+
+    def write_members(self, evaluations: dict) -> None:
+        """Writes a population's evaluations at one step, ``{member: Evaluation}``.
+
+        Member k's tags are ``member_<k>/<tag>``: its training and validation
+        curves share a chart, as a single run's do.
+        """
+        for member, evaluation in evaluations.items():
+            self._scalars(evaluation, None, prefix=f"member_{int(member)}/")
+        self._flush()
+
+    def _scalars(self, evaluation: Evaluation, unit_norms, prefix: str) -> None:
         step = int(evaluation.step)
         runs = evaluation.board()
         for run, writer in (("train", self._train), ("validation", self._validation)):
             with writer.as_default():
                 for tag, value in runs[run].items():
-                    scalar(tag, value, step)
+                    scalar(prefix + tag, value, step)
                 if run == "train":
                     for layer, norm in (unit_norms or {}).items():
-                        scalar(f"max_unit_norm/{layer}", norm, step)
+                        scalar(f"{prefix}max_unit_norm/{layer}", norm, step)
+
+    def _flush(self) -> None:
         # Flushed per evaluation, so a killed run loses no written point.
         self._train.flush()
         self._validation.flush()
