@@ -47,7 +47,7 @@ from lowtf import models as models_lib
 from lowtf.data import checks
 from lowtf.nn import constraints, losses, regularizers
 from lowtf.population import members
-from lowtf.train import early_stopping
+from lowtf.train import early_stopping, rundir
 from lowtf.train import evaluator as evaluator_lib
 from lowtf.train.metrics import MONITORS, STEP_METRICS
 
@@ -398,12 +398,14 @@ class Population:
         Args:
           update: update each training member's early stopping (best value,
             best step, best weights, patience) and restart the training
-            means (default True); False only reads.
+            means (default True); a training member whose weights, training
+            means or validation cross-entropy are NaN or Inf is stopped as
+            diverged first (see :meth:`stop_non_finite`). False only reads.
 
         Returns:
           The fields of :class:`lowtf.train.metrics.Evaluation` (``step`` an
-          int, the others ``[K]`` float64 arrays), plus ``stopped`` (``[K]``
-          bools, after this update) and ``improved`` (``[K]`` bools).
+          int, the others ``[K]`` float64 arrays), plus ``stopped``,
+          ``diverged`` (after this update) and ``improved``, ``[K]`` bools.
         """
         step = int(self.step.numpy())
         ce, hits = np.zeros(self.size), np.zeros(self.size)
@@ -413,6 +415,9 @@ class Population:
             hits += h.numpy()
         counts = np.array([len(r) for r in self.val_rows], np.float64)
         train = self.state.means()
+        # What must be finite: the validation loss, and the training means
+        # once there are any (at step 0 there are none, NaN by design).
+        checked = {"val_cross_entropy": ce / counts, **(train or {})}
         nan = np.full(self.size, math.nan)
         if train is None:
             regularization = self._penalties().numpy().astype(np.float64)
@@ -431,10 +436,13 @@ class Population:
         }
         improved = np.zeros(self.size, bool)
         if update:
+            # First: a broken member's value must not count as its best.
+            self.stop_non_finite(checked)
             improved = self._update_stopping(step, record[self.monitor])
             self.state.reset_means()
         record["improved"] = improved
         record["stopped"] = self.stopped
+        record["diverged"] = self.diverged
         return record
 
     def member(self, k: int, *, weights: str = "best"):
@@ -649,35 +657,168 @@ class Population:
     # -- early stopping, per member ----------------------------------------
 
     def _update_stopping(self, step: int, value) -> np.ndarray:
-        """EarlyStopping.update for each training member; returns who improved."""
+        """The early-stopping rule for each training member; returns who improved."""
         s = self.state
         active = ~self.stopped
-        value = np.asarray(value, np.float64)
-        best = s.best_value.numpy()
-        with np.errstate(invalid="ignore"):  # a NaN never improves
-            if self.mode == "min":
-                improves = value < best - self.min_delta
-            else:
-                improves = value > best + self.min_delta
-        improves &= active
-        patience_from = s.patience_from.numpy()
-        patience_from = np.where(active & (patience_from < 0), step, patience_from)
-        if improves.any():
-            mask = tf.constant(improves)
-            for var, best_var in zip(self._variables, s.best):
-                best_var.assign(tf.where(_expand(mask, var), var, best_var))
-            s.best_value.assign(np.where(improves, value, best))
-            s.best_step.assign(np.where(improves, step, s.best_step.numpy()))
-            patience_from = np.where(improves, step, patience_from)
-        s.patience_from.assign(patience_from)
-        s.last_step.assign(np.where(active, step, s.last_step.numpy()))
-        stops = (
-            active
-            & (s.best_step.numpy() >= 0)
-            & (step - patience_from >= self.patience)
+        rule = early_stopping.update_members(
+            step,
+            value,
+            best_value=s.best_value.numpy(),
+            best_step=s.best_step.numpy(),
+            patience_from=s.patience_from.numpy(),
+            mode=self.mode,
+            patience=self.patience,
+            min_delta=self.min_delta,
+            baseline=self._baseline,
+            start_from_step=self._start_from_step,
+            active=active,
         )
-        s.stop_step.assign(np.where(stops, step, s.stop_step.numpy()))
-        return improves
+        if rule.improved.any():
+            mask = tf.constant(rule.improved)
+            for var, best_var in self._with_best():
+                best_var.assign(tf.where(_expand(mask, var), var, best_var))
+        s.best_value.assign(rule.best_value)
+        s.best_step.assign(rule.best_step)
+        s.patience_from.assign(rule.patience_from)
+        s.last_step.assign(np.where(active, step, s.last_step.numpy()))
+        s.stop_step.assign(np.where(rule.stopped, step, s.stop_step.numpy()))
+        return rule.improved
+
+    # Early stopping beyond patience and min_delta, as lowtf.EarlyStopping's
+    # start_from_step and baseline; class defaults until set.
+    _start_from_step = 0
+    _baseline = None
+
+    @property
+    def start_from_step(self) -> int:
+        """No member stops at a step below this (default 0); its best is tracked."""
+        return self._start_from_step
+
+    @start_from_step.setter
+    def start_from_step(self, value: int) -> None:
+        _checks.non_negative_int("start_from_step", value)
+        self._start_from_step = int(value)
+
+    @property
+    def baseline(self) -> np.ndarray | None:
+        """``[K]`` values an improvement must beat to restart a member's patience.
+
+        None (default): any improvement does. Set a number for all members,
+        K numbers, or None; the best is tracked all the same.
+        """
+        return self._baseline
+
+    @baseline.setter
+    def baseline(self, value) -> None:
+        if value is not None:
+            value = members.vector("baseline", value, self.size, _checks.finite)
+            value = value.astype(np.float64)
+        self._baseline = value
+
+    @property
+    def diverged(self) -> np.ndarray:
+        """``[K]`` bools: who was stopped for NaN/Inf weights or metrics."""
+        return self.state.diverged.numpy()
+
+    def stop_non_finite(self, metrics: dict | None = None) -> np.ndarray:
+        """Stops the training members whose weights or ``metrics`` hold a NaN or Inf.
+
+        Such a member is marked :attr:`diverged` and stopped at the current
+        step, as if its patience had run out, and the others go on. Its
+        slices of the weights (and moving statistics) go back to its best
+        weights (its initial ones if it has none), its optimizer slots and
+        running training means to zero, so that no checkpoint holds a
+        non-finite value; :meth:`member` gives its best weights as for any
+        stopped member.
+
+        Args:
+          metrics: ``{name: [K] values}`` checked beside the weights, e.g. a
+            call's step metrics (default None: the weights alone).
+
+        Returns:
+          ``[K]`` bools: the members stopped by this call.
+        """
+        active = ~self.stopped
+        bad = active & ~self._finite_members()
+        for values in (metrics or {}).values():
+            bad |= active & ~np.isfinite(np.asarray(values, np.float64))
+        if not bad.any():
+            return bad
+        s = self.state
+        s.diverged.assign(s.diverged.numpy() | bad)
+        step = int(self.step.numpy())
+        s.stop_step.assign(np.where(bad, step, s.stop_step.numpy()))
+        s.clear_means(bad)
+        best = {var.ref(): best_var for var, best_var in self._with_best()}
+        mask = tf.constant(bad)
+        for var in self._frozen:
+            if var.dtype.is_floating:
+                source = best.get(var.ref())
+                value = tf.zeros_like(var) if source is None else source
+                var.assign(tf.where(_expand(mask, var), value, var))
+        return bad
+
+    def describe(self) -> dict:
+        """What defines the population: the settings a resumed run must share.
+
+        ``members`` holds, per member, its model (its layers and their
+        hyper-parameters, as :func:`lowtf.train.rundir.describe_model` gives
+        them), seed, weight decay and the content hashes of its training and
+        validation rows; beside it the shared data's content hash, the
+        optimizer (less its learning rate), the augmentation, the batch size
+        and what early stopping monitors. The learning rates are not part of
+        it: like a single run's, they may change on a resume.
+        """
+        decay = self.weight_decay
+        return {
+            "members": [
+                {
+                    "model": rundir.describe_model(self._members[k]),
+                    "seed": int(self.seeds[k]),
+                    # Only when set, as a single run's optional settings.
+                    **({} if decay is None else {"weight_decay": float(decay[k])}),
+                    # By content, whatever integer type the rows came in.
+                    **{
+                        name: rundir.fingerprint(np.asarray(rows[k], np.int64))
+                        for name, rows in (
+                            ("train_rows", self.train_rows),
+                            ("val_rows", self.val_rows),
+                        )
+                    },
+                }
+                for k in range(self.size)
+            ],
+            "data": rundir.fingerprint(self.x.numpy(), self.y.numpy()),
+            "optimizer": rundir.describe_optimizer(self.optimizer),
+            "augment": None if self.augment is None else repr(self.augment),
+            "batch_size": self.batch_size,
+            "monitor": self.monitor,
+            "mode": self.mode,
+        }
+
+    def _with_best(self):
+        """(variable, its best copy) for every stacked variable of the model."""
+        return zip(self._variables, self.state.best)
+
+    def _finite_members(self) -> np.ndarray:
+        """``[K]`` bools: whose floating-point training state is all finite.
+
+        One graph call over every variable a stopped member keeps (weights,
+        moving statistics, optimizer slots), made once.
+        """
+        finite = self.__dict__.get("_finite_fn")
+        if finite is None:
+            floating = [v for v in self._frozen if v.dtype.is_floating]
+
+            def all_finite():
+                ok = tf.ones([self.size], tf.bool)
+                for v in floating:
+                    axes = list(range(1, len(v.shape)))
+                    ok &= tf.reduce_all(tf.math.is_finite(v), axis=axes)
+                return ok
+
+            finite = self._finite_fn = tf.function(all_finite, autograph=False)
+        return finite().numpy()
 
     # -- traced internals --------------------------------------------------
 
@@ -870,6 +1011,8 @@ class _State(tf.Module):
             tf.zeros([len(STEP_METRICS), size], tf.float64), **local
         )
         self.count = tf.Variable(tf.constant(0, tf.int64), **local)
+        # Who was stopped for NaN/Inf (Population.stop_non_finite).
+        self.diverged = tf.Variable(tf.zeros([size], tf.bool), name="diverged", **local)
 
     def add_means(self, means: dict, num_steps: int) -> None:
         values = np.stack(
@@ -887,6 +1030,10 @@ class _State(tf.Module):
     def reset_means(self) -> None:
         self.sums.assign(tf.zeros_like(self.sums))
         self.count.assign(0)
+
+    def clear_means(self, mask: np.ndarray) -> None:
+        """Zeroes the running sums of the members in ``mask`` (a NaN stays out)."""
+        self.sums.assign(np.where(mask[None, :], 0.0, self.sums.numpy()))
 
 
 def _tf_variable(variable):

@@ -38,9 +38,14 @@ evaluations are aggregated across replicas, only the chief writes into
 collective ops, through a scratch copy deleted at the end), and every worker
 resumes from, and ends holding, the chief's checkpoints.
 
+``fit(population, ...)`` trains a :class:`lowtf.Population` instead: the
+population's own loop, :func:`lowtf.population.fit_population`, with the
+cadence of the :class:`TrainConfig` (see :func:`fit`).
+
 This module is the public surface (:func:`fit`, :class:`TrainConfig`,
-:class:`FitResult`) and the stop signals; the loop itself is in
-``lowtf/train/controller.py``, the checkpoints in ``lowtf/train/checkpointing.py``.
+:class:`FitResult`), the stop signals and :func:`run_kind`, which both loops
+use; the loop itself is in ``lowtf/train/controller.py``, the checkpoints in
+``lowtf/train/checkpointing.py``.
 """
 
 from __future__ import annotations
@@ -52,14 +57,25 @@ import threading
 
 import tensorflow as tf
 
-from lowtf import _checks, distribute
-from lowtf.train import early_stopping, rundir
+from lowtf import _checks, _files, distribute
+from lowtf.train import early_stopping, rundir, summaries
 from lowtf.train import step as step_lib
 from lowtf.train.controller import FitLoop
 from lowtf.train.metrics import MONITORS
 
 # How a fit can end (FitResult.stop_reason).
 STOP_REASONS = ("patience", "max_steps", "non_finite", "interrupted")
+# The TrainConfig fields a population's loop takes; the others are the
+# Population's own settings (its constructor's arguments) or do not apply.
+POPULATION_FIELDS = (
+    "max_steps",
+    "eval_every",
+    "steps_per_call",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "start_from_step",
+    "baseline",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,10 +179,10 @@ class FitResult:
 
 def fit(
     model,
-    optimizer,
+    optimizer=None,
     *,
-    train: tuple,
-    validation: tuple,
+    train: tuple | None = None,
+    validation: tuple | None = None,
     model_dir: str,
     config: TrainConfig = TrainConfig(),
     step_options: step_lib.StepOptions = step_lib.StepOptions(),
@@ -184,8 +200,9 @@ def fit(
     Args:
       model: a lowtf model (or Keras model) returning logits. To train
         under a ``tf.distribute`` strategy, make it, the optimizer, and call
-        :func:`fit`, all inside ``with strategy.scope():``.
-      optimizer: a Keras optimizer.
+        :func:`fit`, all inside ``with strategy.scope():``. Or a
+        :class:`lowtf.Population` (see below).
+      optimizer: a Keras optimizer (None for a population, which has its own).
       train: ``(x, y)`` training arrays, held in memory, or a
         :class:`lowtf.data.Stream` of batches from a ``tf.data`` pipeline
         (TFRecord shards, a CSV file read as it goes), whose position is
@@ -193,9 +210,11 @@ def fit(
         an uninterrupted one. A stream's records are checked as they come: a
         corrupt one, or NaN features or bad labels, raise a
         :class:`lowtf.DataError` naming them (``model_dir`` keeps the latest
-        checkpoint and the best snapshot it last saved).
+        checkpoint and the best snapshot it last saved). None for a
+        population.
       validation: ``(x, y)`` validation arrays, or a finite ``tf.data.Dataset``
-        of ``(x, y)`` batches or examples, read once into memory.
+        of ``(x, y)`` batches or examples, read once into memory. None for a
+        population.
       model_dir: where checkpoints, the best snapshot, history.csv and
         TensorBoard events go; an existing one is resumed. A path on any
         TensorFlow file system (local, ``gs://...``, ``ram://...``).
@@ -241,8 +260,26 @@ def fit(
     In every case the TensorBoard writers are closed and this worker's
     scratch copies deleted before ``fit`` returns or raises.
 
+    A :class:`lowtf.Population` as ``model`` is trained by its own loop,
+    :func:`lowtf.population.fit_population`, which keeps a population's
+    model directory as ``fit`` keeps one model's (lock, run.json, resume,
+    stop signals; see there), and returns its
+    :class:`~lowtf.population.PopulationResult`. Of ``config`` it takes
+    :data:`POPULATION_FIELDS`: ``max_steps``, ``eval_every``,
+    ``steps_per_call``, ``checkpoint_every``, ``keep_checkpoints``,
+    ``start_from_step`` and ``baseline``; the other fields must keep their
+    defaults, as the population has its own (``batch_size``, ``patience``,
+    ``min_delta``, ``monitor``, ``mode``, ``seed`` (its ``seeds``),
+    ``eval_batch_size`` are the Population's arguments; ``unfreeze_at``
+    does not apply), and so must ``optimizer``, ``train``, ``validation``,
+    ``step_options`` and ``augment``. ``log`` and ``run_settings`` apply.
+    A model directory holds one kind of run: a population's is refused
+    for one model, and one model's for a population, each file left as it
+    was.
+
     Returns:
-      A :class:`FitResult`; the model then holds the best snapshot.
+      A :class:`FitResult`; the model then holds the best snapshot. For a
+      population, a :class:`~lowtf.population.PopulationResult`.
 
     Raises:
       ValueError: bad arguments (validation labels the model's head cannot
@@ -255,6 +292,35 @@ def fit(
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"`config` ({config!r}) must be a lowtf.TrainConfig")
+    # Imported here: lowtf.population is built on lowtf.train.
+    from lowtf.population import Population, fit_population
+
+    if isinstance(model, Population):
+        given = {
+            "optimizer": optimizer,
+            "train": train,
+            "validation": validation,
+            "step_options": step_options,
+            "augment": augment,
+        }
+        _check_population_arguments(given, config)
+        return fit_population(
+            model,
+            model_dir=model_dir,
+            **{name: getattr(config, name) for name in POPULATION_FIELDS},
+            log=log,
+            run_settings=run_settings,
+        )
+    for name, value in (
+        ("optimizer", optimizer),
+        ("train", train),
+        ("validation", validation),
+    ):
+        if value is None:
+            raise ValueError(
+                f"`{name}` is required to fit a model; pass it (None is for a "
+                "lowtf.Population)"
+            )
     if not callable(log):
         raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")
     model_dir = os.fspath(model_dir)
@@ -267,6 +333,12 @@ def fit(
     if lock is not None:
         lock.acquire()
     try:
+        if run_kind(model_dir) == "population":
+            raise ValueError(
+                f"`model_dir` ({model_dir!r}) holds the run of a population "
+                "(fit_population, or lowtf.fit of a Population), not of one model; "
+                "pick another model_dir (nothing was changed)"
+            )
         run = FitLoop(
             model,
             optimizer,
@@ -281,7 +353,7 @@ def fit(
         )
         try:
             run.start()
-            with _StopSignals() as signals:
+            with StopSignals() as signals:
                 reason = run.loop(signals)
             last_step = run.last_step  # before the best snapshot rewinds the step
             run.finish(reason)
@@ -306,11 +378,61 @@ def fit(
     )
 
 
-class _StopSignals:
+def run_kind(model_dir: str) -> str | None:
+    """Which kind of run owns ``model_dir``: ``"population"``, ``"single"`` or None.
+
+    Read from run.json's identity; a directory written before run.json
+    existed is judged by its history.csv's header (a population's starts
+    with ``member``). None: no run has recorded itself there.
+
+    Raises:
+      ValueError: run.json is damaged (see :func:`rundir.read_record`).
+    """
+    record = rundir.read_record(model_dir)
+    if record is not None:
+        kind = record["identity"].get("kind")
+        return "population" if kind == "population" else "single"
+    try:
+        text = _files.read_text(os.path.join(model_dir, "history.csv"))
+    except (UnicodeDecodeError, tf.errors.OpError):
+        return None  # refused by the loop's own checks of the file
+    header = summaries.history_header(text or "")
+    if not header:
+        return None
+    return "population" if header[0] == "member" else "single"
+
+
+def _check_population_arguments(given: dict, config: TrainConfig) -> None:
+    """Refuses what ``fit`` takes for one model but a population has of its own."""
+    defaults = {"step_options": step_lib.StepOptions()}
+    for name, value in given.items():
+        if value is not None and value != defaults.get(name):
+            # Named, not shown: data arrays and optimizers print over many lines.
+            raise ValueError(
+                f"`{name}` was given, but it does not apply to a lowtf.Population, "
+                "which holds its own (its optimizer, data, compile and augmentation "
+                "settings are its constructor's arguments); leave it out"
+            )
+    default = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(config, field.name)
+        if field.name in POPULATION_FIELDS:
+            continue
+        if value != getattr(default, field.name):
+            raise ValueError(
+                f"`config.{field.name}` ({value!r}) does not apply to a "
+                "lowtf.Population: set it on the Population (its batch_size, "
+                "patience, min_delta, monitor, mode, seeds, eval_batch_size), or "
+                f"leave TrainConfig's default ({getattr(default, field.name)!r})"
+            )
+
+
+class StopSignals:
     """Turns SIGTERM and the first SIGINT into a stop request at the next call boundary.
 
     A second SIGINT raises KeyboardInterrupt at once. Handlers can only be
-    installed from the main thread; elsewhere this does nothing.
+    installed from the main thread; elsewhere this does nothing. Used by
+    :func:`fit` and :func:`lowtf.population.fit_population`.
     """
 
     def __init__(self):
