@@ -2,9 +2,12 @@
 
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,18 +19,75 @@ from lowtf.train import rundir
 
 def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
     with rundir.RunLock(str(tmp_path)) as lock:
-        assert json.loads((tmp_path / "lock").read_text()) == {
-            "host": socket.gethostname(), "pid": os.getpid()}
-        # The same process may nest (run_job around fit): not refused, not released.
-        nested = rundir.RunLock(str(tmp_path))
-        nested.acquire()
-        nested.release()
+        assert json.loads((tmp_path / "lock").read_text()) == rundir.this_process()
+        # A call made from inside the holder nests (run_job around fit): not
+        # refused, and its release leaves the lock held.
+        def inner():
+            nested = rundir.RunLock(str(tmp_path))
+            nested.acquire()
+            nested.release()
+            return nested.held
+
+        assert inner() is False
         assert lock.held and (tmp_path / "lock").exists()
+        # A second acquire beside the first, in this thread or another: refused.
+        with pytest.raises(ValueError, match=r"in use by another run \(this thread of"):
+            rundir.RunLock(str(tmp_path)).acquire()
+        errors = []
+
+        def other_thread():
+            try:
+                rundir.RunLock(str(tmp_path / ".")).acquire()
+            except ValueError as error:
+                errors.append(str(error))
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert len(errors) == 1 and "(another thread of this process" in errors[0]
         # Another live process of this host (pid 1, init) holds it: refused.
-        (tmp_path / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 1}))
+        init = {**rundir.this_process(), "pid": 1,
+                "start": int((pathlib.Path("/proc/1/stat").read_text().rsplit(")", 1)[1]).split()[19])}
+        (tmp_path / "lock").write_text(json.dumps(init))
         with pytest.raises(ValueError, match=r"in use by another run \(pid 1 on"):
             rundir.RunLock(str(tmp_path)).acquire()
     assert not (tmp_path / "lock").exists()
+
+
+def _owner(**changes):
+    return {**rundir.this_process(), **changes}
+
+
+@pytest.mark.parametrize(
+    "changes, state",
+    [
+        ({}, rundir.SELF),
+        # This pid, another start: a dead owner whose pid this process reuses
+        # (a restarted container, a rerun in a new pid namespace).
+        ({"start": 1}, rundir.GONE),
+        # pid 1 runs, but it is not the recorded process (another start time).
+        ({"pid": 1, "start": 1}, rundir.GONE),
+        ({"pid": 2**22 + 1}, rundir.GONE),  # above pid_max: no such process
+        ({"boot": "another-boot"}, rundir.GONE),  # the machine restarted
+        ({"pidns": 1}, rundir.GONE),  # a pid namespace not to be found here
+        ({"host": "elsewhere", "start": 1}, rundir.RUNNING),  # cannot be checked
+        # A record of an older lowtf: host and pid only.
+        ({"start": None, "boot": None, "pidns": None, "pid": 1}, rundir.RUNNING),
+        ({"start": None, "boot": None, "pidns": None}, rundir.GONE),
+    ],
+)
+def test_an_owner_is_told_by_more_than_host_and_pid(changes, state):
+    owner = {k: v for k, v in _owner(**changes).items() if v is not None}
+    assert rundir.owner_state(owner) == state
+
+
+def test_a_lock_whose_pid_this_process_reuses_is_taken_over(tmp_path):
+    # The holder had this process's pid before a restart: gone, not this run.
+    (tmp_path / "lock").write_text(json.dumps(_owner(start=1)))
+    lines = []
+    with rundir.RunLock(str(tmp_path), log=lines.append):
+        assert json.loads((tmp_path / "lock").read_text()) == rundir.this_process()
+    assert lines == [f"taking over the stale lock {tmp_path / 'lock'} (pid {os.getpid()}, not running)"]
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_log_line(tmp_path):
@@ -113,3 +173,35 @@ def test_traces_name_what_an_earlier_run_left(tmp_path):
     (tmp_path / "history.csv").write_text("step\n")
     (tmp_path / "run.json").write_text("{}")
     assert rundir.traces(str(tmp_path)) == ["best", "history.csv"]
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="unshare --pid --fork is unavailable here")
+def test_an_owner_in_another_pid_namespace_is_found_while_it_runs():
+    process = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "60"])
+    try:
+        children = pathlib.Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        for _ in range(500):
+            if children.exists() and children.read_text().split():
+                break
+            time.sleep(0.01)
+        child = int(children.read_text().split()[0])
+        stat = pathlib.Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        owner = _owner(pid=1, start=int(stat[19]), pidns=os.stat(f"/proc/{child}/ns/pid").st_ino)
+        # pid 1 of its own namespace: not our pid 1 (init), and found alive.
+        assert rundir.owner_state(owner) == rundir.RUNNING
+    finally:
+        process.kill()
+        process.wait()
+    for _ in range(500):
+        if not os.path.exists(f"/proc/{child}"):
+            break
+        time.sleep(0.01)
+    assert rundir.owner_state(owner) == rundir.GONE

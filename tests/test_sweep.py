@@ -15,6 +15,7 @@ from _fixtures import QUICK_SWEEP, SWEEP_BIN
 
 import lowtf
 from lowtf import sweep
+from lowtf.train import rundir
 
 BIN, QUICK = SWEEP_BIN, QUICK_SWEEP
 
@@ -204,48 +205,66 @@ def test_bin_sweep_end_to_end(tmp_path):
 
 
 def test_a_point_claimed_twice_goes_to_the_lowest_trial_number(monkeypatch):
-    # Two claims of one point racing (two processes on one storage): each
-    # asks the storage which holds the lowest number, so exactly one keeps it.
+    # Two processes on one storage both find a point free (their ledgers
+    # read before either claimed): the lower trial number keeps it, the other
+    # process fails its trial as a duplicate and takes the next free point.
     import optuna
 
     from lowtf.sweep import study as study_lib
 
-    config = sweep.SweepConfig(**QUICK, architectures=("4",), l2=(0.0, 1e-3))
-    study = study_lib.open_study(config, optuna.storages.InMemoryStorage())
-    point = config.points()[0]
-    for _ in range(2):  # as two requeue_interrupted of one dead trial would
-        study.enqueue_trial(point.params(), skip_if_exists=False)
-    first, second = (study.ask(study_lib.distributions(config)) for _ in range(2))
-    assert study_lib.point_of(first) == study_lib.point_of(second) == point
-    second.set_user_attr("key", point.key)
-    # The first has no key yet: it is waited for, then taken for dead.
-    monkeypatch.setattr(study_lib, "CLAIM_WAIT_SECONDS", 0.2)
-    assert study_lib._first_claim(study, second.number, point.key)
-    first.set_user_attr("key", point.key)
-    assert not study_lib._first_claim(study, second.number, point.key)
-    assert study_lib._first_claim(study, first.number, point.key)
-    # A claim that gave the point up (a duplicate) holds it no more.
-    first.set_user_attr("status", "duplicate")
-    assert study_lib._first_claim(study, second.number, point.key)
+    config = sweep.SweepConfig(**QUICK, architectures=("4",), l2=(0.0, 1e-3, 1e-2))
+    storage = optuna.storages.InMemoryStorage()
+    first, second = (study_lib.open_study(config, storage) for _ in range(2))
+    (kept,) = study_lib.claim(first, config, 1)
+    real, stale = study_lib.ledger, []
+
+    def ledger_read_before_the_first_claim(study):
+        book = real(study)
+        if not stale:
+            stale.append(True)
+            return {**book, "running": set()}
+        return book
+
+    monkeypatch.setattr(study_lib, "ledger", ledger_read_before_the_first_claim)
+    (other,) = study_lib.claim(second, config, 1)
+    points = config.points()
+    assert [kept[1], other[1]] == points[:2]
+    assert [kept[0].number, other[0].number] == [0, 2]
+    trials = storage.get_all_trials(second.study_id)
+    assert [(t.number, t.state.name, t.user_attrs.get("status")) for t in trials] == [
+        (0, "RUNNING", None), (1, "FAIL", "duplicate"), (2, "RUNNING", None)
+    ]  # fmt: skip
+    assert trials[1].user_attrs["key"] == points[0].key
+    # Each claim was stored whole: its key and owner with it.
+    assert all(t.user_attrs["owner"] == rundir.this_process() for t in trials)
 
 
-def test_each_fold_is_standardized_on_its_own_training_rows(data):
-    from lowtf.data import datasets
-    from lowtf.sweep import run as run_lib
+def test_a_rerun_after_a_kill_while_claiming_claims_at_once(monkeypatch):
+    # A process killed while claiming (this process's pid, another start
+    # time: a restart reused the pid) left 3 of 6 points claimed, and an
+    # ownerless trial (one asked by TPE, or by an older lowtf, killed before
+    # it got its owner). The rerun frees the 3 and claims all 6 without a
+    # single wait, in one claim: one population, as a fresh run.
+    import optuna
 
-    config = sweep.SweepConfig(**dict(QUICK, folds=3))
-    x, y, folds = run_lib._splits(config, data)
-    raw = data.train[0] * data.std + data.mean
-    n = len(raw)
-    assert len(folds) == 3 and len(x) == 3 * n
-    means = []
-    for t, v in folds:
-        assert set(t // n) == set(v // n) and len(set(t // n)) == 1  # one copy per fold
-        # The map that sets the fold's training rows to mean 0, std 1, from
-        # those rows alone, is the one its validation rows get.
-        mean, std = datasets.statistics(raw[t % n])
-        np.testing.assert_allclose(x[t].mean(axis=0), 0.0, atol=1e-5)
-        np.testing.assert_allclose(x[v], (raw[v % n] - mean) / std, atol=1e-5)
-        np.testing.assert_array_equal(y[v], data.train[1][v % n])
-        means.append(mean)
-    assert not np.allclose(means[0], means[1])  # the folds' scales differ
+    from lowtf.sweep import study as study_lib
+
+    config = sweep.SweepConfig(
+        **QUICK, architectures=("4",), l2=(0.0, 1e-3), dropout=(0.0, 0.1, 0.2)
+    )
+    storage = optuna.storages.InMemoryStorage()
+    dead = study_lib.open_study(config, storage)
+    me = rundir.this_process()
+    with monkeypatch.context() as m:
+        m.setattr(rundir, "this_process", lambda: {**me, "start": 1})
+        assert len(study_lib.claim(dead, config, 3)) == 3
+    dead.study.ask()  # ownerless, young: never waited for
+    monkeypatch.setattr(study_lib.time, "sleep", lambda s: pytest.fail("waited"))
+    rerun = study_lib.open_study(config, storage)
+    assert study_lib.requeue_interrupted(rerun, config) == 3
+    claimed = study_lib.claim(rerun, config, config.batch)
+    assert [p for _, p in claimed] == config.points()
+    book = study_lib.ledger(rerun)
+    assert len(book["running"]) == 6 and book["finished"] == {}
+    statuses = [t.user_attrs.get("status") for t in rerun.study.get_trials()]
+    assert statuses.count("interrupted") == 3

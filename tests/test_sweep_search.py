@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ from lowtf import sweep
 from lowtf.sweep import report
 from lowtf.sweep import study as study_lib
 from lowtf.sweep.config import TPE_BATCH
+from lowtf.train import rundir
 from lowtf.train.job import JobConfig
 
 BIN, QUICK = SWEEP_BIN, QUICK_SWEEP
@@ -37,6 +37,8 @@ def data():
         (["0", "1e-4"], (0.0, 1e-4)),
         (["1e-6..1e-2:log"], sweep.Range(1e-6, 1e-2, log=True)),
         (["0..0.5"], sweep.Range(0.0, 0.5, log=False)),
+        ([".5..1."], sweep.Range(0.5, 1.0, log=False)),
+        (["1E-6..+1e-2:log"], sweep.Range(1e-6, 1e-2, log=True)),
         ([], ()),
     ],
 )
@@ -53,6 +55,13 @@ def test_entries_parse_as_floats_or_one_range(entries, expected):
         (["1e-6..1e-2:lg"], r"--l2=1e-6..1e-2:lg: a range is lo..hi"),
         (["x"], r"--l2=x: 'x' is not a number"),
         (["inf..1"], r"--l2=inf..1: the ends of a range must be finite numbers"),
+        # A third dot is not part of a number: not 1e-6..0.001 (".1e-2").
+        (["1e-6...1e-2"], r"--l2=1e-6...1e-2: a range is lo..hi .* exactly two dots"),
+        (["1...2:log"], r"--l2=1...2:log: a range is lo..hi"),
+        (["1e-6....1e-2"], r"--l2=1e-6....1e-2: a range is lo..hi"),
+        (["1e-6..1e-2:log:log"], r"--l2=1e-6..1e-2:log:log: a range is lo..hi"),
+        (["..1e-2"], r"--l2=..1e-2: a range is lo..hi"),
+        (["1e-6 ..1e-2"], r"--l2=1e-6 ..1e-2: a range is lo..hi"),
     ],
 )
 def test_bad_entries_are_refused(entries, message):
@@ -142,10 +151,8 @@ def test_tpe_sweep_samples_resumes_and_refuses_another_range(tmp_path, data):
     scores = [r["score_mean"] for r in first.rows]
     assert scores == sorted(scores)
     # The study holds exactly the 6 trials, all told.
-    study = study_lib.open_study(
-        config, study_lib.open_storage(config.resolved_storage)
-    )
-    trials = study.get_trials(deepcopy=False)
+    study = study_lib.open_study(config, config.resolved_storage)
+    trials = study.study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
 
     with open(tmp_path / "s" / "results.csv") as f:
@@ -187,18 +194,17 @@ def test_tpe_sweep_samples_resumes_and_refuses_another_range(tmp_path, data):
         )
 
 
-def test_interrupted_sampled_trials_are_asked_again_with_their_floats(monkeypatch):
+def test_interrupted_sampled_trials_are_asked_again_with_their_floats():
     config = sweep.SweepConfig(
         search="tpe", trials=5, l2=L2, dropout=sweep.Range(0.0, 0.5)
     )
     study = study_lib.open_study(config, optuna.storages.InMemoryStorage())
     first = study_lib.claim(study, config, 2)
     assert len(first) == 2
-    # Their process is gone: another pid of this host, not alive.
-    gone = {"host": socket.gethostname(), "pid": os.getpid() + 1}
+    # Their process is gone: it had this process's pid (a restart reused it).
+    gone = {**rundir.this_process(), "start": 1}
     for trial, _ in first:
-        trial.set_user_attr("owner", gone)
-    monkeypatch.setattr(study_lib, "_alive", lambda pid: False)
+        study.storage.set_trial_user_attr(trial.trial_id, "owner", gone)
     assert study_lib.requeue_interrupted(study, config) == 2
     book = study_lib.ledger(study)
     assert book["waiting"] == {p.key for _, p in first}
@@ -224,7 +230,7 @@ def test_a_rerun_samples_new_points_and_an_ownerless_trial_is_abandoned(monkeypa
     study = study_lib.open_study(config, storage)
     first = study_lib.claim(study, config, 3)
     for trial, _ in first:
-        study_lib.tell(study, trial, 1.0)
+        study_lib.record(study, trial, {"status": "ok"}, 1.0)
     # A second process (or a rerun) on the same storage: its sampler is
     # seeded by the study's size, so it does not draw the first 3 again.
     rerun = study_lib.open_study(config, storage)
@@ -233,10 +239,10 @@ def test_a_rerun_samples_new_points_and_an_ownerless_trial_is_abandoned(monkeypa
     assert not {p.key for _, p in first} & {p.key for _, p in second}
     # A trial asked by a process that died before claiming it (no owner):
     # failed as abandoned once older than CLAIM_WAIT_SECONDS, never requeued.
-    orphan = rerun.ask(study_lib.distributions(config))
+    orphan = rerun.study.ask(study_lib.distributions(config))
     monkeypatch.setattr(study_lib, "CLAIM_WAIT_SECONDS", -1.0)
     assert study_lib.requeue_interrupted(rerun, config) == 0
-    stored = rerun.get_trials(deepcopy=False)[orphan.number]
+    stored = rerun.study.get_trials(deepcopy=False)[orphan.number]
     assert stored.state == TrialState.FAIL
     assert stored.user_attrs["status"] == "abandoned"
     assert study_lib.ledger(rerun)["waiting"] == set()
@@ -287,3 +293,24 @@ def test_bin_sweep_refuses_bad_values_and_ranges_in_one_line(tmp_path):
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and errors[0].startswith(message), errors
     assert not (tmp_path / "s").exists()
+
+
+def test_a_tpe_search_that_cannot_draw_a_new_point_ends_in_one_line(tmp_path, data):
+    # Two floats lie in [0, 5e-324]: with two dropout values, 4 points exist,
+    # fewer than --trials. The sweep trains them and ends, in one line,
+    # instead of polling for ever and failing trial after trial.
+    config = sweep.SweepConfig(
+        **{**QUICK, "max_steps": 10}, search="tpe", trials=6, architectures=("4",),
+        l2=sweep.Range(0.0, 5e-324), dropout=(0.0, 0.1), sweep_dir=str(tmp_path / "s"),
+    )  # fmt: skip
+    lines = []
+    result = sweep.run_sweep(config, data=data, log=lines.append)
+    ended = [line for line in lines if "holds no new one" in line]
+    assert len(ended) == 1, lines
+    assert ended[0].startswith("TPE drew 21 configurations in a row that were already taken")
+    assert len(result.rows) == len({r["key"] for r in result.rows}) <= 4
+    assert not result.interrupted and result.winner is not None
+    study = study_lib.open_study(config, config.resolved_storage)
+    failed = [t for t in study.study.get_trials() if t.state == TrialState.FAIL]
+    # The draws of one exhausted claim, no more: nothing polls afterwards.
+    assert len(failed) <= 2 * (study_lib._MAX_RESAMPLES + 1)

@@ -163,3 +163,56 @@ def test_two_processes_on_one_journal_train_each_configuration_once(tmp_path):
     assert [2 * len(populations(d)) for d in dirs] == trained
     # Both reports rank all four, identically.
     assert results(dirs[0]) == results(dirs[1]) and len(results(dirs[0])) == 4
+
+
+CONFIG = dict(dataset="synthetic", architectures=("4",), l2=(0.0, 1e-3), retrain=False)
+
+
+def _one_line_naming(error, path):
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message, message
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+    return message
+
+
+def test_a_damaged_study_db_or_journal_is_one_line_naming_the_file(tmp_path):
+    from lowtf import sweep
+    from lowtf.sweep import study as study_lib
+
+    config = sweep.SweepConfig(**CONFIG, sweep_dir=str(tmp_path))
+    (tmp_path / "study.db").write_bytes(b"not a database " * 100)
+    with pytest.raises(ValueError) as error:
+        study_lib.open_study(config, config.resolved_storage)
+    assert "file is not a database" in _one_line_naming(error, tmp_path / "study.db")
+    # A journal with a damaged line, as a killed writer or a bad disk leaves.
+    journal = tmp_path / "study.log"
+    study = study_lib.open_study(config, f"journal:{journal}")
+    study_lib.claim(study, config, 1)
+    text = journal.read_bytes()
+    journal.write_bytes(text[:40] + b"\x00{{damaged\n" + text[40:])
+    with pytest.raises(ValueError) as error:
+        study_lib.ledger(study_lib.open_study(config, f"journal:{journal}"))
+    _one_line_naming(error, journal)
+
+
+def test_a_read_only_study_db_is_one_line_naming_the_file(tmp_path):
+    from lowtf import sweep
+    from lowtf.sweep import study as study_lib
+
+    config = sweep.SweepConfig(**CONFIG, sweep_dir=str(tmp_path))
+    study_lib.open_study(config, config.resolved_storage)
+    # Read-only as SQLite sees it (root ignores file modes).
+    url = f"sqlite:///file:{tmp_path / 'study.db'}?mode=ro&uri=true"
+    with pytest.raises(study_lib.StorageError) as error:
+        study_lib.open_study(config, url)
+    message = _one_line_naming(error, tmp_path / "study.db")
+    assert "attempt to write a readonly database" in message
+
+
+def test_a_read_only_sweep_dir_names_the_sweep_dir_flag(tmp_path, monkeypatch):
+    from lowtf import sweep
+
+    config = sweep.SweepConfig(**CONFIG, sweep_dir=str(tmp_path / "s"))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a user
+    with pytest.raises(ValueError, match=r"^--sweep_dir \(.*/s\): .* is not writable"):
+        sweep.run_sweep(config, log=lambda line: None)

@@ -18,11 +18,15 @@ import itertools
 import json
 import math
 import os
+import re
 
 from lowtf import _checks, models
 from lowtf.train import metrics
 from lowtf.train.job import OPTIMIZERS, JobConfig
 
+# A range entry: two numbers, no dot next to the "..", and an optional ":log".
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?i:inf(?:inity)?|nan)"
+_RANGE = re.compile(rf"({_NUMBER})(?<!\.)\.\.(?!\.)({_NUMBER})(:log)?")
 # The swept settings, in the order of a configuration's label and the grid.
 SWEPT = ("architecture", "l1", "l2", "dropout", "maxnorm")
 REGULARIZERS = ("l1", "l2", "dropout", "maxnorm")
@@ -81,17 +85,16 @@ def parse_values(flag: str, entries) -> tuple | Range:
                 f"{given}: a range is the flag's one entry (e.g. --{flag}=1e-6..1e-2:log), "
                 "not part of a list"
             )
-        text, log = entries[0], False
-        if text.endswith(":log"):
-            text, log = text[: -len(":log")], True
-        ends = text.split("..")
-        try:
-            low, high = (float(e) for e in ends)
-        except ValueError:
+        found = _RANGE.fullmatch(entries[0])
+        if found is None:
+            # Not float() on each side of "..": "1e-6...1e-2" would read as
+            # 1e-6 and .1e-2, a range the user never wrote.
             raise ValueError(
                 f"{given}: a range is lo..hi (uniform) or lo..hi:log (log-uniform) "
-                f"with two numbers, e.g. --{flag}=1e-6..1e-2:log"
-            ) from None
+                f"with two numbers and exactly two dots between them, e.g. "
+                f"--{flag}=1e-6..1e-2:log"
+            )
+        low, high, log = float(found[1]), float(found[2]), bool(found[3])
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{given}: the ends of a range must be finite numbers")
         return Range(low, high, log)

@@ -8,7 +8,9 @@ matplotlib ``Figure`` on its own Agg canvas, never pyplot.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import math
 import os
 
@@ -18,6 +20,7 @@ from matplotlib.figure import Figure
 
 from lowtf import _files
 from lowtf.sweep.config import SWEPT, Range
+from lowtf.train import job as job_lib
 from lowtf.train.job import write_text
 
 CSV_COLUMNS = (
@@ -90,7 +93,13 @@ def markdown(config, rows, *, command: str | None, test) -> str:
             f"    {command}",
             "",
         ]
-    if test is not None:
+    if test is not None and test.stop_reason == "interrupted":
+        lines.append(
+            f"The winner's retraining was interrupted at step {test.last_step}, before "
+            "its end: it has no test score yet. Rerun the same command to finish it."
+        )
+        lines.append("")
+    elif test is not None:
         lines.append(
             f"Winner retrained on all training rows (early stopping on the validation "
             f"split, best step {test.best_step}): test accuracy {test.test_accuracy:.4f}, "
@@ -98,6 +107,27 @@ def markdown(config, rows, *, command: str | None, test) -> str:
         )
         lines.append("")
     return "\n".join(lines)
+
+
+def read_test(winner_dir: str, flags_text: str):
+    """The winner's earlier retraining in ``winner_dir``, if it trained this winner.
+
+    Returns the :class:`lowtf.train.JobResult` of its summary.json when its
+    flags.txt is ``flags_text`` (the same configuration, retrained as now),
+    else None: a ``--noretrain`` rerun keeps the test line of a retraining
+    that an earlier run did.
+    """
+    flags = _files.read_text(os.path.join(winner_dir, job_lib.FLAGS_FILE))
+    summary = _files.read_text(os.path.join(winner_dir, job_lib.SUMMARY_FILE))
+    if flags != flags_text or summary is None:
+        return None
+    try:
+        fields = json.loads(summary)
+        return job_lib.JobResult(
+            **{f.name: fields[f.name] for f in dataclasses.fields(job_lib.JobResult)}
+        )
+    except (ValueError, KeyError, TypeError):
+        return None  # not a summary this lowtf wrote: no line rather than a wrong one
 
 
 def curves_figure(rows, monitor: str) -> Figure:

@@ -11,6 +11,13 @@ process or others) it ranks
 them on validation alone, writes the report and retrains the winner with
 :func:`lowtf.train.run_job` into ``sweep_dir/winner``, the only step that
 reads the test set.
+
+A SIGTERM or a first SIGINT (Ctrl-C) is a stop request, as for
+:func:`lowtf.fit`: honoured at the next boundary (a population's next
+evaluation, whose checkpoint is then saved; the winner's retraining, by
+``fit`` itself; between claims), with one line; the call returns with
+``interrupted`` set, its unfinished claims given up, and a rerun finishes
+the sweep.
 """
 
 from __future__ import annotations
@@ -20,12 +27,12 @@ import hashlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 
 import numpy as np
 import tensorflow as tf
-from optuna.trial import TrialState
-
 from lowtf.data import datasets
 from lowtf.population import Population, fit_population, k_fold
 from lowtf.sweep import report, scoring
@@ -49,6 +56,9 @@ class SweepResult:
       trained: configurations this call trained (0 when all were finished).
       sweep_dir: where everything went.
       wall_seconds: wall time of this call.
+      interrupted: a stop request (SIGTERM, Ctrl-C) ended this call before
+        the sweep was finished (its winner retrained and scored, when
+        ``retrain``); rerun it to finish.
     """
 
     rows: list
@@ -57,6 +67,7 @@ class SweepResult:
     trained: int
     sweep_dir: str
     wall_seconds: float
+    interrupted: bool = False
 
 
 def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
@@ -80,38 +91,89 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
         raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")  # noqa: TRY004
     started = time.monotonic()
     sweep_dir = config.resolved_sweep_dir
-    job_lib.check_model_dir(sweep_dir)
+    try:
+        job_lib.check_model_dir(sweep_dir)
+    except ValueError as error:
+        # The check is bin/train's, which names its own flag.
+        message = str(error).replace("--model_dir", "--sweep_dir")
+        raise ValueError(message.replace("`model_dir`", "--sweep_dir")) from None
+    with _StopRequest() as stop:
+        return _sweep(config, data, log, stop, started)
+
+
+def _sweep(config, data, log, stop, started) -> SweepResult:
+    """:func:`run_sweep` once its arguments are checked, ``stop`` requests watched."""
+    sweep_dir = config.resolved_sweep_dir
     if data is None:
         data = job_lib.load_data(config)
     # Everything about the data is checked before the study exists, so a
     # refused start leaves no study behind to refuse the corrected rerun.
     x, y, folds = _splits(config, data)
     tf.io.gfile.makedirs(sweep_dir)  # the embedded SQLite file goes here
-    storage = study_lib.open_storage(config.resolved_storage)
-    study = study_lib.open_study(config, storage)
+    study = study_lib.open_study(config, config.resolved_storage)
     log(data.describe())
     total = config.configurations
     progress = _Progress(study, total, config, log, started)
-    trained = 0
-    while True:
-        if study_lib.requeue_interrupted(study, config):
-            log("queued again the configurations of an interrupted run")
-        claimed = study_lib.claim(study, config, config.batch)
-        if not claimed:
-            if len(study_lib.ledger(study)["finished"]) >= total:
-                break
-            progress.line("waiting for other processes")
-            time.sleep(POLL_SECONDS)
-            continue
-        # Pairs, not a dict by key: a key may not stand for its trial.
-        for pairs in by_architecture(claimed, lambda pair: pair[1]).values():
-            group = [p for _, p in pairs]
-            _train_population(
-                config, data, x, y, folds, group, [t for t, _ in pairs],
-                study, sweep_dir, progress,
-            )  # fmt: skip
-            trained += len(group)
-            progress.trained += len(group)
+    trained, exhausted, pending = 0, False, []
+    try:
+        while not stop.requested:
+            if study_lib.requeue_interrupted(study, config):
+                log("queued again the configurations of an interrupted run")
+            try:
+                claimed = study_lib.claim(
+                    study, config, config.batch, sample=not exhausted,
+                    log=progress.line,
+                )  # fmt: skip
+            except study_lib.Exhausted as error:
+                log(str(error))
+                exhausted = True
+                continue
+            pending = [t for t, _ in claimed]
+            if not claimed:
+                book = study_lib.ledger(study)
+                if len(book["finished"]) >= total or (
+                    exhausted and not book["running"] and not book["waiting"]
+                ):
+                    break
+                progress.line(
+                    f"waiting for {len(book['running'])} configurations running "
+                    "in other processes"
+                )
+                stop.sleep(POLL_SECONDS)
+                continue
+            # Pairs, not a dict by key: a key may not stand for its trial.
+            for pairs in by_architecture(claimed, lambda pair: pair[1]).values():
+                if stop.requested:
+                    break
+                group = [p for _, p in pairs]
+                _train_population(
+                    config, data, x, y, folds, group, [t for t, _ in pairs],
+                    study, sweep_dir, progress, stop,
+                )  # fmt: skip
+                pending = [t for t in pending if t not in {t for t, _ in pairs}]
+                trained += len(group)
+                progress.trained += len(group)
+    except _Stopped:
+        pass
+    finally:
+        # Claims not trained to the end (a stop, an error) go back at
+        # once, so that a rerun in this process, or another, takes them.
+        if pending:
+            try:
+                study_lib.release(study, config, pending)
+            except study_lib.StorageError:
+                pass  # the error that got us here is the one to report
+    if stop.requested:
+        done = len(study_lib.ledger(study)["finished"])
+        log(
+            f"{stop.requested} received: sweep interrupted{stop.where}, {done}/{total} "
+            "configurations done; rerun the same command to finish it"
+        )
+        return SweepResult(
+            rows=[], winner=None, winner_result=None, trained=trained,
+            sweep_dir=sweep_dir, wall_seconds=time.monotonic() - started,
+            interrupted=True,
+        )  # fmt: skip
     rows = scoring.rank(
         [_row(t) for t in study_lib.ledger(study)["finished"].values()],
         maximize="accuracy" in config.monitor,
@@ -127,14 +189,26 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
         command = "bin/train " + " ".join(
             train_flags(dataclasses.replace(job, model_dir=None))
         )
-    report.write(config, rows, sweep_dir, command=command, test=None)
+    flags_text = "".join(f"{f}\n" for f in train_flags(job)) if winner else None
+    # A --noretrain rerun keeps the test line of the winner retrained before.
+    earlier = None
+    if winner is not None and not config.retrain:
+        earlier = report.read_test(os.path.join(sweep_dir, WINNER_DIR), flags_text)
+    report.write(config, rows, sweep_dir, command=command, test=earlier)
     log(f"sweep: {len(rows)} configurations ranked; report in {sweep_dir}")
-    winner_result = None
+    winner_result, interrupted = None, False
     if winner is not None and config.retrain:
-        log(f"retraining the winner ({winner['key']}) on all training rows")
-        flags_text = "".join(f"{f}\n" for f in train_flags(job))
-        winner_result = job_lib.run_job(job, flags_text=flags_text, log=log)
+        if not stop.requested:
+            log(f"retraining the winner ({winner['key']}) on all training rows")
+            # fit answers a stop request during the training itself.
+            winner_result = job_lib.run_job(job, flags_text=flags_text, log=log)
+        interrupted = winner_result is None or winner_result.stop_reason == "interrupted"
         report.write(config, rows, sweep_dir, command=command, test=winner_result)
+        if interrupted:
+            log(
+                f"sweep interrupted while retraining the winner into "
+                f"{job.model_dir}; rerun the same command to finish it"
+            )
     elif winner is None:
         log("no configuration trained without diverging: there is no winner")
     return SweepResult(
@@ -144,6 +218,7 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
         trained=trained,
         sweep_dir=sweep_dir,
         wall_seconds=time.monotonic() - started,
+        interrupted=interrupted,
     )
 
 
@@ -195,7 +270,7 @@ def _splits(config: SweepConfig, data):
 
 
 def _train_population(
-    config, data, x, y, folds, points, trials, study, sweep_dir, progress
+    config, data, x, y, folds, points, trials, study, sweep_dir, progress, stop
 ) -> None:
     """Trains ``points`` (one architecture) x folds as one population; tells the study.
 
@@ -234,15 +309,21 @@ def _train_population(
     progress.line(
         f"population {name}: {len(points)} configurations x {len(folds)} folds"
     )
-    result = fit_population(
-        population,
-        model_dir=os.path.join(sweep_dir, "populations", name),
-        max_steps=config.max_steps,
-        eval_every=config.eval_every,
-        steps_per_call=config.steps_per_call,
-        checkpoint_every=config.checkpoint_every,
-        log=progress.line,
-    )
+    model_dir = os.path.join(sweep_dir, "populations", name)
+    try:
+        result = fit_population(
+            population,
+            model_dir=model_dir,
+            max_steps=config.max_steps,
+            eval_every=config.eval_every,
+            steps_per_call=config.steps_per_call,
+            checkpoint_every=config.checkpoint_every,
+            log=stop.checked(progress.line),
+        )
+    except _Stopped:
+        step = _save_checkpoint(population, model_dir)
+        stop.where = f" at step {step} of population {name} (checkpoint saved)"
+        raise
     progress.running = 0
     per_point = len(folds)
     for i, (point, trial) in enumerate(zip(points, trials)):
@@ -259,12 +340,84 @@ def _train_population(
             "wall_seconds": result.wall_seconds / len(points),
             "curve": scoring.mean_curve([m.history for m in own]),
         }
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        if bad:
-            study_lib.tell(study, trial, state=TrialState.FAIL)
-        else:
-            study_lib.tell(study, trial, scoring.fold_score(values)[0])
+        score = None if bad else scoring.fold_score(values)[0]
+        study_lib.record(study, trial, attrs, score)
+
+
+def _save_checkpoint(population, model_dir: str) -> int:
+    """Saves the population's state at its step as fit_population's ``ckpt/`` does.
+
+    Called at a stop request, raised from the progress line of an
+    evaluation: the state is then whole (evaluated, best snapshot and
+    history written), what fit_population would save at that step.
+    """
+    step = int(population.step.numpy())
+    manager = tf.train.CheckpointManager(
+        population.checkpoint,
+        os.path.join(model_dir, "ckpt"),
+        max_to_keep=3,
+        checkpoint_name="ckpt",
+    )
+    if not manager.latest_checkpoint or not manager.latest_checkpoint.endswith(
+        f"-{step}"
+    ):
+        manager.save(checkpoint_number=step)
+    return step
+
+
+class _Stopped(Exception):
+    """Raised at a boundary once a stop was requested."""
+
+
+class _StopRequest:
+    """Turns SIGTERM and a first SIGINT into a stop request, as :func:`lowtf.fit` does.
+
+    A second SIGINT raises KeyboardInterrupt at once. Handlers can only be
+    installed from the main thread; elsewhere this does nothing. While
+    ``fit`` (the winner's retraining) runs, its own handlers answer.
+
+    Attributes:
+      requested: None, or the name of the signal (``"SIGTERM"``).
+      where: where the stop landed, for the closing line.
+    """
+
+    def __init__(self):
+        self.requested, self.where, self._previous = None, "", {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        return False
+
+    def checked(self, log):
+        """``log``, raising :class:`_Stopped` before a line once a stop is requested.
+
+        fit_population logs once per evaluation: its next boundary.
+        """
+
+        def checked_log(line):
+            if self.requested:
+                raise _Stopped
+            log(line)
+
+        return checked_log
+
+    def sleep(self, seconds: float) -> None:
+        """Sleeps ``seconds``, or less if a stop is requested."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(min(0.1, deadline - time.monotonic()))
 
 
 def population_name(config: SweepConfig, points) -> str:
@@ -285,7 +438,7 @@ def population_name(config: SweepConfig, points) -> str:
 
 def _row(trial) -> dict:
     """A finished trial as a row of results.csv (plus its ``curve``)."""
-    a = trial.user_attrs
+    a = study_lib.result(trial)
     ok = a["status"] == "ok"
     mean, std = scoring.fold_score(a["scores"]) if ok else (float("nan"),) * 2
     return {

@@ -1,76 +1,210 @@
 """The sweep's Optuna study: storage, definition, claims and the ledger.
 
-One study per sweep: a ``GridSampler`` over :meth:`SweepConfig.search_space`
-for a grid, a ``TPESampler`` for ``search="tpe"`` (lists as categorical
-distributions, ranges as float ones). A process *claims* configurations by
-``ask``-ing trials (the grid sampler hands out grid points not yet finished
-or running; TPE samples new points, at most ``trials`` in all), trains
-them, and ``tell``-s their scores. Every trial carries user attrs: ``key`` (the
-:attr:`Point.key`), ``owner`` (host and pid) and, once told, ``status``
-(``"ok"`` or ``"diverged"``) with its fold scores. A trial left RUNNING by a
-process of this host that is gone (an interrupted run) is failed as
-``"interrupted"`` and its point queued again, so a rerun finishes it.
+One study per sweep. A process *claims* configurations by making trials
+for them, trains them, and records their scores. Every claimed trial
+carries user attrs: ``key`` (the :attr:`Point.key`), ``owner`` (the claiming
+process, :func:`lowtf.train.rundir.this_process`) and, once recorded,
+``status`` (``"ok"`` or ``"diverged"``) with its fold scores.
+
+* A grid's points are listed by :meth:`SweepConfig.points`; a claim makes a
+  RUNNING trial per free point, its key and owner stored with it in one
+  write, so every claim in the storage is complete: two processes racing
+  for a point settle it at once (the lower trial number keeps it), and a
+  process killed while claiming leaves no half-made claim to wait for.
+* TPE (``search="tpe"``): Optuna's ``TPESampler`` draws each point
+  (``ask``), at most ``trials`` in all; lists as categorical distributions,
+  ranges as float ones.
+
+A RUNNING trial whose owner is gone (:func:`lowtf.train.rundir.owner_state`:
+a killed run, even when its pid now belongs to another process) is failed as
+``"interrupted"`` and its point claimed again, so a rerun finishes it.
+
+Everything goes through Optuna's public API: the ``optuna.Study``, and the
+storage's ``BaseStorage`` methods for what a study does not offer (writing
+attrs of a trial by number). An error of the storage (a damaged or
+read-only file, a lost database) is one :class:`StorageError` line naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import json
 import os
-import socket
+import re
 import time
+import uuid
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from lowtf.sweep.config import SWEPT, Point, Range, SweepConfig
+from lowtf.train import rundir
 
 DEFINITION = "definition"
 STUDY_NAME = "lowtf-sweep"
 FINISHED = ("ok", "diverged")
+# A TPE trial is asked, then given its owner: one without an owner older
+# than this never got one (its process died in between) and is failed.
 CLAIM_WAIT_SECONDS = 10.0
-# TPE: draws of an already taken point tolerated per claim before giving up.
+# TPE: draws of an already taken point in a row before the space counts as
+# exhausted.
 _MAX_RESAMPLES = 20
+# Seconds between claiming's progress lines.
+_CLAIM_LOG_SECONDS = 2.0
+
+
+class StorageError(ValueError):
+    """The study's storage cannot be read or written (one line naming it)."""
+
+
+class Exhausted(Exception):
+    """TPE draws only points already taken: the space holds no new one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A sweep's Optuna study and the storage it is kept in.
+
+    Attributes:
+      study: the ``optuna.Study``.
+      storage: its storage (Optuna keeps a study's storage and id private;
+        writing a trial's attrs by number needs both).
+      study_id: the study's id in ``storage``.
+      where: the file or URL named in errors.
+    """
+
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    study_id: int
+    where: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A trial this process claimed: its number and id in the storage."""
+
+    number: int
+    trial_id: int
+
+
+def describe(url: str) -> str:
+    """The file of a ``sqlite:///`` or ``journal:`` URL, else the URL without its password."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") :]
+    if url.startswith("journal:"):
+        return url[len("journal:") :]
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+@contextlib.contextmanager
+def _reported(where: str):
+    """Turns any error of the storage inside into one :class:`StorageError` line."""
+    try:
+        yield
+    except (StorageError, Exhausted):
+        raise
+    except Exception as error:  # noqa: BLE001 - drivers and backends raise many kinds
+        raise StorageError(
+            f"the sweep's study {where} cannot be read or written ({_gist(error)}); "
+            "if it is damaged, restore it from a copy or start over in a new "
+            "--sweep_dir (or --storage); if it is read-only, make it writable"
+        ) from None
+
+
+def _gist(error: BaseException) -> str:
+    """``Type: first line`` of the innermost cause (the driver's own words)."""
+    while True:
+        inner = error.__cause__ or (
+            None if error.__suppress_context__ else error.__context__
+        )
+        if inner is None:
+            break
+        error = inner
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def open_storage(url: str):
     """An Optuna storage for ``url`` (a database URL or ``journal:<path>``).
 
     Raises:
-      ValueError: it cannot be opened (bad URL, missing driver, unreachable).
+      ValueError: it cannot be opened (bad URL, missing driver, unreachable,
+        a damaged file).
     """
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             return JournalStorage(JournalFileBackend(url[len("journal:") :]))
+        if url.startswith("sqlite:///") and "?" not in url:
+            _write_ahead(url[len("sqlite:///") :])
         return optuna.storages.RDBStorage(url)
     except Exception as error:  # noqa: BLE001 - drivers raise many kinds
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if url.startswith(("sqlite:///", "journal:")):
+            with _reported(describe(url)):
+                raise
         raise ValueError(
-            f"--storage ({url}) cannot be opened: {type(error).__name__}: {first}; "
+            f"--storage ({describe(url)}) cannot be opened: {_gist(error)}; "
             "give a database URL such as sqlite:///path/study.db or "
             "postgresql://user@host/db, or journal:<file>"
         ) from None
 
 
-def open_study(config: SweepConfig, storage) -> optuna.Study:
-    """The sweep's study, made or loaded; refuses one of another definition."""
+def _write_ahead(path: str) -> None:
+    """Puts the SQLite file at ``path`` (made if missing) in write-ahead-log mode.
+
+    SQLite's default rollback journal syncs the disk several times per
+    commit, and a sweep commits each claim and each recorded attr: 20 ms a
+    commit on this project's machine, 2 ms with the write-ahead log
+    (BENCHMARKS.md, "A sweep's bookkeeping"). The mode is kept in the file;
+    like any SQLite file shared by processes, it must be on a local disk.
+    Errors are left to the storage, which reports them (a damaged file).
+    """
+    import sqlite3
+
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass
+
+
+def open_study(config: SweepConfig, storage) -> Study:
+    """The sweep's study, made or loaded; refuses one of another definition.
+
+    Args:
+      config: the sweep.
+      storage: a storage URL (see :func:`open_storage`) or an Optuna storage.
+
+    Raises:
+      ValueError: the storage cannot be opened, or holds another sweep.
+      StorageError: it cannot be read or written.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    where = "storage"
+    if isinstance(storage, str):
+        where = describe(storage)
+        storage = open_storage(storage)
     mode = "maximize" if "accuracy" in config.monitor else "minimize"
-    study = optuna.create_study(
-        storage=storage,
-        study_name=STUDY_NAME,
-        sampler=sampler(config),
-        direction=mode,
-        load_if_exists=True,
-    )
-    mine = config.definition()
-    stored = study.user_attrs.get(DEFINITION)
-    if stored is None:
-        study.set_user_attr(DEFINITION, mine)
-    elif stored != mine:
+    with _reported(where):
+        study = optuna.create_study(
+            storage=storage,
+            study_name=STUDY_NAME,
+            sampler=sampler(config),
+            direction=mode,
+            load_if_exists=True,
+        )
+        mine = config.definition()
+        stored = study.user_attrs.get(DEFINITION)
+        if stored is None:
+            study.set_user_attr(DEFINITION, mine)
+        study_id = storage.get_study_id_from_name(STUDY_NAME)
+    if stored is not None and stored != mine:
         differ = [
             f"{k}: stored {json.dumps(stored.get(k))}, given {json.dumps(mine.get(k))}"
             for k in sorted(set(stored) | set(mine))
@@ -80,21 +214,28 @@ def open_study(config: SweepConfig, storage) -> optuna.Study:
             f"--sweep_dir/--storage holds another sweep ({'; '.join(differ)}); "
             "rerun with its flags to resume it, or pick a new --sweep_dir"
         )
-    return study
+    return Study(study, storage, study_id, where)
 
 
 def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
-    """The grid's ``GridSampler``, or TPE for ``search="tpe"``.
+    """TPE for ``search="tpe"``; for a grid, a sampler that never samples.
 
     TPE asks a round's trials before any is told, so ``constant_liar``
     counts the running ones as (bad) results: the points of one batch spread
     out instead of piling on the same promising spot. ``multivariate``
     models the settings jointly (L2 and dropout interact); both are Optuna
     5.0's defaults, spelled out for older versions.
+
+    A grid's trials are made with their points (see the module doc), not
+    asked: Optuna's ``GridSampler`` reads every trial of the study on each
+    ``ask`` and each ``tell``, so claiming and recording N points cost N
+    squared reads (240 points: 110 s claiming, 60 s recording; measured in
+    BENCHMARKS.md). The study still needs a sampler; the random one does
+    nothing on ``tell``.
     """
     if config.search == "tpe":
         return _tpe(config.seed)
-    return optuna.samplers.GridSampler(config.search_space(), seed=config.seed)
+    return optuna.samplers.RandomSampler(seed=config.seed)
 
 
 def _tpe(seed: int) -> optuna.samplers.TPESampler:
@@ -115,13 +256,15 @@ def point_of(trial) -> Point:
     return Point(*(trial.params[n] for n in SWEPT))
 
 
-def ledger(study: optuna.Study) -> dict:
+def ledger(study: Study) -> dict:
     """Per key: the finished trial (latest) and whether one is running or queued.
 
     Returns ``{"finished": {key: FrozenTrial}, "running": set, "waiting": set}``.
     """
+    with _reported(study.where):
+        trials = study.study.get_trials(deepcopy=False)
     finished, running, waiting = {}, set(), set()
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         key = t.user_attrs.get("key")
         if t.state == TrialState.WAITING:
             fixed = t.system_attrs.get("fixed_params")
@@ -136,183 +279,251 @@ def ledger(study: optuna.Study) -> dict:
     return {"finished": finished, "running": running, "waiting": waiting}
 
 
-def requeue_interrupted(study: optuna.Study, config: SweepConfig) -> int:
-    """Fails the trials of dead processes of this host and queues their points again.
+def requeue_interrupted(study: Study, config: SweepConfig) -> int:
+    """Fails the trials whose owner is gone; their points can be claimed again.
 
-    A trial without an owner (its process died between ``ask`` and claiming
-    it, which takes milliseconds) is failed as ``"abandoned"`` once it is
-    older than ``CLAIM_WAIT_SECONDS``, on any host: it never held a point.
+    Returns how many configurations were freed. A grid point is free once
+    its trial failed; a TPE point is queued (``enqueue_trial``), so that it
+    is asked again with its very floats. A trial without an owner (its
+    process died between TPE's ``ask`` and claiming it, which takes
+    milliseconds) is failed as ``"abandoned"`` once older than
+    ``CLAIM_WAIT_SECONDS``, on any host: it never held a point.
     """
-    host, count = socket.gethostname(), 0
     now = datetime.datetime.now()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    states, count, book = {}, 0, None
+    with _reported(study.where):
+        running = study.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
         owner = t.user_attrs.get("owner")
         if owner is None:
             started = t.datetime_start or now
             if (now - started).total_seconds() > CLAIM_WAIT_SECONDS:
-                _fail(study, t, "abandoned")
+                _fail(study, t.number, "abandoned")
             continue
-        if owner.get("host") != host or owner.get("pid") == os.getpid():
-            continue
-        if _alive(owner.get("pid")):
+        # One look per owner: a dead process leaves many trials.
+        mark = json.dumps(owner, sort_keys=True)
+        if mark not in states:
+            states[mark] = rundir.owner_state(owner)
+        if states[mark] != rundir.GONE:
             continue
         key = t.user_attrs.get("key")
-        if not _fail(study, t, "interrupted" if key else "abandoned") or not key:
+        if not _fail(study, t.number, "interrupted" if key else "abandoned") or not key:
             continue
-        book = ledger(study)
-        if key not in book["finished"] and key not in book["waiting"]:
-            study.enqueue_trial(point_of(t).params(), skip_if_exists=False)
         count += 1
+        if config.search == "tpe":
+            book = book or ledger(study)
+            if key not in book["finished"] and key not in book["waiting"]:
+                with _reported(study.where):
+                    study.study.enqueue_trial(point_of(t).params(), skip_if_exists=False)
+                book["waiting"].add(key)
     return count
 
 
-def _fail(study: optuna.Study, trial, status: str) -> bool:
+def release(study: Study, config: SweepConfig, claims) -> None:
+    """Gives up this process's unfinished ``claims`` (a stop, an error) as interrupted.
+
+    Their points can be claimed again at once (a TPE point is queued), by a
+    rerun in this process or by another one.
+    """
+    book = None
+    for c in claims:
+        if not _fail(study, c.number, "interrupted") or config.search != "tpe":
+            continue
+        with _reported(study.where):
+            frozen = study.storage.get_trial(c.trial_id)
+        book = book or ledger(study)
+        key = frozen.user_attrs.get("key")
+        if key and key not in book["finished"] and key not in book["waiting"]:
+            with _reported(study.where):
+                study.study.enqueue_trial(point_of(frozen).params(), skip_if_exists=False)
+            book["waiting"].add(key)
+
+
+def _fail(study: Study, number: int, status: str) -> bool:
     """Fails a running trial as ``status``; False if another process just did."""
-    try:
-        study._storage.set_trial_user_attr(trial._trial_id, "status", status)
-        tell(study, trial.number, state=TrialState.FAIL)
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-        return False
+    with _reported(study.where):
+        trial_id = study.storage.get_trial_id_from_study_id_trial_number(
+            study.study_id, number
+        )
+        try:
+            study.storage.set_trial_user_attr(trial_id, "status", status)
+            study.study.tell(number, state=TrialState.FAIL)
+        # ValueError: "Cannot tell a FAIL trial", the other process was first.
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            return False
     return True
 
 
-def claim(study: optuna.Study, config: SweepConfig, limit: int) -> list:
-    """Asks for up to ``limit`` configurations nobody has finished or is running.
+def record(study: Study, trial: Claim, attrs: dict, value: float | None) -> None:
+    """Stores a trained configuration: its ``attrs``, then ``value`` (None: failed).
 
-    Returns ``[(trial, point)]``. Grid: a point handed out twice (two
-    processes racing) is failed as ``"duplicate"`` and skipped. TPE: at
-    most ``config.trials`` less those finished or running (in any process)
-    are asked, by a sampler seeded with the study's size (a rerun draws new
+    ``attrs["status"]`` is a user attr of its own (the ledger reads it), the
+    others go together into ``result`` (see :func:`result`): each attr is
+    a write of its own, and a sweep records every configuration. A trial
+    another process failed meanwhile (it took this one for dead) is left as
+    it is: its point was claimed again.
+    """
+    attrs = dict(attrs)
+    status = attrs.pop("status")
+    with _reported(study.where):
+        try:
+            study.storage.set_trial_user_attr(trial.trial_id, "result", attrs)
+            study.storage.set_trial_user_attr(trial.trial_id, "status", status)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return
+        if value is None:
+            study.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        else:
+            study.study.tell(trial.number, value, skip_if_finished=True)
+
+
+def result(trial) -> dict:
+    """A recorded trial's attrs as :func:`record` was given them (``status`` included).
+
+    Trials recorded by an older lowtf hold each attr apart: read alike.
+    """
+    return {**trial.user_attrs, **trial.user_attrs.get("result", {})}
+
+
+def claim(
+    study: Study, config: SweepConfig, limit: int, *, sample: bool = True, log=None
+) -> list:
+    """Claims up to ``limit`` configurations nobody has finished or is running.
+
+    Returns ``[(Claim, point)]``.
+
+    Grid: free points in grid order; a point another process claimed with a
+    lower trial number is failed here as ``"duplicate"`` and another one
+    taken. TPE: at most
+    ``config.trials`` less those finished or running (in any process) are
+    asked, by a sampler seeded with the study's size (a rerun draws new
     points); a point already finished, running or drawn is failed as
     ``"duplicate"`` and drawn again; while interrupted points are queued, a
-    round takes exactly those, so their population forms again and resumes.
+    round takes exactly those. ``sample=False``: queued points only.
+
+    Args:
+      log: called with a progress line every 2 s while claiming (default None).
+
+    Raises:
+      Exhausted: TPE drew 20 taken points in a row and none new.
+      StorageError: the storage cannot be read or written.
     """
-    if config.search == "tpe":
-        return _claim_sampled(study, config, limit)
-    keys = {p.key for p in config.points()}
+    with _reported(study.where):
+        if config.search == "tpe":
+            return _claim_sampled(study, config, limit, sample)
+        return _claim_grid(study, config, limit, log)
+
+
+def _claim_grid(study: Study, config: SweepConfig, limit: int, log) -> list:
+    points = {p.key: p for p in config.points()}
     dists = distributions(config)
-    claimed, duplicates = [], 0
-    while len(claimed) < limit and duplicates <= len(keys):
+    me = rundir.this_process()
+    claimed, started, said = [], time.monotonic(), time.monotonic()
+    while len(claimed) < limit:
         book = ledger(study)
-        free = keys - set(book["finished"]) - book["running"]
-        if not free:
+        taken = set(book["finished"]) | book["running"]
+        # In grid order: an interrupted claim's points are the first free
+        # ones (the claims before it finished), so a rerun with the same
+        # --claim takes them again, and their population resumes.
+        keys = [k for k in points if k not in taken][: limit - len(claimed)]
+        if not keys:
             break
-        trial = study.ask(dists)
-        point = point_of(trial)
-        if point.key not in free:
-            trial.set_user_attr("status", "duplicate")
-            tell(study, trial, state=TrialState.FAIL)
-            duplicates += 1
-            continue
-        _own(trial, point)
-        if not _first_claim(study, trial.number, point.key):
-            trial.set_user_attr("status", "duplicate")
-            tell(study, trial, state=TrialState.FAIL)
-            duplicates += 1
-            continue
-        claimed.append((trial, point))
+        token, ids = uuid.uuid4().hex, {}
+        for i, key in enumerate(keys):
+            # One write per claim: the trial is made RUNNING with its point,
+            # key and owner, so no other process ever sees it half made.
+            template = optuna.trial.create_trial(
+                state=TrialState.RUNNING,
+                params=points[key].params(),
+                distributions=dists,
+                user_attrs={"owner": me, "key": key, "claim": token},
+            )
+            ids[key] = study.storage.create_new_trial(study.study_id, template)
+            if log is not None and time.monotonic() - said >= _CLAIM_LOG_SECONDS:
+                said = time.monotonic()
+                log(
+                    f"claiming: {len(claimed) + i + 1}/{len(claimed) + len(keys)} "
+                    f"configurations ({said - started:.0f} s)"
+                )
+        for key, (number, lost) in _settle(study, token, ids).items():
+            if lost:
+                _fail(study, number, "duplicate")
+            else:
+                claimed.append((Claim(number, ids[key]), points[key]))
     return claimed
 
 
-def _claim_sampled(study: optuna.Study, config: SweepConfig, limit: int) -> list:
+def _settle(study: Study, token: str, ids: dict) -> dict:
+    """Per key of this claim (``token``, ``ids``: {key: trial id}): its number, and lost.
+
+    A point is lost when a lower-numbered live claim holds it. Trial numbers
+    are handed out once by the storage, and each claim is stored whole, so
+    the lowest-numbered claim of a key is one answer in every process that
+    reads after making its own: it keeps the point. One read of the study.
+    """
+    trials = study.study.get_trials(deepcopy=False)
+    numbers = {
+        t.user_attrs["key"]: t.number
+        for t in trials
+        if t.user_attrs.get("claim") == token and t.user_attrs.get("key") in ids
+    }
+    lost = set()
+    for t in trials:
+        key = t.user_attrs.get("key")
+        if key not in numbers or t.number >= numbers[key]:
+            continue
+        status = t.user_attrs.get("status")
+        if (t.state == TrialState.RUNNING and status is None) or status in FINISHED:
+            lost.add(key)
+    return {key: (number, key in lost) for key, number in numbers.items()}
+
+
+def _claim_sampled(study: Study, config: SweepConfig, limit: int, sample: bool) -> list:
     book = ledger(study)
     # A queued (interrupted) point is asked first and replaces its failed
     # trial, so it does not count apart from the running and finished ones.
     left = config.trials - len(book["finished"]) - len(book["running"])
-    if book["waiting"]:
+    if book["waiting"] or not sample:
         # The queued points alone: they re-form the interrupted population,
         # whose directory (named by its members) holds the checkpoint to resume.
         limit = min(limit, len(book["waiting"]))
     # Seeded by the study's size: a rerun, or another process, draws new
     # points rather than the first run's random start-up points again.
-    study.sampler = _tpe(config.seed + len(study.get_trials(deepcopy=False)))
+    study.study.sampler = _tpe(config.seed + len(study.study.get_trials(deepcopy=False)))
     dists = distributions(config)
     taken = set(book["finished"]) | book["running"]
     claimed, duplicates = [], 0
-    while len(claimed) < min(limit, left) and duplicates <= _MAX_RESAMPLES:
-        trial = study.ask(dists)
+    while len(claimed) < min(limit, left):
+        trial = study.study.ask(dists)
+        # Before anything else: a process killed from here on leaves a trial
+        # that requeue_interrupted can tell is dead.
+        trial.set_user_attr("owner", rundir.this_process())
         point = point_of(trial)
         if point.key in taken:  # a value drawn twice (a list, or a narrow range)
-            trial.set_user_attr("status", "duplicate")
-            tell(study, trial, state=TrialState.FAIL)
+            _fail(study, trial.number, "duplicate")
             duplicates += 1
+            if duplicates > _MAX_RESAMPLES and claimed:
+                break  # these first; the next round finds the space exhausted
+            if duplicates > _MAX_RESAMPLES:
+                raise Exhausted(
+                    f"TPE drew {duplicates} configurations in a row that were already "
+                    f"taken: the space ({_space(config)}) holds no new one; the sweep "
+                    f"ends with the {len(taken)} it has of --trials={config.trials}"
+                )
             continue
+        duplicates = 0
+        trial.set_user_attr("key", point.key)
         taken.add(point.key)
-        claimed.append((trial, _own(trial, point)))
+        trial_id = study.storage.get_trial_id_from_study_id_trial_number(
+            study.study_id, trial.number
+        )
+        claimed.append((Claim(trial.number, trial_id), point))
     return claimed
 
 
-def _own(trial, point: Point) -> Point:
-    """Marks ``trial`` as ``point``'s, run by this process.
-
-    The owner first: a process killed in between leaves a trial that
-    :func:`requeue_interrupted` can tell is dead.
-    """
-    trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
-    trial.set_user_attr("key", point.key)
-    return point
-
-
-def _first_claim(study: optuna.Study, number: int, key: str) -> bool:
-    """Whether trial ``number`` is the lowest-numbered live claim of ``key``.
-
-    ``claim``'s look at the ledger comes before ``ask``, so two processes can
-    both find a point free and both get it (GridSampler picks among points
-    not running, two ``requeue_interrupted`` can queue one point twice).
-    Trial numbers are handed out once by the storage, so "the lowest number
-    keeps it" is one answer in every process, provided each sees the keys of
-    all lower-numbered claims: those still between ``ask`` and setting their
-    key are waited for (at most ``CLAIM_WAIT_SECONDS``, then taken as dead).
-    """
-    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
-    while True:
-        pending = False
-        for t in study.get_trials(deepcopy=False):
-            if t.number >= number:
-                continue
-            status = t.user_attrs.get("status")
-            if t.state == TrialState.RUNNING and "key" not in t.user_attrs:
-                pending = True
-            elif t.user_attrs.get("key") == key and (
-                (t.state == TrialState.RUNNING and status is None) or status in FINISHED
-            ):
-                return False
-        if not pending or time.monotonic() > deadline:
-            return True
-        time.sleep(0.05)
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def tell(study: optuna.Study, trial, value=None, *, state=TrialState.COMPLETE) -> None:
-    """``study.tell``, outside ``optimize``.
-
-    GridSampler's ``after_trial`` calls ``study.stop()`` once the grid is
-    exhausted, which raises outside ``optimize`` (and looks up a ``grid_id``
-    that a queued trial lacks); the trial's state is stored before either
-    (Optuna stores it in a ``finally``), so both are harmless here.
-    """
-    number = trial if isinstance(trial, int) else trial.number
-    try:
-        if state == TrialState.COMPLETE:
-            study.tell(number, value)
-        else:
-            study.tell(number, state=state)
-    except (RuntimeError, KeyError):
-        stored = study._storage.get_trial(
-            study._storage.get_trial_id_from_study_id_trial_number(
-                study._study_id, number
-            )
-        )
-        if not stored.state.is_finished():
-            raise
+def _space(config: SweepConfig) -> str:
+    return ", ".join(
+        f"{n} in {v}" if isinstance(v, Range) else f"{n} in {{{', '.join(map(str, v))}}}"
+        for n, v in config.search_space().items()
+        if isinstance(v, Range) or len(v) > 1
+    )

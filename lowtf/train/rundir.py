@@ -1,9 +1,12 @@
 """A model directory belongs to one run: its lock, its identity, its traces.
 
 * :class:`RunLock`: an exclusive lock for the life of a run, a file
-  ``<model_dir>/lock`` created atomically and holding the owner's host and
-  pid. A second run on the directory is refused with one line naming the
-  holder; a lock left by a dead process on this host is taken over.
+  ``<model_dir>/lock`` created atomically and naming its owner
+  (:func:`this_process`: host, pid, start time, boot and pid namespace). A
+  second run on the directory, in this process or another, is refused with
+  one line naming the holder; a lock whose holder is gone
+  (:func:`owner_state`, which a restart that reuses its pid does not fool)
+  is taken over.
 * :func:`identity` and :func:`differences`: the settings that define a run
   (the model's layers, the optimizer, the data's content hash, seeds, batch
   size), recorded in ``<model_dir>/run.json`` when the run starts and
@@ -17,9 +20,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import inspect
 import json
 import os
 import socket
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -63,13 +68,173 @@ def traces(model_dir: str) -> list[str]:
     return [name for name in TRACES if name in found]
 
 
+# -- who owns a lock (or a sweep's trial) ----------------------------------------
+
+# owner_state's answers.
+SELF, RUNNING, GONE = "self", "running", "gone"
+# A found process whose state is one of these has ended (zombie, dead).
+_ENDED_STATES = ("Z", "X", "x")
+
+
+def this_process() -> dict:
+    """This process as the owner of a lock or a claim.
+
+    Returns ``{"host", "pid", "start", "boot", "pidns"}``: the host name, the
+    pid, the process's start time (clock ticks after boot, field 22 of
+    ``/proc/self/stat``), the kernel's boot id and the inode of the pid
+    namespace. A pid names a process only while it runs: after a restart (of a
+    container, the machine or a pid namespace) another process, or this one,
+    may carry a dead owner's pid; the start time and the boot id tell them
+    apart, and the namespace says whether the pid means the same here.
+    Fields that cannot be read (no ``/proc``) are None.
+    """
+    pid = os.getpid()
+    if _ME.get("pid") != pid:  # computed once per process (again after a fork)
+        found = _proc_stat("self")
+        _ME.clear()
+        _ME.update(
+            host=socket.gethostname(),
+            pid=pid,
+            start=found[1] if found else None,
+            boot=_read("/proc/sys/kernel/random/boot_id"),
+            pidns=_namespace("self"),
+        )
+    return dict(_ME)
+
+
+_ME: dict = {}
+
+
+def owner_state(owner) -> str:
+    """Whether ``owner`` (a :func:`this_process` record) is this process, runs, or is gone.
+
+    Returns :data:`SELF`, :data:`RUNNING` or :data:`GONE`. A process of
+    another host cannot be checked from here and counts as running. On this
+    host, an owner of another boot is gone; else it runs if a process with its
+    pid namespace, pid and start time is found. A namespace that ``/proc``
+    does not show here (a restarted container's, an ended ``unshare``'s)
+    counts as gone: processes sharing one model directory or study from
+    containers of one machine need host names of their own (Docker's
+    default). A record of an older lowtf (host and pid only) is checked by
+    its pid alone; a record that is not a dict with an integer pid is gone.
+    """
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        return GONE
+    me = this_process()
+    if owner.get("host") != me["host"]:
+        return RUNNING
+    if all(owner.get(k) == me[k] for k in me):
+        return SELF
+    if owner.get("boot") and me["boot"] and owner["boot"] != me["boot"]:
+        return GONE
+    if owner.get("start") is None or me["start"] is None:
+        if owner["pid"] == me["pid"]:
+            # This process never writes a record without a start time where
+            # it can read one: such a record with its pid is a dead process's.
+            return GONE if me["start"] is not None else SELF
+        return RUNNING if _pid_exists(owner["pid"]) else GONE
+    if owner.get("pidns") == me["pidns"] and _proc_is_ours():
+        found = _proc_stat(owner["pid"])
+        alive = found is not None and found[0] not in _ENDED_STATES
+        return RUNNING if alive and found[1] == owner["start"] else GONE
+    return RUNNING if _find(owner) else GONE
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:  # /proc: never a TensorFlow file system
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _proc_stat(pid) -> tuple[str, int] | None:
+    """``(state, start time)`` of ``/proc/<pid>/stat``, or None if there is none."""
+    text = _read(f"/proc/{pid}/stat")
+    if not text:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces.
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[19])
+
+
+def _namespace(pid) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _ns_pids(pid) -> list[int]:
+    """The pid of ``pid`` in each of its namespaces, ``/proc``'s first, its own last."""
+    for line in (_read(f"/proc/{pid}/status") or "").splitlines():
+        if line.startswith("NSpid:"):
+            return [int(p) for p in line.split()[1:]]
+    return []
+
+
+def _proc_is_ours() -> bool:
+    """Whether ``/proc`` numbers processes as this pid namespace does.
+
+    Not after ``unshare --pid --fork`` without ``--mount-proc``: ``/proc``
+    is then the parent namespace's, and ``/proc/1`` is not our pid 1.
+    """
+    return len(_ns_pids("self")) == 1
+
+
+def _find(owner: dict) -> bool:
+    """Whether ``/proc`` shows a live process of ``owner``'s namespace, pid and start."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True  # nothing can be checked: not taken for dead
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        found = _proc_stat(entry)
+        if found is None or found[1] != owner["start"] or found[0] in _ENDED_STATES:
+            continue
+        pids = _ns_pids(entry)
+        if pids and pids[-1] != owner["pid"]:
+            continue
+        namespace = _namespace(entry)
+        # Unreadable (another user's process): the start and pid match.
+        if namespace is None or namespace == owner.get("pidns"):
+            return True
+    return False
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as error:
+        return error.errno != errno.ESRCH
+    return True
+
+
+# -- the lock --------------------------------------------------------------------
+
+# The locks this process holds: normalized path -> (pid, thread id, the frame
+# that acquired it). Guarded by _HELD_GUARD.
+_HELD: dict = {}
+_HELD_GUARD = threading.Lock()
+
+
 class RunLock:
     """An exclusive lock on a model directory, held for the life of a run.
 
     Use it as a context manager. On a local disk the lock file is created
     with ``O_CREAT | O_EXCL`` (atomic); on other TensorFlow file systems
     (gs://, ...) by writing a unique file and renaming it without overwrite,
-    which is as close as those systems allow.
+    which is as close as those systems allow. The file names the holder as
+    :func:`this_process` does; a lock whose holder is gone (see
+    :func:`owner_state`) is taken over with one log line.
+
+    One holder per directory in a process too: an acquire from another
+    thread, or a second one at the holder's own level, is refused. Only a
+    call made from inside the holder (``run_job`` holding the directory
+    calls ``fit``, which acquires it again) nests: it is let through
+    without holding, and releasing it does nothing.
 
     Args:
       model_dir: the directory (made if missing).
@@ -83,7 +248,7 @@ class RunLock:
         self.held = False
 
     def __enter__(self) -> RunLock:
-        self.acquire()
+        self._acquire(inspect.currentframe().f_back)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -91,21 +256,28 @@ class RunLock:
 
     def acquire(self) -> None:
         """Takes the lock, or raises ValueError naming the run that holds it."""
+        self._acquire(inspect.currentframe().f_back)
+
+    def _acquire(self, caller) -> None:
         tf.io.gfile.makedirs(self.model_dir)
-        owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        owner = this_process()
+        key = self._key()
         for _ in range(2):  # a second try after taking over a stale lock
-            if self._create(json.dumps(owner) + "\n"):
-                self.held = True
-                return
+            with _HELD_GUARD:
+                held = _HELD.get(key)
+                if held is not None and held[0] == owner["pid"]:
+                    self._nest(held, caller)
+                    return
+                if self._create(json.dumps(owner) + "\n"):
+                    _HELD[key] = (owner["pid"], threading.get_ident(), caller)
+                    self.held = True
+                    return
             holder = self.holder()
-            if holder == owner:
-                return  # this process holds it already (run_job around fit)
-            if holder is not None and not _dead_here(holder):
-                raise ValueError(
-                    f"`model_dir` ({self.model_dir!r}) is in use by another run "
-                    f"(pid {holder.get('pid')} on {holder.get('host')}, {self.path}); "
-                    "wait for it to finish, or pick another model_dir"
-                )
+            state = owner_state(holder)
+            if state == RUNNING:
+                raise self._busy(f"pid {holder.get('pid')} on {holder.get('host')}")
+            # SELF: a lock no RunLock of this process holds, left by this
+            # process (a release that could not delete it): stale as well.
             what = "unreadable" if holder is None else f"pid {holder['pid']}, not running"
             self.log(f"taking over the stale lock {self.path} ({what})")
             try:
@@ -114,15 +286,44 @@ class RunLock:
                 pass  # released meanwhile
         raise ValueError(f"could not take the lock {self.path}; another run took it first")
 
+    def _nest(self, held, caller) -> None:
+        """Lets a call made from inside the holder through; refuses any other."""
+        _, thread, frame = held
+        inside = False
+        if thread == threading.get_ident():
+            # Strictly below the frame that acquired it: run_job -> fit, not
+            # two acquires side by side in one function.
+            outer = caller.f_back if caller is not None else None
+            while outer is not None and not inside:
+                inside, outer = outer is frame, outer.f_back
+        holder = self.holder()
+        if holder is not None and owner_state(holder) != SELF:
+            # The file names another run (rewritten under us): it is the holder.
+            raise self._busy(f"pid {holder.get('pid')} on {holder.get('host')}")
+        if not inside:
+            where = "another thread" if thread != threading.get_ident() else "this thread"
+            raise self._busy(f"{where} of this process, pid {os.getpid()}")
+
+    def _busy(self, who: str) -> ValueError:
+        return ValueError(
+            f"`model_dir` ({self.model_dir!r}) is in use by another run ({who}, "
+            f"{self.path}); wait for it to finish, or pick another model_dir"
+        )
+
+    def _key(self) -> str:
+        return self.path if "://" in self.path else os.path.realpath(self.path)
+
     def release(self) -> None:
         """Removes the lock file if this object holds it."""
         if self.held:
             self.held = False
+            with _HELD_GUARD:
+                _HELD.pop(self._key(), None)
             if tf.io.gfile.exists(self.path):
                 tf.io.gfile.remove(self.path)
 
     def holder(self) -> dict | None:
-        """The lock's owner as ``{"host", "pid"}``, or None if unreadable."""
+        """The lock's owner (a :func:`this_process` record), or None if unreadable."""
         try:
             with tf.io.gfile.GFile(self.path) as f:
                 owner = json.loads(f.read())
@@ -144,7 +345,8 @@ class RunLock:
         # Not named lock.*: TensorFlow's ram:// file system takes a file whose
         # name starts with the target's for the target itself.
         temporary = os.path.join(
-            self.model_dir, f"claim-{socket.gethostname()}-{os.getpid()}.tmp"
+            self.model_dir,
+            f"claim-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.tmp",
         )
         with tf.io.gfile.GFile(temporary, "w") as f:
             f.write(text)
@@ -154,17 +356,6 @@ class RunLock:
         except tf.errors.AlreadyExistsError:
             tf.io.gfile.remove(temporary)
             return False
-
-
-def _dead_here(owner: dict) -> bool:
-    """True when ``owner`` is a process of this host that no longer runs."""
-    if owner.get("host") != socket.gethostname():
-        return False  # another machine's process: it cannot be checked from here
-    try:
-        os.kill(owner["pid"], 0)
-    except OSError as error:
-        return error.errno == errno.ESRCH
-    return False
 
 
 # -- the run's identity -------------------------------------------------------
