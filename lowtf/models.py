@@ -54,6 +54,8 @@ def mlp(
     l2: float = 0.0,
     maxnorm: float = 0.0,
     maxnorm_output: bool = False,
+    input_noise: float = 0.0,
+    hidden_noise=0.0,
     seed: int = 0,
     name: str = "mlp",
 ) -> nn.Sequential:
@@ -71,10 +73,15 @@ def mlp(
       l1, l2: kernel regularizer scales (TensorFlow's definitions); 0 is off.
       maxnorm: max-norm cap of every hidden unit's incoming weights; 0 is off.
       maxnorm_output: also cap the output layer (default False).
-      seed: seed of the initial weights and dropout masks.
+      input_noise: stddev of Gaussian noise added to the inputs in training
+        (:class:`lowtf.nn.GaussianNoise`); 0 (default) is off.
+      hidden_noise: stddev of Gaussian noise after each hidden activation,
+        one value or one per hidden layer; 0 (default) is off.
+      seed: seed of the initial weights, dropout masks and noise.
       name: module name.
     """
     units = hidden_units(model)
+    noises = _per_layer("hidden_noise", hidden_noise, len(units))
     _checks.rate("dropout", dropout)
     _checks.non_negative("maxnorm", maxnorm)
     regularizer = regularizers.make(l1, l2)
@@ -83,14 +90,15 @@ def mlp(
     act = nn.activation_fn(activation)
     kernels = dict(kernel_regularizer=regularizer, kernel_constraint=constraint)
 
-    stack = []
+    stack = _input_noise(input_noise, seed)
     for i, width in enumerate(units):
         dense = functools.partial(
             nn.Dense, width, seed=seed * 1000 + i, name=f"dense_{i}", **kernels
         )
         stack += _hidden_block(
-            dense, act, batchnorm, f"batchnorm_{i}", dropout, seed * 1000 + 500 + i
-        )
+            dense, act, batchnorm, f"batchnorm_{i}", dropout, seed * 1000 + 500 + i,
+            noise=(noises[i], seed * 1000 + 800 + i, f"noise_{i}"),
+        )  # fmt: skip
     stack.append(
         _logits(
             num_classes,
@@ -121,6 +129,8 @@ def cnn(
     l2: float = 0.0,
     maxnorm: float = 0.0,
     maxnorm_output: bool = False,
+    input_noise: float = 0.0,
+    hidden_noise=0.0,
     seed: int = 0,
     name: str = "cnn",
 ) -> nn.Sequential:
@@ -148,7 +158,11 @@ def cnn(
       maxnorm: max-norm cap of every unit's incoming weights (conv kernels
         over axes [0, 1, 2], dense kernels over axis 0); 0 is off.
       maxnorm_output: also cap the output layer (default False).
-      seed: seed of the initial weights and dropout masks.
+      input_noise: stddev of Gaussian noise added to the images in training;
+        0 (default) is off.
+      hidden_noise: stddev of Gaussian noise after each dense hidden
+        activation, one value or one per dense hidden layer; 0 (default) is off.
+      seed: seed of the initial weights, dropout masks and noise.
       name: module name.
     """
     if isinstance(input_shape, str):
@@ -170,7 +184,8 @@ def cnn(
 
     kernels = dict(kernel_regularizer=regularizer, kernel_constraint=constraint)
 
-    stack = [nn.Reshape(input_shape, name="image")]
+    noises = _per_layer("hidden_noise", hidden_noise, len(dense))
+    stack = [nn.Reshape(input_shape, name="image"), *_input_noise(input_noise, seed)]
     height, width = input_shape[:2]
     for i, channels in enumerate(filters):
         conv = functools.partial(
@@ -195,18 +210,46 @@ def cnn(
             **kernels,
         )
         stack += _hidden_block(
-            hidden, act, batchnorm, f"batchnorm_{i}", dropout, seed * 1000 + 500 + i
-        )
+            hidden, act, batchnorm, f"batchnorm_{i}", dropout, seed * 1000 + 500 + i,
+            noise=(noises[i], seed * 1000 + 800 + i, f"noise_{i}"),
+        )  # fmt: skip
     stack.append(
         _logits(num_classes, regularizer, constraint, maxnorm_output, seed * 1000 + 999)
     )
     return nn.Sequential(stack, name=name)
 
 
+def _per_layer(name, value, layers: int) -> tuple:
+    """One value per hidden layer: ``value`` repeated, or checked as given."""
+    values = (value,) * layers if isinstance(value, (int, float)) else tuple(value)
+    if len(values) != layers:
+        raise ValueError(
+            f"`{name}` ({value!r}) must be one value or {layers} values, one per "
+            "hidden layer"
+        )
+    for i, v in enumerate(values):
+        _checks.non_negative(f"{name}[{i}]", v)
+    return values
+
+
+def _input_noise(stddev, seed) -> list:
+    """The input's GaussianNoise layer, or nothing for a stddev of 0."""
+    _checks.non_negative("input_noise", stddev)
+    if not stddev:
+        return []
+    return [nn.GaussianNoise(stddev, seed=seed * 1000 + 700, name="input_noise")]
+
+
 def _hidden_block(
-    make_layer, activation, batchnorm, batchnorm_name, dropout=0.0, dropout_seed=None
+    make_layer,
+    activation,
+    batchnorm,
+    batchnorm_name,
+    dropout=0.0,
+    dropout_seed=None,
+    noise=(0.0, None, None),
 ):
-    """A hidden layer → [BatchNorm] → activation → [Dropout], as a list.
+    """A hidden layer → [BatchNorm] → activation → [noise] → [Dropout], as a list.
 
     With batch norm the kernel layer gets no bias (the offset beta replaces
     it) and the activation moves after the normalization.
@@ -216,6 +259,9 @@ def _hidden_block(
     ]
     if batchnorm:
         block += [nn.BatchNorm(name=batchnorm_name), nn.Lambda(activation)]
+    stddev, noise_seed, noise_name = noise
+    if stddev:
+        block.append(nn.GaussianNoise(stddev, seed=noise_seed, name=noise_name))
     if dropout:
         block.append(nn.Dropout(dropout, seed=dropout_seed))
     return block

@@ -94,3 +94,26 @@ def test_a_step_with_smoothing_and_mixup_reports_the_plain_evaluation():
     assert evaluation["cross_entropy"] == pytest.approx(plain_ce, rel=1e-5)
     with pytest.raises(ValueError, match="`mixup` \\(3\\) must be at most 2"):
         lowtf.StepOptions(mixup=3)
+
+
+def test_gaussian_noise_matches_keras_in_distribution_and_is_off_at_inference():
+    x = tf.zeros([4000, 8])
+    ours = lowtf.nn.GaussianNoise(0.3, seed=5)
+    with random.step_key(random.make_key(1, 7)):
+        drawn = ours(x, training=True).numpy().ravel()
+    theirs = tf.keras.layers.GaussianNoise(0.3, seed=5)(x, training=True).numpy().ravel()
+    # Same law: mean 0, stddev 0.3, and the same quantiles (two-sample KS).
+    assert abs(drawn.mean()) < 0.01 and drawn.std() == pytest.approx(0.3, rel=0.02)
+    grid = np.linspace(-0.9, 0.9, 37)
+    ks = np.abs(
+        (drawn[:, None] <= grid).mean(0) - (theirs[:, None] <= grid).mean(0)
+    ).max()
+    assert ks < 0.02  # 32,000 draws each: the 1% critical value is ~0.013
+    np.testing.assert_array_equal(ours(x + 1.0, training=False).numpy(), 1.0)
+    # A new step draws anew; the same step the same.
+    with random.step_key(random.make_key(1, 7)):
+        again = ours(x, training=True).numpy().ravel()
+    with random.step_key(random.make_key(1, 8)):
+        other = ours(x, training=True).numpy().ravel()
+    np.testing.assert_array_equal(again, drawn)
+    assert not np.array_equal(other, drawn)

@@ -198,3 +198,43 @@ def test_members_of_different_architectures_and_bad_rates_are_refused():
     pop = lowtf.Population(x, y, optimizer=tf.keras.optimizers.Adam(1e-3), **common)
     with pytest.raises(ValueError, match="never evaluated"):
         pop.member(0)
+
+
+def test_members_with_smoothing_mixup_and_noise_equal_single_runs():
+    (x, y), _ = noisy_split(200, 0, 5, seed=4)
+    seeds = [0, 1, 2]
+    smoothing, mixup = [0.0, 0.1, 0.2], [0.0, 0.4, 0.0]
+    noise = [dict(), dict(input_noise=0.1), dict(hidden_noise=0.2, dropout=0.2)]
+
+    def make(k):
+        return lowtf.mlp("small", seed=seeds[k], **noise[k])
+
+    rows, val = [np.arange(160)] * 3, [np.arange(160, 200)] * 3
+    pop = lowtf.Population(
+        x,
+        y,
+        models=make,
+        train_rows=rows,
+        val_rows=val,
+        seeds=seeds,
+        label_smoothing=smoothing,
+        mixup=mixup,
+        optimizer=tf.keras.optimizers.Adam(1e-2),
+        batch_size=40,
+        jit_compile=False,
+    )
+    pop.run(60)
+    for k in range(3):
+        single = make(k)
+        options = lowtf.StepOptions(
+            seed=seeds[k], jit_compile=False, label_smoothing=smoothing[k], mixup=mixup[k]
+        )
+        step = lowtf.TrainStep(
+            single,
+            tf.keras.optimizers.Adam(1e-2),
+            data=InMemoryBatches(x[:160], y[:160], 40, seed=seeds[k]),
+            options=options,
+        )
+        step.run(60)
+        for a, b in zip(pop.member(k, weights="latest").variables, single.variables):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)

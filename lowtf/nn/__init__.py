@@ -27,6 +27,7 @@ from lowtf.nn.constraints import MaxNorm, apply_constraints, max_norm, unit_norm
 from lowtf.nn.conv import AvgPool2D, Conv2D, MaxPool2D
 from lowtf.nn.dense import Dense
 from lowtf.nn.dropout import Dropout
+from lowtf.nn.noise import GaussianNoise
 from lowtf.nn.normalization import BatchNorm
 from lowtf.nn.stacking import stack, unstack
 from lowtf.nn.regularizers import (
@@ -46,6 +47,7 @@ __all__ = [
     "Dense",
     "Dropout",
     "Flatten",
+    "GaussianNoise",
     "Lambda",
     "Layer",
     "MaxNorm",

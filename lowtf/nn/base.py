@@ -141,6 +141,9 @@ class Layer(tf.Module):
     # the members, and those that become K-tuples. None: not stackable.
     _architecture: tuple[str, ...] | None = None
     _per_member: tuple[str, ...] = ()
+    # A layer a builder may leave out when it would be the identity (a
+    # Dropout of rate 0): stack() gives members that lack it `identity()`.
+    _optional = False
 
     def __init__(
         self,

@@ -38,6 +38,12 @@ class Dropout(Layer):
 
     _architecture = ()
     _per_member = ("rate", "seed")
+    _optional = True
+
+    @classmethod
+    def identity(cls, name=None) -> Dropout:
+        """A rate-0 Dropout: what a member without this layer has in its place."""
+        return cls(0.0, seed=0, name=name)
 
     def __init__(self, rate, *, seed=None, name=None, members: int | None = None):
         super().__init__(name=name, members=members)

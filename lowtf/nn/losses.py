@@ -55,7 +55,7 @@ def correct(head: str, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 
 @tf.autograph.experimental.do_not_convert
 def targets(head: str, labels, num_logits: int, label_smoothing=0.0) -> tf.Tensor:
-    """Soft targets of integer labels: ``[batch, logits]`` (softmax) or ``[batch]``.
+    """Soft targets of integer labels ``[...]``: ``[..., logits]`` (softmax) or ``[...]``.
 
     With label smoothing ``eps`` (Szegedy et al. 2016) as Keras smooths
     one-hot labels: ``onehot * (1 - eps) + eps / classes`` for a softmax
@@ -66,7 +66,7 @@ def targets(head: str, labels, num_logits: int, label_smoothing=0.0) -> tf.Tenso
     """
     eps = tf.cast(label_smoothing, tf.float32)
     if head == "sigmoid":
-        y = tf.cast(tf.reshape(labels, [-1]), tf.float32)
+        y = tf.cast(labels, tf.float32)
         return y * (1.0 - eps) + 0.5 * eps
     onehot = tf.one_hot(tf.cast(labels, tf.int32), num_logits, dtype=tf.float32)
     return onehot * (1.0 - eps) + eps / num_logits
@@ -77,7 +77,8 @@ def soft_cross_entropy(head: str, logits: tf.Tensor, soft: tf.Tensor) -> tf.Tens
     """Per-example cross-entropy against soft targets (see :func:`targets`)."""
     if head == "sigmoid":
         return tf.nn.sigmoid_cross_entropy_with_logits(
-            labels=tf.cast(soft, logits.dtype), logits=tf.reshape(logits, [-1])
+            labels=tf.reshape(tf.cast(soft, logits.dtype), [-1]),
+            logits=tf.reshape(logits, [-1]),
         )
     return tf.nn.softmax_cross_entropy_with_logits(
         labels=tf.cast(soft, logits.dtype), logits=logits
@@ -93,7 +94,7 @@ def soft_correct(head: str, logits: tf.Tensor, soft: tf.Tensor) -> tf.Tensor:
     """
     if head == "sigmoid":
         predicted = tf.reshape(logits, [-1]) > 0
-        hits = tf.equal(predicted, soft > 0.5)
+        hits = tf.equal(predicted, tf.reshape(soft, [-1]) > 0.5)
     else:
         hits = tf.equal(
             tf.argmax(logits, axis=-1, output_type=tf.int32),

@@ -7,8 +7,9 @@ variable the ``tf.stack`` of the members' variables, every per-member
 hyper-parameter (dropout rate and seed, regularizer scales, max-norm caps,
 init seeds) a K-tuple. :func:`unstack` copies one member's slice back into a
 single model. The two walk the members' layer trees in parallel; lowtf.mlp
-omits a Dropout whose rate is 0, so a Dropout present in some members only
-is a rate-0 Dropout in the others, and no other layer may be missing.
+omits a Dropout whose rate is 0 (and a GaussianNoise whose stddev is 0), so
+such a layer present in some members only is a rate-0 (stddev-0) one in the
+others, and no other layer may be missing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import tensorflow as tf
 from lowtf import _checks
 from lowtf.nn.base import Layer, Sequential
 from lowtf.nn.constraints import MaxNorm
-from lowtf.nn.dropout import Dropout
 from lowtf.nn.regularizers import Regularizer
 
 _ONE_ARCHITECTURE = "a population stacks models of one architecture"
@@ -143,7 +143,7 @@ def _stacked(layers, name, rows):
     at = len(rows)  # this layer's row goes before its children's
     if cls is Sequential:
         children = [
-            _stacked(_with_rate_0_dropouts(row), None, rows)
+            _stacked(_with_identities(row), None, rows)
             for row in _rows([layer.layers for layer in layers], first, None)
         ]
         stacked = Sequential(children, name=name)
@@ -156,12 +156,12 @@ def _stacked(layers, name, rows):
     return stacked
 
 
-def _with_rate_0_dropouts(row):
-    """A row of aligned layers, each member's missing Dropout a rate-0 one."""
+def _with_identities(row):
+    """A row of aligned layers, each member's missing optional layer an identity."""
     if None not in row:
         return row
     present = next(layer for layer in row if layer is not None)
-    missing = Dropout(0.0, seed=0, name=present.name)
+    missing = type(present).identity(present.name)
     if not present.trainable:  # as the others', so that it stacks
         missing.trainable = False
     return [missing if layer is None else layer for layer in row]
@@ -189,9 +189,12 @@ def _rows(lists, parent, labels):
         current = [xs[i] if i < len(xs) else None for xs, i in zip(lists, at)]
         if all(layer is None for layer in current):
             return rows
-        dropouts = [isinstance(layer, Dropout) for layer in current]
-        if any(dropouts):  # the others lack it (or hold it further on)
-            current = [layer if d else None for layer, d in zip(current, dropouts)]
+        # An optional layer (Dropout, GaussianNoise: absent means rate or
+        # stddev 0): the members without one of its kind here lack it, or
+        # hold it further on.
+        kind = next((type(x) for x in current if getattr(x, "_optional", False)), None)
+        if kind is not None:
+            current = [layer if type(layer) is kind else None for layer in current]
         elif None in current:
             j = current.index(None)
             _differ(

@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from lowtf import _checks, nn, random
+from lowtf.augment import mix as mix_lib
 from lowtf import models as models_lib
 from lowtf.data import checks
 from lowtf.nn import constraints, losses, regularizers
@@ -110,6 +111,12 @@ class Population:
       augment: an augmentation callable as for :class:`lowtf.TrainStep`
         (e.g. :func:`lowtf.augment.parse`), applied to each member's batch
         under its own key (default None).
+      label_smoothing: per member, the training targets' smoothing in
+        [0, 1) (default 0), as ``StepOptions(label_smoothing=)``.
+      mixup, cutmix: per member, the Beta shape of mixup and CutMix
+        (default 0: off), as ``StepOptions``; CutMix of flat examples needs
+        ``image_shape``. Each member mixes its own batch under its own key.
+      image_shape: ``(h, w, c)`` of flat examples, for CutMix (default None).
       model: MLP members only (``models=None``): a preset name or hidden
         widths, as :func:`lowtf.mlp` (default ``"small"``).
       num_classes: MLP members: classes (default 2: one sigmoid logit).
@@ -155,6 +162,10 @@ class Population:
         learning_rate=None,
         weight_decay=None,
         augment=None,
+        label_smoothing=0.0,
+        mixup=0.0,
+        cutmix=0.0,
+        image_shape=None,
         model="small",
         num_classes: int = 2,
         activation: str = "elu",
@@ -209,6 +220,15 @@ class Population:
                 "lowtf.augment.parse('translate:1')"
             )
         self.augment = augment
+        self.label_smoothing = members.vector(
+            "label_smoothing", label_smoothing, size, _checks.rate
+        )
+        self.mixup = members.vector("mixup", mixup, size, mix_lib.check_alpha)
+        self.cutmix = members.vector("cutmix", cutmix, size, mix_lib.check_alpha)
+        self.image_shape = image_shape
+        self._soft = bool(
+            np.any(self.label_smoothing) or np.any(self.mixup) or np.any(self.cutmix)
+        )
 
         # The data, held once and checked once, as InMemoryBatches does.
         x_t, y_t = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
@@ -604,6 +624,10 @@ class Population:
             learning_rate=pick(self.learning_rate),
             weight_decay=pick(self.weight_decay),
             augment=self.augment,
+            label_smoothing=pick(self.label_smoothing),
+            mixup=pick(self.mixup),
+            cutmix=pick(self.cutmix),
+            image_shape=self.image_shape,
             batch_size=self.batch_size,
             monitor=self.monitor,
             mode=self.mode,
@@ -887,10 +911,16 @@ class Population:
         with tf.GradientTape() as tape, nn.compiled_by_xla(self._jit):
             if self.augment is not None:
                 x = self._augmented(x)
+            soft = None
+            if self._soft:
+                x, soft = self._mixed(x, y)
             with random.member_words(words):
                 logits = self.model(x, training=True)
             logits = tf.cast(logits, tf.float32)
-            per_example = self._per_example(losses.cross_entropy, logits, y)
+            if soft is None:
+                per_example = self._per_example(losses.cross_entropy, logits, y)
+            else:
+                per_example = self._per_example(losses.soft_cross_entropy, logits, soft)
             cross_entropy = tf.reduce_sum(per_example, axis=1) / batch
             regularization = self._penalties()
             total = cross_entropy + regularization
@@ -901,9 +931,11 @@ class Population:
         constraints.apply_constraints(self._constrained)
         for var, old in zip(self._frozen, before):
             var.assign(tf.where(_expand(active, old), var, old))
-        accuracy = (
-            tf.reduce_sum(self._per_example(losses.correct, logits, y), 1) / batch
-        )
+        if soft is None:
+            hits = self._per_example(losses.correct, logits, y)
+        else:  # against the mixed (or smoothed) targets' argmax
+            hits = self._per_example(losses.soft_correct, logits, soft)
+        accuracy = tf.reduce_sum(hits, 1) / batch
         return {
             "cross_entropy": cross_entropy,
             "regularization_loss": regularization,
@@ -918,6 +950,27 @@ class Population:
             with random.step_key(random.make_key(self.seeds[k], self.step)):
                 out.append(self.augment(x[k]))
         return tf.stack(out)
+
+    def _mixed(self, x, y):
+        """Each member's soft targets (its smoothing) and mixed batch, as its single run's."""
+        eps = tf.constant(self.label_smoothing, tf.float32)
+        eps = tf.reshape(eps, [-1, 1] if self.head == "sigmoid" else [-1, 1, 1])
+        soft = losses.targets(self.head, y, self.num_logits, eps)
+        xs, targets = [], []
+        for k in range(self.size):
+            x_k, soft_k = x[k], soft[k]
+            if self.mixup[k] or self.cutmix[k]:
+                x_k, soft_k = mix_lib.mix(
+                    x_k,
+                    soft_k,
+                    random.make_key(self.seeds[k], self.step),
+                    mixup_alpha=float(self.mixup[k]),
+                    cutmix_alpha=float(self.cutmix[k]),
+                    image_shape=self.image_shape,
+                )
+            xs.append(x_k)
+            targets.append(soft_k)
+        return tf.stack(xs), tf.stack(targets)
 
     def _update(self, grads, variables):
         """The optimizer's update, with each member's weight decay and rate.
@@ -942,9 +995,14 @@ class Population:
             var.assign(old + _expand(scales, var) * (var - old))
 
     def _per_example(self, fn, logits, y):
-        """``fn(head, logits, y)`` over ``[K, B, ...]`` as a ``[K, B]`` tensor."""
+        """``fn(head, logits, y)`` over ``[K, B, ...]`` as a ``[K, B]`` tensor.
+
+        ``y`` holds labels ``[K, B]`` or soft targets ``[K, B(, logits)]``.
+        """
         flat = tf.reshape(logits, [-1, self.num_logits])
-        return tf.reshape(fn(self.head, flat, tf.reshape(y, [-1])), tf.shape(y))
+        rows = tf.shape(logits)[:2]
+        labels = tf.reshape(y, tf.concat([[-1], tf.shape(y)[2:]], 0))
+        return tf.reshape(fn(self.head, flat, labels), rows)
 
     def _next_batch(self, patterns, first_epoch):
         """Each member's next batch of its rows, ``[K, B, features]`` and ``[K, B]``."""
