@@ -132,6 +132,12 @@ class FitLoop:
                 "monitor": config.monitor,
                 "mode": self.stopper.mode,
                 "augment": None if augment is None else repr(augment),
+                # The step's techniques, only when on (earlier records match).
+                **{
+                    name: getattr(options, name)
+                    for name in ("label_smoothing", "mixup", "cutmix", "ema")
+                    if getattr(options, name)
+                },
                 # Only when set, so that earlier runs' records still match.
                 **({"frozen": self.frozen} if self.frozen else {}),
                 **(
@@ -398,14 +404,27 @@ class FitLoop:
 
     def _evaluate(self) -> dict:
         step = self.last_step
-        val = self.evaluator(self.x_val, self.y_val)
+        # With `ema`, the averaged weights are what is evaluated and, if best,
+        # snapshotted (the latest checkpoint keeps the weights themselves).
+        with self.step.averaged_weights():
+            val = self.evaluator(self.x_val, self.y_val)
+            evaluation = self._evaluation(step, val)
+            self.stopper.update(step, evaluation.monitored())
+        self.running.reset()
+        self.history.append(evaluation.as_dict())
+        self.board.write(evaluation, summaries.max_unit_norms(self.model))
+        self.log(self._progress(evaluation))
+        return evaluation.as_dict()
+
+    def _evaluation(self, step: int, val: dict) -> Evaluation:
+        """The record of the evaluation at ``step`` with validation scores ``val``."""
         train = self.running.means()
         if train is None:  # step 0: no training step to average yet
             regularization = float(regularizers.total_regularization_loss(self.model))
             train = {"cross_entropy": None, "accuracy": None, "total_loss": None}
         else:
             regularization = train["regularization_loss"]
-        evaluation = Evaluation(
+        return Evaluation(
             step=step,
             train_cross_entropy=train["cross_entropy"],
             train_accuracy=train["accuracy"],
@@ -415,12 +434,6 @@ class FitLoop:
             total_loss=train["total_loss"],
             learning_rate=_learning_rate(self.optimizer),
         )
-        self.stopper.update(step, evaluation.monitored())
-        self.running.reset()
-        self.history.append(evaluation.as_dict())
-        self.board.write(evaluation, summaries.max_unit_norms(self.model))
-        self.log(self._progress(evaluation))
-        return evaluation.as_dict()
 
     def _progress(self, evaluation: Evaluation) -> str:
         now, step = time.monotonic(), evaluation.step

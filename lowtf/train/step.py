@@ -37,6 +37,7 @@ optimizer update and max-norm run as ordinary graph ops around it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -79,6 +80,14 @@ class StepOptions:
       cutmix: Beta shape of CutMix (default 0: off); images, or flat
         examples with ``image_shape``. With both, each step does one of them.
       image_shape: ``(h, w, c)`` of flat examples, for CutMix (default None).
+      ema: momentum of an exponential moving average of the trained weights
+        (Polyak averaging), in [0, 1) (default 0: off). After every step
+        ``average = ema * average + (1 - ema) * weight`` (the first step
+        copies the weight), as Keras' optimizers do with ``use_ema=True,
+        ema_momentum=ema``, but after the max-norm op. :func:`lowtf.fit`
+        evaluates, snapshots as best, restores and so exports the averaged
+        weights, as Keras' ``SwapEMAWeights``; the averages are in the
+        checkpoint with the step.
     """
 
     jit_compile: bool | str = True
@@ -91,6 +100,7 @@ class StepOptions:
     mixup: float = 0.0
     cutmix: float = 0.0
     image_shape: tuple | None = None
+    ema: float = 0.0
 
     def __post_init__(self):
         # Not one_of: `1 in (True, False)` holds, and "no" is a truthy flag.
@@ -105,6 +115,7 @@ class StepOptions:
         mix_lib.check_alpha("cutmix", self.cutmix)
         if self.image_shape is not None:
             _checks.image_shape("image_shape", self.image_shape)
+        _checks.rate("ema", self.ema)
 
     @property
     def soft_targets(self) -> bool:
@@ -339,6 +350,15 @@ class TrainStep(tf.Module):
                 raise ValueError("the model has no trainable variables")
             self.optimizer.build(trainable)
         self._read_trainable()
+        if self.options.ema:
+            # Tracked, so in the checkpoint with the step: one average per
+            # variable the optimizer was built on, as Keras keeps them.
+            with self._strategy.scope():
+                self.averages = [
+                    tf.Variable(v.read_value(), trainable=False, name="average")
+                    for v in trainable
+                ]
+            self._averaged_pairs = list(zip(trainable, self.averages))
         # Tracked (so in the checkpoint, as before frozen layers existed): every
         # pair; the step applies those of self._trained.
         self._constrained = _lowtf_constraints(self.model, include_frozen=True)
@@ -421,12 +441,47 @@ class TrainStep(tf.Module):
         # Max-norm runs in cross-replica context, after the all-reduced update:
         # every copy of a mirrored variable gets the same clipped value.
         constraints.apply_constraints(self._trained.constraints)
+        if self.options.ema:
+            self._update_averages()
         # Batch-norm moving statistics are per-replica (ON_READ) variables;
         # averaged after every step, every copy holds the replicas' mean, so
         # evaluation, checkpoints and resumed runs all see the same values.
         for var in self._averaged:
             var.assign(var.read_value())
         return metrics
+
+    def _update_averages(self):
+        """Moves each average towards its weight (Keras' EMA update)."""
+        # The step has advanced: its first update is step 1, where Keras'
+        # iterations (read before they advance) are 0 and the average copies.
+        first = tf.equal(self.step, 1)
+        for var, average in self._averaged_pairs:
+            momentum = tf.where(first, 0.0, self.options.ema)
+            momentum = tf.cast(momentum, var.dtype)
+            average.assign(momentum * average + (1 - momentum) * var)
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Within it the model holds the averaged weights (``ema``); else a no-op.
+
+        The weights and their averages are swapped in and out, as Keras'
+        ``SwapEMAWeights`` does around an evaluation: a best snapshot saved
+        inside holds the averaged weights.
+        """
+        if not self.options.ema or not self._built:
+            yield
+            return
+        self._swap_averages()
+        try:
+            yield
+        finally:
+            self._swap_averages()
+
+    def _swap_averages(self):
+        for var, average in self._averaged_pairs:
+            weight = var.read_value()
+            var.assign(average.read_value())
+            average.assign(weight)
 
     def _replica_step(self, x, y, key):
         context = tf.distribute.get_replica_context()
