@@ -61,6 +61,11 @@ class Stream(tf.Module):
         say); :func:`lowtf.fit` records it in ``run.json`` as the training
         data's identity and refuses to resume with another. Default: the
         batches' shapes and dtypes only.
+      locate: optional function of no argument that finds where a read
+        failed (e.g. ``"shard-3.tfrecord, record 1200: ..."``) or returns
+        None; called only after a record could not be read or parsed, to
+        name it in the error. :func:`lowtf.data.tfrecord_stream` passes one
+        that scans the shards.
       name: module name.
 
     Raises:
@@ -68,8 +73,11 @@ class Stream(tf.Module):
         size, or a pipeline that cannot be checkpointed.
     """
 
-    def __init__(self, dataset, *, batch_size=None, source=None, name=None):
+    def __init__(self, dataset, *, batch_size=None, source=None, locate=None, name=None):
         super().__init__(name=name)
+        if locate is not None and not callable(locate):
+            raise ValueError(f"`locate` ({locate!r}) must be a function or None")
+        self._locate = locate
         if callable(dataset) and not isinstance(dataset, tf.data.Dataset):
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             context = tf.distribute.InputContext(
@@ -143,8 +151,10 @@ class Stream(tf.Module):
         """
         message = error.message or ""
         if BAD_BATCH in message:
-            found = re.search(re.escape(BAD_BATCH) + r"[^\n]*", message)
-            return DataError(_clean(found.group(0)))
+            found = re.search(re.escape(BAD_BATCH) + r"[^\n]*", message).group(0)
+            # tf.debugging.Assert prints its data as "[text] [values]".
+            found = found.replace("] [", " ").rstrip("]")
+            return DataError(clean_message(found.removeprefix("lowtf: ")))
         if isinstance(error, tf.errors.OutOfRangeError):
             return DataError(
                 "the training pipeline ran out of batches (is it empty, or filtered "
@@ -154,7 +164,12 @@ class Stream(tf.Module):
             error, tf.errors.DataLossError
         ):
             return None
-        return DataError(f"a training batch could not be read: {_clean(message)}")
+        where = self._locate() if self._locate is not None else None
+        if where is not None:
+            return DataError(f"a training record could not be read: {where}")
+        return DataError(
+            f"a training batch could not be read: {clean_message(message)}"
+        )
 
 
 def assert_batch(x, y, high):
@@ -177,7 +192,7 @@ def assert_batch(x, y, high):
     assertion = tf.debugging.Assert(
         tf.reduce_all(valid),
         [
-            f"{BAD_BATCH}: labels must be class indices in [0, {high}]; found",
+            f"{BAD_BATCH}: labels must be class indices 0..{high}; found",
             bad[:3],
         ],
         summarize=3,
@@ -215,7 +230,7 @@ def materialize(name: str, data, *, limit: int = 10_000_000):
                     "memory for evaluation: give a smaller one"
                 )
     except tf.errors.OpError as error:
-        raise DataError(f"`{name}` could not be read: {_clean(error.message)}") from None
+        raise DataError(f"`{name}` could not be read: {clean_message(error.message)}") from None
     if not xs:
         raise ValueError(f"`{name}` is empty: it has no examples to evaluate on")
     return np.concatenate(xs), np.concatenate(ys)
@@ -279,14 +294,14 @@ def _check_checkpointable(iterator) -> None:
         except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError) as e:
             raise ValueError(
                 "`dataset` cannot be checkpointed, so a resumed run could not go on "
-                f"from the exact batch: {_clean(e.message)} (an op with external "
+                f"from the exact batch: {clean_message(e.message)} (an op with external "
                 "state: tf.py_function, tf.numpy_function, Dataset.from_generator, "
                 "or a random op without a seed; use seeded tf ops, or write the "
                 "data to TFRecord files first)"
             ) from None
 
 
-def _clean(message: str) -> str:
+def clean_message(message: str) -> str:
     """TensorFlow's error message as one line, without op names and traceback.
 
     A graph's error reads "Graph execution error:", the Python lines where

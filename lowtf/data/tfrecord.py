@@ -1,0 +1,499 @@
+"""TFRecord shards of ``tf.train.Example``: writing them, and reading them as a stream.
+
+The layout lowtf writes (:func:`write_tfrecords`, :func:`convert`) and reads
+(:func:`tfrecord`, :func:`tfrecord_stream`, :func:`read_tfrecords`)::
+
+    DIR/train-00000-of-00004.tfrecord ...    one Example per row
+    DIR/validation-00000-of-00001.tfrecord
+    DIR/test-00000-of-00001.tfrecord
+    DIR/spec.json                            feature shape, classes, mean/std, counts
+
+Each Example holds ``features`` (a float list: the example flattened in
+row-major order) and ``label`` (one int64); other key names can be given.
+Every path goes through ``tf.io.gfile``, so ``DIR`` may be ``gs://...``.
+
+Reading interleaves the shards in parallel (``num_parallel_calls=AUTOTUNE``,
+deterministic, the shard order shuffled each epoch by a seed), shuffles the
+records in a seeded buffer, batches them, parses whole batches at once
+(``tf.io.parse_example``) and prefetches. The problems that can be seen
+before training are refused then, in one line: a pattern that matches no
+file, a first record without the feature or label key, or with another
+number of values than the feature shape. A corrupt or unparsable record met
+later stops training with a :class:`DataError` naming the shard and the
+record (:func:`locate_bad_record` scans the shards to find it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from lowtf import _checks
+from lowtf.data import streams
+from lowtf.data.readers import DataError
+
+FEATURES_KEY = "features"
+LABEL_KEY = "label"
+SPEC_FILE = "spec.json"
+SPLITS = ("train", "validation", "test")
+FORMAT = "lowtf-tfrecord-1"
+DEFAULT_SHUFFLE_BUFFER = 10_000
+# How long a failed read may spend scanning the shards for the bad record.
+LOCATE_SECONDS = 120.0
+
+
+def shard_paths(directory: str, split: str, shards: int) -> list[str]:
+    """The file names of ``split``'s shards: ``split-00000-of-0000N.tfrecord``."""
+    return [
+        os.path.join(directory, f"{split}-{i:05d}-of-{shards:05d}.tfrecord")
+        for i in range(shards)
+    ]
+
+
+def write_tfrecords(
+    x, y, directory: str, split: str, shards: int = 1, *, compression: str | None = None,
+    features_key: str = FEATURES_KEY, label_key: str = LABEL_KEY,
+) -> list[str]:
+    """Writes ``(x, y)`` as TFRecord shards of ``tf.train.Example``; returns their paths.
+
+    The rows are cut into ``shards`` contiguous parts of (almost) equal
+    size, in order; each file is written under a temporary name and renamed
+    when complete, so a shard on disk is never half written.
+
+    Args:
+      x: features ``[n, ...]`` (stored flattened as float32).
+      y: integer class labels ``[n]``.
+      directory: where the shards go (made if missing; any TensorFlow file
+        system).
+      split: the file names' prefix, e.g. ``"train"``.
+      shards: number of files (default 1; at most ``n``).
+      compression: None (default) or ``"GZIP"``.
+      features_key, label_key: the Example's keys (default ``features``, ``label``).
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    _checks.positive_int("shards", shards)
+    _checks.one_of("compression", compression, (None, "GZIP"))
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y) or not len(y):
+        raise ValueError(
+            f"`x` {x.shape} and `y` {y.shape} must be [n, features...] and [n], n > 0"
+        )
+    if shards > len(y):
+        raise ValueError(f"`shards` ({shards}) exceeds the {len(y)} rows of {split!r}")
+    if not np.array_equal(y, np.round(y)):
+        raise ValueError(f"`y` of {split!r} must hold integer class labels")
+    flat = x.reshape(len(x), -1).astype(np.float32)
+    labels = y.astype(np.int64)
+    tf.io.gfile.makedirs(directory)
+    paths = shard_paths(directory, split, shards)
+    for path, rows in zip(paths, np.array_split(np.arange(len(y)), shards)):
+        scratch = path + ".tmp"
+        with tf.io.TFRecordWriter(scratch, options=compression) as writer:
+            for row in rows:
+                example = tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            features_key: tf.train.Feature(
+                                float_list=tf.train.FloatList(value=flat[row])
+                            ),
+                            label_key: tf.train.Feature(
+                                int64_list=tf.train.Int64List(value=[labels[row]])
+                            ),
+                        }
+                    )
+                )
+                writer.write(example.SerializeToString())
+        tf.io.gfile.rename(scratch, path, overwrite=True)
+    return paths
+
+
+def convert(dataset, directory: str, *, shards: int = 4, compression: str | None = None) -> dict:
+    """Writes a loaded :class:`lowtf.Dataset` as TFRecord shards and ``spec.json``.
+
+    The three splits are those of the :class:`lowtf.Dataset` (:func:`lowtf.load_dataset`
+    makes the same split as ``bin/train`` for the same flags), already
+    standardized with the training split's statistics; ``spec.json`` keeps
+    those (``mean``, ``std``) so that raw inputs can be standardized alike
+    (an export does), with the feature shape, the number of classes and each
+    split's rows and files.
+
+    Args:
+      dataset: a :class:`lowtf.Dataset`.
+      directory: where ``train-*``, ``validation-*``, ``test-*`` and ``spec.json`` go.
+      shards: files per split (default 4; fewer for a split with fewer rows).
+      compression: None (default) or ``"GZIP"``.
+
+    Returns:
+      The spec written to ``spec.json``.
+    """
+    _checks.positive_int("shards", shards)
+    splits = {}
+    for split in SPLITS:
+        x, y = getattr(dataset, split)
+        paths = write_tfrecords(
+            x, y, directory, split, min(shards, len(y)), compression=compression
+        )
+        splits[split] = {
+            "examples": int(len(y)),
+            "files": [os.path.basename(p) for p in paths],
+        }
+    spec = {
+        "format": FORMAT,
+        "name": dataset.name,
+        "feature_shape": [int(d) for d in dataset.feature_shape],
+        "num_classes": int(dataset.num_classes),
+        "mean": np.asarray(dataset.mean, np.float64).ravel().tolist(),
+        "std": np.asarray(dataset.std, np.float64).ravel().tolist(),
+        "standardized": True,
+        "features_key": FEATURES_KEY,
+        "label_key": LABEL_KEY,
+        "compression": compression,
+        "splits": splits,
+    }
+    # Last: a directory with a spec.json holds every shard it names.
+    path = os.path.join(directory, SPEC_FILE)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write(json.dumps(spec, indent=2) + "\n")
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    return spec
+
+
+def read_spec(directory: str) -> dict:
+    """``directory/spec.json`` as written by :func:`convert`, checked."""
+    path = os.path.join(directory, SPEC_FILE)
+    if not tf.io.gfile.exists(path):
+        raise DataError(
+            f"{path}: no such file; write the shards with lowtf.data.convert (or "
+            "give the pattern and feature shape to lowtf.data.tfrecord)"
+        )
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            spec = json.loads(f.read())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not readable as JSON ({e})") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise DataError(f"{path}: not a lowtf TFRecord spec (format {FORMAT!r})")
+    return spec
+
+
+def tfrecord(
+    pattern,
+    *,
+    batch_size: int,
+    feature_shape,
+    training: bool = True,
+    features_key: str = FEATURES_KEY,
+    label_key: str = LABEL_KEY,
+    feature_dtype=tf.float32,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    seed: int = 0,
+    compression: str | None = "auto",
+    cycle_length: int | None = None,
+) -> tf.data.Dataset:
+    """A ``tf.data`` pipeline of ``(x, y)`` batches from TFRecord shards of Examples.
+
+    Training pipelines shuffle the order of the shards every epoch, read
+    ``cycle_length`` shards at a time in parallel (interleaved record by
+    record, deterministically), shuffle the records in a buffer of
+    ``shuffle_buffer``, repeat forever and give full batches only; the
+    others read every record once, in file order, the last batch short.
+    The first record is parsed now, so a wrong key or width is refused
+    before any training.
+
+    Args:
+      pattern: a glob (``tf.io.gfile.glob``, so ``gs://`` works) or a list of
+        globs or paths.
+      batch_size: examples per batch.
+      feature_shape: the shape of one example (its values are stored
+        flattened); e.g. ``(28,)`` or ``(28, 28, 1)``.
+      training: shuffle and repeat (default True).
+      features_key, label_key: the Example's keys (default ``features``, a
+        float list, and ``label``, one int64).
+      feature_dtype: ``tf.float32`` (default) or ``tf.int64`` (cast to
+        float32).
+      shuffle_buffer: records in the shuffle buffer (default 10,000; a
+        stream saves it with every checkpoint, 4 bytes per value).
+      seed: seed of the shard order and the record shuffle (default 0).
+      compression: ``"auto"`` (default: GZIP if the first file starts with
+        gzip's magic bytes), None or ``"GZIP"``.
+      cycle_length: shards read at once when training (default: all, at
+        most 16); held-out data is read one shard after the other.
+
+    Raises:
+      DataError: no file matches, or the first record lacks a key or has
+        another number of values than ``feature_shape``.
+    """
+    _checks.positive_int("batch_size", batch_size)
+    _checks.positive_int("shuffle_buffer", shuffle_buffer)
+    _checks.non_negative_int("seed", seed)
+    _checks.boolean("training", training)
+    if cycle_length is not None:
+        _checks.positive_int("cycle_length", cycle_length)
+    files, reader = _prepare(
+        pattern, feature_shape, features_key, label_key, feature_dtype, compression
+    )
+    names = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        names = names.repeat()
+    records = names.interleave(
+        lambda name: tf.data.TFRecordDataset(name, compression_type=reader.compression),
+        # Held-out data is read in file order, one shard after the other.
+        cycle_length=(cycle_length or min(len(files), 16)) if training else 1,
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if training:
+        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    batches = records.batch(batch_size, drop_remainder=training)
+    # A whole batch parsed at once: one op instead of batch_size.
+    batches = batches.map(
+        reader.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def tfrecord_stream(pattern, *, batch_size: int, feature_shape, **kwargs) -> streams.Stream:
+    """A :class:`lowtf.data.Stream` of training batches from TFRecord shards.
+
+    Takes the arguments of :func:`tfrecord` but ``training``. The stream's
+    identity (recorded by :func:`lowtf.fit` in ``run.json``) names the files,
+    their total size and the shuffle; a record that cannot be read or parsed
+    during training stops it with a :class:`DataError` naming its shard and
+    index (:func:`locate_bad_record`).
+    """
+    if "training" in kwargs:
+        raise ValueError("`training` is always True for a stream; drop it")
+    dataset = tfrecord(pattern, batch_size=batch_size, feature_shape=feature_shape, **kwargs)
+    files, reader = _prepare(
+        pattern,
+        feature_shape,
+        kwargs.get("features_key", FEATURES_KEY),
+        kwargs.get("label_key", LABEL_KEY),
+        kwargs.get("feature_dtype", tf.float32),
+        kwargs.get("compression", "auto"),
+        check=False,  # tfrecord() just did
+    )
+    size = sum(tf.io.gfile.stat(f).length for f in files)
+    source = (
+        f"tfrecord {_describe_pattern(pattern)}: {len(files)} files, {size:,} bytes; "
+        f"shuffle {kwargs.get('shuffle_buffer', DEFAULT_SHUFFLE_BUFFER)} "
+        f"seed {kwargs.get('seed', 0)}"
+    )
+    return streams.Stream(
+        dataset, source=source, locate=lambda: locate_bad_record(files, reader)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TFRecordData:
+    """The splits of a directory written by :func:`convert`.
+
+    Attributes:
+      train: a :class:`lowtf.data.Stream` of training batches.
+      validation, test: ``(x, y)`` arrays, read whole (they are held in memory
+        for evaluation).
+      spec: ``spec.json``.
+    """
+
+    train: streams.Stream
+    validation: tuple
+    test: tuple
+    spec: dict
+
+    @property
+    def feature_shape(self) -> tuple:
+        return tuple(self.spec["feature_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.spec["num_classes"])
+
+
+def read_tfrecords(
+    directory: str, *, batch_size: int, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, seed: int = 0
+) -> TFRecordData:
+    """Reads a directory written by :func:`convert`: a training stream, held-out arrays."""
+    spec = read_spec(directory)
+    common = dict(
+        feature_shape=spec["feature_shape"],
+        features_key=spec.get("features_key", FEATURES_KEY),
+        label_key=spec.get("label_key", LABEL_KEY),
+        compression=spec.get("compression"),
+    )
+
+    def files(split):
+        return [os.path.join(directory, name) for name in spec["splits"][split]["files"]]
+
+    train = tfrecord_stream(
+        files("train"), batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed, **common
+    )
+    held_out = [
+        streams.materialize(
+            split, tfrecord(files(split), batch_size=4096, training=False, **common)
+        )
+        for split in ("validation", "test")
+    ]
+    for split, (_, y) in zip(("validation", "test"), held_out):
+        expected = spec["splits"][split]["examples"]
+        if len(y) != expected:
+            raise DataError(
+                f"{directory}: the {split} shards hold {len(y):,} examples but "
+                f"spec.json says {expected:,}; write the directory again"
+            )
+    return TFRecordData(train=train, validation=held_out[0], test=held_out[1], spec=spec)
+
+
+def locate_bad_record(files, reader, *, seconds: float = LOCATE_SECONDS) -> str | None:
+    """Scans ``files`` in order for the first record that cannot be read or parsed.
+
+    Returns ``"<file>, record <i>: <reason>"``, or None if none was found
+    within ``seconds`` (the scan reads the shards again: gigabytes take a
+    while).
+    """
+    deadline = time.monotonic() + seconds
+    for path in files:
+        records = tf.data.TFRecordDataset(path, compression_type=reader.compression)
+        index = 0
+        blocks = iter(records.batch(1024))  # read in blocks, checked in Python
+        while time.monotonic() < deadline:
+            try:
+                raw = next(blocks)
+            except StopIteration:
+                break
+            except tf.errors.OpError:
+                return _unreadable_record(path, records, index)
+            problem = reader.first_problem(raw.numpy())
+            if problem is not None:
+                row, why = problem
+                return f"{path}, record {index + row}: {why}"
+            index += len(raw)
+        else:
+            return None
+    return None
+
+
+def _unreadable_record(path, records, start) -> str:
+    """Names the record of the block from ``start`` that cannot be read."""
+    index = start
+    try:
+        for _ in records.skip(start):
+            index += 1
+    except tf.errors.OpError as e:
+        return f"{path}, record {index}: {streams.clean_message(e.message)}"
+    return f"{path}: a read failed after record {start}, not on a second read"
+
+
+class _Reader:
+    """How one layout of Examples is parsed and checked."""
+
+    def __init__(self, features_key, label_key, feature_shape, dtype, compression):
+        self.features_key, self.label_key = features_key, label_key
+        self.feature_shape = tuple(feature_shape)
+        self.width = math.prod(self.feature_shape)
+        self.dtype = dtype
+        self.compression = compression
+        self.spec = {
+            features_key: tf.io.FixedLenFeature([self.width], dtype),
+            label_key: tf.io.FixedLenFeature([], tf.int64),
+        }
+
+    def parse(self, serialized):
+        parsed = tf.io.parse_example(serialized, self.spec)
+        x = tf.cast(parsed[self.features_key], tf.float32)
+        x = tf.reshape(x, [-1, *self.feature_shape])
+        return x, tf.cast(parsed[self.label_key], tf.int32)
+
+    def first_problem(self, records) -> tuple[int, str] | None:
+        """The first of ``records`` (serialized) that does not fit, as (index, why)."""
+        for i, raw in enumerate(records):
+            why = self._problem(raw)
+            if why is not None:
+                return i, why
+        return None
+
+    def _problem(self, raw: bytes) -> str | None:
+        try:
+            example = tf.train.Example.FromString(raw)
+        except Exception:  # noqa: BLE001 (protobuf's DecodeError moves between versions)
+            return "not a tf.train.Example"
+        feature = example.features.feature
+        kind = "float_list" if self.dtype == tf.float32 else "int64_list"
+        for key, want, count in (
+            (self.features_key, kind, self.width),
+            (self.label_key, "int64_list", 1),
+        ):
+            if key not in feature:
+                keys = ", ".join(sorted(feature)) or "none"
+                return f"no feature {key!r} (its keys: {keys})"
+            have = feature[key].WhichOneof("kind")
+            if have != want:
+                return f"feature {key!r} is a {have}, not a {want}"
+            values = len(getattr(feature[key], want).value)
+            if values != count:
+                shape = f"feature_shape {self.feature_shape}" if count > 1 else "one label"
+                return f"feature {key!r} has {values} values, expected {count} ({shape})"
+        return None
+
+    def check_first(self, path) -> None:
+        """Refuses a first shard whose first record does not fit, or that holds none."""
+        records = tf.data.TFRecordDataset(path, compression_type=self.compression)
+        try:
+            first = [r.numpy() for r in records.take(1)]
+        except tf.errors.OpError as e:
+            raise DataError(
+                f"{path}: not readable as TFRecord ({streams.clean_message(e.message)})"
+            ) from None
+        if not first:
+            raise DataError(f"{path}: no records")
+        why = self._problem(first[0])
+        if why is not None:
+            raise DataError(f"{path}, record 0: {why}")
+
+
+def _prepare(pattern, feature_shape, features_key, label_key, dtype, compression, *, check=True):
+    """The files of ``pattern`` and their :class:`_Reader`; checks the first record."""
+    _checks.one_of("compression", compression, ("auto", None, "GZIP"))
+    dtype = tf.as_dtype(dtype)
+    _checks.one_of("feature_dtype", dtype, (tf.float32, tf.int64))
+    feature_shape = tuple(feature_shape)
+    for i, size in enumerate(feature_shape):
+        _checks.positive_int(f"feature_shape[{i}]", size)
+    files = _glob(pattern)
+    if compression == "auto":
+        compression = _sniff_compression(files[0])
+    reader = _Reader(features_key, label_key, feature_shape, dtype, compression or "")
+    if check:
+        reader.check_first(files[0])
+    return files, reader
+
+
+def _glob(pattern) -> list[str]:
+    patterns = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
+    if not patterns:
+        raise DataError("no TFRecord files given")
+    files = []
+    for p in patterns:
+        found = sorted(tf.io.gfile.glob(os.fspath(p)))
+        if not found:
+            raise DataError(f"{p}: no file matches")
+        files.extend(found)
+    return files
+
+
+def _describe_pattern(pattern) -> str:
+    if isinstance(pattern, (str, os.PathLike)):
+        return os.fspath(pattern)
+    names = [os.fspath(p) for p in pattern]
+    return names[0] if len(names) == 1 else f"{names[0]} ... {names[-1]}"
+
+
+def _sniff_compression(path) -> str | None:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return "GZIP" if f.read(2) == b"\x1f\x8b" else None
