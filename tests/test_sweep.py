@@ -262,9 +262,38 @@ def test_a_rerun_after_a_kill_while_claiming_claims_at_once(monkeypatch):
     monkeypatch.setattr(study_lib.time, "sleep", lambda s: pytest.fail("waited"))
     rerun = study_lib.open_study(config, storage)
     assert study_lib.requeue_interrupted(rerun, config) == 3
-    claimed = study_lib.claim(rerun, config, config.batch)
+    # Claiming says how far it got (every 2 s; here at each claim).
+    monkeypatch.setattr(study_lib, "_CLAIM_LOG_SECONDS", 0.0)
+    lines = []
+    claimed = study_lib.claim(rerun, config, config.batch, log=lines.append)
     assert [p for _, p in claimed] == config.points()
+    assert [line.split(" (")[0] for line in lines] == [
+        f"claiming: {i}/6 configurations" for i in range(1, 7)
+    ]
     book = study_lib.ledger(rerun)
     assert len(book["running"]) == 6 and book["finished"] == {}
     statuses = [t.user_attrs.get("status") for t in rerun.study.get_trials()]
     assert statuses.count("interrupted") == 3
+
+
+@pytest.mark.e2e
+def test_a_noretrain_rerun_keeps_the_winners_test_line(tmp_path, data):
+    config = sweep.SweepConfig(
+        **{**QUICK, "retrain": True}, architectures=("4",), l2=(0.0, 1e-2),
+        sweep_dir=str(tmp_path / "s"),
+    )  # fmt: skip
+    first = sweep.run_sweep(config, data=data, log=lambda line: None)
+    report = (tmp_path / "s" / "results.md").read_text()
+    (test_line,) = [line for line in report.splitlines() if "test accuracy" in line]
+    assert f"test accuracy {first.winner_result.test_accuracy:.4f}" in test_line
+    again = sweep.run_sweep(
+        dataclasses.replace(config, retrain=False), data=data, log=lambda line: None
+    )
+    assert again.trained == 0 and again.winner_result is None
+    assert (tmp_path / "s" / "results.md").read_text() == report
+    # Another winner's retraining (its flags differ) is not this one's.
+    flags = tmp_path / "s" / "winner" / "flags.txt"
+    flags.write_text(flags.read_text() + "--seed=7\n")
+    sweep.run_sweep(dataclasses.replace(config, retrain=False), data=data,
+                    log=lambda line: None)  # fmt: skip
+    assert "test accuracy" not in (tmp_path / "s" / "results.md").read_text()

@@ -13,11 +13,11 @@ them on validation alone, writes the report and retrains the winner with
 reads the test set.
 
 A SIGTERM or a first SIGINT (Ctrl-C) is a stop request, as for
-:func:`lowtf.fit`: honoured at the next boundary (a population's next
-evaluation, whose checkpoint is then saved; the winner's retraining, by
-``fit`` itself; between claims), with one line; the call returns with
-``interrupted`` set, its unfinished claims given up, and a rerun finishes
-the sweep.
+:func:`lowtf.fit`: honoured at the next boundary (in a population or the
+winner's retraining by fit_population or fit themselves, after saving
+their checkpoint; else between claims), with one line; the call returns
+with ``interrupted`` set, its unfinished claims given up, and a rerun
+finishes the sweep.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import hashlib
 import json
 import math
 import os
-import signal
-import threading
 import time
 
 import numpy as np
@@ -39,6 +37,7 @@ from lowtf.sweep import report, scoring
 from lowtf.sweep import study as study_lib
 from lowtf.sweep.config import SWEPT, Point, SweepConfig, by_architecture, train_flags
 from lowtf.train import job as job_lib
+from lowtf.train.fit import StopSignals
 
 WINNER_DIR = "winner"
 POLL_SECONDS = 5.0
@@ -97,7 +96,9 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
         # The check is bin/train's, which names its own flag.
         message = str(error).replace("--model_dir", "--sweep_dir")
         raise ValueError(message.replace("`model_dir`", "--sweep_dir")) from None
-    with _StopRequest() as stop:
+    # A stop request outside the trainings (fit and fit_population answer
+    # their own) is honoured between claims and before the retraining.
+    with StopSignals() as stop:
         return _sweep(config, data, log, stop, started)
 
 
@@ -114,9 +115,9 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
     log(data.describe())
     total = config.configurations
     progress = _Progress(study, total, config, log, started)
-    trained, exhausted, pending = 0, False, []
+    trained, exhausted, pending, interrupted = 0, False, [], False
     try:
-        while not stop.requested:
+        while not (stop.requested or interrupted):
             if study_lib.requeue_interrupted(study, config):
                 log("queued again the configurations of an interrupted run")
             try:
@@ -139,22 +140,22 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
                     f"waiting for {len(book['running'])} configurations running "
                     "in other processes"
                 )
-                stop.sleep(POLL_SECONDS)
+                _sleep(stop, POLL_SECONDS)
                 continue
             # Pairs, not a dict by key: a key may not stand for its trial.
             for pairs in by_architecture(claimed, lambda pair: pair[1]).values():
                 if stop.requested:
                     break
                 group = [p for _, p in pairs]
-                _train_population(
+                if not _train_population(
                     config, data, x, y, folds, group, [t for t, _ in pairs],
-                    study, sweep_dir, progress, stop,
-                )  # fmt: skip
+                    study, sweep_dir, progress,
+                ):  # fmt: skip
+                    interrupted = True
+                    break
                 pending = [t for t in pending if t not in {t for t, _ in pairs}]
                 trained += len(group)
                 progress.trained += len(group)
-    except _Stopped:
-        pass
     finally:
         # Claims not trained to the end (a stop, an error) go back at
         # once, so that a rerun in this process, or another, takes them.
@@ -163,11 +164,13 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
                 study_lib.release(study, config, pending)
             except study_lib.StorageError:
                 pass  # the error that got us here is the one to report
-    if stop.requested:
+    if stop.requested or interrupted:
         done = len(study_lib.ledger(study)["finished"])
+        # fit_population said which signal, at which step, in its own line.
+        what = f"{stop.requested} received: " if stop.requested else ""
         log(
-            f"{stop.requested} received: sweep interrupted{stop.where}, {done}/{total} "
-            "configurations done; rerun the same command to finish it"
+            f"{what}sweep interrupted with {done}/{total} configurations done; "
+            "rerun the same command to finish it"
         )
         return SweepResult(
             rows=[], winner=None, winner_result=None, trained=trained,
@@ -270,9 +273,12 @@ def _splits(config: SweepConfig, data):
 
 
 def _train_population(
-    config, data, x, y, folds, points, trials, study, sweep_dir, progress, stop
-) -> None:
+    config, data, x, y, folds, points, trials, study, sweep_dir, progress
+) -> bool:
     """Trains ``points`` (one architecture) x folds as one population; tells the study.
+
+    Returns False when a stop request ended the training (fit_population
+    saved its checkpoint): nothing is recorded, the claims go back.
 
     The population's directory is named by what it trains (see
     :func:`population_name`) and its points are put in the order of their
@@ -309,26 +315,27 @@ def _train_population(
     progress.line(
         f"population {name}: {len(points)} configurations x {len(folds)} folds"
     )
-    model_dir = os.path.join(sweep_dir, "populations", name)
-    try:
-        result = fit_population(
-            population,
-            model_dir=model_dir,
-            max_steps=config.max_steps,
-            eval_every=config.eval_every,
-            steps_per_call=config.steps_per_call,
-            checkpoint_every=config.checkpoint_every,
-            log=stop.checked(progress.line),
-        )
-    except _Stopped:
-        step = _save_checkpoint(population, model_dir)
-        stop.where = f" at step {step} of population {name} (checkpoint saved)"
-        raise
+    result = fit_population(
+        population,
+        model_dir=os.path.join(sweep_dir, "populations", name),
+        max_steps=config.max_steps,
+        eval_every=config.eval_every,
+        steps_per_call=config.steps_per_call,
+        checkpoint_every=config.checkpoint_every,
+        log=progress.line,
+    )
     progress.running = 0
+    if any(m.stop_reason == "interrupted" for m in result.members):
+        return False
     per_point = len(folds)
     for i, (point, trial) in enumerate(zip(points, trials)):
         own = result.members[i * per_point : (i + 1) * per_point]
-        bad = any(scoring.diverged(m.best_value, m.history) for m in own)
+        # fit_population stops a member whose loss or weights went NaN/Inf
+        # as "diverged" and keeps only finite numbers of it.
+        bad = any(
+            m.stop_reason == "diverged" or scoring.diverged(m.best_value, m.history)
+            for m in own
+        )
         values = [m.best_value for m in own]
         gaps = [scoring.gap_at(m.history, m.best_step) for m in own]
         gaps = [g for g in gaps if g is not None]
@@ -342,82 +349,14 @@ def _train_population(
         }
         score = None if bad else scoring.fold_score(values)[0]
         study_lib.record(study, trial, attrs, score)
+    return True
 
 
-def _save_checkpoint(population, model_dir: str) -> int:
-    """Saves the population's state at its step as fit_population's ``ckpt/`` does.
-
-    Called at a stop request, raised from the progress line of an
-    evaluation: the state is then whole (evaluated, best snapshot and
-    history written), what fit_population would save at that step.
-    """
-    step = int(population.step.numpy())
-    manager = tf.train.CheckpointManager(
-        population.checkpoint,
-        os.path.join(model_dir, "ckpt"),
-        max_to_keep=3,
-        checkpoint_name="ckpt",
-    )
-    if not manager.latest_checkpoint or not manager.latest_checkpoint.endswith(
-        f"-{step}"
-    ):
-        manager.save(checkpoint_number=step)
-    return step
-
-
-class _Stopped(Exception):
-    """Raised at a boundary once a stop was requested."""
-
-
-class _StopRequest:
-    """Turns SIGTERM and a first SIGINT into a stop request, as :func:`lowtf.fit` does.
-
-    A second SIGINT raises KeyboardInterrupt at once. Handlers can only be
-    installed from the main thread; elsewhere this does nothing. While
-    ``fit`` (the winner's retraining) runs, its own handlers answer.
-
-    Attributes:
-      requested: None, or the name of the signal (``"SIGTERM"``).
-      where: where the stop landed, for the closing line.
-    """
-
-    def __init__(self):
-        self.requested, self.where, self._previous = None, "", {}
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.requested:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        return False
-
-    def checked(self, log):
-        """``log``, raising :class:`_Stopped` before a line once a stop is requested.
-
-        fit_population logs once per evaluation: its next boundary.
-        """
-
-        def checked_log(line):
-            if self.requested:
-                raise _Stopped
-            log(line)
-
-        return checked_log
-
-    def sleep(self, seconds: float) -> None:
-        """Sleeps ``seconds``, or less if a stop is requested."""
-        deadline = time.monotonic() + seconds
-        while not self.requested and time.monotonic() < deadline:
-            time.sleep(min(0.1, deadline - time.monotonic()))
+def _sleep(stop, seconds: float) -> None:
+    """Sleeps ``seconds``, or less once ``stop`` (a StopSignals) has a request."""
+    deadline = time.monotonic() + seconds
+    while not stop.requested and time.monotonic() < deadline:
+        time.sleep(min(0.1, deadline - time.monotonic()))
 
 
 def population_name(config: SweepConfig, points) -> str:
