@@ -238,7 +238,7 @@ def test_sigterm_saves_and_ends_at_the_next_call_boundary(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
 
     _, result, _ = _fit(tmp_path, log=log)
-    assert result.last_step == 10
+    assert result.last_step == 10 and result.interrupted == "SIGTERM"
     assert [m.stop_reason for m in result.members] == ["interrupted"] * 3
     assert "SIGTERM received at step 10: stopping" in lines
     assert signal.getsignal(signal.SIGTERM) is before
@@ -253,6 +253,7 @@ def test_lowtf_fit_trains_a_population_with_the_cadence_of_its_config(tmp_path):
     config = lowtf.TrainConfig(max_steps=40, eval_every=10, baseline=1e-6)
     result = lowtf.fit(pop, model_dir=str(tmp_path), config=config, log=lambda s: None)
     assert isinstance(result, lowtf.population.PopulationResult)
+    assert result.interrupted is None
     assert [(m.stop_reason, m.stop_step, m.best_step) for m in result.members] == [
         ("patience", 10, 10)
     ] * 3

@@ -97,12 +97,16 @@ class PopulationResult:
       monitor: the monitored metric's name.
       last_step: the global step when the population stopped.
       wall_seconds: wall time of this call.
+      interrupted: the stop request that ended the call (``"SIGTERM"``,
+        ``"SIGINT"``, ``"KeyboardInterrupt"``), or None when it trained to
+        its end (every member stopped, or max_steps).
     """
 
     members: list
     monitor: str
     last_step: int
     wall_seconds: float
+    interrupted: str | None = None
 
 
 def fit_population(
@@ -390,8 +394,12 @@ class _Run:
     def step(self) -> int:
         return int(self.pop.step.numpy())
 
-    def loop(self, signals) -> bool:
-        """Trains until every member stopped or max_steps; True if interrupted.
+    def loop(self, signals) -> str | None:
+        """Trains until every member stopped or max_steps; returns a stop request.
+
+        Returns:
+          None, or what ended the loop early: the signal's name, or
+          ``"KeyboardInterrupt"``.
 
         Args:
           signals: its ``requested`` is None, or the name of a stop request
@@ -406,7 +414,7 @@ class _Run:
                         f"{signals.requested} received at step {self.step}: stopping"
                     )
                     self._save()
-                    return True
+                    return signals.requested
                 step = self.step
                 boundary = min(
                     _next_multiple(step, settings["eval_every"]),
@@ -426,9 +434,9 @@ class _Run:
             # Raised outside our SIGINT handler (a second Ctrl-C): the state may
             # be mid-update, so the last checkpoint is kept as it is.
             self.log(f"KeyboardInterrupt at step {self.step}: stopping")
-            return True
+            return "KeyboardInterrupt"
         self._save()
-        return False
+        return None
 
     def _stop_non_finite(self, means: dict, first: int) -> None:
         """Stops the members a call broke (NaN/Inf loss or weights); a line each."""
@@ -497,13 +505,10 @@ class _Run:
             self.board.close()
             self.board = None
 
-    def result(self, interrupted: bool, wall_seconds: float) -> PopulationResult:
+    def result(self, interrupted: str | None, wall_seconds: float) -> PopulationResult:
         pop, step = self.pop, self.step
         stopped, diverged = pop.stop_step, pop.diverged
-        if interrupted:
-            unfinished = "interrupted"
-        else:
-            unfinished = "max_steps"
+        unfinished = "interrupted" if interrupted else "max_steps"
         reasons = np.where(
             diverged, "diverged", np.where(stopped >= 0, "patience", unfinished)
         )
@@ -532,6 +537,7 @@ class _Run:
             monitor=pop.monitor,
             last_step=step,
             wall_seconds=wall_seconds,
+            interrupted=interrupted,
         )
 
 
