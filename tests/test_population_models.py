@@ -238,3 +238,33 @@ def test_members_with_smoothing_mixup_and_noise_equal_single_runs():
         step.run(60)
         for a, b in zip(pop.member(k, weights="latest").variables, single.variables):
             np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_members_with_their_own_ema_equal_single_runs_and_evaluate_their_averages():
+    (x, y), _ = noisy_split(200, 0, 5, seed=6)
+    seeds, emas = [0, 1, 2], [0.0, 0.9, 0.99]
+    rows, val = [np.arange(160)] * 3, [np.arange(160, 200)] * 3
+    pop = lowtf.Population(
+        x, y, models=lambda k: lowtf.mlp("small", seed=seeds[k]), train_rows=rows,
+        val_rows=val, seeds=seeds, ema=emas, optimizer=tf.keras.optimizers.Adam(1e-2),
+        batch_size=40, jit_compile=False,
+    )  # fmt: skip
+    pop.run(50)
+    record = pop.evaluate()
+    for k in range(3):
+        single = lowtf.mlp("small", seed=seeds[k])
+        step = lowtf.TrainStep(
+            single,
+            tf.keras.optimizers.Adam(1e-2),
+            data=InMemoryBatches(x[:160], y[:160], 40, seed=seeds[k]),
+            options=lowtf.StepOptions(seed=seeds[k], jit_compile=False, ema=emas[k]),
+        )
+        step.run(50)
+        for a, b in zip(pop.member(k, weights="latest").variables, single.variables):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+        with step.averaged_weights():
+            averaged = [v.numpy() for v in single.variables]
+            val_ce = lowtf.Evaluator(single, jit_compile=False)(x[160:], y[160:])
+        for a, b in zip(pop.member(k).variables, averaged):  # best = step 50's averages
+            np.testing.assert_allclose(a.numpy(), b, atol=1e-5)
+        assert record["val_cross_entropy"][k] == pytest.approx(val_ce["cross_entropy"], rel=1e-4)

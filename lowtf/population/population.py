@@ -37,6 +37,7 @@ are put back to their values before the step, while the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -117,6 +118,9 @@ class Population:
         (default 0: off), as ``StepOptions``; CutMix of flat examples needs
         ``image_shape``. Each member mixes its own batch under its own key.
       image_shape: ``(h, w, c)`` of flat examples, for CutMix (default None).
+      ema: per member, the momentum of an exponential moving average of its
+        weights, as ``StepOptions(ema=)`` (default 0: off). Evaluations,
+        best weights and :meth:`member` (``"best"``) use the averages.
       model: MLP members only (``models=None``): a preset name or hidden
         widths, as :func:`lowtf.mlp` (default ``"small"``).
       num_classes: MLP members: classes (default 2: one sigmoid logit).
@@ -166,6 +170,7 @@ class Population:
         mixup=0.0,
         cutmix=0.0,
         image_shape=None,
+        ema=0.0,
         model="small",
         num_classes: int = 2,
         activation: str = "elu",
@@ -226,6 +231,7 @@ class Population:
         self.mixup = members.vector("mixup", mixup, size, mix_lib.check_alpha)
         self.cutmix = members.vector("cutmix", cutmix, size, mix_lib.check_alpha)
         self.image_shape = image_shape
+        self.ema = members.vector("ema", ema, size, _checks.rate)
         self._soft = bool(
             np.any(self.label_smoothing) or np.any(self.mixup) or np.any(self.cutmix)
         )
@@ -312,7 +318,18 @@ class Population:
             if len(v.shape) >= 1 and v.shape[0] == size
         ]
         self._eval_batch_size = eval_batch_size
-        self._frozen = [*self._variables, *slots, self.state.epoch, self.state.cursor]
+        # The weights' moving averages (checkpointed in the state), per member.
+        self._ema_pairs = []
+        if np.any(self.ema):
+            self.state.averages = [
+                tf.Variable(v.read_value(), trainable=False, name="average")
+                for v in self._trainable
+            ]
+            self._ema_pairs = list(zip(self._trainable, self.state.averages))
+        averages = [average for _, average in self._ema_pairs]
+        self._frozen = [
+            *self._variables, *averages, *slots, self.state.epoch, self.state.cursor
+        ]  # fmt: skip
         for v in slots:
             if not isinstance(v, tf.Variable):  # copied by row in load/store_members
                 raise ValueError(
@@ -429,10 +446,11 @@ class Population:
         """
         step = int(self.step.numpy())
         ce, hits = np.zeros(self.size), np.zeros(self.size)
-        for index, weight in zip(self._val_index, self._val_weight):
-            c, h = self._val_sums(index, weight)
-            ce += c.numpy()
-            hits += h.numpy()
+        with self.averaged_weights():
+            for index, weight in zip(self._val_index, self._val_weight):
+                c, h = self._val_sums(index, weight)
+                ce += c.numpy()
+                hits += h.numpy()
         counts = np.array([len(r) for r in self.val_rows], np.float64)
         train = self.state.means()
         # What must be finite: the validation loss, and the training means
@@ -458,12 +476,35 @@ class Population:
         if update:
             # First: a broken member's value must not count as its best.
             self.stop_non_finite(checked)
-            improved = self._update_stopping(step, record[self.monitor])
+            with self.averaged_weights():  # the best weights are the averaged ones
+                improved = self._update_stopping(step, record[self.monitor])
             self.state.reset_means()
         record["improved"] = improved
         record["stopped"] = self.stopped
         record["diverged"] = self.diverged
         return record
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Within it the stacked model holds the members' averages (``ema``).
+
+        A no-op without ``ema``; a member whose ``ema`` is 0 has averages
+        equal to its weights.
+        """
+        if not self._ema_pairs:
+            yield
+            return
+        self._swap_averages()
+        try:
+            yield
+        finally:
+            self._swap_averages()
+
+    def _swap_averages(self):
+        for var, average in self._ema_pairs:
+            weight = var.read_value()
+            var.assign(average.read_value())
+            average.assign(weight)
 
     def member(self, k: int, *, weights: str = "best"):
         """Member ``k`` as a plain lowtf model, with its hyper-parameters.
@@ -628,6 +669,7 @@ class Population:
             mixup=pick(self.mixup),
             cutmix=pick(self.cutmix),
             image_shape=self.image_shape,
+            ema=pick(self.ema),
             batch_size=self.batch_size,
             monitor=self.monitor,
             mode=self.mode,
@@ -774,6 +816,8 @@ class Population:
         s.stop_step.assign(np.where(bad, step, s.stop_step.numpy()))
         s.clear_means(bad)
         best = {var.ref(): best_var for var, best_var in self._with_best()}
+        # A diverged member's averages restart from its best weights too.
+        best.update({avg.ref(): best[var.ref()] for var, avg in self._ema_pairs})
         mask = tf.constant(bad)
         for var in self._frozen:
             if var.dtype.is_floating:
@@ -801,6 +845,16 @@ class Population:
                     "seed": int(self.seeds[k]),
                     # Only when set, as a single run's optional settings.
                     **({} if decay is None else {"weight_decay": float(decay[k])}),
+                    **{
+                        name: float(values[k])
+                        for name, values in (
+                            ("label_smoothing", self.label_smoothing),
+                            ("mixup", self.mixup),
+                            ("cutmix", self.cutmix),
+                            ("ema", self.ema),
+                        )
+                        if values[k]
+                    },
                     # By content, whatever integer type the rows came in.
                     **{
                         name: rundir.fingerprint(np.asarray(rows[k], np.int64))
@@ -929,6 +983,14 @@ class Population:
         grads = tape.gradient(loss, variables)
         self._update(grads, variables)
         constraints.apply_constraints(self._constrained)
+        if self._ema_pairs:
+            # Keras' EMA update; the first step (step 1 once it advanced) copies.
+            momentum = tf.where(
+                tf.equal(self.step, 1), tf.zeros([self.size]), tf.constant(self.ema, tf.float32)
+            )
+            for var, average in self._ema_pairs:
+                m = _expand(momentum, var)
+                average.assign(m * average + (1 - m) * var)
         for var, old in zip(self._frozen, before):
             var.assign(tf.where(_expand(active, old), var, old))
         if soft is None:
