@@ -1,47 +1,58 @@
 """lowtf: a low-level TensorFlow 2 toolkit for training deep nets that do not overfit.
 
-The public API is what this module exports; everything else may move.
+The public API is what this module exports; everything else may move. Names
+are imported on first use (:mod:`lowtf._lazy`): ``import lowtf`` itself
+imports no TensorFlow.
 """
 
-from lowtf import augment, data, distribute, export, nn, population, random, train
-from lowtf.data import DataError, Dataset, InMemoryBatches
-from lowtf.data import load as load_dataset
-from lowtf.distribute import make_strategy
-from lowtf.models import cnn, mlp
-from lowtf.nn import (
-    AvgPool2D,
-    BatchNorm,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    Lambda,
-    Layer,
-    MaxNorm,
-    MaxPool2D,
-    Regularizer,
-    Reshape,
-    Sequential,
-    l1,
-    l1_l2,
-    l2,
-    max_norm,
-    regularization_losses,
-)
-from lowtf.population import Population, fit_population, k_fold
-from lowtf.train import (
-    EarlyStopping,
-    Evaluator,
-    FitResult,
-    StepOptions,
-    TrainConfig,
-    TrainStep,
-    fit,
-    read_history,
-)
-from lowtf.train.plot import write_png as plot_learning_curves
+from lowtf import _lazy
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    # Subpackages and modules.
+    "augment": ".augment",
+    "data": ".data",
+    "distribute": ".distribute",
+    "ensemble": ".ensemble",
+    "Ensemble": ".ensemble:Ensemble",
+    "export": ".export",
+    "nn": ".nn",
+    "population": ".population",
+    "random": ".random",
+    "train": ".train",
+    # Data.
+    "DataError": ".data:DataError",
+    "Dataset": ".data:Dataset",
+    "InMemoryBatches": ".data:InMemoryBatches",
+    "load_dataset": ".data:load",
+    "make_strategy": ".distribute:make_strategy",
+    "cnn": ".models:cnn",
+    "mlp": ".models:mlp",
+    # Layers, regularizers, constraints.
+    **{
+        name: f".nn:{name}"
+        for name in (
+            "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Flatten",
+            "Lambda", "Layer", "MaxNorm", "MaxPool2D", "Regularizer", "Reshape",
+            "Sequential", "l1", "l1_l2", "l2", "max_norm", "regularization_losses",
+        )
+    },
+    "Population": ".population:Population",
+    "fit_population": ".population:fit_population",
+    "k_fold": ".population:k_fold",
+    # Training.
+    **{
+        name: f".train:{name}"
+        for name in (
+            "EarlyStopping", "Evaluator", "FitResult", "StepOptions", "TrainConfig",
+            "TrainStep", "fit", "read_history",
+        )
+    },
+    "plot_learning_curves": ".train.plot:write_png",
+}  # fmt: skip
+
+__getattr__, __dir__ = _lazy.attach(__name__, _EXPORTS)
 
 __all__ = [
     "AvgPool2D",
@@ -52,6 +63,7 @@ __all__ = [
     "Dense",
     "Dropout",
     "EarlyStopping",
+    "Ensemble",
     "Evaluator",
     "FitResult",
     "Flatten",
@@ -71,6 +83,7 @@ __all__ = [
     "cnn",
     "data",
     "distribute",
+    "ensemble",
     "export",
     "fit",
     "fit_population",

@@ -34,6 +34,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import struct
+import threading
+import time
 
 import tensorflow as tf
 
@@ -94,7 +99,12 @@ def tf_config(environ=None) -> dict:
 
 
 def make_strategy(
-    name: str = "default", *, devices=None, timeout_seconds: float | None = None
+    name: str = "default",
+    *,
+    devices=None,
+    timeout_seconds: float | None = None,
+    startup_timeout: float | None = None,
+    log=None,
 ) -> tf.distribute.Strategy:
     """One of TensorFlow's strategies, by name.
 
@@ -110,11 +120,20 @@ def make_strategy(
         (see :func:`lost_worker`). TensorFlow keeps one sleeping thread per
         collective op for this long: at 85 steps/s (about 700 collective ops
         per second) 300 s piled up some 15,000 threads and aborted the run.
+      startup_timeout: for ``"multi_worker"``, seconds to wait for the other
+        workers to start (:func:`wait_for_workers`); default None: no limit.
+      log: for ``"multi_worker"``, called with a line naming the workers
+        not started yet, at once and every 30 s while it waits (default
+        None: silent).
 
     Raises:
       ValueError: an unknown name, or ``"multi_worker"`` without TF_CONFIG.
+      WorkerLost: ``"multi_worker"``: a worker did not start within
+        ``startup_timeout``, or SIGTERM or SIGINT came while waiting.
     """
     _checks.one_of("strategy", name, STRATEGIES)
+    if name != "multi_worker" and (startup_timeout is not None or log is not None):
+        raise ValueError("`startup_timeout` and `log` need `strategy` 'multi_worker'")
     if name == "default":
         if devices is not None or timeout_seconds is not None:
             raise ValueError(
@@ -132,10 +151,153 @@ def make_strategy(
         )
     if timeout_seconds is not None:
         _checks.positive("timeout_seconds", timeout_seconds)
+    wait_for_workers(timeout=startup_timeout, log=log)
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=timeout_seconds
     )
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+# How often a worker waiting for the others looks for them, and says so.
+_POLL_SECONDS, _SAY_SECONDS = 0.5, 30.0
+
+
+def wait_for_workers(*, timeout: float | None = None, log=None, environ=None) -> None:
+    """Waits until every other worker of ``TF_CONFIG``'s cluster has started.
+
+    ``MultiWorkerMirroredStrategy`` waits for the others inside TensorFlow's
+    C++ start-up, holding the Python interpreter: a worker whose peers never
+    start waits there silently, forever, and its SIGTERM handler (the
+    coordination service's) ignores SIGTERM. So each worker first waits here,
+    in Python: it listens on its own address (so that the others see it
+    started) and connects to each other worker's address until all accept;
+    once it hands the port to TensorFlow's server, that server accepts
+    instead. Only TCP connections are made; no file is written.
+
+    Args:
+      timeout: seconds to wait at most (default None: no limit).
+      log: called with one line naming the workers not started yet, at once
+        and every 30 s (default None: silent).
+      environ: the environment whose TF_CONFIG to read (default ``os.environ``).
+
+    Raises:
+      WorkerLost: a worker did not start within ``timeout``, or SIGTERM or
+        SIGINT came while waiting (one line, naming the workers waited for).
+    """
+    if timeout is not None:
+        _checks.positive("startup_timeout", timeout)
+    config = tf_config(environ)
+    if not config:
+        return
+    cluster, me = config["cluster"], (config["task"]["type"], config["task"]["index"])
+    tasks = [
+        (kind, index, address)
+        for kind in ("chief", "worker")
+        for index, address in enumerate(cluster.get(kind, []))
+    ]
+    others = [t for t in tasks if t[:2] != me]
+    if not others or me not in [t[:2] for t in tasks]:
+        return
+    who = f"{me[0]} {me[1]} of {len(tasks)}"
+    signals = []
+    restore = _catch_stop_signals(signals)
+    listener = _listen(cluster[me[0]][me[1]])
+    start = time.monotonic()
+    said = None
+    try:
+        while True:
+            _accept_all(listener)
+            missing = [t for t in others if not _accepts(t[2])]
+            if not missing:
+                return
+            names = ", ".join(
+                f"{kind} {index} ({address})" for kind, index, address in missing
+            )
+            waited = time.monotonic() - start
+            if signals:
+                raise WorkerLost(
+                    f"{who} stopped by {signals[0]} while waiting for {names} to start; "
+                    "nothing was written"
+                )
+            if timeout is not None and waited >= timeout:
+                raise WorkerLost(
+                    f"{who} gave up after {timeout:g} s waiting for {names} to start "
+                    "(startup timeout); nothing was written: start every worker with "
+                    "the same cluster, or wait longer"
+                )
+            if log is not None and (said is None or waited - said >= _SAY_SECONDS):
+                said = waited
+                limit = f"; giving up in {_clock(timeout - waited)}" if timeout else ""
+                log(f"{who}: waiting for {names} to start{limit}")
+            time.sleep(_POLL_SECONDS)
+    finally:
+        if listener is not None:
+            listener.close()
+        restore()
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _listen(address: str):
+    """A socket listening on this worker's port, or None if it is taken."""
+    try:
+        _, port = _split_address(address)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("", port))
+        listener.listen(64)
+        listener.setblocking(False)
+        return listener
+    except (OSError, ValueError):
+        return None  # TensorFlow's server start will name the problem
+
+
+def _accept_all(listener) -> None:
+    """Accepts and resets the other workers' probes (no TIME_WAIT on this port)."""
+    while listener is not None:
+        try:
+            connection, _ = listener.accept()
+        except OSError:  # BlockingIOError: none pending
+            return
+        # Linger on, 0 s: the close resets the connection.
+        connection.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        connection.close()
+
+
+def _accepts(address: str) -> bool:
+    """Whether a worker's address accepts a TCP connection."""
+    try:
+        with socket.create_connection(_split_address(address), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _catch_stop_signals(received: list):
+    """Records SIGTERM and SIGINT in ``received``; returns what restores the handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # handlers can only be set from the main thread
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(
+            signum, lambda number, frame: received.append(signal.Signals(number).name)
+        )
+
+    def restore():
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def task(strategy=None) -> tuple[str | None, int]:

@@ -56,13 +56,13 @@ def noisy_split(n_train, n_val, features, *, seed, weights=(1.0, 1.0), noise=1.0
 def new_best_at(line: str) -> int | None:
     """The step of a fit progress line that reports a new best at that step.
 
-    None for any other line, e.g. ``"step 40/500 ... best val_cross_entropy
-    0.6123 @ 20"`` or ``"resuming from ..."``.
+    None for any other line, e.g. ``"step 40/500 ... best @ 20 (stop in 480)
+    ETA 0:00:01"`` or ``"resuming from ..."``.
     """
     if not line.startswith("step "):
         return None
     step = line.split("/")[0].removeprefix("step ")
-    return int(step) if line.rstrip().endswith(f" @ {step}") else None
+    return int(step) if f"  best @ {step} " in line else None
 
 
 def tree_digest(root) -> dict:

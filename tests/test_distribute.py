@@ -6,7 +6,6 @@ MultiWorkerMirroredStrategy needs one process per worker
 (tests/_mw_worker.py, two of them on localhost ports).
 """
 
-import ast
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import sys
 import time
 import types
 
+import _fixtures  # tests/_fixtures.py; pytest puts tests/ on sys.path
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -120,16 +120,8 @@ def test_chief_and_write_dirs(tmp_path):
 
 @pytest.mark.e2e
 def test_bin_train_strategy_flag(tmp_path):
+    # bin/train's choices are lowtf.job_config's (tests/test_job.py checks them).
     binary = os.path.join(os.path.dirname(HERE), "bin", "train")
-    with open(binary) as f:
-        tree = ast.parse(f.read())
-    (choices,) = [
-        ast.literal_eval(node.value)
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        and getattr(node.targets[0], "id", "") == "STRATEGIES"
-    ]
-    assert choices == distribute.STRATEGIES
     env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
     run = subprocess.run(
         [
@@ -295,7 +287,7 @@ def multi_worker(tmp_path_factory):
 def _untimed(lines):
     """The log without speeds, and without who received the stop request."""
     lines = [line for line in lines if " received at step " not in line]
-    return [re.sub(r"\s+\S+ steps/s\s+ETA \S+", "", line) for line in lines]
+    return [re.sub(r"\s+ETA \S+$", "", line) for line in lines]
 
 
 def _weights(out, index, run):
@@ -541,3 +533,67 @@ def test_bin_train_stops_with_one_line_when_a_worker_dies(tmp_path):
     assert f"resuming from {latest} at step {step}" in resumed.stdout
     with open(model_dir / "summary.json") as f:
         assert json.load(f)["last_step"] == step + 50
+
+
+@pytest.mark.e2e
+def test_a_lone_worker_says_whom_it_waits_for_and_stops_on_sigterm_or_timeout(
+    tmp_path,
+):
+    """Worker 0 of a two-worker cluster whose worker 1 never starts.
+
+    Two such workers at once (two clusters): one gets SIGTERM after its first
+    waiting line, the other gives up after --startup_timeout=20. Each leaves
+    its model directory as it was.
+    """
+    procs, dirs = [], []
+    for case, flags in (("sigterm", []), ("timeout", ["--startup_timeout=20"])):
+        ports = _free_ports(2)
+        cluster = {"worker": [f"localhost:{port}" for port in ports]}
+        config = {"cluster": cluster, "task": {"type": "worker", "index": 0}}
+        model_dir = tmp_path / case
+        model_dir.mkdir()
+        (model_dir / "notes.txt").write_text("an earlier run's file\n")
+        dirs.append(model_dir)
+        with (
+            open(tmp_path / f"{case}.out", "w") as stdout,
+            open(tmp_path / f"{case}.err", "w") as stderr,
+        ):
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, BIN_TRAIN, "--strategy=multi_worker", *DIE_FLAGS,
+                     *flags, f"--model_dir={model_dir}"],
+                    stdout=stdout, stderr=stderr,
+                    env=dict(ENV, TF_CONFIG=json.dumps(config)),
+                )
+            )  # fmt: skip
+    before = [_fixtures.tree_digest(d) for d in dirs]
+    started = time.monotonic()
+    try:
+        waiting = f"worker 0 of 2: waiting for worker 1 (localhost:{ports[1]}) to start"
+        assert _wait_for_line(procs[1:], tmp_path / "timeout.out", waiting, 30)
+        assert _wait_for_line(procs[:1], tmp_path / "sigterm.out", "worker 0 of 2: waiting", 30)
+        procs[0].terminate()
+        term = time.monotonic()
+        codes = [procs[0].wait(timeout=10)]
+        sigterm_seconds = time.monotonic() - term
+        codes.append(procs[1].wait(timeout=60))
+        timeout_seconds = time.monotonic() - started
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == [3, 3] and sigterm_seconds < 10 and timeout_seconds < 60
+    errors = [(tmp_path / f"{case}.err").read_text() for case in ("sigterm", "timeout")]
+    assert errors[0].startswith("error: worker 0 of 2 stopped by SIGTERM while waiting for "
+                                "worker 1 (localhost:"), errors[0]  # fmt: skip
+    assert errors[1] == (
+        f"error: worker 0 of 2 gave up after 20 s waiting for worker 1 (localhost:{ports[1]}) "
+        "to start (startup timeout); nothing was written: start every worker with the same "
+        "cluster, or wait longer\n"
+    )
+    assert errors[0].count("\n") == 1 and "Traceback" not in errors[0]
+    # The waiting line came at once; 20 s left no time for a second one.
+    out = (tmp_path / "timeout.out").read_text().splitlines()
+    assert out == [f"{waiting}; giving up in 0:00:20"]
+    assert [_fixtures.tree_digest(d) for d in dirs] == before

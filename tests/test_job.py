@@ -126,11 +126,17 @@ def test_run_job_augments_digit_images_for_an_mlp(tmp_path):
 # fields) is refused naming the setting; bin/train prints it as one line with
 # status 2 (tests/test_bin_train.py checks that for one of them).
 DEFINING = [
-    ({"activation": "relu"}, '"activation": "relu"'),
-    ({"dropout": 0.2}, '"rate": 0.2'),
-    ({"seed": 3}, "step_seed: recorded 0, now 3"),
-    ({"batch_size": 25}, "batch_size: recorded 50, now 25"),
-    ({"data_seed": 1}, "validation_data: recorded"),
+    (
+        {"activation": "relu"},
+        "(--activation: elu in the run, relu now); pick another --model_dir",
+    ),
+    ({"dropout": 0.2}, "(--dropout: 0 in the run, 0.2 now)"),
+    ({"seed": 3}, "(--seed: 0 in the run, 3 now)"),
+    ({"batch_size": 25}, "(--batch_size: 50 in the run, 25 now)"),
+    (
+        {"data_seed": 1, "l2": 1e-4},
+        "(--data_seed: 0 in the run, 1 now; --l2: 0 in the run, 0.0001 now)",
+    ),
 ]
 
 
@@ -190,13 +196,27 @@ REFUSED = [
     ({"monitor": "loss"}, "`monitor` ('loss') must be one of 'train_cross_entropy'"),
     ({"augment": "spin:3"}, "unknown augmentation op 'spin'"),
     ({"xla": 1}, "`xla` (1) must be True or False"),
-]
+    # The data flags, before any data are read.
+    ({"data_path": "rows.csv"}, "--data_path=rows.csv is not read by --dataset=digits (its data are embedded); add --dataset=csv"),
+    ({"data_path": "x.npz"}, "; add --dataset=npz"),
+    ({"dataset": "csv"}, "--dataset=csv reads a file: add --data_path=FILE"),
+    ({"label_column": "y"}, "--label_column is for --dataset=csv only, not digits; drop it"),
+    ({"dataset": "synthetic", "model": "cnn"}, "--model=cnn needs images: --dataset=digits"),
+    ({"train_size": 1300}, "--train_size (1300) + --validation_size (300) exceed the 1,497 digits rows"),
+    # More rows cannot help on digits: no --train_size advice (except below 1,197).
+    ({"batch_size": 5000}, "--batch_size (5000) exceeds the 1,197 training examples of digits; lower it to at most 1197"),
+    ({"batch_size": 500, "train_size": 300}, "lower it to at most 300 or raise --train_size"),
+    ({"dataset": "synthetic", "batch_size": 5000}, "lower it to at most 2000 or raise --train_size"),
+    ({"startup_timeout": 20.0}, "--startup_timeout bounds how long a worker waits for the others to start, so it needs --strategy=multi_worker (not default); drop it"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("kwargs,message", REFUSED, ids=[str(k) for k, _ in REFUSED])
 def test_job_config_refuses(kwargs, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
         job.JobConfig(**kwargs)
+    if "batch_size" in kwargs and "digits" in message:
+        assert ("raise --train_size" in str(raised.value)) == ("train_size" in kwargs)
 
 
 def test_job_config_accepts_what_bin_train_accepts():
@@ -215,12 +235,58 @@ def test_job_config_accepts_what_bin_train_accepts():
         job.JobConfig("digits")
 
 
-def test_default_model_dir():
-    assert job.JobConfig().resolved_model_dir == os.path.join("runs", "digits-medium")
-    assert job.JobConfig(
-        dataset="higgs", hidden=[512, 512]
-    ).resolved_model_dir == os.path.join("runs", "higgs-512x512")
+def test_default_model_dir_names_what_the_run_is():
+    def named(**kwargs):
+        return os.path.relpath(job.JobConfig(**kwargs).resolved_model_dir, "runs")
+
+    assert named() == "digits-medium"
+    assert (
+        named(dataset="higgs", data_path="H.csv.gz", hidden=[512, 512])
+        == "higgs-512x512"
+    )
     assert job.JobConfig(model="cnn", model_dir="out").resolved_model_dir == "out"
+    # Each defining flag off its default, in flag order; defaults spelled out
+    # and what a resume may change leave the name as it is.
+    assert named(model="small", l2=1e-4, maxnorm=3.0, dropout=0.2) == (
+        "digits-small-dropout0.2-l2_0.0001-maxnorm3"
+    )
+    assert named(model="medium", activation="elu", max_steps=50, learning_rate=0.01,
+                 patience=10, xla=False, data_seed=3) == "digits-medium"  # fmt: skip
+    assert named(model="cnn", activation="relu") == "digits-cnn"
+    assert named(batchnorm=True, optimizer="adamw", weight_decay=1e-4) == (
+        "digits-medium-batchnorm-optimizer_adamw-weight_decay0.0001"
+    )
+    assert named(model="cnn", augment="translate:1,rotate:10", seed=2) == (
+        "digits-cnn-augment_translate1+rotate10-seed2"
+    )
+    # A path, or a long name: a hash of the defining flags instead.
+    transfer = named(init_from="runs/pre", freeze=2)
+    assert re.fullmatch(r"digits-medium-[0-9a-f]{8}", transfer)
+    assert transfer != named(init_from="runs/other", freeze=2)
+    long = dict(l1=1e-5, l2=1e-4, dropout=0.25, maxnorm=2.5, batchnorm=True, seed=7)
+    assert re.fullmatch(r"digits-medium-[0-9a-f]{8}", named(**long))
+    assert named(**long) != named(**{**long, "seed": 8})
+
+
+def test_a_model_dir_of_another_run_is_refused_in_flag_terms(tmp_path):
+    config = job.JobConfig(model="small", l2=1e-4)
+    model_dir = str(tmp_path)
+    assert job.recorded_flags(config, model_dir) == json.loads(
+        json.dumps(config.defining_flags())
+    )  # nothing there: recorded as this run's
+    flags = dict(config.defining_flags(), l2=0.0, batchnorm=True, train_size=300)
+    lowtf.train.rundir.write_record(model_dir, {"identity": {"flags": flags}})
+    os.mkdir(tmp_path / "ckpt")  # a run trained there
+    with pytest.raises(ValueError) as raised:
+        job.recorded_flags(config, model_dir)
+    assert str(raised.value) == (
+        f"--model_dir={model_dir} belongs to another run (--batchnorm: on in the run, "
+        "off now; --l2: 0 in the run, 0.0001 now; --train_size: 300 in the run, unset "
+        "now); pick another --model_dir"
+    )
+    # A run recorded before its flags were: fit compares its identity as before.
+    lowtf.train.rundir.write_record(model_dir, {"identity": {"batch_size": 128}})
+    assert job.recorded_flags(config, model_dir) is None
 
 
 def tree(path):
@@ -264,7 +330,9 @@ def test_unusable_model_dir_is_refused_before_anything_is_written(tmp_path, tiny
             job.JobConfig(**{**TINY, "batch_size": 201}, model_dir=model_dir),
             flags_text="x\n",
         )
-    with pytest.raises(ValueError, match="does not fit this model"):
+    with pytest.raises(
+        ValueError, match=re.escape("(--model: tiny in the run, small now)")
+    ):
         job.run_job(
             job.JobConfig(**{**TINY, "model": "small"}, model_dir=model_dir),
             flags_text="x\n",
@@ -374,19 +442,30 @@ def test_summary_fields_use_the_metric_names():
     assert json.loads(result.to_json()) == dict.fromkeys(job.SUMMARY_FIELDS)
 
 
-def test_bin_train_choices_match_the_library():
-    """bin/train spells its choices out (to answer --help without TensorFlow)."""
+def test_job_config_choices_match_the_library():
+    """job_config spells the library's choices out (to check flags without TensorFlow)."""
+    from lowtf import job_config
+
+    assert job_config.MODELS == (*lowtf.models.PRESETS, "cnn") == job.MODELS
+    assert job_config.PRESETS == tuple(lowtf.models.PRESETS)
+    assert job_config.STRATEGIES == distribute.STRATEGIES
+    assert job_config.DATASETS == lowtf.data.DATASETS
+    assert job_config.ACTIVATIONS == lowtf.nn.ACTIVATIONS
+    assert job_config.MONITORS == metrics.MONITORS
+    datasets = lowtf.data.datasets
+    assert job_config.DIGITS_TEST_SIZE == datasets.DIGITS_TEST_SIZE
+    assert job_config.DIGITS_VALIDATION_SIZE == datasets.DIGITS_VALIDATION_SIZE
+    assert job_config.SYNTHETIC_TRAIN_SIZE == datasets.SYNTHETIC_SIZES[0]
+    digits = lowtf.load_dataset("digits")
+    assert sum(
+        len(split[1]) for split in (digits.train, digits.validation, digits.test)
+    ) == (job_config.DIGITS_ROWS)
+    # bin/train takes its choices from job_config, not copies of its own.
     with open(BIN) as f:
         tree = ast.parse(f.read())
-    constants = {
-        node.targets[0].id: ast.literal_eval(node.value)
+    assigned = {
+        node.targets[0].id
         for node in tree.body
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-        and isinstance(node.value, ast.Tuple)
-    }  # fmt: skip
-    assert constants["PRESETS"] + ("cnn",) == job.MODELS  # bin/train's MODELS
-    assert constants["OPTIMIZERS"] == job.OPTIMIZERS
-    assert constants["STRATEGIES"] == distribute.STRATEGIES
-    assert constants["DATASETS"] == lowtf.data.DATASETS
-    assert constants["MONITORS"] == metrics.MONITORS
-    assert constants["PRESETS"] == tuple(lowtf.models.PRESETS)
+    }
+    assert not assigned & {"DATASETS", "MODELS", "OPTIMIZERS", "MONITORS", "STRATEGIES"}

@@ -7,7 +7,8 @@ events to its model directory. :func:`run_job` runs a whole job from one
 :class:`JobConfig` (what ``bin/train`` calls): data, model, ``fit``, the test
 evaluation and summary.json. :func:`init_from`, :func:`freeze` and
 :func:`unfreeze` start a model from another run's best snapshot and keep its
-hidden layers fixed (transfer learning).
+hidden layers fixed (transfer learning). :class:`JobConfig` lives in
+:mod:`lowtf.job_config`, which checks a job's settings without TensorFlow.
 """
 
 from lowtf.train.early_stopping import EarlyStopping, best_checkpoint

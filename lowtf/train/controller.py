@@ -32,7 +32,7 @@ from lowtf.nn import regularizers
 from lowtf.train import checkpointing, early_stopping, rundir, summaries, transfer
 from lowtf.train import step as step_lib
 from lowtf.train.evaluator import Evaluator
-from lowtf.train.metrics import Evaluation, format_number
+from lowtf.train.metrics import Evaluation
 
 
 class FitLoop:
@@ -119,6 +119,9 @@ class FitLoop:
         )
         self.history = summaries.History(self._write_path("history.csv"))
         self.board = None  # made by start(), closed by close()
+        # (time, step) at the end of the first compiled call: the progress
+        # line's speed leaves that call's tracing and compiling out.
+        self._timed_from = None
         self.identity = rundir.identity(
             model=model,
             optimizer=optimizer,
@@ -256,7 +259,7 @@ class FitLoop:
           signals: its ``requested`` is None, or the name of a stop request
             (e.g. ``"SIGTERM"``) that ends the loop at the next call boundary.
         """
-        self._tick = (time.monotonic(), self.last_step)
+        self._timed_from = None
         try:
             reason = None
             while reason is None:
@@ -301,6 +304,8 @@ class FitLoop:
             return "non_finite"
         self.running.add(means, num_steps)
         step += num_steps
+        if self._timed_from is None:
+            self._timed_from = (time.monotonic(), step)
         if step % config.eval_every == 0 or step == config.max_steps:
             # The training means come from before each update: the last one
             # may have broken the weights, and an improving training metric
@@ -436,20 +441,35 @@ class FitLoop:
         )
 
     def _progress(self, evaluation: Evaluation) -> str:
-        now, step = time.monotonic(), evaluation.step
-        then, start = getattr(self, "_tick", (now, step))
-        self._tick = (now, step)
-        rate = (step - start) / (now - then) if now > then and step > start else None
-        left = self.config.max_steps - step
-        eta = _clock(left / rate) if rate else "?"
-        speed = f"{rate:,.0f} steps/s" if rate else "- steps/s"
-        stopper = self.stopper
+        """The one-line log of an evaluation.
+
+        ``step 400/10000  train ce 0.0091 acc 1.000  val ce 0.1194 acc 0.953
+        best @ 300 (stop in 900)  ETA 0:00:05``: the training means since the
+        last evaluation (training mode: dropout on), the validation metrics,
+        the penalty (when not 0), the best step of the monitor, the steps
+        left before early stopping ends the run unless the monitor improves
+        (when that comes before max_steps), and the time to whichever end
+        comes first at the speed measured since the first, compiling, call.
+        """
+        step, config, stopper = evaluation.step, self.config, self.stopper
+        end, stop_in = config.max_steps, ""
+        if stopper.has_best:
+            # Patience is checked at evaluations, not before start_from_step.
+            by_patience = max(
+                int(stopper.patience_from.numpy()) + stopper.patience,
+                stopper.start_from_step,
+            )
+            by_patience = _next_multiple(by_patience - 1, config.eval_every)
+            if by_patience < end:
+                end, stop_in = by_patience, f" (stop in {by_patience - step})"
+        eta = "?"
+        timed = self._timed_from
+        if timed is not None and step > timed[1]:
+            rate = (step - timed[1]) / max(time.monotonic() - timed[0], 1e-9)
+            eta = _clock(max(end - step, 0) / rate)
         return (
-            f"step {step}/{self.config.max_steps}"
-            f"  {evaluation.progress()}"
-            f"  {speed}  ETA {eta}"
-            f"  best {stopper.monitor} {format_number(float(stopper.best_value.numpy()))}"
-            f" @ {int(stopper.best_step.numpy())}"
+            f"step {step}/{config.max_steps}  {evaluation.progress()}"
+            f"  best @ {int(stopper.best_step.numpy())}{stop_in}  ETA {eta}"
         )
 
 

@@ -22,21 +22,30 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import tensorflow as tf
 
-from lowtf import _checks, _files, distribute, models, nn
+from lowtf import _files, distribute, models, nn
 from lowtf import augment as augment_lib
 from lowtf.data import datasets
 from lowtf.distribute import WorkerLost
 from lowtf.export import saved_model
 from lowtf.export import spec as export_spec
-from lowtf.train import evaluator, metrics, plot, rundir, transfer
+from lowtf.train import evaluator, plot, rundir, transfer
 from lowtf.train import step as step_lib
 from lowtf.train.fit import TrainConfig, fit
 
-MODELS = (*models.PRESETS, "cnn")
-OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd", "momentum")
+# JobConfig and the choices are checked without TensorFlow in job_config;
+# their names stay importable from here.
+from lowtf.job_config import (  # noqa: F401
+    MODELS,
+    OPTIMIZERS,
+    STARTUP_TIMEOUT,
+    JobConfig,
+    check_batch_size,
+)
+
 # What the restored best snapshot is scored on, per held-out split: the
 # Evaluator's keys, named as in lowtf.train.metrics.STEP_METRICS.
 EVALUATED = ("cross_entropy", "accuracy")
@@ -44,205 +53,6 @@ EVALUATED = ("cross_entropy", "accuracy")
 SUMMARY_FILE, FLAGS_FILE, CURVES_FILE = "summary.json", "flags.txt", "curves.png"
 # The installed lowtf package: no place for a model directory.
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class JobConfig:
-    """Everything :func:`run_job` needs; checked when made.
-
-    Attributes:
-      dataset: one of :data:`lowtf.data.DATASETS` (default ``"digits"``).
-      data_path: the file of higgs, npz and csv (default None).
-      label_column: csv only: header name or column index of the label
-        (default None: the last column).
-      train_size, validation_size: rows of the splits (default None: per
-        data set, see :func:`lowtf.load_dataset`).
-      data_seed: seed of the npz/csv split and of the synthetic data (0).
-      model: a preset of :data:`lowtf.models.PRESETS` or ``"cnn"`` (default
-        None: ``"medium"``, unless ``hidden`` is given).
-      hidden: hidden widths instead of ``model`` (default None).
-      activation: one of :data:`lowtf.nn.ACTIVATIONS` (default None: relu
-        for the cnn, elu otherwise).
-      dropout: dropout rate after each hidden layer, in [0, 1); 0 is off.
-      l1, l2: penalty scales on the kernels; 0 is off.
-      maxnorm: max-norm cap of each hidden unit's incoming weights; 0 is off.
-      batchnorm: batch norm before each hidden activation (default False).
-      augment: a :func:`lowtf.augment.parse` spec for the training images,
-        e.g. ``"translate:1,rotate:10"`` (default ``""``: none).
-      optimizer: one of :data:`OPTIMIZERS` (default ``"adam"``); momentum is
-        SGD with momentum 0.9.
-      learning_rate: initial learning rate, > 0 (default 1e-3).
-      lr_decay_steps: inverse-time decay ``lr / (1 + step / n)``; 0
-        (default) is constant.
-      weight_decay: decoupled weight decay of adamw; 0 (default) is off.
-      batch_size, max_steps, eval_every, patience, min_delta, monitor,
-        warmup, steps_per_call, checkpoint_every: as in
-        :class:`lowtf.TrainConfig`; defaults 128, 10000, 100, 1000, 0.0,
-        ``"val_cross_entropy"``, 0, 100, 1000.
-      xla: compile the step with XLA (default None:
-        :func:`lowtf.train.auto_jit_compile`).
-      seed: seed of the weights, dropout masks and batch order (0).
-      strategy: one of :data:`lowtf.distribute.STRATEGIES` (``"default"``).
-      collective_timeout: multi_worker only: seconds a collective op may
-        wait for the other workers (default None: no limit).
-      model_dir: the output directory (default None:
-        ``runs/<dataset>-<model>`` under the current directory).
-      export_dir: where to export the best snapshot as a SavedModel at the
-        end of the run (:func:`lowtf.export.export`; default None: no export).
-      init_from: start from this run's best snapshot (a model directory or
-        its ``best/`` folder), see :func:`lowtf.train.init_from`; default
-        None: random weights. On a resume the checkpoint's weights win.
-      freeze: freeze the first N hidden blocks (see
-        :func:`lowtf.train.freeze`); needs ``init_from`` (frozen random
-        layers would stay random). Default 0.
-      unfreeze_at: fine-tune every layer from this step on, at
-        ``learning_rate``; needs ``freeze``. Default None.
-    """
-
-    # -- data
-    dataset: str = "digits"
-    data_path: str | None = None
-    label_column: str | int | None = None
-    train_size: int | None = None
-    validation_size: int | None = None
-    data_seed: int = 0
-    # -- model
-    model: str | None = None
-    hidden: tuple[int, ...] | None = None
-    activation: str | None = None
-    dropout: float = 0.0
-    l1: float = 0.0
-    l2: float = 0.0
-    maxnorm: float = 0.0
-    batchnorm: bool = False
-    augment: str = ""
-    # -- optimizer
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    lr_decay_steps: int = 0
-    weight_decay: float = 0.0
-    # -- loop
-    batch_size: int = 128
-    max_steps: int = 10000
-    eval_every: int = 100
-    patience: int = 1000
-    min_delta: float = 0.0
-    monitor: str = "val_cross_entropy"
-    warmup: int = 0
-    steps_per_call: int = 100
-    checkpoint_every: int = 1000
-    xla: bool | None = None
-    seed: int = 0
-    # -- distribution
-    strategy: str = "default"
-    collective_timeout: float | None = None
-    # -- output
-    model_dir: str | None = None
-    export_dir: str | None = None
-    # -- transfer
-    init_from: str | None = None
-    freeze: int = 0
-    unfreeze_at: int | None = None
-
-    def __post_init__(self):
-        _checks.one_of("dataset", self.dataset, datasets.DATASETS)
-        for name in ("train_size", "validation_size"):
-            if getattr(self, name) is not None:
-                _checks.positive_int(name, getattr(self, name))
-        for name in ("data_seed", "lr_decay_steps", "warmup", "seed"):
-            _checks.non_negative_int(name, getattr(self, name))
-        if self.model is not None:
-            _checks.one_of("model", self.model, MODELS)
-        if self.hidden is not None:
-            if not len(self.hidden):
-                # `--hidden=` parses to an empty list: it would train a linear model.
-                raise ValueError(
-                    "--hidden is empty; give the hidden widths, e.g. --hidden=64,64 "
-                    "(or drop it for --model's preset)"
-                )
-            # A list is welcome; stored as a tuple to keep the config hashable.
-            object.__setattr__(self, "hidden", models.hidden_units(tuple(self.hidden)))
-            if self.model is not None:
-                raise ValueError("give --model or --hidden, not both")
-        if self.activation is not None:
-            _checks.one_of("activation", self.activation, nn.ACTIVATIONS)
-        _checks.rate("dropout", self.dropout)
-        for name in ("l1", "l2", "maxnorm", "weight_decay", "min_delta"):
-            _checks.non_negative(name, getattr(self, name))
-        _checks.boolean("batchnorm", self.batchnorm)
-        # Only the spec's grammar here; the image shape is known once data is.
-        augment_lib.parse(self.augment)
-        _checks.one_of("optimizer", self.optimizer, OPTIMIZERS)
-        _checks.positive("learning_rate", self.learning_rate)
-        for name in (
-            "batch_size",
-            "max_steps",
-            "eval_every",
-            "patience",
-            "steps_per_call",
-            "checkpoint_every",
-        ):
-            _checks.positive_int(name, getattr(self, name))
-        _checks.one_of("monitor", self.monitor, metrics.MONITORS)
-        if self.xla is not None:
-            _checks.boolean("xla", self.xla)
-        _checks.one_of("strategy", self.strategy, distribute.STRATEGIES)
-        if self.collective_timeout is not None:
-            _checks.positive("collective_timeout", self.collective_timeout)
-        if self.init_from is not None and not isinstance(self.init_from, str):
-            raise ValueError(
-                f"--init_from ({self.init_from!r}) must be a path: a lowtf model "
-                "directory or its best/ folder"
-            )
-        _checks.non_negative_int("freeze", self.freeze)
-        if self.unfreeze_at is not None:
-            _checks.positive_int("unfreeze_at", self.unfreeze_at)
-        self._check_combinations()
-
-    def _check_combinations(self) -> None:
-        """The combinations that no single field's bounds can refuse."""
-        if self.weight_decay and self.optimizer != "adamw":
-            raise ValueError(
-                f"--weight_decay is the decoupled decay of AdamW; add --optimizer=adamw "
-                f"(not {self.optimizer}) or use --l2"
-            )
-        if self.collective_timeout is not None and self.strategy != "multi_worker":
-            raise ValueError(
-                f"--collective_timeout bounds how long a worker waits for the others, so "
-                f"it needs --strategy=multi_worker (not {self.strategy}); drop it"
-            )
-        if self.freeze and not self.init_from:
-            raise ValueError(
-                f"--freeze={self.freeze} keeps the first hidden layers as they start, "
-                "which without --init_from is at random; add --init_from=DIR (a "
-                "trained run) or drop --freeze"
-            )
-        if self.unfreeze_at is not None and not self.freeze:
-            raise ValueError(
-                f"--unfreeze_at={self.unfreeze_at} unfreezes the layers --freeze "
-                "froze; add --freeze=N or drop --unfreeze_at"
-            )
-        if self.monitor == "regularization_loss" and not (self.l1 or self.l2):
-            # Without a penalty it stays 0.0: the run would stop after
-            # `patience` steps and restore the untrained weights.
-            raise ValueError(
-                "--monitor=regularization_loss needs a penalty to watch: add --l1 or "
-                "--l2 (e.g. --l2=1e-4), or monitor val_cross_entropy"
-            )
-
-    @property
-    def model_name(self) -> str:
-        """The preset (or ``"cnn"``), or the hidden widths joined by ``x``."""
-        if self.hidden is not None:
-            return "x".join(map(str, self.hidden))
-        return self.model or "medium"
-
-    @property
-    def resolved_model_dir(self) -> str:
-        """``model_dir``, or ``runs/<dataset>-<model_name>`` when it is None."""
-        if self.model_dir:
-            return self.model_dir
-        return os.path.join("runs", f"{self.dataset}-{self.model_name}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -333,11 +143,20 @@ def run_job(
         raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")  # noqa: TRY004
     # Made before TensorFlow runs any op (reading HIGGS does), as multi_worker
     # requires; it waits here until every worker has started.
+    multi_worker = config.strategy == "multi_worker"
     strategy = distribute.make_strategy(
-        config.strategy, timeout_seconds=config.collective_timeout
+        config.strategy,
+        timeout_seconds=config.collective_timeout,
+        **(
+            {"startup_timeout": config.startup_timeout or STARTUP_TIMEOUT, "log": log}
+            if multi_worker
+            else {}
+        ),
     )
     model_dir = config.resolved_model_dir
     check_model_dir(model_dir)
+    # A directory of another run is refused in flag terms before the data load.
+    flags = recorded_flags(config, model_dir)
     chief = distribute.is_chief(strategy)
     existed = tf.io.gfile.exists(model_dir)
     # The chief holds the directory for the whole job (fit nests inside):
@@ -347,7 +166,7 @@ def run_job(
         if lock is not None:
             lock.acquire()
         with strategy.scope():
-            summary = _run_in_scope(config, model_dir, chief, flags_text, log)
+            summary = _run_in_scope(config, model_dir, chief, flags_text, log, flags)
         if config.export_dir and chief:
             # Out of the strategy's scope: the export rebuilds the model from
             # model_dir with plain variables.
@@ -375,7 +194,9 @@ def run_job(
                 and tf.io.gfile.isdir(model_dir)
                 and not tf.io.gfile.listdir(model_dir)
             ):
-                tf.io.gfile.rmtree(model_dir)  # made only for the lock of a failed start
+                tf.io.gfile.rmtree(
+                    model_dir
+                )  # made only for the lock of a failed start
 
 
 def _export(config, model_dir, summary, log) -> None:
@@ -421,15 +242,53 @@ def check_model_dir(model_dir: str) -> None:
         )
 
 
-def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
+def recorded_flags(config: JobConfig, model_dir: str) -> dict | None:
+    """The defining flags to record in run.json; refuses another run's directory.
+
+    Returns:
+      ``config.defining_flags()``, or None when ``model_dir`` holds a run
+      recorded before flags were (its identity is then compared as it was).
+
+    Raises:
+      ValueError: ``model_dir`` holds a run whose recorded flags differ,
+        naming each flag with both values.
+    """
+    flags = json.loads(json.dumps(config.defining_flags()))  # as run.json holds them
+    record = rundir.read_record(model_dir)
+    if record is None or not rundir.traces(model_dir):
+        return flags  # nothing trained there yet: this run starts it
+    recorded = record["identity"].get("flags")
+    if recorded is None:
+        return None
+    differ = [
+        f"--{name}: {_show(recorded.get(name))} in the run, {_show(flags.get(name))} now"
+        for name in sorted(set(recorded) | set(flags))
+        if recorded.get(name) != flags.get(name)
+    ]
+    if differ:
+        raise ValueError(
+            f"--model_dir={model_dir} belongs to another run ({'; '.join(differ)}); "
+            "pick another --model_dir"
+        )
+    return flags
+
+
+def _show(value) -> str:
+    """A flag's value as the refusal shows it."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if value != "" else "none"
+
+
+def _run_in_scope(config, model_dir, chief, flags_text, log, flags) -> JobResult:
     """Trains in the strategy's scope; only the ``chief`` writes files of its own."""
     data = load_data(config)
     train_rows = len(data.train[1])
-    if config.batch_size > train_rows:
-        raise ValueError(
-            f"--batch_size ({config.batch_size}) exceeds the {train_rows} training "
-            f"examples; lower it or raise --train_size"
-        )
+    check_batch_size(config, train_rows, most=None)
     model = build_model(config, data)
     if config.init_from:
         model(data.train[0][:1])  # makes the variables init_from fills
@@ -490,6 +349,7 @@ def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
             "dataset": config.dataset,
             # Only when set, so that earlier runs' records still match.
             **({"init_from": config.init_from} if config.init_from else {}),
+            **({"flags": flags} if flags is not None else {}),
         },
     )
     evaluate = evaluator.Evaluator(model, jit_compile=jit_compile)
@@ -543,15 +403,28 @@ def _run_in_scope(config, model_dir, chief, flags_text, log) -> JobResult:
 
 
 def load_data(config) -> datasets.Dataset:
-    """The data set a job's (or a sweep's) data settings name, loaded and checked."""
-    return datasets.load(
-        config.dataset,
-        data_path=config.data_path,
-        train_size=config.train_size,
-        validation_size=config.validation_size,
-        label_column=config.label_column,
-        seed=config.data_seed,
-    )
+    """The data set a job's (or a sweep's) data settings name, loaded and checked.
+
+    Raises:
+      lowtf.DataError: as :func:`lowtf.load_dataset`, naming the flags
+        (``--train_size``) where the loader names its arguments.
+    """
+    try:
+        return datasets.load(
+            config.dataset,
+            data_path=config.data_path,
+            train_size=config.train_size,
+            validation_size=config.validation_size,
+            label_column=config.label_column,
+            seed=config.data_seed,
+        )
+    except datasets.DataError as error:
+        message = re.sub(
+            r"`(data_path|train_size|validation_size|label_column)`",
+            r"--\1",
+            str(error),
+        )
+        raise datasets.DataError(message) from None
 
 
 def image_shape(config: JobConfig, data) -> tuple:
