@@ -85,3 +85,19 @@ def test_calibration_error_bins_confidence():
     assert ensemble.calibration_error(sigmoid, np.array([1, 0])) == pytest.approx(
         0.5 * 0.05 + 0.5 * 0.2
     )
+
+
+def test_an_exported_ensemble_serves_the_mean_and_the_disagreement(tmp_path):
+    from lowtf.export import saved_model
+
+    members = [_built(lowtf.mlp("tiny", num_classes=3, seed=s)) for s in range(3)]
+    mean, std = X.mean(0), X.std(0)
+    path = saved_model.save(
+        lowtf.Ensemble(members), str(tmp_path), feature_shape=(6,), mean=mean, std=std
+    )
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    out = serve(features=tf.constant(X * std + mean))
+    singles = np.stack([_softmax(m(X).numpy()) for m in members])
+    np.testing.assert_allclose(out["probabilities"].numpy(), singles.mean(0), atol=1e-6)
+    np.testing.assert_allclose(out["disagreement"].numpy(), singles.var(0), atol=1e-6)
+    np.testing.assert_array_equal(out["class_ids"].numpy(), singles.mean(0).argmax(1))

@@ -147,17 +147,23 @@ def predict_file(
                     )
                 out = serve(**{_name(serve): tf.constant(x, spec.dtype)})
                 probabilities = out["probabilities"].numpy()
+                # An ensemble's export also serves its members' disagreement.
+                columns = [out["class_ids"].numpy(), probabilities]
+                if "disagreement" in out:
+                    columns.append(out["disagreement"].numpy())
                 if width is None:
                     width = probabilities.shape[1]
-                    f.write(
-                        ",".join(["class_id"] + [f"p{i}" for i in range(width)]) + "\n"
-                    )
+                    names = ["class_id"] + [f"p{i}" for i in range(width)]
+                    if "disagreement" in out:
+                        names += [f"var{i}" for i in range(width)]
+                    f.write(",".join(names) + "\n")
                 table = io.StringIO()
                 # %.9g: a float32 read back is the value written.
+                values = np.column_stack(columns)
                 np.savetxt(
                     table,
-                    np.column_stack([out["class_ids"].numpy(), probabilities]),
-                    fmt=["%d"] + ["%.9g"] * width,
+                    values,
+                    fmt=["%d"] + ["%.9g"] * (values.shape[1] - 1),
                     delimiter=",",
                 )
                 f.write(table.getvalue())

@@ -6,6 +6,11 @@ signature, ``serving_default``::
     inputs:  features       float32 [None, *feature_shape]  raw, un-normalized
     outputs: probabilities  float32 [None, classes]
              class_ids      int64   [None]
+             disagreement   float32 [None, classes]  (ensembles only)
+
+An :class:`lowtf.Ensemble` exports its averaged probabilities and, as an
+uncertainty, the variance of its members' probabilities (``disagreement``);
+``bin/predict`` writes it as columns ``var0, var1, ...``.
 
 A one-logit (sigmoid) head gives two columns, the probabilities of class 0
 and of class 1, so that every export reads the same way. The network runs in
@@ -61,14 +66,24 @@ class _Serving(tf.Module):
         )
 
     def _serve(self, features):
-        logits = self.model((features - self._mean) / self._std, training=False)
+        x = (features - self._mean) / self._std
+        logits = self.model(x, training=False)
         if logits.shape[-1] == 1:
             # sigmoid(-z) rather than 1 - sigmoid(z): exact for large |z|.
             probabilities = tf.concat([tf.sigmoid(-logits), tf.sigmoid(logits)], -1)
         else:
             probabilities = tf.nn.softmax(logits, axis=-1)
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-        return {"probabilities": probabilities, "class_ids": class_ids}
+        out = {"probabilities": probabilities, "class_ids": class_ids}
+        disagreement = getattr(self.model, "disagreement", None)
+        if disagreement is not None:
+            # An ensemble: the variance of its members' probabilities (the
+            # same for both columns of a sigmoid head).
+            variance = disagreement(x)
+            if variance.shape[-1] == 1:
+                variance = tf.concat([variance, variance], -1)
+            out["disagreement"] = variance
+        return out
 
 
 def save(
