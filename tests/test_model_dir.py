@@ -201,3 +201,19 @@ def test_a_failed_checkpoint_write_is_one_line_with_the_path_and_no_leftovers(tm
 def test_an_empty_hidden_list_is_refused_not_a_linear_model():
     with pytest.raises(ValueError, match="--hidden"):
         lowtf.train.JobConfig(hidden=())
+
+
+def test_a_refusal_names_the_layers_added_or_changed_not_every_later_one():
+    dense = 'Dense {"units": 8}'
+    before = {"model": [dense, dense, 'Dense {"units": 2}'], "seed": 0}
+    dropout = 'Dropout {"rate": 0.2}'
+    now = {"model": [dense, dropout, dense, dropout, 'Dense {"units": 2}'], "seed": 0}
+    assert lowtf.train.rundir.differences(before, now) == [
+        f"model layer 1: recorded none, now {dropout}",
+        f"model layer 3: recorded none, now {dropout}",
+    ]
+    wider = {"model": ['Dense {"units": 16}', dense, 'Dense {"units": 2}'], "seed": 1}
+    assert lowtf.train.rundir.differences(before, wider) == [
+        "model layer 0 Dense: units recorded 8, now 16",
+        "seed: recorded 0, now 1",
+    ]

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
 import hashlib
 import inspect
@@ -427,21 +428,67 @@ def identity(*, model, optimizer, train, validation, settings: dict) -> dict:
 
 
 def differences(recorded: dict, current: dict) -> list[str]:
-    """Each defining setting that differs, as ``name: recorded X, now Y``."""
+    """Each defining setting that differs, as ``name: recorded X, now Y``.
+
+    The model's layers are matched as sequences: a layer added or removed
+    (dropout turned on, say) is one line, and a changed layer names only the
+    settings that changed, not every later layer.
+    """
     lines = []
     for key in sorted(set(recorded) | set(current)):
         before, now = recorded.get(key), current.get(key)
         if before == now:
             continue
         if key == "model" and isinstance(before, list) and isinstance(now, list):
-            for i in range(max(len(before), len(now))):
-                a = before[i] if i < len(before) else None
-                b = now[i] if i < len(now) else None
-                if a != b:
-                    lines.append(f"model layer {i}: recorded {a}, now {b}")
+            lines += _layer_differences(before, now)
             continue
         lines.append(f"{key}: recorded {before!r}, now {now!r}")
     return lines
+
+
+def _layer_differences(before: list[str], now: list[str]) -> list[str]:
+    """The differences of two :func:`describe_model` lists, layer by layer."""
+    lines = []
+    matcher = difflib.SequenceMatcher(a=before, b=now, autojunk=False)
+    for kind, i1, i2, j1, j2 in matcher.get_opcodes():
+        if kind == "equal":
+            continue
+        # In a changed stretch, a layer of the same kind is the same layer
+        # changed; the others were added or removed.
+        left = list(range(i1, i2))
+        for j in range(j1, j2):
+            same = [i for i in left if _kind(before[i]) == _kind(now[j])]
+            if not same:
+                lines.append(f"model layer {j}: recorded none, now {now[j]}")
+                continue
+            while left[0] != same[0]:
+                i = left.pop(0)
+                lines.append(f"model layer {i}: recorded {before[i]}, now none")
+            lines.append(_layer_change(left.pop(0), before[same[0]], now[j]))
+        lines += [f"model layer {i}: recorded {before[i]}, now none" for i in left]
+    return lines
+
+
+def _kind(line: str) -> str:
+    return line.partition(" ")[0]
+
+
+def _layer_change(index: int, before: str, now: str) -> str:
+    """One changed layer, naming only the settings that differ when it can."""
+    kind_a, _, text_a = before.partition(" ")
+    kind_b, _, text_b = now.partition(" ")
+    try:
+        a, b = json.loads(text_a), json.loads(text_b)
+    except ValueError:
+        a = b = None
+    if kind_a != kind_b or not isinstance(a, dict) or not isinstance(b, dict):
+        return f"model layer {index}: recorded {before}, now {now}"
+    changed = [
+        f"{key} recorded {json.dumps(a.get(key))}, now {json.dumps(b.get(key))}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]
+    return f"model layer {index} {kind_a}: {'; '.join(changed)}"
 
 
 def read_record(model_dir: str) -> dict | None:
