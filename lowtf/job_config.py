@@ -55,7 +55,7 @@ DEFINING = (
     "dataset", "label_column", "train_size", "validation_size", "data_seed",
     "model", "activation", "dropout", "l1", "l2", "maxnorm", "batchnorm", "augment",
     "optimizer", "weight_decay", "batch_size", "monitor", "seed",
-    "init_from", "freeze", "unfreeze_at",
+    "init_from", "freeze", "unfreeze_at", "ensemble",
 )  # fmt: skip
 # A default model directory's suffix longer than this becomes a hash.
 _MAX_SUFFIX = 64
@@ -116,6 +116,10 @@ class JobConfig:
         layers would stay random). Default 0.
       unfreeze_at: fine-tune every layer from this step on, at
         ``learning_rate``; needs ``freeze``. Default None.
+      ensemble: train this many seeds (``seed``, ``seed + 1``, ...) of the
+        configuration as one population and average their probabilities
+        (a deep ensemble, :mod:`lowtf.ensemble.job`); 0 or 1 (default 0) is
+        one model.
     """
 
     # -- data
@@ -163,14 +167,26 @@ class JobConfig:
     init_from: str | None = None
     freeze: int = 0
     unfreeze_at: int | None = None
+    # -- ensemble
+    ensemble: int = 0
 
     def __post_init__(self):
         _checks.one_of("dataset", self.dataset, DATASETS)
         for name in ("train_size", "validation_size"):
             if getattr(self, name) is not None:
                 _checks.positive_int(name, getattr(self, name))
-        for name in ("data_seed", "lr_decay_steps", "warmup", "seed"):
+        for name in ("data_seed", "lr_decay_steps", "warmup", "seed", "ensemble"):
             _checks.non_negative_int(name, getattr(self, name))
+        if self.ensemble > 1 and self.strategy != "default":
+            raise ValueError(
+                f"--ensemble={self.ensemble} trains its members as one population "
+                f"on one device; drop --strategy={self.strategy}"
+            )
+        if self.ensemble > 1 and (self.init_from or self.freeze):
+            raise ValueError(
+                f"--ensemble={self.ensemble} trains fresh seeds; it does not take "
+                "--init_from or --freeze (train the ensemble, or fine-tune one model)"
+            )
         if self.model is not None:
             _checks.one_of("model", self.model, MODELS)
         if self.hidden is not None:

@@ -225,6 +225,8 @@ def export(model_dir: str, export_dir: str, *, version: int | None = None) -> st
         if pointer is not None:
             raise ValueError(_unfinished(model_dir, pointer))
     spec, mean, std = spec_lib.read(model_dir)
+    if "ensemble" in spec:
+        return _export_ensemble(model_dir, spec, mean, std, export_dir, version)
     pointer = early_stopping.best_checkpoint(os.path.join(model_dir, "best"))
     if pointer is None:
         raise ValueError(
@@ -244,6 +246,28 @@ def export(model_dir: str, export_dir: str, *, version: int | None = None) -> st
         ) from None
     return save(
         model,
+        export_dir,
+        feature_shape=feature_shape,
+        mean=mean,
+        std=std,
+        version=version,
+    )
+
+
+def _export_ensemble(model_dir, spec, mean, std, export_dir, version) -> str:
+    """An ``--ensemble=K`` run: its members' best weights, averaged as one model."""
+    from lowtf.ensemble import Ensemble
+    from lowtf.ensemble import job as ensemble_job
+
+    feature_shape = tuple(spec["feature_shape"])
+    members = []
+    for seed in spec["ensemble"]["seeds"]:
+        member = spec_lib.rebuild({**spec, "seed": seed})
+        member(tf.zeros([1, *feature_shape]), training=False)
+        members.append(member)
+    ensemble_job.load_members(model_dir, members)
+    return save(
+        Ensemble(members),
         export_dir,
         feature_shape=feature_shape,
         mean=mean,

@@ -41,13 +41,15 @@ MODEL_FIELDS = (
 )
 
 
-def write(model_dir: str, config, data) -> None:
+def write(model_dir: str, config, data, *, ensemble_seeds=None) -> None:
     """Writes model.json and normalization.npz for ``config`` and ``data``.
 
     Args:
       model_dir: the run's directory.
       config: its :class:`lowtf.train.JobConfig`.
       data: its :class:`lowtf.Dataset` (num_classes, feature_shape, mean, std).
+      ensemble_seeds: an ensemble run's members' seeds (their best weights
+        are in ``model_dir/ensemble/``); default None: one model.
     """
     from lowtf.train import job  # lowtf.train.job calls this module
 
@@ -65,6 +67,8 @@ def write(model_dir: str, config, data) -> None:
         image_shape=None if image is None else [int(d) for d in image],
         normalization=NORMALIZATION_FILE,
     )
+    if ensemble_seeds is not None:
+        spec["ensemble"] = {"seeds": [int(s) for s in ensemble_seeds]}
     buffer = io.BytesIO()
     np.savez(
         buffer,

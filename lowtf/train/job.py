@@ -23,6 +23,8 @@ import json
 import math
 import os
 import re
+import time
+import types
 
 import tensorflow as tf
 
@@ -68,6 +70,10 @@ class JobResult:
       model: :attr:`JobConfig.model_name`; augment: the spec, or None.
       num_parameters: the model's weights (frozen ones included, batch
         norm's moving statistics not).
+      ensemble, members: ``--ensemble=K`` only (else None, and left out of
+        summary.json): the ensemble's and each member's validation and test
+        cross-entropy, accuracy and calibration error; the fields above are
+        then the ensemble's (``best_step`` the members' latest best step).
 
     A non-finite number is None (JSON has no NaN or Infinity).
     """
@@ -90,10 +96,16 @@ class JobResult:
     model: str
     augment: str | None
     num_parameters: int
+    ensemble: dict | None = None
+    members: list | None = None
 
     def as_dict(self) -> dict:
-        """The summary as a dict, in field order."""
-        return dataclasses.asdict(self)
+        """The summary as a dict, in field order (an ensemble's parts only if set)."""
+        summary = dataclasses.asdict(self)
+        for name in ("ensemble", "members"):
+            if summary[name] is None:
+                del summary[name]
+        return summary
 
     def to_json(self) -> str:
         """summary.json's text."""
@@ -289,6 +301,8 @@ def _run_in_scope(config, model_dir, chief, flags_text, log, flags) -> JobResult
     data = load_data(config)
     train_rows = len(data.train[1])
     check_batch_size(config, train_rows, most=None)
+    if config.ensemble > 1:
+        return _run_ensemble(config, model_dir, data, flags_text, log)
     model = build_model(config, data)
     if config.init_from:
         model(data.train[0][:1])  # makes the variables init_from fills
@@ -399,6 +413,55 @@ def _run_in_scope(config, model_dir, chief, flags_text, log, flags) -> JobResult
         f"test cross-entropy {test['cross_entropy']:.4f}  "
         f"test accuracy {test['accuracy']:.4f}"
     )
+    return summary
+
+
+def _run_ensemble(config, model_dir, data, flags_text, log) -> JobResult:
+    """``--ensemble=K``: K seeds as one population, their average scored and kept."""
+    from lowtf.ensemble import job as ensemble_job  # it builds with this module
+
+    started = time.monotonic()
+    log(data.describe())
+    if flags_text is not None:
+        tf.io.gfile.makedirs(model_dir)
+        write_text(os.path.join(model_dir, FLAGS_FILE), flags_text)
+    builders = types.SimpleNamespace(
+        model=build_model, optimizer=build_optimizer, augment=build_augment
+    )
+    scores, result, models = ensemble_job.run(
+        config, model_dir=model_dir, data=data, build=builders, log=log
+    )
+    augment = build_augment(config, data)
+    summary = JobResult(
+        best_step=max(m.best_step for m in result.members),
+        best_value=_finite_or_none(scores["validation_cross_entropy"]),
+        monitor=result.monitor,
+        stop_reason=(
+            "patience"
+            if all(m.stop_reason == "patience" for m in result.members)
+            else "max_steps"
+        ),
+        last_step=result.last_step,
+        **{
+            f"{split}_{name}": _finite_or_none(scores[f"{split}_{name}"])
+            for split in ("test", "validation")
+            for name in EVALUATED
+        },
+        wall_seconds=round(time.monotonic() - started, 3),
+        dataset=data.name,
+        train_size=len(data.train[1]),
+        validation_size=len(data.validation[1]),
+        test_size=len(data.test[1]),
+        num_classes=data.num_classes,
+        model=config.model_name,
+        augment=augment.spec if augment is not None else None,
+        num_parameters=int(
+            sum(v.shape.num_elements() for m in models for v in m.variables if v.trainable)
+        ),
+        ensemble=scores["ensemble"],
+        members=scores["members"],
+    )
+    write_text(os.path.join(model_dir, SUMMARY_FILE), summary.to_json())
     return summary
 
 
