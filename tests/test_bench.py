@@ -186,7 +186,9 @@ def _bench(*args, tmp_path):
 
 @pytest.mark.e2e
 def test_binary_writes_table_and_json(tmp_path):
-    out = tmp_path / "report.json"
+    # Without --output, --quick writes its own report (--population another):
+    # no group overwrites another's bench.json.
+    out = tmp_path / "bench_quick.json"
     result = _bench(
         "--quick",
         "--nokeras",
@@ -194,10 +196,13 @@ def test_binary_writes_table_and_json(tmp_path):
         "--steps_per_call=2",
         "--repeats=1",
         "--ceiling_size=0",
-        f"--output={out}",
         tmp_path=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == ["bench_quick.json"]
+    assert result.stdout.splitlines()[: len(bench.report.LEGEND)] == list(
+        bench.report.LEGEND
+    )  # what spc, iqr%, tr, ceil% ... mean, above the columns
     report = json.loads(out.read_text())
     assert [r["config"]["regularization"] for r in report["results"]] == [
         "full",
@@ -216,6 +221,10 @@ def test_binary_rejects_bad_batch_sizes_with_one_line(tmp_path):
     assert result.returncode == 2
     assert "error: --batch_sizes (0) must list positive integers" in result.stderr
     assert "Traceback" not in result.stderr
+    # A value absl refuses: the same one line and status.
+    result = _bench("--repeats=0", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "error: flag --repeats=0: 0 is not a positive integer\n"
 
 
 @pytest.mark.e2e

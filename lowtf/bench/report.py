@@ -71,6 +71,21 @@ def machine() -> dict:
     }
 
 
+# What the table's columns mean, printed above it.
+LEGEND = (
+    "reg: regularization of the step (full: L2 + dropout + max-norm); mode: xla, graph "
+    "(tf.function) or auto",
+    "spc: steps per compiled call (TrainStep.run); ms/step: median over the repeats; "
+    "iqr%: their interquartile range, % of the median",
+    "compile s: the first call's extra time (trace + compile); tr: traces of the step "
+    "(1: it never retraced)",
+    "GFLOP/s: the model's matmul FLOPs per second; ceil%: that, % of the machine's "
+    "float32 matmul ceiling (below)",
+    "keras ms, keras best: the fastest Keras Model.fit variant (jit_compile x "
+    "steps_per_execution); x keras: its ms/step over lowtf's",
+)
+
+
 def table(report: dict) -> str:
     """The report as a fixed-width text table."""
     head = (
@@ -78,7 +93,7 @@ def table(report: dict) -> str:
         f"{'ms/step':>9}{'iqr%':>6}{'steps/s':>9}{'ex/s':>10}{'compile s':>10}{'tr':>3}"
         f"{'GFLOP/s':>9}{'ceil%':>6}{'keras ms':>9}{'keras best':>18}{'x keras':>8}"
     )
-    lines = [head, "-" * len(head)]
+    lines = [*LEGEND, head, "-" * len(head)]
     for row in report["results"]:
         c, lo, k = row["config"], row["lowtf"], row.get("keras")
         compile_s = lo["first_call_s"] - lo["median_ms"] / 1e3 * c["steps_per_call"]
