@@ -312,6 +312,18 @@ class Checkpoints:
                     self.state.restore(path).assert_consumed()
                 except (AssertionError, ValueError) as error:
                     reason = _first_line(error)
+                except tf.errors.OpError as error:
+                    # A tf.data iterator (lowtf.data.Stream) saved by another
+                    # pipeline: its state names the ops it was saved from.
+                    found = re.search(
+                        r"restore dataset iterator from checkpoint: (.*)", str(error)
+                    )
+                    if found is None:
+                        raise
+                    reason = (
+                        "its data position does not fit this training pipeline "
+                        f"({found.group(1).strip()})"
+                    )
         except tf.errors.OpError as error:
             # A truncated or zeroed file: "file is too short to be an sstable".
             raise self._unusable(
