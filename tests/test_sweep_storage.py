@@ -29,11 +29,11 @@ SCORED = (
 )  # fmt: skip
 
 
-def start(args, log_path):
+def start(args, log_path, prefix=()):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     log = open(log_path, "w")  # noqa: SIM115 - closed by finish()
     process = subprocess.Popen(
-        [sys.executable, BIN, *args],
+        [*prefix, sys.executable, BIN, *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -216,3 +216,118 @@ def test_a_read_only_sweep_dir_names_the_sweep_dir_flag(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a user
     with pytest.raises(ValueError, match=r"^--sweep_dir \(.*/s\): .* is not writable"):
         sweep.run_sweep(config, log=lambda line: None)
+
+
+ARGS = [*DIGITS, "--l2=0,1e-3", "--max_steps=1000"]
+
+
+def wait_for(condition, process, what, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, finish(process)[-2000:]
+        assert time.monotonic() < deadline, f"no {what}"
+        time.sleep(0.01)
+
+
+def history(sweep_dir):
+    (name,) = populations(sweep_dir)
+    return pathlib.Path(sweep_dir, "populations", name, "history.csv").read_text()
+
+
+def evaluated_past(sweep_dir, step):
+    """Whether a population of ``sweep_dir`` has evaluated beyond ``step``."""
+    paths = glob.glob(os.path.join(sweep_dir, "populations", "*", "history.csv"))
+    steps = [
+        int(line.split(",")[1])
+        for path in paths
+        for line in pathlib.Path(path).read_text().splitlines()[1:]
+        if line.count(",") > 1
+    ]
+    return max(steps, default=-1) > step
+
+
+@pytest.mark.e2e
+def test_sigint_and_sigterm_stop_at_a_boundary_and_the_rerun_finishes(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    # Checkpoints every 500 steps: the one a stop saves is its own.
+    args = [*ARGS, "--checkpoint_every=500"]
+    straight = start([*args, f"--sweep_dir={a}"], tmp_path / "a.log")
+    first = start([*args, f"--sweep_dir={b}"], tmp_path / "b1.log")
+    wait_for(lambda: evaluated_past(b, 100), first, "evaluation past step 100")
+    first.send_signal(signal.SIGINT)  # Ctrl-C during the population
+    output = finish(first, timeout=120)
+    assert first.returncode == 3, output[-2000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    (stopped,) = re.findall(r"SIGINT received at step (\d+): stopping", output)
+    assert latest_step(b) == int(stopped) and int(stopped) % 500
+    assert output.rstrip().endswith(
+        "sweep interrupted with 0/2 configurations done; rerun the same command "
+        "to finish it"
+    )
+    assert not os.path.exists(os.path.join(b, "results.csv"))
+
+    # The rerun resumes the population; SIGTERM lands in the winner's retraining.
+    second = start([*args, "--retrain", f"--sweep_dir={b}"], tmp_path / "b2.log")
+    # A line of its loop (step 0's comes before fit answers signals).
+    retraining = re.compile(r"retraining the winner .*\n(.*\n)*step [1-9]\d*/1000 ")
+    wait_for(
+        lambda: retraining.search(pathlib.Path(tmp_path / "b2.log").read_text()),
+        second, "progress line of the winner's retraining",
+    )  # fmt: skip
+    second.send_signal(signal.SIGTERM)
+    output = finish(second, timeout=120)
+    assert second.returncode == 3, output[-2000:]
+    assert f"resuming from {b}/populations/" in output and f"at step {stopped}" in output
+    assert re.search(r"SIGTERM received at step \d+: stopping", output)
+    assert "sweep interrupted while retraining the winner" in output
+    report = pathlib.Path(b, "results.md").read_text()
+    assert "retraining was interrupted at step" in report
+    assert "test accuracy" not in report
+
+    third = start([*args, "--retrain", f"--sweep_dir={b}"], tmp_path / "b3.log")
+    output = finish(third)
+    assert third.returncode == 0, output[-2000:]
+    assert f"resuming from {b}/winner/ckpt" in output
+    assert "test accuracy" in pathlib.Path(b, "results.md").read_text()
+    assert finish(straight) and straight.returncode == 0
+    # The stop and its resume change nothing: the same scores and evaluations.
+    assert results(b) == results(a) and history(b) == history(a)
+
+
+def _unshare_works() -> bool:
+    try:
+        run = subprocess.run(
+            ["unshare", "--pid", "--fork", "--kill-child", "true"],
+            capture_output=True, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return run.returncode == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not _unshare_works(), reason="unshare --pid --fork is unavailable")
+def test_a_sweep_killed_in_a_pid_namespace_resumes_inside_another_and_outside(tmp_path):
+    # In a new pid namespace the sweep is pid 1: the rerun in another
+    # namespace is pid 1 too, the same pid as the dead owner, and outside
+    # pid 1 is init, alive. Both must take the dead owner's trials over.
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    inside = ["unshare", "--pid", "--fork", "--kill-child"]
+    straight = start([*ARGS, f"--sweep_dir={a}"], tmp_path / "a.log")
+    steps = []
+    for i in range(2):  # killed inside a namespace, then inside another
+        killed = start([*ARGS, f"--sweep_dir={b}"], tmp_path / f"b{i}.log", inside)
+        wait_for(lambda: (latest_step(b) or 0) > max(steps, default=0), killed,
+                 "checkpoint past the last one")  # fmt: skip
+        killed.send_signal(signal.SIGKILL)  # unshare, whose child dies with it
+        output = finish(killed)
+        steps.append(latest_step(b))
+        if i:
+            assert "queued again the configurations of an interrupted run" in output
+            assert re.search(rf"resuming from \S+ at step {steps[0]}\b", output)
+    rerun = start([*ARGS, f"--sweep_dir={b}"], tmp_path / "b2.log")
+    output = finish(rerun)
+    assert rerun.returncode == 0, output[-2000:]
+    assert re.search(rf"resuming from \S+ at step {steps[1]}\b", output)
+    assert finish(straight) and straight.returncode == 0
+    assert results(b) == results(a) and history(b) == history(a)

@@ -7,13 +7,22 @@ seconds of each and their cost per configuration. No training: the numbers
 are the study's alone. Claiming N configurations should cost about N
 times one claim.
 
+``--kill_while_claiming``: times ``bin/sweep`` on a 60-point grid (tiny MLP,
+synthetic data) fresh, then killed (SIGKILL) while it claims and run again:
+the rerun should cost no more than the fresh run.
+
     python -m lowtf.bench.sweep_claims --points=60,240,1000
+    python -m lowtf.bench.sweep_claims --kill_while_claiming
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -51,10 +60,54 @@ def measure(points: int, directory: str) -> dict:
     return {"points": points, "claim_s": claiming, "record_s": recording}
 
 
+# 6 x 10 = 60 configurations of one architecture: one population.
+SWEEP = [
+    "--dataset=synthetic", "--train_size=400", "--validation_size=200",
+    "--model=tiny", "--l2=0,1e-5,1e-4,3e-4,1e-3,3e-3",
+    "--dropout=0,0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45",
+    "--batch_size=32", "--max_steps=200", "--eval_every=50", "--noxla", "--noretrain",
+]  # fmt: skip
+BIN = os.path.join(os.path.dirname(__file__), "..", "..", "bin", "sweep")
+
+
+def kill_while_claiming(directory: str) -> dict:
+    """Seconds of a fresh sweep, and of a rerun after a kill while claiming."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    run = lambda d: [sys.executable, BIN, *SWEEP, f"--sweep_dir={d}"]  # noqa: E731
+    started = time.monotonic()
+    subprocess.run(run(f"{directory}/fresh"), env=env, check=True, capture_output=True)
+    fresh = time.monotonic() - started
+    killed = subprocess.Popen(run(f"{directory}/killed"), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    database, claimed = f"{directory}/killed/study.db", 0
+    while not 0 < claimed < 60:
+        assert killed.poll() is None, "the sweep ended before it was killed"
+        try:
+            with sqlite3.connect(database, timeout=0.1) as c:
+                claimed = c.execute("SELECT count(*) FROM trials").fetchone()[0]
+        except sqlite3.Error:
+            pass  # not made yet
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    started = time.monotonic()
+    subprocess.run(run(f"{directory}/killed"), env=env, check=True, capture_output=True)
+    return {"fresh_s": fresh, "claimed": claimed, "rerun_s": time.monotonic() - started}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", default="30,60,120,240,500,1000")
+    parser.add_argument("--kill_while_claiming", action="store_true")
     args = parser.parse_args()
+    if args.kill_while_claiming:
+        with tempfile.TemporaryDirectory() as directory:
+            r = kill_while_claiming(directory)
+        print(
+            f"fresh {r['fresh_s']:.1f} s; killed after {r['claimed']} of 60 claims, "
+            f"rerun {r['rerun_s']:.1f} s ({r['rerun_s'] / r['fresh_s']:.2f}x)"
+        )
+        return
     print("| points | claim s | ms per claim | record s | ms per record |")
     print("|---|---|---|---|---|")
     for n in (int(p) for p in args.points.split(",")):
