@@ -91,6 +91,22 @@ def test_no_penalty_line_without_a_penalty_nor_a_mark_without_a_best_step():
     assert np.isnan(ydata(lines(loss_ax)["validation"])[-1])  # a gap, not inf
 
 
+def test_the_max_norm_diagnostic_is_a_curve_on_the_accuracy_panel():
+    history = overfitting_history()
+    assert "max-norm clipped" not in lines(plot.figure(history).axes[1])
+    fractions = [None] + [0.5 / (1 + i) for i in range(len(history) - 1)]
+    for row, fraction in zip(history, fractions):
+        row["maxnorm_clipped_fraction"] = fraction
+    loss_ax, accuracy_ax = plot.figure(history).axes
+    curve = lines(accuracy_ax)["max-norm clipped"]
+    assert "max-norm clipped" not in lines(loss_ax)
+    assert curve.get_linestyle() == "-."
+    np.testing.assert_array_equal(ydata(curve), [np.nan, *fractions[1:]])
+    assert [t.get_text() for t in accuracy_ax.get_legend().get_texts()] == [
+        "train", "validation", "max-norm clipped",
+    ]  # fmt: skip
+
+
 def test_png_is_the_rendered_picture(tmp_path):
     history = overfitting_history()
     path = plot.write_png(

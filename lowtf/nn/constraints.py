@@ -130,16 +130,46 @@ class MaxNorm:
     def __call__(self, w: tf.Tensor) -> tf.Tensor:
         """Returns ``w`` with every over-long unit clipped to norm ``max_value``."""
         w = tf.convert_to_tensor(w)
+        norms, r, over = self._over(w)
+        # tf.clip_by_norm's arithmetic, w * r / max(|w|, r), taken only by the
+        # units over the cap: for the others w * r / r can move a bit.
+        return tf.where(over, w * r / tf.maximum(norms, r), w)
+
+    @tf.autograph.experimental.do_not_convert
+    def bound(self, w: tf.Tensor) -> tf.Tensor:
+        """Per unit, whether the cap binds on ``w``: the units ``__call__`` clips.
+
+        The same norms and test as the clip (norm over the cap, and a cap
+        above 0), so a unit is flagged exactly when the clip changes it.
+
+        Returns:
+          bools of ``w``'s shape less the norm axes: ``[units]`` for a
+          kernel ``[..., units]``; ``[K, units]`` per member (a member with
+          cap 0 has no unit flagged).
+        """
+        w = tf.convert_to_tensor(w)
+        _, _, over = self._over(w)
+        return tf.squeeze(over, axis=self.norm_axes(w.shape.rank))
+
+    def capped(self, w) -> tf.Tensor:
+        """Per unit, whether it has a cap at all (False only under a member's cap 0).
+
+        Of :meth:`bound`'s shape: what a fraction of bound units counts over.
+        """
+        w = tf.convert_to_tensor(w)
+        _, r, over = self._over(w)
+        every = tf.broadcast_to(r > 0, tf.shape(over))
+        return tf.squeeze(every, axis=self.norm_axes(w.shape.rank))
+
+    def _over(self, w):
+        """The norms (kept dims), the cap(s) broadcast to them, and who is over."""
         axes = self.norm_axes(w.shape.rank)
         r = tf.cast(self.max_value, w.dtype)
         if self.members is not None:  # member k's cap against its own units
             r = tf.reshape(r, [self.members] + [1] * (w.shape.rank - 1))
         norms = _norms(w, axes, keepdims=True)
-        # tf.clip_by_norm's arithmetic, w * r / max(|w|, r), taken only by the
-        # units over the cap: for the others w * r / r can move a bit. A cap
-        # of 0 (a member left free) takes none.
-        over = tf.logical_and(norms > r, r > 0)
-        return tf.where(over, w * r / tf.maximum(norms, r), w)
+        # A cap of 0 (a member left free) binds on none.
+        return norms, r, tf.logical_and(norms > r, r > 0)
 
 
 def max_norm(max_value: float, axis: int | Sequence[int] | None = None) -> MaxNorm:

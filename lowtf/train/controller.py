@@ -35,6 +35,10 @@ from lowtf.train.evaluator import Evaluator
 from lowtf.train.metrics import Evaluation
 
 
+# The StepOptions that change what a run trains, in run.json when on.
+TECHNIQUES = ("label_smoothing", "mixup", "cutmix", "ema", "swa_from")
+
+
 class FitLoop:
     """One call of :func:`lowtf.fit`: the objects it builds and the loop over them."""
 
@@ -138,7 +142,7 @@ class FitLoop:
                 # The step's techniques, only when on (earlier records match).
                 **{
                     name: getattr(options, name)
-                    for name in ("label_smoothing", "mixup", "cutmix", "ema")
+                    for name in TECHNIQUES
                     if getattr(options, name)
                 },
                 # Only when set, so that earlier runs' records still match.
@@ -409,13 +413,19 @@ class FitLoop:
 
     def _evaluate(self) -> dict:
         step = self.last_step
-        # With `ema`, the averaged weights are what is evaluated and, if best,
-        # snapshotted (the latest checkpoint keeps the weights themselves).
+        swa_from = self.step.options.swa_from
+        if swa_from is not None and step >= swa_from:
+            # SWA's mean takes the weights of every evaluation from swa_from on.
+            self.step.update_swa()
+        # With `ema` or `swa_from`, the averaged weights are what is evaluated
+        # and, if best, snapshotted (the latest checkpoint keeps the weights
+        # themselves).
         with self.step.averaged_weights():
             val = self.evaluator(self.x_val, self.y_val)
             evaluation = self._evaluation(step, val)
             self.stopper.update(step, evaluation.monitored())
         self.running.reset()
+        self.step.reset_maxnorm_bound()  # the diagnostic covers one interval
         self.history.append(evaluation.as_dict())
         self.board.write(evaluation, summaries.max_unit_norms(self.model))
         self.log(self._progress(evaluation))
@@ -424,11 +434,13 @@ class FitLoop:
     def _evaluation(self, step: int, val: dict) -> Evaluation:
         """The record of the evaluation at ``step`` with validation scores ``val``."""
         train = self.running.means()
+        clipped = None
         if train is None:  # step 0: no training step to average yet
             regularization = float(regularizers.total_regularization_loss(self.model))
             train = {"cross_entropy": None, "accuracy": None, "total_loss": None}
         else:
             regularization = train["regularization_loss"]
+            clipped = self.step.maxnorm_clipped_fraction()
         return Evaluation(
             step=step,
             train_cross_entropy=train["cross_entropy"],
@@ -438,6 +450,7 @@ class FitLoop:
             regularization_loss=regularization,
             total_loss=train["total_loss"],
             learning_rate=_learning_rate(self.optimizer),
+            maxnorm_clipped_fraction=clipped,
         )
 
     def _progress(self, evaluation: Evaluation) -> str:

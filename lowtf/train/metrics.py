@@ -38,6 +38,10 @@ class Evaluation:
     evaluation (None at step 0, before any step); the validation metrics are
     of the whole validation set in inference mode; ``regularization_loss`` is
     the penalty the last steps added to the cross-entropy.
+    ``maxnorm_clipped_fraction`` is the fraction of max-norm-capped units
+    whose cap bound (clipped the unit) at any step since the previous
+    evaluation, a diagnostic of how hard the constraint works (None at step
+    0, and for a model without a lowtf max-norm constraint).
     """
 
     step: int = 0
@@ -58,6 +62,9 @@ class Evaluation:
     )
     total_loss: float | None = _field(monitor="min", board=("train", "total_loss"))
     learning_rate: float | None = _field(monitor=None, board=("train", "learning_rate"))
+    maxnorm_clipped_fraction: float | None = _field(
+        monitor=None, board=("train", "maxnorm_clipped_fraction")
+    )
 
     def as_dict(self) -> dict:
         """The record as a dict in column order (None for a missing value)."""

@@ -2,8 +2,10 @@
 
 :func:`write_png` draws two panels over the steps of a fit's history:
 cross-entropy on a log axis and accuracy, training dashed and validation
-solid, the best step marked, and the regularization penalty on the
-cross-entropy panel when there is one. It is the picture that shows
+solid, the best step marked, the regularization penalty on the
+cross-entropy panel when there is one, and on the accuracy panel (both are
+fractions in [0, 1]) the fraction of units max-norm clipped in each
+interval when the model has a max-norm constraint. It is the picture that shows
 overfitting: validation turning up while training keeps going down.
 
 :func:`figure` builds the matplotlib ``Figure`` on an Agg canvas of its own,
@@ -26,6 +28,7 @@ TRAIN_COLOR = "#1f77b4"  # matplotlib's C0 blue, (31, 119, 180)
 VALIDATION_COLOR = "#ff7f0e"  # C1 orange, (255, 127, 14)
 BEST_COLOR = "#2ca02c"  # C2 green, (44, 160, 44)
 REGULARIZATION_COLOR = "#7f7f7f"  # C7 grey, (127, 127, 127)
+CLIPPED_COLOR = "#9467bd"  # C4 purple, (148, 103, 189)
 _DPI = 100
 
 
@@ -42,9 +45,11 @@ def figure(
     The first axes show the cross-entropies on a log axis (the first
     evaluations' loss often dwarfs the gap that shows overfitting), with the
     regularization loss when any of it is non-zero; the second the
-    accuracies. A history with no finite value at all (a run that diverged
-    at its first evaluation) still gets a picture, with empty panels and a
-    note, since that is the run whose picture is most wanted.
+    accuracies, with ``maxnorm_clipped_fraction`` (dash-dotted, labelled
+    "max-norm clipped") when any of it is known. A history with no finite
+    value at all (a run that diverged at its first evaluation) still gets a
+    picture, with empty panels and a note, since that is the run whose
+    picture is most wanted.
 
     Args:
       history: one dict per evaluation with ``step`` and any of the columns
@@ -125,6 +130,13 @@ def figure(
             label="regularization",
         )
     loss_ax.legend(loc="best", fontsize="small")
+    clipped = _values(history, "maxnorm_clipped_fraction")
+    # None everywhere: the model has no max-norm constraint.
+    if np.isfinite(clipped).any():
+        accuracy_ax.plot(
+            steps, clipped, "-.", color=CLIPPED_COLOR, lw=1.5, label="max-norm clipped"
+        )
+        accuracy_ax.legend(loc="best", fontsize="small")
     if title:
         fig.suptitle(title)
     return fig

@@ -45,9 +45,10 @@ import tensorflow as tf
 
 from lowtf import _checks, nn, random
 from lowtf.augment import mix as mix_lib
-from lowtf.data import checks, streams
+from lowtf.data import InMemoryBatches, checks, streams
 from lowtf.nn import constraints, losses, regularizers
 from lowtf.train import evaluator
+from lowtf.train import swa as swa_lib
 from lowtf.train.metrics import STEP_METRICS
 
 
@@ -88,6 +89,20 @@ class StepOptions:
         evaluates, snapshots as best, restores and so exports the averaged
         weights, as Keras' ``SwapEMAWeights``; the averages are in the
         checkpoint with the step.
+      swa_from: stochastic weight averaging (Izmailov et al. 2018) from this
+        global step on (default None: off), see :mod:`lowtf.train.swa`.
+        :func:`lowtf.fit` adds the weights to an equal-weight running mean
+        at each evaluation at or after this step (a loop of your own calls
+        :meth:`TrainStep.update_swa`), recomputes the batch-norm statistics
+        of the mean in one pass over the training rows, and evaluates,
+        snapshots as best, restores and so exports the mean from then on
+        (before it, the weights themselves). The mean, its count and its
+        statistics are in the checkpoint with the step. A field of the
+        step's, not of ``TrainConfig``, although fit's evaluations set its
+        cadence: its state is the step's, beside ``ema``'s averages and
+        swapped in by the same :meth:`TrainStep.averaged_weights`, and a
+        population takes it per member as it takes ``ema``. Not with
+        ``ema``; with batch norm, only on in-memory data and one device.
     """
 
     jit_compile: bool | str = True
@@ -101,6 +116,7 @@ class StepOptions:
     cutmix: float = 0.0
     image_shape: tuple | None = None
     ema: float = 0.0
+    swa_from: int | None = None
 
     def __post_init__(self):
         # Not one_of: `1 in (True, False)` holds, and "no" is a truthy flag.
@@ -116,6 +132,13 @@ class StepOptions:
         if self.image_shape is not None:
             _checks.image_shape("image_shape", self.image_shape)
         _checks.rate("ema", self.ema)
+        if self.swa_from is not None:
+            _checks.positive_int("swa_from", self.swa_from)
+            if self.ema:
+                raise ValueError(
+                    f"`ema` ({self.ema}) and `swa_from` ({self.swa_from}) are two "
+                    "averages of the weights and only one can be evaluated: drop one"
+                )
 
     @property
     def soft_targets(self) -> bool:
@@ -175,7 +198,9 @@ class TrainStep(tf.Module):
         self._head = None
         self._num_logits = None
         self._constrained = []
+        self.maxnorm_bound = []  # made by build(), one flag per constrained weight
         self._averaged = []
+        self._bn_pass = None
         self._distributed = tf.distribute.has_strategy()
         if options.jit_compile == "auto":
             options = dataclasses.replace(options, jit_compile=evaluator.auto_jit_compile(model))
@@ -359,9 +384,30 @@ class TrainStep(tf.Module):
                     for v in trainable
                 ]
             self._averaged_pairs = list(zip(trainable, self.averages))
+        if self.options.swa_from is not None:
+            self._build_swa(trainable)
         # Tracked (so in the checkpoint, as before frozen layers existed): every
         # pair; the step applies those of self._trained.
         self._constrained = _lowtf_constraints(self.model, include_frozen=True)
+        # Per max-norm weight (another constraint is any callable), which units
+        # its cap bound at some step since the last reset (the diagnostic);
+        # tracked, so a resumed run reports what an uninterrupted one does.
+        self._capped = _Capped(
+            [
+                (var, constraint)
+                for var, constraint in self._constrained
+                if isinstance(constraint, constraints.MaxNorm)
+            ]
+        )
+        with self._strategy.scope():
+            self.maxnorm_bound = [
+                tf.Variable(
+                    tf.zeros(constraint.bound(var).shape, tf.bool),
+                    trainable=False,
+                    name="maxnorm_bound",
+                )
+                for var, constraint in self._capped.pairs
+            ]
         self._check_requirements()
         if self.data is not None and not isinstance(self.data, streams.Stream):
             # Once, on the whole training set: under XLA an out-of-range label
@@ -440,6 +486,7 @@ class TrainStep(tf.Module):
         }
         # Max-norm runs in cross-replica context, after the all-reduced update:
         # every copy of a mirrored variable gets the same clipped value.
+        self._flag_bound()
         constraints.apply_constraints(self._trained.constraints)
         if self.options.ema:
             self._update_averages()
@@ -449,6 +496,13 @@ class TrainStep(tf.Module):
         for var in self._averaged:
             var.assign(var.read_value())
         return metrics
+
+    def _flag_bound(self):
+        """ORs into each flag the units whose cap binds now (before the clip)."""
+        trained = {var.ref() for var, _ in self._trained.constraints}
+        for (var, constraint), flag in zip(self._capped.pairs, self.maxnorm_bound):
+            if var.ref() in trained:  # a frozen layer's cap is not applied
+                flag.assign(tf.logical_or(flag, constraint.bound(var)))
 
     def _update_averages(self):
         """Moves each average towards its weight (Keras' EMA update)."""
@@ -468,6 +522,10 @@ class TrainStep(tf.Module):
         ``SwapEMAWeights`` does around an evaluation: a best snapshot saved
         inside holds the averaged weights.
         """
+        if self._built and self.options.swa_from is not None:
+            with self.swa.swapped():
+                yield
+            return
         if not self.options.ema or not self._built:
             yield
             return
@@ -476,6 +534,77 @@ class TrainStep(tf.Module):
             yield
         finally:
             self._swap_averages()
+
+    def update_swa(self) -> None:
+        """Adds the current weights to SWA's running mean (``swa_from``).
+
+        Then, for a model with batch norm, recomputes the mean's moving
+        statistics in one pass over the training rows
+        (:class:`lowtf.train.swa.BatchNormPass`). :func:`lowtf.fit` calls it
+        at each evaluation from ``swa_from`` on; :meth:`averaged_weights`
+        swaps the mean in once it holds a point.
+        """
+        if self.options.swa_from is None or not self._built:
+            raise ValueError(
+                "`update_swa` needs a built step made with StepOptions(swa_from=...)"
+            )
+        self.swa.add()
+        if self._bn_pass is not None:
+            with self.swa.swapped():
+                self._bn_pass(self._training_batches())
+
+    def _build_swa(self, trainable) -> None:
+        """Makes SWA's mean (tracked, so checkpointed) and its batch-norm pass."""
+        keras_bn = isinstance(self.model, tf.keras.layers.Layer) and any(
+            isinstance(layer, tf.keras.layers.BatchNormalization)
+            for layer in nn.base.keras_layers(self.model)
+        )
+        if keras_bn:
+            raise ValueError(
+                "`swa_from` recomputes batch-norm statistics with lowtf's BatchNorm; "
+                "this Keras model has BatchNormalization layers: build it with "
+                "lowtf layers, or drop `swa_from`"
+            )
+        if swa_lib.batch_norm_layers(self.model):
+            if not isinstance(self.data, InMemoryBatches) or self._distributed:
+                raise ValueError(
+                    f"`swa_from` ({self.options.swa_from}) on a model with batch norm "
+                    "recomputes its statistics over the training rows: it needs "
+                    "in-memory data (not a stream, not data=None) on one device"
+                )
+            self._bn_pass = swa_lib.BatchNormPass(self.model)
+        with self._strategy.scope():
+            self.swa = swa_lib.WeightAverage(
+                trainable, swa_lib.batch_norm_statistics(self.model)
+            )
+
+    def _training_batches(self):
+        """The training rows in order, ``batch_size`` at a time, the tail left out."""
+        x, size = self.data.x, self.data.batch_size
+        for start in range(0, int(x.shape[0]) - size + 1, size):
+            yield x[start : start + size]
+
+    def maxnorm_clipped_fraction(self) -> float | None:
+        """The fraction of capped units whose max-norm cap bound since the last reset.
+
+        A unit counts when its cap clipped it at any step since
+        :meth:`reset_maxnorm_bound` (or the start); a frozen layer's units
+        count, never clipped. None when no weight carries a lowtf
+        :class:`~lowtf.MaxNorm`.
+        """
+        if not self.maxnorm_bound:
+            return None
+        bound = capped = 0
+        for (var, constraint), flag in zip(self._capped.pairs, self.maxnorm_bound):
+            cap = constraint.capped(var).numpy()
+            bound += int(np.count_nonzero(flag.numpy() & cap))
+            capped += int(np.count_nonzero(cap))
+        return bound / capped if capped else None
+
+    def reset_maxnorm_bound(self) -> None:
+        """Clears the flags :meth:`maxnorm_clipped_fraction` counts (after an evaluation)."""
+        for flag in self.maxnorm_bound:
+            flag.assign(tf.zeros_like(flag))
 
     def _swap_averages(self):
         for var, average in self._averaged_pairs:
@@ -559,6 +688,13 @@ class TrainStep(tf.Module):
                 "a constraint (max-norm) was requested but no variable of the model "
                 "carries one: give its kernels `kernel_constraint=lowtf.max_norm(r)`"
             )
+
+
+class _Capped:
+    """The (variable, MaxNorm) pairs the diagnostic flags; not a Trackable, so unsaved."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
 
 
 class _Trained:

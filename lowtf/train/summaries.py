@@ -9,9 +9,11 @@
 * ``tensorboard/train`` and ``tensorboard/validation``: event files with the
   same tags in both (``cross_entropy``, ``accuracy``, ``regularization_loss``,
   ``total_loss``), so TensorBoard draws training and validation on one chart,
-  plus ``learning_rate`` and ``max_unit_norm/<layer>`` (the largest incoming
-  weight norm of any unit of the layer, where max-norm can be seen at work)
-  under train. A population's tags carry the member: ``member_3/cross_entropy``.
+  plus ``learning_rate``, ``maxnorm_clipped_fraction`` (the fraction of
+  capped units max-norm clipped since the previous evaluation) and
+  ``max_unit_norm/<layer>`` (the largest incoming weight norm of any unit of
+  the layer, where max-norm can be seen at work) under train. A population's
+  tags carry the member: ``member_3/cross_entropy``.
   Read them with TensorBoard or ``tf.compat.v1.train.summary_iterator``.
 
 ``tf.summary.scalar`` needs the ``tensorboard`` package, which lowtf does not
@@ -35,6 +37,9 @@ from lowtf.train.metrics import COLUMNS, Evaluation
 MEMBER_COLUMNS = ("member", *COLUMNS)
 # Columns read as integers; every other one is a float or empty.
 _INTEGERS = ("member", "step")
+# Columns added to Evaluation after history files were first written: an
+# older file lacks them (a resume keeps its rows, these cells empty).
+_ADDED = ("maxnorm_clipped_fraction",)
 
 
 class History:
@@ -122,7 +127,8 @@ def check_history(path: str, columns: tuple = COLUMNS) -> None:
     if text is None or not text.strip():
         return
     header = history_header(text)
-    if header != tuple(columns):
+    older = tuple(c for c in columns if c not in _ADDED)
+    if header not in (tuple(columns), older):
         raise ValueError(
             f"{path} is not a lowtf history of this kind of run (its header is "
             f"{','.join(header)[:80]!r}, not {','.join(columns)!r}); restore it from "
@@ -138,11 +144,15 @@ def history_header(text: str) -> tuple:
 def _parse(text: str) -> list[dict]:
     header = history_header(text)
     columns = MEMBER_COLUMNS if header[:1] == ("member",) else COLUMNS
+    absent = [name for name in _ADDED if name not in header]  # an older file
     rows = []
     for record in csv.DictReader(io.StringIO(text, newline="")):
         try:
             row = {}
             for name in columns:
+                if name in absent:
+                    row[name] = None
+                    continue
                 cell = record[name]
                 if name in _INTEGERS:
                     row[name] = int(cell)
