@@ -358,3 +358,20 @@ def test_sigkill_and_resume_reads_the_same_batches(tmp_path):
     weights = [np.load(tmp_path / f"{n}.npz") for n in ("reference", "killed")]
     for name in weights[0].files:
         np.testing.assert_array_equal(weights[1][name], weights[0][name])
+
+
+def test_a_bad_csv_cell_is_named_by_its_line(higgs_csv, tmp_path):
+    _, table = higgs_csv
+    lines = [",".join(f"{v:.6g}" for v in row) for row in table[:400]]
+    cells = lines[321].split(",")
+    lines[321] = ",".join([cells[0], "n/a", *cells[2:]])
+    path = str(tmp_path / "bad.csv")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    expected = rf"{path}, line 322, column 2: 'n/a' is not a number"
+    with pytest.raises(lowtf.DataError, match=expected):
+        lowtf.data.csv_statistics(path)
+    stream = lowtf.data.csv_stream(path, batch_size=50, shuffle_buffer=50)
+    step = _step(stream, False)
+    with pytest.raises(lowtf.DataError, match="a training record could not be read: " + expected):
+        step.run(10)

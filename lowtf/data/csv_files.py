@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import io
 import json
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +35,8 @@ from lowtf.data.readers import DataError
 # Rows per block: the tutorial's repacking (one op per block, not per row).
 BLOCK_ROWS = 10_000
 DEFAULT_SHUFFLE_BUFFER = 10_000
+# How long a failed read may spend scanning the file for the bad line.
+LOCATE_SECONDS = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +123,8 @@ def csv_statistics(
             m2 = m2 + block_m2 + delta**2 * (count * n / total)
             count = total
     except tf.errors.OpError as e:
-        raise DataError(f"{path}: {streams.clean_message(e.message)}") from None
+        where = locate_bad_line(layout)
+        raise DataError(where or f"{path}: {streams.clean_message(e.message)}") from None
     if not count:
         raise DataError(f"{path}: no data rows (after skipping {skip})")
     std = np.sqrt(m2 / count)
@@ -188,7 +192,8 @@ def csv_stream(path: str, *, batch_size: int, **kwargs) -> streams.Stream:
 
     Takes the arguments of :func:`csv_dataset` but ``training``; its
     identity (``run.json``) names the file, its size, the rows, the shuffle
-    and the statistics.
+    and the statistics. A line that cannot be read during training stops it
+    with a :class:`DataError` naming the line (:func:`locate_bad_line`).
     """
     if "training" in kwargs:
         raise ValueError("`training` is always True for a stream; drop it")
@@ -201,7 +206,36 @@ def csv_stream(path: str, *, batch_size: int, **kwargs) -> streams.Stream:
         f"{kwargs.get('seed', 0)}; "
         + (f"standardized ({stats.rows} rows, {stats.digest})" if stats else "raw")
     )
-    return streams.Stream(dataset, source=source)
+    layout = _layout(path, kwargs.get("label_column", 0), kwargs.get("header", False))
+    return streams.Stream(dataset, source=source, locate=lambda: locate_bad_line(layout))
+
+
+def locate_bad_line(layout, *, seconds: float = LOCATE_SECONDS) -> str | None:
+    """The first line of the file that is not ``width`` numbers, as ``"path, line n: why"``.
+
+    Python reads the file again (CsvDataset's errors name no line); None if
+    every line reads, or after ``seconds``.
+    """
+    deadline = time.monotonic() + seconds
+    with tf.io.gfile.GFile(layout.path, "rb") as raw:
+        lines = gzip.GzipFile(fileobj=raw) if layout.compression else raw
+        for number, line in enumerate(lines, 1):
+            if number == 1 and layout.header:
+                continue
+            if number % 10_000 == 0 and time.monotonic() > deadline:
+                return None
+            cells = line.rstrip(b"\r\n").split(b",")
+            if len(cells) != layout.width:
+                return f"{layout.path}, line {number}: {len(cells)} columns, expected {layout.width}"
+            for column, cell in enumerate(cells, 1):
+                try:
+                    float(cell)
+                except ValueError:
+                    return (
+                        f"{layout.path}, line {number}, column {column}: "
+                        f"{cell.decode(errors='replace')!r} is not a number"
+                    )
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
