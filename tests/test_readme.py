@@ -2,9 +2,14 @@
 
 import contextlib
 import io
+import json
 import math
+import os
 import pathlib
 import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -86,3 +91,134 @@ def test_ci_runs_the_readmes_install_and_test_commands():
     ]
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command[0] in ci.splitlines()
+
+
+# -- every ```python block, and the shell commands, as a reader runs them ------
+
+ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+# Blocks the tests above run in process, checking their numbers.
+IN_PROCESS = ("own loop", "Populations")
+
+
+def _python_blocks():
+    """``(section title, code)`` of every ```python block, dedented (list items)."""
+    found = []
+    for section in re.split(r"^## ", README, flags=re.MULTILINE)[1:]:
+        title = section.splitlines()[0]
+        for indent, code in re.findall(
+            r"^( *)```python\n(.*?)^\1```", section, flags=re.MULTILINE | re.DOTALL
+        ):
+            found.append((title, textwrap.dedent(code)))
+    return found
+
+
+def _higgs_file(path, rows=3000):
+    """A file in the HIGGS.csv.gz format (label, then 28 features) for blocks that read one."""
+    rs = np.random.RandomState(0)
+    x = rs.randn(rows, 28)
+    y = (x[:, 0] + 0.5 * rs.randn(rows) > 0).astype(float)
+    np.savetxt(path, np.column_stack([y, x]), delimiter=",", fmt="%.5g")
+
+
+@pytest.mark.e2e
+def test_every_python_block_runs_alone_in_a_fresh_process(tmp_path):
+    """Each block in its own process and empty directory, two at a time.
+
+    A block that reads HIGGS.csv.gz (the UCI file, 2.6 GB) gets a small file
+    of that format; the blocks of IN_PROCESS run in process above.
+    """
+    blocks = [
+        (title, code)
+        for title, code in _python_blocks()
+        if not any(part in title for part in IN_PROCESS)
+    ]
+    assert len(blocks) >= 5
+    running, results = [], []
+    for i, (title, code) in enumerate(blocks):
+        cwd = tmp_path / f"block{i}"
+        cwd.mkdir()
+        if "HIGGS.csv.gz" in code:
+            _higgs_file(cwd / "HIGGS.csv.gz")
+        log = open(cwd / "log.txt", "w")  # noqa: SIM115 (closed below)
+        running.append((title, log, subprocess.Popen(
+            [sys.executable, "-c", code], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+            env=ENV)))  # fmt: skip
+        while len(running) >= 2 or (i == len(blocks) - 1 and running):
+            title, log, process = running.pop(0)
+            process.wait(timeout=600)
+            log.close()
+            results.append((title, process.returncode, pathlib.Path(log.name).read_text()))
+    failed = [(t, out[-3000:]) for t, code, out in results if code != 0]
+    assert not failed, failed
+
+
+# The README's shell commands that a first hour runs, in order, in an empty
+# directory, with the steps shrunk as given; all of them would take many
+# minutes (sweeps, benchmarks, examples, the deployment and transfer chains,
+# which tests/test_export.py and tests/test_transfer.py run), so this is a
+# representative subset: the first run, and one that must not collide with it.
+SHELL = [
+    ("bin/train", []),
+    ("bin/train --maxnorm=3 --dropout=0.2 --l2=1e-4", ["--max_steps=100"]),
+]  # fmt: skip
+
+
+def _shell_commands():
+    """The README's commands: lines of its indented code blocks that run something."""
+    return [
+        line.strip().split("  #")[0].strip()
+        for line in re.findall(r"^    (?:\S.*)$", README, flags=re.MULTILINE)
+        if re.match(r"\s*(pip |bin/|lowtf-|python |tensorboard |TF_CONFIG|for )", line)
+    ]
+
+
+def test_shell_commands_name_the_files_they_need():
+    # Each command that reads a file made by no earlier command says where it comes from.
+    for line in re.findall(r"^    .*(?:HIGGS\.csv\.gz|rows\.csv\.gz).*$", README, re.MULTILINE):
+        if "--data_path=" in line:
+            assert "# needs " in line, line
+    assert "UCI HIGGS data set" in README and "np.savetxt('rows.csv.gz'" in README
+    assert " ..." not in "\n".join(_shell_commands())  # a literal ... is a flag error
+
+
+@pytest.mark.e2e
+def test_the_first_commands_run_in_order_quietly_in_an_empty_directory(tmp_path):
+    commands = _shell_commands()
+    runs = []
+    for command, shrink in SHELL:
+        assert command in commands or f"pip install -e . && {command}" in commands
+        binary, *args = command.split()
+        runs.append(subprocess.run(
+            [sys.executable, str(ROOT / binary), *args, *shrink], cwd=tmp_path, env=ENV,
+            capture_output=True, text=True, timeout=600, check=False))  # fmt: skip
+        assert runs[-1].returncode == 0, runs[-1].stderr[-3000:]
+    first = runs[0]
+    # lowtf's lines only: nothing of TensorFlow's start-up, no line over 120 characters.
+    assert first.stderr == ""
+    lines = first.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 120, max(lines, key=len)
+    assert lines[-1].startswith("test cross-entropy ")
+    # The ETA is to the first end (patience: `stop in`), at the speed after compiling.
+    progress = [line for line in lines if line.startswith("step ")]
+    etas = [line.rsplit("ETA ", 1)[1] for line in progress]
+    assert etas[0] == "?" and all(eta.count(":") == 2 for eta in etas[2:])
+    h, m, s = map(int, etas[2].split(":"))
+    assert "(stop in " in progress[2] and h * 3600 + m * 60 + s < 60, progress[2]
+    # Two runs, two directories.
+    found = sorted(os.listdir(tmp_path / "runs"))
+    assert found == ["digits-medium", "digits-medium-dropout0.2-l2_0.0001-maxnorm3"]
+    with open(tmp_path / "runs" / found[1] / "summary.json") as f:
+        assert json.load(f)["last_step"] == 100
+    with open(tmp_path / "runs" / "digits-medium" / "summary.json") as f:
+        assert json.load(f)["stop_reason"] == "patience"
+    # Another run's flags on an existing directory: one short line naming them.
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / "train"), "--model_dir=runs/digits-medium",
+         "--l2=1e-4", "--max_steps=100"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "error: --model_dir=runs/digits-medium belongs to another run (--l2: 0 in the "
+        "run, 0.0001 now); pick another --model_dir\n"
+    )
