@@ -54,6 +54,7 @@ REGISTRY = {
         (2, 5, 5, 2),
     ),
     "dropout": (lambda: lowtf.Dropout(0.3, seed=3), (4, 6)),
+    "gaussian_noise": (lambda: lowtf.nn.GaussianNoise(0.2, seed=4), (4, 6)),
     "batchnorm": (lambda: lowtf.BatchNorm(momentum=0.9), (8, 5)),
     "batchnorm_images": (lambda: lowtf.BatchNorm(center=False), (2, 3, 3, 4)),
     "flatten": (lambda: lowtf.Flatten(), (4, 2, 3)),
@@ -231,9 +232,10 @@ def test_eager_function_and_xla_agree_in_training_and_at_inference(name):
         outputs[mode] = [t.numpy() for t in fn(x, step, _member_words(5))]
     training, inference = outputs["eager"]
     assert inference.shape[0] == shape[0] and np.isfinite(training).all()
-    # Only dropout draws: with it, another step's key gives another output.
+    # Only dropout and noise draw: with them, another step's key gives another output.
     other_step = both(x, tf.constant(6, tf.int64), _member_words(6))[0].numpy()
-    if any(isinstance(m, lowtf.Dropout) for m in _modules(module)):
+    drawing = (lowtf.Dropout, lowtf.nn.GaussianNoise)
+    if any(isinstance(m, drawing) for m in _modules(module)):
         assert not np.allclose(other_step, training)
     else:
         np.testing.assert_array_equal(other_step, training)
