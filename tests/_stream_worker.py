@@ -21,11 +21,11 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # tests/_fixtures.py: this script's folder comes first on sys.path.
-import _fixtures  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import _fixtures
+import numpy as np
+import tensorflow as tf
 
-import lowtf  # noqa: E402
+import lowtf
 
 CONFIG = lowtf.TrainConfig(
     max_steps=80,
@@ -54,8 +54,10 @@ def main():
 
     def log(line):
         print(line, flush=True)
-        if args.pause_after is not None and line.startswith("step "):
-            if int(line.split("/")[0].removeprefix("step ")) >= args.pause_after:
+        at = args.pause_after
+        if at is not None and line.startswith("step "):
+            step = int(line.split("/")[0].removeprefix("step "))
+            if step >= at:
                 time.sleep(120)  # the test kills us here
 
     for run in args.runs:

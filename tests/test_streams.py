@@ -1,9 +1,9 @@
 """Streamed training data: lowtf.data.Stream, TFRecord shards, CSV read as it goes."""
 
-import dataclasses
 import gzip
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -37,7 +37,11 @@ def shards(rows, tmp_path_factory):
 
 def _stream(pattern, **kwargs):
     return lowtf.data.tfrecord_stream(
-        pattern, batch_size=25, feature_shape=(FEATURES,), shuffle_buffer=64, seed=5,
+        pattern,
+        batch_size=25,
+        feature_shape=(FEATURES,),
+        shuffle_buffer=64,
+        seed=5,
         **kwargs,
     )
 
@@ -62,14 +66,23 @@ def _fit(model_dir, train, validation, max_steps, lines=None):
 def test_fit_on_shards_resumes_to_the_exact_batch(rows, shards, tmp_path):
     """Stopped at step 40 and resumed by new objects = never stopped, bit for bit."""
     _, (x_val, y_val) = rows
-    reference, reference_weights = _fit(tmp_path / "a", _stream(shards), (x_val, y_val), 100)
+    reference, reference_weights = _fit(
+        tmp_path / "a", _stream(shards), (x_val, y_val), 100
+    )
     _fit(tmp_path / "b", _stream(shards), (x_val, y_val), 40)
     # The resumed run evaluates on the same rows given as a finite dataset.
     validation = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(64)
     lines = []
-    resumed, resumed_weights = _fit(tmp_path / "b", _stream(shards), validation, 100, lines)
-    assert any(line.startswith("resuming from") and "at step 40" in line for line in lines)
-    assert (resumed.best_step, resumed.last_step) == (reference.best_step, reference.last_step)
+    resumed, resumed_weights = _fit(
+        tmp_path / "b", _stream(shards), validation, 100, lines
+    )
+    assert any(
+        line.startswith("resuming from") and "at step 40" in line for line in lines
+    )
+    assert (resumed.best_step, resumed.last_step) == (
+        reference.best_step,
+        reference.last_step,
+    )
     assert resumed.last_step == 100
     assert resumed.best_value == reference.best_value  # bit for bit
     assert resumed.history == reference.history
@@ -86,7 +99,12 @@ def test_resume_with_other_shards_is_refused(rows, shards, tmp_path):
     other = str(tmp_path.parent / "other")
     lowtf.data.write_tfrecords(x[:100], y[:100], other, "train", shards=1)
     with pytest.raises(ValueError, match="train_data: recorded 'tfrecord"):
-        _fit(tmp_path, _stream(os.path.join(other, "train-*"), cycle_length=3), validation, 30)
+        _fit(
+            tmp_path,
+            _stream(os.path.join(other, "train-*"), cycle_length=3),
+            validation,
+            30,
+        )
     # Another pipeline over the same shards: its position cannot be restored.
     with pytest.raises(
         ValueError,
@@ -156,20 +174,33 @@ def _pairs(n=40):
     "make, match",
     [
         (
-            lambda: tf.data.Dataset.from_tensor_slices(_pairs())
-            .map(lambda x, y: (tf.py_function(lambda v: v, [x], tf.float32), y))
-            .map(lambda x, y: (tf.ensure_shape(x, [3]), y))
-            .batch(8, drop_remainder=True),
-            r"cannot be checkpointed, so a resumed run could not go on from the exact "
-            r"batch: EagerPyFunc is stateful",
+            lambda: (
+                tf.data.Dataset.from_tensor_slices(_pairs())
+                .map(lambda x, y: (tf.py_function(lambda v: v, [x], tf.float32), y))
+                .map(lambda x, y: (tf.ensure_shape(x, [3]), y))
+                .batch(8, drop_remainder=True)
+            ),
+            (
+                r"cannot be checkpointed, so a resumed run could not go on from the "
+                r"exact batch: EagerPyFunc is stateful"
+            ),
         ),
-        (lambda: tf.data.Dataset.from_tensor_slices(_pairs()), r"x has shape \(3,\); it must be \[batch"),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices(_pairs()),
+            r"x has shape \(3,\); it must be \[batch",
+        ),
         (
             lambda: tf.data.Dataset.from_tensor_slices(_pairs()).batch(8),
             r"no fixed size .*drop_remainder=True",
         ),
-        (lambda: tf.data.Dataset.from_tensor_slices(_pairs()[0]), r"must yield \(x, y\) pairs"),
-        (lambda: tf.data.Dataset.from_tensor_slices(_pairs()).take(0).batch(4, True), "is empty"),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices(_pairs()[0]),
+            r"must yield \(x, y\) pairs",
+        ),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices(_pairs()).take(0).batch(4, True),
+            "is empty",
+        ),
         (lambda: [1, 2], "must be a tf.data.Dataset"),
     ],
     ids=["external_state", "unbatched", "ragged_batches", "not_pairs", "empty", "list"],
@@ -196,18 +227,21 @@ def test_function_of_an_input_context_and_unbatched_examples():
 
 def test_tfrecord_refuses_bad_files_before_training(shards, tmp_path):
     def read(pattern, **kwargs):
-        return lowtf.data.tfrecord(pattern, batch_size=5, **{"feature_shape": (FEATURES,), **kwargs})
+        return lowtf.data.tfrecord(
+            pattern, batch_size=5, **{"feature_shape": (FEATURES,), **kwargs}
+        )
 
     with pytest.raises(lowtf.DataError, match=r"nothing-\*: no file matches"):
         read(str(tmp_path / "nothing-*"))
-    first = sorted(tf.io.gfile.glob(shards))[0]
+    first = min(tf.io.gfile.glob(shards))
     with pytest.raises(
         lowtf.DataError,
         match=rf"{first}, record 0: feature 'features' has 12 values, expected 28",
     ):
         read(shards, feature_shape=(28,))
     with pytest.raises(
-        lowtf.DataError, match=r"record 0: no feature 'pixels' \(its keys: features, label\)"
+        lowtf.DataError,
+        match=r"record 0: no feature 'pixels' \(its keys: features, label\)",
     ):
         read(shards, features_key="pixels")
     (tmp_path / "empty.tfrecord").write_bytes(b"")
@@ -219,15 +253,22 @@ def test_a_corrupt_record_stops_fit_naming_its_shard(rows, tmp_path):
     (x, y), validation = rows
     directory = tmp_path / "shards"
     paths = lowtf.data.write_tfrecords(x, y, str(directory), "train", shards=2)
-    data = bytearray(open(paths[1], "rb").read())
+    shard = pathlib.Path(paths[1])
+    data = bytearray(shard.read_bytes())
     data[-600] ^= 0xFF  # inside record ~140 of the second shard's 150
-    open(paths[1], "wb").write(bytes(data))
+    shard.write_bytes(bytes(data))
     lines = []
     with pytest.raises(
         lowtf.DataError,
         match=rf"a training record could not be read: {paths[1]}, record 1\d\d: corrupted record",
     ):
-        _fit(tmp_path / "run", _stream(str(directory / "train-*")), validation, 200, lines)
+        _fit(
+            tmp_path / "run",
+            _stream(str(directory / "train-*")),
+            validation,
+            200,
+            lines,
+        )
     # What was saved before stays: the best snapshot and the latest checkpoint.
     best = lowtf.train.best_checkpoint(str(tmp_path / "run" / "best"))
     assert best is not None and best["step"] >= 0
@@ -238,15 +279,26 @@ def test_a_bad_label_or_feature_mid_stream_is_one_line(rows):
     (x, y), _ = rows
     y_bad = y.copy()
     y_bad[250] = 3  # a sigmoid head takes 0 or 1
-    step = _step(lowtf.data.Stream(tf.data.Dataset.from_tensor_slices((x, y_bad)), batch_size=50), False)
+    step = _step(
+        lowtf.data.Stream(
+            tf.data.Dataset.from_tensor_slices((x, y_bad)), batch_size=50
+        ),
+        False,
+    )
     step.run(3)  # rows 0-149 are fine
     with pytest.raises(
-        lowtf.DataError, match=r"^bad streamed batch: labels must be class indices 0\.\.1; found 3$"
+        lowtf.DataError,
+        match=r"^bad streamed batch: labels must be class indices 0\.\.1; found 3$",
     ):
         step.run(3)
     x_bad = x.copy()
     x_bad[10, 4] = np.inf
-    step = _step(lowtf.data.Stream(tf.data.Dataset.from_tensor_slices((x_bad, y)), batch_size=50), True)
+    step = _step(
+        lowtf.data.Stream(
+            tf.data.Dataset.from_tensor_slices((x_bad, y)), batch_size=50
+        ),
+        True,
+    )
     with pytest.raises(lowtf.DataError, match="a feature is NaN or Inf"):
         step.run(2)
 
@@ -257,12 +309,17 @@ def test_convert_and_read_back_a_loaded_dataset(tmp_path):
     assert spec["feature_shape"] == [64] and spec["num_classes"] == 10
     assert spec["splits"]["train"]["examples"] == 500
     assert sorted(os.listdir(tmp_path))[:3] == [
-        "spec.json", "test-00000-of-00003.tfrecord", "test-00001-of-00003.tfrecord"
+        "spec.json",
+        "test-00000-of-00003.tfrecord",
+        "test-00001-of-00003.tfrecord",
     ]
     np.testing.assert_array_equal(spec["mean"], dataset.mean.astype(np.float64))
     data = lowtf.data.read_tfrecords(str(tmp_path), batch_size=50)
     assert data.feature_shape == (64,) and data.num_classes == 10
-    for ours, theirs in ((data.validation, dataset.validation), (data.test, dataset.test)):
+    for ours, theirs in (
+        (data.validation, dataset.validation),
+        (data.test, dataset.test),
+    ):
         np.testing.assert_array_equal(ours[0], theirs[0])
         np.testing.assert_array_equal(ours[1], theirs[1])
     x, y = data.train.next()
@@ -307,14 +364,18 @@ def test_csv_dataset_reads_standardized_rows_in_order(higgs_csv):
         path, batch_size=128, statistics=stats, take=500, training=False
     )
     x, y = lowtf.data.streams.materialize("validation", held_out)
-    expected = ((table[:500, 1:] - stats.mean.astype(np.float32)) / stats.std.astype(np.float32))
+    expected = (table[:500, 1:] - stats.mean.astype(np.float32)) / stats.std.astype(
+        np.float32
+    )
     np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(y, table[:500, 0])
     stream = lowtf.data.csv_stream(path, batch_size=100, skip=500, statistics=stats)
     assert stream.identity.startswith(f"csv {path}: ")
     x, _ = stream.next()
     assert x.shape == (100, 28) and abs(float(tf.reduce_mean(x))) < 0.5
-    with pytest.raises(lowtf.DataError, match="label column 29 is out of range for 29 columns"):
+    with pytest.raises(
+        lowtf.DataError, match="label column 29 is out of range for 29 columns"
+    ):
         lowtf.data.csv_dataset(path, batch_size=10, label_column=29)
 
 
@@ -348,11 +409,16 @@ def test_sigkill_and_resume_reads_the_same_batches(tmp_path):
     # Killed after the evaluation at 40; the latest checkpoint is at 30.
     assert tf.train.latest_checkpoint(str(killed / "ckpt")).endswith("ckpt-30")
 
-    run = worker(f"{killed}={tmp_path / 'killed'}", f"{reference}={tmp_path / 'reference'}")
+    run = worker(
+        f"{killed}={tmp_path / 'killed'}", f"{reference}={tmp_path / 'reference'}"
+    )
     out, _ = run.communicate(timeout=300)
     assert run.returncode == 0, out
     assert "at step 30" in out
-    results = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("reference", "killed")]
+    results = [
+        json.loads((tmp_path / f"{n}.json").read_text())
+        for n in ("reference", "killed")
+    ]
     assert results[1] == results[0]  # best step and value, last step, every history row
     assert results[0]["last_step"] == 80
     weights = [np.load(tmp_path / f"{n}.npz") for n in ("reference", "killed")]
@@ -373,5 +439,7 @@ def test_a_bad_csv_cell_is_named_by_its_line(higgs_csv, tmp_path):
         lowtf.data.csv_statistics(path)
     stream = lowtf.data.csv_stream(path, batch_size=50, shuffle_buffer=50)
     step = _step(stream, False)
-    with pytest.raises(lowtf.DataError, match="a training record could not be read: " + expected):
+    with pytest.raises(
+        lowtf.DataError, match="a training record could not be read: " + expected
+    ):
         step.run(10)

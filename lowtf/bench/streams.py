@@ -60,7 +60,7 @@ def _tfrecord_pipeline(pattern, variant):
     """The TFRecord pipeline of a variant, built from tf.data ops as lowtf's is."""
     import tensorflow as tf
 
-    from lowtf.data import tfrecord as tfr
+    from lowtf.data import tfrecords as tfr
 
     if variant == "tfrecord":
         return tfr.tfrecord(pattern, batch_size=BATCH, feature_shape=(28,), seed=1)
@@ -74,7 +74,9 @@ def _tfrecord_pipeline(pattern, variant):
         parsed = tf.io.parse_example(serialized, spec)
         return parsed["features"], tf.cast(parsed["label"], tf.int32)
 
-    names = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=1).repeat()
+    names = (
+        tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=1).repeat()
+    )
     parallel = variant != "tfrecord-sequential"
     records = names.interleave(
         tf.data.TFRecordDataset,
@@ -93,7 +95,7 @@ def _tfrecord_pipeline(pattern, variant):
     records = records.shuffle(10_000, seed=1)
     if variant == "tfrecord-per-record-parse":
         # One parse op per record, then batched: what a per-example map does.
-        one = lambda r: parse(tf.expand_dims(r, 0))  # noqa: E731
+        one = lambda r: parse(tf.expand_dims(r, 0))
         batches = records.map(one, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
         batches = batches.batch(BATCH, drop_remainder=True)
     else:
@@ -125,7 +127,9 @@ def _sources(work_dir, x, y):
 
     def fixed():
         # 20 batches cached and replayed: the cost of the stream itself.
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(
+            BATCH, drop_remainder=True
+        )
         return lowtf.data.Stream(ds.take(20).cache())
 
     def own_loop():
@@ -145,8 +149,8 @@ def _sources(work_dir, x, y):
         "tfrecord-no-prefetch",
         "tfrecord-per-record-parse",
     ):
-        sources[f"stream: {variant}"] = (
-            lambda v=variant: lowtf.data.Stream(_tfrecord_pipeline(pattern, v))
+        sources[f"stream: {variant}"] = lambda v=variant: lowtf.data.Stream(
+            _tfrecord_pipeline(pattern, v)
         )
     sources["stream: csv.gz, shuffle 10k"] = lambda: lowtf.data.Stream(
         csv_files.csv_dataset(csv_path, batch_size=BATCH, seed=1)
@@ -236,14 +240,19 @@ def throughput(args) -> dict:
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="lowtf-streams-")
     os.makedirs(work_dir, exist_ok=True)
     sources = _sources(work_dir, x, y)
-    names = [n for n in sources if not args.only or any(o in n for o in args.only.split(","))]
+    names = [
+        n for n in sources if not args.only or any(o in n for o in args.only.split(","))
+    ]
     runners = []
     for jit in (True, False):
         for name in names:
             runner = _Timed(name, sources[name](), jit)
             runner.calibrate()
             runners.append(runner)
-            print(f"  built {name} ({'xla' if jit else 'graph'}), first call {runner.first_s:.1f} s", flush=True)
+            print(
+                f"  built {name} ({'xla' if jit else 'graph'}), first call {runner.first_s:.1f} s",
+                flush=True,
+            )
     rates = {name: _pipeline_rate(sources[name]()) for name in names}
     for _ in range(args.rounds):
         for runner in runners:
@@ -268,9 +277,13 @@ def throughput(args) -> dict:
 
 def _print_throughput(result):
     base = {
-        r["mode"]: r["steps_per_s"] for r in result["rows"] if r["source"] == "in-memory"
+        r["mode"]: r["steps_per_s"]
+        for r in result["rows"]
+        if r["source"] == "in-memory"
     }
-    print(f"\n{'source':38s} {'mode':5s} {'ms/step':>8s} {'steps/s':>8s} {'vs mem':>7s} {'spread':>7s} {'pipe b/s':>9s}")
+    print(
+        f"\n{'source':38s} {'mode':5s} {'ms/step':>8s} {'steps/s':>8s} {'vs mem':>7s} {'spread':>7s} {'pipe b/s':>9s}"
+    )
     for r in result["rows"]:
         vs = r["steps_per_s"] / base[r["mode"]] if r["mode"] in base else float("nan")
         pipe = r["pipeline_batches_per_s"]
@@ -289,19 +302,32 @@ def _write_csv(path, x, y, chunk=100_000):
     scratch = path + ".tmp"
     with gzip.open(scratch, "wt", compresslevel=1) as f:
         for start in range(0, len(y), chunk):
-            block = np.column_stack([y[start : start + chunk], x[start : start + chunk]])
+            block = np.column_stack(
+                [y[start : start + chunk], x[start : start + chunk]]
+            )
             np.savetxt(f, block, fmt="%.7g", delimiter=",")
     os.replace(scratch, path)
 
 
 def _write_big_csv(path, rows, chunk=100_000):
-    """``rows`` synthetic Higgs-shaped rows, drawn chunk by chunk (bounded memory)."""
+    """``rows`` synthetic Higgs-shaped rows, drawn chunk by chunk (bounded memory).
+
+    One teacher for every chunk, as :func:`lowtf.data.synthetic` draws it (a
+    two-layer tanh net, labels drawn from its sigmoid); the features of each
+    chunk are drawn from their own seed.
+    """
     if os.path.exists(path):
         return
+    teacher = np.random.default_rng(0)
+    w1 = teacher.standard_normal((28, 32)) / np.sqrt(28)
+    w2 = teacher.standard_normal(32) * 1.5
     scratch = path + ".tmp"
     with gzip.open(scratch, "wt", compresslevel=1) as f:
         for i, start in enumerate(range(0, rows, chunk)):
-            x, y = _higgs_rows(min(chunk, rows - start), seed=i)
+            rs = np.random.default_rng(i + 1)
+            x = rs.standard_normal((min(chunk, rows - start), 28)).astype(np.float32)
+            logits = np.tanh(x @ w1 * 2.0) @ w2
+            y = rs.random(len(x)) < 1.0 / (1.0 + np.exp(-logits))
             np.savetxt(f, np.column_stack([y, x]), fmt="%.7g", delimiter=",")
     os.replace(scratch, path)
 
@@ -319,7 +345,9 @@ def _memory_child(path, rows, model_dir) -> dict:
     validation = lowtf.data.csv_dataset(
         path, batch_size=BATCH, statistics=stats, take=held_out, training=False
     )
-    train = lowtf.data.csv_stream(path, batch_size=BATCH, statistics=stats, skip=held_out)
+    train = lowtf.data.csv_stream(
+        path, batch_size=BATCH, statistics=stats, skip=held_out
+    )
     steps = (rows - held_out) // BATCH
     start = time.perf_counter()
     result = lowtf.fit(
@@ -329,7 +357,9 @@ def _memory_child(path, rows, model_dir) -> dict:
         validation=validation,
         model_dir=model_dir,
         config=lowtf.TrainConfig(
-            max_steps=steps, eval_every=max(steps // 4, 1), checkpoint_every=max(steps // 2, 1)
+            max_steps=steps,
+            eval_every=max(steps // 4, 1),
+            checkpoint_every=max(steps // 2, 1),
         ),
         log=lambda line: None,
     )
@@ -352,10 +382,21 @@ def memory(args) -> dict:
         path = os.path.join(work_dir, f"higgs-{rows}.csv.gz")
         start = time.perf_counter()
         _write_big_csv(path, rows)
-        print(f"  {path}: {os.path.getsize(path) / 1e6:.0f} MB ({time.perf_counter() - start:.0f} s to write)", flush=True)
+        print(
+            f"  {path}: {os.path.getsize(path) / 1e6:.0f} MB ({time.perf_counter() - start:.0f} s to write)",
+            flush=True,
+        )
         model_dir = tempfile.mkdtemp(prefix="run-", dir=work_dir)
         out = subprocess.run(
-            [sys.executable, "-m", "lowtf.bench.streams", "_memory_child", path, str(rows), model_dir],
+            [
+                sys.executable,
+                "-m",
+                "lowtf.bench.streams",
+                "_memory_child",
+                path,
+                str(rows),
+                model_dir,
+            ],
             capture_output=True,
             text=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -373,7 +414,9 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="what", required=True)
     t = sub.add_parser("throughput")
     t.add_argument("--rounds", type=int, default=5)
-    t.add_argument("--only", default="", help="comma-separated substrings of source names")
+    t.add_argument(
+        "--only", default="", help="comma-separated substrings of source names"
+    )
     t.add_argument("--work_dir", default="")
     t.add_argument("--json", default="")
     m = sub.add_parser("memory")

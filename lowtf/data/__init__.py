@@ -12,11 +12,16 @@ in this folder too.
 """
 
 from lowtf.data.batches import InMemoryBatches
-from lowtf.data.csv_files import FeatureStatistics, csv_dataset, csv_statistics, csv_stream
+from lowtf.data.csv_files import (
+    FeatureStatistics,
+    csv_dataset,
+    csv_statistics,
+    csv_stream,
+)
 from lowtf.data.datasets import DATASETS, Dataset, load, pipeline, synthetic
 from lowtf.data.readers import DataError
 from lowtf.data.streams import Stream
-from lowtf.data.tfrecord import (
+from lowtf.data.tfrecords import (
     TFRecordData,
     convert,
     read_spec,

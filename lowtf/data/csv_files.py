@@ -69,7 +69,7 @@ class FeatureStatistics:
             f.write(text + "\n")
 
     @classmethod
-    def load(cls, path: str) -> "FeatureStatistics":
+    def load(cls, path: str) -> FeatureStatistics:
         """Reads what :meth:`save` wrote."""
         try:
             with tf.io.gfile.GFile(path) as f:
@@ -78,9 +78,13 @@ class FeatureStatistics:
             std = np.asarray(record["std"], np.float64)
             rows = int(record["rows"])
         except (tf.errors.OpError, ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{path}: not a statistics file ({type(e).__name__}: {e})") from None
+            raise DataError(
+                f"{path}: not a statistics file ({type(e).__name__}: {e})"
+            ) from None
         if mean.shape != std.shape or mean.ndim != 1 or not (std > 0).all():
-            raise DataError(f"{path}: mean and std must be vectors of one length, std > 0")
+            raise DataError(
+                f"{path}: mean and std must be vectors of one length, std > 0"
+            )
         return cls(mean=mean, std=std, rows=rows)
 
 
@@ -124,7 +128,9 @@ def csv_statistics(
             count = total
     except tf.errors.OpError as e:
         where = locate_bad_line(layout)
-        raise DataError(where or f"{path}: {streams.clean_message(e.message)}") from None
+        raise DataError(
+            where or f"{path}: {streams.clean_message(e.message)}"
+        ) from None
     if not count:
         raise DataError(f"{path}: no data rows (after skipping {skip})")
     std = np.sqrt(m2 / count)
@@ -207,7 +213,9 @@ def csv_stream(path: str, *, batch_size: int, **kwargs) -> streams.Stream:
         + (f"standardized ({stats.rows} rows, {stats.digest})" if stats else "raw")
     )
     layout = _layout(path, kwargs.get("label_column", 0), kwargs.get("header", False))
-    return streams.Stream(dataset, source=source, locate=lambda: locate_bad_line(layout))
+    return streams.Stream(
+        dataset, source=source, locate=lambda: locate_bad_line(layout)
+    )
 
 
 def locate_bad_line(layout, *, seconds: float = LOCATE_SECONDS) -> str | None:

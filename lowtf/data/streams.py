@@ -73,7 +73,9 @@ class Stream(tf.Module):
         size, or a pipeline that cannot be checkpointed.
     """
 
-    def __init__(self, dataset, *, batch_size=None, source=None, locate=None, name=None):
+    def __init__(
+        self, dataset, *, batch_size=None, source=None, locate=None, name=None
+    ):
         super().__init__(name=name)
         if locate is not None and not callable(locate):
             raise ValueError(f"`locate` ({locate!r}) must be a function or None")
@@ -81,11 +83,13 @@ class Stream(tf.Module):
         if callable(dataset) and not isinstance(dataset, tf.data.Dataset):
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             context = tf.distribute.InputContext(
-                num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=replicas
+                num_input_pipelines=1,
+                input_pipeline_id=0,
+                num_replicas_in_sync=replicas,
             )
             dataset = dataset(context)
         if not isinstance(dataset, tf.data.Dataset):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 - an argument's value, as every check here
                 f"`dataset` ({type(dataset).__name__}) must be a tf.data.Dataset of "
                 "(x, y) pairs, or a function of a tf.distribute.InputContext that "
                 "returns one"
@@ -230,7 +234,9 @@ def materialize(name: str, data, *, limit: int = 10_000_000):
                     "memory for evaluation: give a smaller one"
                 )
     except tf.errors.OpError as error:
-        raise DataError(f"`{name}` could not be read: {clean_message(error.message)}") from None
+        raise DataError(
+            f"`{name}` could not be read: {clean_message(error.message)}"
+        ) from None
     if not xs:
         raise ValueError(f"`{name}` is empty: it has no examples to evaluate on")
     return np.concatenate(xs), np.concatenate(ys)
@@ -247,7 +253,7 @@ def _check_pairs(spec, *, batched, name="dataset"):
             f"`{name}` must yield (x, y) pairs of tensors; its elements are {spec}. "
             "Map them to pairs first, e.g. ds.map(lambda d: (d['x'], d['y']))"
         )
-    x_spec, y_spec = spec
+    y_spec = spec[1]
     if not batched and y_spec.shape.rank not in (0, 1):
         raise ValueError(
             f"`{name}` gives labels of shape {y_spec.shape}; labels are class "
@@ -312,7 +318,9 @@ def clean_message(message: str) -> str:
     reasons = [
         line
         for line in lines
-        if not line.startswith(("Graph execution error", "Detected at node", "File ", "[["))
+        if not line.startswith(
+            ("Graph execution error", "Detected at node", "File ", "[[")
+        )
     ]
     line = reasons[-1] if reasons else (lines[0] if lines else "(no message)")
     line = re.sub(r"\{\{.*?\}\}|\[Op:.*|\[\[.*?\]\]", "", line)

@@ -57,8 +57,15 @@ def shard_paths(directory: str, split: str, shards: int) -> list[str]:
 
 
 def write_tfrecords(
-    x, y, directory: str, split: str, shards: int = 1, *, compression: str | None = None,
-    features_key: str = FEATURES_KEY, label_key: str = LABEL_KEY,
+    x,
+    y,
+    directory: str,
+    split: str,
+    shards: int = 1,
+    *,
+    compression: str | None = None,
+    features_key: str = FEATURES_KEY,
+    label_key: str = LABEL_KEY,
 ) -> list[str]:
     """Writes ``(x, y)`` as TFRecord shards of ``tf.train.Example``; returns their paths.
 
@@ -112,7 +119,9 @@ def write_tfrecords(
     return paths
 
 
-def convert(dataset, directory: str, *, shards: int = 4, compression: str | None = None) -> dict:
+def convert(
+    dataset, directory: str, *, shards: int = 4, compression: str | None = None
+) -> dict:
     """Writes a loaded :class:`lowtf.Dataset` as TFRecord shards and ``spec.json``.
 
     The three splits are those of the :class:`lowtf.Dataset` (:func:`lowtf.load_dataset`
@@ -139,7 +148,7 @@ def convert(dataset, directory: str, *, shards: int = 4, compression: str | None
             x, y, directory, split, min(shards, len(y)), compression=compression
         )
         splits[split] = {
-            "examples": int(len(y)),
+            "examples": len(y),
             "files": [os.path.basename(p) for p in paths],
         }
     spec = {
@@ -250,7 +259,9 @@ def tfrecord(
         deterministic=True,
     )
     if training:
-        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        records = records.shuffle(
+            shuffle_buffer, seed=seed, reshuffle_each_iteration=True
+        )
     batches = records.batch(batch_size, drop_remainder=training)
     # A whole batch parsed at once: one op instead of batch_size.
     batches = batches.map(
@@ -259,7 +270,9 @@ def tfrecord(
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def tfrecord_stream(pattern, *, batch_size: int, feature_shape, **kwargs) -> streams.Stream:
+def tfrecord_stream(
+    pattern, *, batch_size: int, feature_shape, **kwargs
+) -> streams.Stream:
     """A :class:`lowtf.data.Stream` of training batches from TFRecord shards.
 
     Takes the arguments of :func:`tfrecord` but ``training``. The stream's
@@ -270,7 +283,9 @@ def tfrecord_stream(pattern, *, batch_size: int, feature_shape, **kwargs) -> str
     """
     if "training" in kwargs:
         raise ValueError("`training` is always True for a stream; drop it")
-    dataset = tfrecord(pattern, batch_size=batch_size, feature_shape=feature_shape, **kwargs)
+    dataset = tfrecord(
+        pattern, batch_size=batch_size, feature_shape=feature_shape, **kwargs
+    )
     files, reader = _prepare(
         pattern,
         feature_shape,
@@ -317,22 +332,32 @@ class TFRecordData:
 
 
 def read_tfrecords(
-    directory: str, *, batch_size: int, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, seed: int = 0
+    directory: str,
+    *,
+    batch_size: int,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    seed: int = 0,
 ) -> TFRecordData:
     """Reads a directory written by :func:`convert`: a training stream, held-out arrays."""
     spec = read_spec(directory)
-    common = dict(
-        feature_shape=spec["feature_shape"],
-        features_key=spec.get("features_key", FEATURES_KEY),
-        label_key=spec.get("label_key", LABEL_KEY),
-        compression=spec.get("compression"),
-    )
+    common = {
+        "feature_shape": spec["feature_shape"],
+        "features_key": spec.get("features_key", FEATURES_KEY),
+        "label_key": spec.get("label_key", LABEL_KEY),
+        "compression": spec.get("compression"),
+    }
 
     def files(split):
-        return [os.path.join(directory, name) for name in spec["splits"][split]["files"]]
+        return [
+            os.path.join(directory, name) for name in spec["splits"][split]["files"]
+        ]
 
     train = tfrecord_stream(
-        files("train"), batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed, **common
+        files("train"),
+        batch_size=batch_size,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        **common,
     )
     held_out = [
         streams.materialize(
@@ -347,7 +372,9 @@ def read_tfrecords(
                 f"{directory}: the {split} shards hold {len(y):,} examples but "
                 f"spec.json says {expected:,}; write the directory again"
             )
-    return TFRecordData(train=train, validation=held_out[0], test=held_out[1], spec=spec)
+    return TFRecordData(
+        train=train, validation=held_out[0], test=held_out[1], spec=spec
+    )
 
 
 def locate_bad_record(files, reader, *, seconds: float = LOCATE_SECONDS) -> str | None:
@@ -437,8 +464,12 @@ class _Reader:
                 return f"feature {key!r} is a {have}, not a {want}"
             values = len(getattr(feature[key], want).value)
             if values != count:
-                shape = f"feature_shape {self.feature_shape}" if count > 1 else "one label"
-                return f"feature {key!r} has {values} values, expected {count} ({shape})"
+                shape = (
+                    f"feature_shape {self.feature_shape}" if count > 1 else "one label"
+                )
+                return (
+                    f"feature {key!r} has {values} values, expected {count} ({shape})"
+                )
         return None
 
     def check_first(self, path) -> None:
@@ -457,7 +488,9 @@ class _Reader:
             raise DataError(f"{path}, record 0: {why}")
 
 
-def _prepare(pattern, feature_shape, features_key, label_key, dtype, compression, *, check=True):
+def _prepare(
+    pattern, feature_shape, features_key, label_key, dtype, compression, *, check=True
+):
     """The files of ``pattern`` and their :class:`_Reader`; checks the first record."""
     _checks.one_of("compression", compression, ("auto", None, "GZIP"))
     dtype = tf.as_dtype(dtype)
