@@ -20,6 +20,7 @@ from lowtf.train import rundir
 def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
     with rundir.RunLock(str(tmp_path)) as lock:
         assert json.loads((tmp_path / "lock").read_text()) == rundir.this_process()
+
         # A call made from inside the holder nests (run_job around fit): not
         # refused, and its release leaves the lock held.
         def inner():
@@ -46,8 +47,13 @@ def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
         thread.join()
         assert len(errors) == 1 and "(another thread of this process" in errors[0]
         # Another live process of this host (pid 1, init) holds it: refused.
-        init = {**rundir.this_process(), "pid": 1,
-                "start": int((pathlib.Path("/proc/1/stat").read_text().rsplit(")", 1)[1]).split()[19])}
+        init = {
+            **rundir.this_process(),
+            "pid": 1,
+            "start": int(
+                (pathlib.Path("/proc/1/stat").read_text().rsplit(")", 1)[1]).split()[19]
+            ),
+        }
         (tmp_path / "lock").write_text(json.dumps(init))
         with pytest.raises(ValueError, match=r"in use by another run \(pid 1 on"):
             rundir.RunLock(str(tmp_path)).acquire()
@@ -87,18 +93,28 @@ def test_a_lock_whose_pid_this_process_reuses_is_taken_over(tmp_path):
     lines = []
     with rundir.RunLock(str(tmp_path), log=lines.append):
         assert json.loads((tmp_path / "lock").read_text()) == rundir.this_process()
-    assert lines == [f"taking over the stale lock {tmp_path / 'lock'} (pid {os.getpid()}, not running)"]
+    assert lines == [
+        f"taking over the stale lock {tmp_path / 'lock'} (pid {os.getpid()}, not running)"
+    ]
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_log_line(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     pid = int(dead.stdout)
-    (tmp_path / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+    (tmp_path / "lock").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": pid})
+    )
     lines = []
     with rundir.RunLock(str(tmp_path), log=lines.append):
         assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
-    assert lines == [f"taking over the stale lock {tmp_path / 'lock'} (pid {pid}, not running)"]
+    assert lines == [
+        f"taking over the stale lock {tmp_path / 'lock'} (pid {pid}, not running)"
+    ]
 
 
 def test_a_lock_of_another_host_is_never_taken_over(tmp_path):
@@ -136,23 +152,32 @@ def test_identity_lists_each_differing_setting_with_both_values():
     val = (rs.randn(8, 4).astype(np.float32), np.arange(8) % 2)
 
     def ident(activation="elu", dropout=0.0, x=train[0], seed=0):
-        model = lowtf.mlp([8], num_classes=2, activation=activation, dropout=dropout, seed=seed)
+        model = lowtf.mlp(
+            [8], num_classes=2, activation=activation, dropout=dropout, seed=seed
+        )
         model(x[:1])
-        return rundir.identity(model=model, optimizer=tf.keras.optimizers.Adam(1e-3),
-                               train=(x, train[1]), validation=val,
-                               settings={"seed": seed, "batch_size": 4})
+        return rundir.identity(
+            model=model,
+            optimizer=tf.keras.optimizers.Adam(1e-3),
+            train=(x, train[1]),
+            validation=val,
+            settings={"seed": seed, "batch_size": 4},
+        )
 
     base = ident()
     assert rundir.differences(base, ident()) == []
     assert base["train_data"] == rundir.fingerprint(*train)
     changed = rundir.differences(base, ident(activation="relu", dropout=0.2, seed=1))
-    assert any("activation" in line and "elu" in line and "relu" in line for line in changed)
+    assert any(
+        "activation" in line and "elu" in line and "relu" in line for line in changed
+    )
     assert any("rate" in line and "0.2" in line for line in changed)
     assert "seed: recorded 0, now 1" in changed
     other_rows = train[0].copy()
     other_rows[3, 1] += 1.0
-    assert [line.split(":")[0] for line in rundir.differences(base, ident(x=other_rows))] == [
-        "train_data"]
+    assert [
+        line.split(":")[0] for line in rundir.differences(base, ident(x=other_rows))
+    ] == ["train_data"]
 
 
 def test_record_round_trip_and_damaged_records(tmp_path):
@@ -177,15 +202,24 @@ def test_traces_name_what_an_earlier_run_left(tmp_path):
 
 def _unshare_works() -> bool:
     try:
-        return subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True,
-                              timeout=30).returncode == 0
+        run = subprocess.run(
+            ["unshare", "--pid", "--fork", "true"],
+            check=False,
+            capture_output=True,
+            timeout=30,
+        )
+        return run.returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="unshare --pid --fork is unavailable here")
+@pytest.mark.skipif(
+    not _unshare_works(), reason="unshare --pid --fork is unavailable here"
+)
 def test_an_owner_in_another_pid_namespace_is_found_while_it_runs():
-    process = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "60"])
+    process = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", "sleep", "60"]
+    )
     try:
         children = pathlib.Path(f"/proc/{process.pid}/task/{process.pid}/children")
         for _ in range(500):
@@ -194,7 +228,9 @@ def test_an_owner_in_another_pid_namespace_is_found_while_it_runs():
             time.sleep(0.01)
         child = int(children.read_text().split()[0])
         stat = pathlib.Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        owner = _owner(pid=1, start=int(stat[19]), pidns=os.stat(f"/proc/{child}/ns/pid").st_ino)
+        owner = _owner(
+            pid=1, start=int(stat[19]), pidns=os.stat(f"/proc/{child}/ns/pid").st_ino
+        )
         # pid 1 of its own namespace: not our pid 1 (init), and found alive.
         assert rundir.owner_state(owner) == rundir.RUNNING
     finally:

@@ -165,7 +165,12 @@ def test_two_processes_on_one_journal_train_each_configuration_once(tmp_path):
     assert results(dirs[0]) == results(dirs[1]) and len(results(dirs[0])) == 4
 
 
-CONFIG = dict(dataset="synthetic", architectures=("4",), l2=(0.0, 1e-3), retrain=False)
+CONFIG = {
+    "dataset": "synthetic",
+    "architectures": ("4",),
+    "l2": (0.0, 1e-3),
+    "retrain": False,
+}
 
 
 def _one_line_naming(error, path):
@@ -277,7 +282,9 @@ def test_sigint_and_sigterm_stop_at_a_boundary_and_the_rerun_finishes(tmp_path):
     second.send_signal(signal.SIGTERM)
     output = finish(second, timeout=120)
     assert second.returncode == 3, output[-2000:]
-    assert f"resuming from {b}/populations/" in output and f"at step {stopped}" in output
+    assert (
+        f"resuming from {b}/populations/" in output and f"at step {stopped}" in output
+    )
     assert re.search(r"SIGTERM received at step \d+: stopping", output)
     assert "sweep interrupted while retraining the winner" in output
     report = pathlib.Path(b, "results.md").read_text()
@@ -298,7 +305,7 @@ def _unshare_works() -> bool:
     try:
         run = subprocess.run(
             ["unshare", "--pid", "--fork", "--kill-child", "true"],
-            capture_output=True, timeout=30,
+            check=False, capture_output=True, timeout=30,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return False

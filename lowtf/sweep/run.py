@@ -205,7 +205,9 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
             log(f"retraining the winner ({winner['key']}) on all training rows")
             # fit answers a stop request during the training itself.
             winner_result = job_lib.run_job(job, flags_text=flags_text, log=log)
-        interrupted = winner_result is None or winner_result.stop_reason == "interrupted"
+        interrupted = (
+            winner_result is None or winner_result.stop_reason == "interrupted"
+        )
         report.write(config, rows, sweep_dir, command=command, test=winner_result)
         if interrupted:
             log(

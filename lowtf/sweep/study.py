@@ -142,7 +142,7 @@ def open_storage(url: str):
         if url.startswith("sqlite:///") and "?" not in url:
             _write_ahead(url[len("sqlite:///") :])
         return optuna.storages.RDBStorage(url)
-    except Exception as error:  # noqa: BLE001 - drivers raise many kinds
+    except Exception as error:  # drivers raise many kinds
         if url.startswith(("sqlite:///", "journal:")):
             with _reported(describe(url)):
                 raise
@@ -314,7 +314,9 @@ def requeue_interrupted(study: Study, config: SweepConfig) -> int:
             book = book or ledger(study)
             if key not in book["finished"] and key not in book["waiting"]:
                 with _reported(study.where):
-                    study.study.enqueue_trial(point_of(t).params(), skip_if_exists=False)
+                    study.study.enqueue_trial(
+                        point_of(t).params(), skip_if_exists=False
+                    )
                 book["waiting"].add(key)
     return count
 
@@ -335,7 +337,9 @@ def release(study: Study, config: SweepConfig, claims) -> None:
         key = frozen.user_attrs.get("key")
         if key and key not in book["finished"] and key not in book["waiting"]:
             with _reported(study.where):
-                study.study.enqueue_trial(point_of(frozen).params(), skip_if_exists=False)
+                study.study.enqueue_trial(
+                    point_of(frozen).params(), skip_if_exists=False
+                )
             book["waiting"].add(key)
 
 
@@ -489,7 +493,9 @@ def _claim_sampled(study: Study, config: SweepConfig, limit: int, sample: bool) 
         limit = min(limit, len(book["waiting"]))
     # Seeded by the study's size: a rerun, or another process, draws new
     # points rather than the first run's random start-up points again.
-    study.study.sampler = _tpe(config.seed + len(study.study.get_trials(deepcopy=False)))
+    study.study.sampler = _tpe(
+        config.seed + len(study.study.get_trials(deepcopy=False))
+    )
     dists = distributions(config)
     taken = set(book["finished"]) | book["running"]
     claimed, duplicates = [], 0
@@ -523,7 +529,9 @@ def _claim_sampled(study: Study, config: SweepConfig, limit: int, sample: bool) 
 
 def _space(config: SweepConfig) -> str:
     return ", ".join(
-        f"{n} in {v}" if isinstance(v, Range) else f"{n} in {{{', '.join(map(str, v))}}}"
+        f"{n} in {v}"
+        if isinstance(v, Range)
+        else f"{n} in {{{', '.join(map(str, v))}}}"
         for n, v in config.search_space().items()
         if isinstance(v, Range) or len(v) > 1
     )

@@ -279,13 +279,15 @@ class RunLock:
                 raise self._busy(f"pid {holder.get('pid')} on {holder.get('host')}")
             # SELF: a lock no RunLock of this process holds, left by this
             # process (a release that could not delete it): stale as well.
-            what = "unreadable" if holder is None else f"pid {holder['pid']}, not running"
+            what = f"pid {holder['pid']}, not running" if holder else "unreadable"
             self.log(f"taking over the stale lock {self.path} ({what})")
             try:
                 tf.io.gfile.remove(self.path)
             except tf.errors.NotFoundError:
                 pass  # released meanwhile
-        raise ValueError(f"could not take the lock {self.path}; another run took it first")
+        raise ValueError(
+            f"could not take the lock {self.path}; another run took it first"
+        )
 
     def _nest(self, held, caller) -> None:
         """Lets a call made from inside the holder through; refuses any other."""
@@ -302,7 +304,8 @@ class RunLock:
             # The file names another run (rewritten under us): it is the holder.
             raise self._busy(f"pid {holder.get('pid')} on {holder.get('host')}")
         if not inside:
-            where = "another thread" if thread != threading.get_ident() else "this thread"
+            mine = thread == threading.get_ident()
+            where = "this thread" if mine else "another thread"
             raise self._busy(f"{where} of this process, pid {os.getpid()}")
 
     def _busy(self, who: str) -> ValueError:
