@@ -263,7 +263,7 @@ def test_a_rerun_after_a_kill_while_claiming_claims_at_once(monkeypatch):
     rerun = study_lib.open_study(config, storage)
     assert study_lib.requeue_interrupted(rerun, config) == 3
     # Claiming says how far it got (every 2 s; here at each claim).
-    monkeypatch.setattr(study_lib, "_CLAIM_LOG_SECONDS", 0.0)
+    monkeypatch.setattr(study_lib, "CLAIM_LOG_SECONDS", 0.0)
     lines = []
     claimed = study_lib.claim(rerun, config, config.batch, log=lines.append)
     assert [p for _, p in claimed] == config.points()

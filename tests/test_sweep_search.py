@@ -313,4 +313,4 @@ def test_a_tpe_search_that_cannot_draw_a_new_point_ends_in_one_line(tmp_path, da
     study = study_lib.open_study(config, config.resolved_storage)
     failed = [t for t in study.study.get_trials() if t.state == TrialState.FAIL]
     # The draws of one exhausted claim, no more: nothing polls afterwards.
-    assert len(failed) <= 2 * (study_lib._MAX_RESAMPLES + 1)
+    assert len(failed) <= 2 * (study_lib.MAX_RESAMPLES + 1)

@@ -123,7 +123,7 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
             try:
                 claimed = study_lib.claim(
                     study, config, config.batch, sample=not exhausted,
-                    log=progress.line,
+                    log=progress.line, stop=lambda: stop.requested,
                 )  # fmt: skip
             except study_lib.Exhausted as error:
                 log(str(error))

@@ -51,9 +51,9 @@ FINISHED = ("ok", "diverged")
 CLAIM_WAIT_SECONDS = 10.0
 # TPE: draws of an already taken point in a row before the space counts as
 # exhausted.
-_MAX_RESAMPLES = 20
+MAX_RESAMPLES = 20
 # Seconds between claiming's progress lines.
-_CLAIM_LOG_SECONDS = 2.0
+CLAIM_LOG_SECONDS = 2.0
 
 
 class StorageError(ValueError):
@@ -329,7 +329,9 @@ def release(study: Study, config: SweepConfig, claims) -> None:
     """
     book = None
     for c in claims:
-        if not _fail(study, c.number, "interrupted") or config.search != "tpe":
+        if not _fail(study, c.number, "interrupted", c.trial_id):
+            continue
+        if config.search != "tpe":
             continue
         with _reported(study.where):
             frozen = study.storage.get_trial(c.trial_id)
@@ -343,12 +345,13 @@ def release(study: Study, config: SweepConfig, claims) -> None:
             book["waiting"].add(key)
 
 
-def _fail(study: Study, number: int, status: str) -> bool:
+def _fail(study: Study, number: int, status: str, trial_id=None) -> bool:
     """Fails a running trial as ``status``; False if another process just did."""
     with _reported(study.where):
-        trial_id = study.storage.get_trial_id_from_study_id_trial_number(
-            study.study_id, number
-        )
+        if trial_id is None:
+            trial_id = study.storage.get_trial_id_from_study_id_trial_number(
+                study.study_id, number
+            )
         try:
             study.storage.set_trial_user_attr(trial_id, "status", status)
             study.study.tell(number, state=TrialState.FAIL)
@@ -390,7 +393,13 @@ def result(trial) -> dict:
 
 
 def claim(
-    study: Study, config: SweepConfig, limit: int, *, sample: bool = True, log=None
+    study: Study,
+    config: SweepConfig,
+    limit: int,
+    *,
+    sample: bool = True,
+    log=None,
+    stop=None,
 ) -> list:
     """Claims up to ``limit`` configurations nobody has finished or is running.
 
@@ -407,6 +416,8 @@ def claim(
 
     Args:
       log: called with a progress line every 2 s while claiming (default None).
+      stop: called before each grid claim; once it returns true, the claims
+        made so far are returned (default None: never).
 
     Raises:
       Exhausted: TPE drew 20 taken points in a row and none new.
@@ -415,15 +426,15 @@ def claim(
     with _reported(study.where):
         if config.search == "tpe":
             return _claim_sampled(study, config, limit, sample)
-        return _claim_grid(study, config, limit, log)
+        return _claim_grid(study, config, limit, log, stop or (lambda: False))
 
 
-def _claim_grid(study: Study, config: SweepConfig, limit: int, log) -> list:
+def _claim_grid(study: Study, config: SweepConfig, limit: int, log, stop) -> list:
     points = {p.key: p for p in config.points()}
     dists = distributions(config)
     me = rundir.this_process()
     claimed, started, said = [], time.monotonic(), time.monotonic()
-    while len(claimed) < limit:
+    while len(claimed) < limit and not stop():
         book = ledger(study)
         taken = set(book["finished"]) | book["running"]
         # In grid order: an interrupted claim's points are the first free
@@ -434,6 +445,8 @@ def _claim_grid(study: Study, config: SweepConfig, limit: int, log) -> list:
             break
         token, ids = uuid.uuid4().hex, {}
         for i, key in enumerate(keys):
+            if stop():
+                break
             # One write per claim: the trial is made RUNNING with its point,
             # key and owner, so no other process ever sees it half made.
             template = optuna.trial.create_trial(
@@ -443,7 +456,7 @@ def _claim_grid(study: Study, config: SweepConfig, limit: int, log) -> list:
                 user_attrs={"owner": me, "key": key, "claim": token},
             )
             ids[key] = study.storage.create_new_trial(study.study_id, template)
-            if log is not None and time.monotonic() - said >= _CLAIM_LOG_SECONDS:
+            if log is not None and time.monotonic() - said >= CLAIM_LOG_SECONDS:
                 said = time.monotonic()
                 log(
                     f"claiming: {len(claimed) + i + 1}/{len(claimed) + len(keys)} "
@@ -451,7 +464,7 @@ def _claim_grid(study: Study, config: SweepConfig, limit: int, log) -> list:
                 )
         for key, (number, lost) in _settle(study, token, ids).items():
             if lost:
-                _fail(study, number, "duplicate")
+                _fail(study, number, "duplicate", ids[key])
             else:
                 claimed.append((Claim(number, ids[key]), points[key]))
     return claimed
@@ -508,9 +521,9 @@ def _claim_sampled(study: Study, config: SweepConfig, limit: int, sample: bool) 
         if point.key in taken:  # a value drawn twice (a list, or a narrow range)
             _fail(study, trial.number, "duplicate")
             duplicates += 1
-            if duplicates > _MAX_RESAMPLES and claimed:
+            if duplicates > MAX_RESAMPLES and claimed:
                 break  # these first; the next round finds the space exhausted
-            if duplicates > _MAX_RESAMPLES:
+            if duplicates > MAX_RESAMPLES:
                 raise Exhausted(
                     f"TPE drew {duplicates} configurations in a row that were already "
                     f"taken: the space ({_space(config)}) holds no new one; the sweep "

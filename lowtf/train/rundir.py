@@ -75,6 +75,8 @@ def traces(model_dir: str) -> list[str]:
 SELF, RUNNING, GONE = "self", "running", "gone"
 # A found process whose state is one of these has ended (zombie, dead).
 _ENDED_STATES = ("Z", "X", "x")
+# this_process(), read once per process.
+_ME: dict | None = None
 
 
 def this_process() -> dict:
@@ -89,21 +91,18 @@ def this_process() -> dict:
     apart, and the namespace says whether the pid means the same here.
     Fields that cannot be read (no ``/proc``) are None.
     """
-    pid = os.getpid()
-    if _ME.get("pid") != pid:  # computed once per process (again after a fork)
+    global _ME
+    me = _ME
+    if me is None or me["pid"] != os.getpid():  # once per process (again after a fork)
         found = _proc_stat("self")
-        _ME.clear()
-        _ME.update(
-            host=socket.gethostname(),
-            pid=pid,
-            start=found[1] if found else None,
-            boot=_read("/proc/sys/kernel/random/boot_id"),
-            pidns=_namespace("self"),
-        )
-    return dict(_ME)
-
-
-_ME: dict = {}
+        me = _ME = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start": found[1] if found else None,
+            "boot": _read("/proc/sys/kernel/random/boot_id"),
+            "pidns": _namespace("self"),
+        }
+    return dict(me)
 
 
 def owner_state(owner) -> str:
