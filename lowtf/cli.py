@@ -6,7 +6,9 @@ before absl's flags and long before TensorFlow. Unless ``--verbosity``
 that a binary prints lowtf's lines only:
 
 * ``TF_CPP_MIN_LOG_LEVEL=2`` (unless already set) drops TensorFlow's INFO
-  and WARNING lines (oneDNN, CPU instructions, device creation, XLA);
+  and WARNING lines (oneDNN, CPU instructions, device creation, XLA); the
+  ``tensorflow`` Python logger and absl's logging (which TensorFlow's
+  SavedModel code uses) log from WARNING up;
 * the first ``import tensorflow`` runs with the process's stderr (file
   descriptor 2) sent to a temporary file, and so does the first look at the
   devices: lines that C++ writes straight to the descriptor, which no
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.util
+import logging
 import os
 import runpy
 import sys
@@ -85,6 +88,9 @@ class _QuietLoader(importlib.abc.Loader):
             # without a GPU driver); it starts no runtime, so a strategy made
             # later is still the first thing to configure it.
             module.config.list_physical_devices()
+        # TensorFlow's Python INFO lines (a SavedModel's assets, checkpoint
+        # sharding...) too; --verbosity keeps them, as it skips all of this.
+        module.get_logger().setLevel(logging.WARNING)
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):
@@ -110,6 +116,11 @@ def quiet_start_up(argv=None) -> bool:
     if _verbose(argv) or "tensorflow" in sys.modules:
         return False
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # absl's Python INFO lines (TensorFlow's SavedModel and checkpoint code
+    # logs through absl); a --verbosity on the command line sets its own.
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
     if not any(isinstance(finder, _QuietImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())
     return True
