@@ -122,8 +122,8 @@ def test_a_resume_with_other_members_or_a_busy_directory_is_refused(fitted):
     # Layer by layer: its hidden and output layers carry the L2 scale.
     for layer in (0, 2):
         assert re.search(
-            rf"member 2 model layer {layer}: recorded Dense .*l2=0\.01\).*, now "
-            r"Dense .*l2=0\.5\)",
+            rf"member 2 model layer {layer} Dense: kernel_regularizer recorded "
+            r'"Regularizer\(l1=0\.0, l2=0\.01\)", now "Regularizer\(l1=0\.0, l2=0\.5\)"',
             message,
         )
     assert "member 0" not in message
@@ -280,3 +280,35 @@ def test_lowtf_fit_refuses_what_a_population_has_of_its_own(tmp_path, kwargs, me
         lowtf.fit(_population(), model_dir=str(tmp_path / "run"), **kwargs)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.e2e
+def test_sigkill_and_resume_end_as_an_uninterrupted_run_with_a_diverged_member(tmp_path):
+    import subprocess
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    import _population_worker as worker
+
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+    straight, result = worker.fit(str(straight_dir), log=lambda line: None)
+    # Member 3 (learning rate 1e20) diverges; the others train on.
+    assert [m.stop_reason for m in result.members][3] == "diverged"
+    assert [m.stop_reason for m in result.members][:3] != ["diverged"] * 3
+    process = subprocess.Popen(
+        [sys.executable, worker.__file__, str(killed_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stdout:  # killed between checkpoints 30 and 60
+        if line.startswith("step 50/"):
+            process.kill()
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    resumed, again = worker.fit(str(killed_dir), log=lambda line: None)
+    assert [m.stop_reason for m in again.members] == [m.stop_reason for m in result.members]
+    assert len(resumed.variables) == len(straight.variables) > 10
+    for a, b in zip(resumed.variables, straight.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (killed_dir / "history.csv").read_text() == (straight_dir / "history.csv").read_text()

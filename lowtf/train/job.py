@@ -112,7 +112,10 @@ class JobResult:
         return json.dumps(self.as_dict(), indent=2) + "\n"
 
 
-SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(JobResult))
+# The ensemble parts are written only for --ensemble runs.
+SUMMARY_FIELDS = tuple(
+    f.name for f in dataclasses.fields(JobResult) if f.name not in ("ensemble", "members")
+)
 
 
 def run_job(
