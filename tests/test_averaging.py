@@ -115,7 +115,9 @@ def test_swa_is_the_mean_of_the_weights_at_its_points_with_batch_norm_recomputed
             if isinstance(layer, lowtf.nn.BatchNorm):
                 mean, var = expected[layer.name]
                 np.testing.assert_allclose(layer.moving_mean.numpy(), mean, atol=1e-5)
-                np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-4)
+                np.testing.assert_allclose(
+                    layer.moving_variance.numpy(), var, rtol=1e-4
+                )
     for a, b in zip(model.variables, live):  # swapped back, moving statistics too
         np.testing.assert_array_equal(a.numpy(), b)
 
@@ -164,3 +166,51 @@ def test_fit_evaluates_swa_with_batch_norm_and_resumes_exactly(tmp_path):
     assert val["cross_entropy"] == pytest.approx(whole_result.best_value, rel=1e-6)
     record = lowtf.train.rundir.read_record(str(tmp_path / "whole"))
     assert record["identity"]["swa_from"] == 40
+
+
+def test_members_with_their_own_swa_equal_single_runs():
+    seeds, swa_from = [0, 1, 2], [0, 20, 40]  # member 0 does not average
+    # Members with 4, 3 and 3 batches: the batch-norm pass pads the shorter.
+    rows = [np.arange(160), np.arange(120), np.arange(40, 160)]
+    pop = lowtf.Population(
+        X, Y, train_rows=rows, val_rows=[np.arange(160, 200)] * 3, seeds=seeds,
+        models=lambda k: lowtf.mlp("small", batchnorm=True, dropout=0.2, seed=seeds[k]),
+        swa_from=swa_from, optimizer=tf.keras.optimizers.Adam(1e-2), batch_size=40,
+        jit_compile=False,
+    )  # fmt: skip
+    for _ in range(3):
+        pop.run(20)
+        record = pop.evaluate()
+    for k in range(3):
+        single = lowtf.mlp("small", batchnorm=True, dropout=0.2, seed=seeds[k])
+        step = lowtf.TrainStep(
+            single,
+            tf.keras.optimizers.Adam(1e-2),
+            data=InMemoryBatches(X[rows[k]], Y[rows[k]], 40, seed=seeds[k]),
+            options=lowtf.StepOptions(
+                seed=seeds[k], jit_compile=False, swa_from=swa_from[k] or None
+            ),
+        )
+        for i in range(1, 4):
+            step.run(20)
+            if swa_from[k] and 20 * i >= swa_from[k]:
+                step.update_swa()
+        with pop.averaged_weights():
+            member = pop.member(k, weights="latest")
+        with step.averaged_weights():
+            for a, b in zip(member.variables, single.variables):
+                np.testing.assert_allclose(
+                    a.numpy(), b.numpy(), atol=2e-5, err_msg=a.name
+                )
+            val = lowtf.Evaluator(single, jit_compile=False)(X[160:200], Y[160:200])
+        assert record["val_cross_entropy"][k] == pytest.approx(
+            val["cross_entropy"], rel=1e-4
+        )
+    for a, b in zip(pop.member(2, weights="latest").variables, single.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5)  # swapped back
+    with pytest.raises(ValueError, match="member 1 has `ema` .* and `swa_from`"):
+        lowtf.Population(
+            X, Y, train_rows=rows, val_rows=[np.arange(160, 200)] * 3, seeds=seeds,
+            ema=[0.0, 0.9, 0.0], swa_from=[0, 20, 40],
+            optimizer=tf.keras.optimizers.Adam(1e-2), batch_size=40,
+        )  # fmt: skip

@@ -121,3 +121,47 @@ def test_a_history_written_before_the_column_existed_is_resumable(tmp_path):
     assert summaries.read_history(path) == [read]
     with open(path) as f:
         assert f.readline().strip().split(",") == list(summaries.COLUMNS)
+
+
+@pytest.mark.e2e
+def test_members_report_their_own_fraction_and_swa_resumes_exactly(tmp_path):
+    caps = [0.0, 100.0, 0.3]  # none, one that never binds, a tight one
+
+    def fit(model_dir, max_steps):
+        pop = lowtf.Population(
+            X, Y, train_rows=[np.arange(160)] * 3, val_rows=[np.arange(160, 200)] * 3,
+            seeds=[0, 1, 2], swa_from=[20, 0, 40], batch_size=40, jit_compile=False,
+            models=lambda k: lowtf.mlp(
+                "small", batchnorm=True, maxnorm=caps[k], maxnorm_output=True, seed=k
+            ),
+            optimizer=tf.keras.optimizers.Adam(3e-2),
+        )  # fmt: skip
+        result = lowtf.population.fit_population(
+            pop, model_dir=str(model_dir), max_steps=max_steps, eval_every=20,
+            checkpoint_every=20, log=lambda line: None,
+        )  # fmt: skip
+        return pop, result
+
+    whole, whole_result = fit(tmp_path / "whole", 80)
+    fit(tmp_path / "split", 40)  # stopped inside member 0's averaging
+    resumed, resumed_result = fit(tmp_path / "split", 80)
+    for a, b in zip(whole_result.members, resumed_result.members):
+        assert a.history == b.history
+    for k in range(3):
+        for a, b in zip(resumed.member(k).variables, whole.member(k).variables):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    fractions = [
+        [row["maxnorm_clipped_fraction"] for row in m.history]
+        for m in whole_result.members
+    ]
+    assert fractions[0] == [None] * 5
+    assert fractions[1] == [None, 0.0, 0.0, 0.0, 0.0]
+    assert all(f > 0.0 for f in fractions[2][1:])
+    history = lowtf.train.summaries.read_history(
+        str(tmp_path / "split" / "history.csv")
+    )
+    assert [r["maxnorm_clipped_fraction"] for r in history if r["member"] == 2] == (
+        fractions[2]
+    )
+    identity = lowtf.train.rundir.read_record(str(tmp_path / "whole"))["identity"]
+    assert [m.get("swa_from") for m in identity["members"]] == [20, None, 40]

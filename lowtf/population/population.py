@@ -51,6 +51,7 @@ from lowtf.nn import constraints, losses, regularizers
 from lowtf.population import members
 from lowtf.train import early_stopping, rundir
 from lowtf.train import evaluator as evaluator_lib
+from lowtf.train import swa as swa_lib
 from lowtf.train.metrics import MONITORS, STEP_METRICS
 
 
@@ -121,6 +122,12 @@ class Population:
       ema: per member, the momentum of an exponential moving average of its
         weights, as ``StepOptions(ema=)`` (default 0: off). Evaluations,
         best weights and :meth:`member` (``"best"``) use the averages.
+      swa_from: per member, the step from which :meth:`evaluate` adds its
+        weights to an equal-weight running mean (stochastic weight
+        averaging, as ``StepOptions(swa_from=)``), recomputing that mean's
+        batch-norm statistics over its training rows (default 0: off).
+        Evaluations, best weights and :meth:`member` (``"best"``) then use
+        the mean. A member takes ``ema`` or ``swa_from``, not both.
       model: MLP members only (``models=None``): a preset name or hidden
         widths, as :func:`lowtf.mlp` (default ``"small"``).
       num_classes: MLP members: classes (default 2: one sigmoid logit).
@@ -171,6 +178,7 @@ class Population:
         cutmix=0.0,
         image_shape=None,
         ema=0.0,
+        swa_from=0,
         model="small",
         num_classes: int = 2,
         activation: str = "elu",
@@ -232,6 +240,17 @@ class Population:
         self.cutmix = members.vector("cutmix", cutmix, size, mix_lib.check_alpha)
         self.image_shape = image_shape
         self.ema = members.vector("ema", ema, size, _checks.rate)
+        self.swa_from = members.vector(
+            "swa_from", swa_from, size, _checks.non_negative_int
+        ).astype(np.int64)
+        both = np.flatnonzero(self.ema * self.swa_from)
+        if both.size:
+            k = both[0]
+            raise ValueError(
+                f"member {k} has `ema` ({self.ema[k]}) and `swa_from` "
+                f"({self.swa_from[k]}): two averages of its weights, of which only "
+                "one can be evaluated; give it one (0 turns either off)"
+            )
         self._soft = bool(
             np.any(self.label_smoothing) or np.any(self.mixup) or np.any(self.cutmix)
         )
@@ -327,9 +346,35 @@ class Population:
             ]
             self._ema_pairs = list(zip(self._trainable, self.state.averages))
         averages = [average for _, average in self._ema_pairs]
+        # Per max-norm weight, which of each member's units its cap bound since
+        # the last evaluation (checkpointed; a stopped member's stay as they
+        # are). Not in _frozen: a subset whose members are uncapped has fewer
+        # (see _transfers).
+        self._capped = [
+            (var, c)
+            for var, c in self._constrained
+            if isinstance(c, constraints.MaxNorm)
+        ]
+        self.state.maxnorm_bound = [
+            tf.Variable(
+                tf.zeros(c.bound(var).shape, tf.bool), trainable=False, name="bound"
+            )
+            for var, c in self._capped
+        ]
         self._frozen = [
             *self._variables, *averages, *slots, self.state.epoch, self.state.cursor
         ]  # fmt: skip
+        # SWA's mean (checkpointed in the state) and its batch-norm pass; they
+        # change at evaluations only, so a subset's training needs neither.
+        self._bn_pass = None
+        if np.any(self.swa_from):
+            self.state.swa = swa_lib.WeightAverage(
+                self._trainable,
+                swa_lib.batch_norm_statistics(self.model),
+                members=size,
+            )
+            if swa_lib.batch_norm_layers(self.model):
+                self._bn_pass = swa_lib.BatchNormPass(self.model)
         for v in slots:
             if not isinstance(v, tf.Variable):  # copied by row in load/store_members
                 raise ValueError(
@@ -411,7 +456,10 @@ class Population:
         calls = []
         while num_steps > 0:
             n = min(num_steps, CALL_STEPS)
-            means = self._many(tf.constant(n, tf.int64), *self._tables(n))
+            # Stopped members are held (each step puts their state back) only
+            # once there are any: the copies cost ~7% of a large model's step.
+            freeze = bool(self.stopped.any())
+            means = self._many(tf.constant(n, tf.int64), *self._tables(n), freeze)
             means = {name: means[name].numpy() for name in STEP_METRICS}
             self.state.add_means(means, n)
             calls.append((n, means))
@@ -445,6 +493,8 @@ class Population:
           ``diverged`` (after this update) and ``improved``, ``[K]`` bools.
         """
         step = int(self.step.numpy())
+        if update:
+            self._update_swa(step)
         ce, hits = np.zeros(self.size), np.zeros(self.size)
         with self.averaged_weights():
             for index, weight in zip(self._val_index, self._val_weight):
@@ -457,11 +507,13 @@ class Population:
         # once there are any (at step 0 there are none, NaN by design).
         checked = {"val_cross_entropy": ce / counts, **(train or {})}
         nan = np.full(self.size, math.nan)
+        clipped = nan
         if train is None:
             regularization = self._penalties().numpy().astype(np.float64)
             train = {"cross_entropy": nan, "accuracy": nan, "total_loss": nan}
         else:
             regularization = train["regularization_loss"]
+            clipped = self.maxnorm_clipped_fraction()
         record = {
             "step": step,
             "train_cross_entropy": train["cross_entropy"],
@@ -471,6 +523,7 @@ class Population:
             "regularization_loss": regularization,
             "total_loss": train["total_loss"],
             "learning_rate": self._member_rates(),
+            "maxnorm_clipped_fraction": clipped,
         }
         improved = np.zeros(self.size, bool)
         if update:
@@ -479,6 +532,8 @@ class Population:
             with self.averaged_weights():  # the best weights are the averaged ones
                 improved = self._update_stopping(step, record[self.monitor])
             self.state.reset_means()
+            for flag in self.state.maxnorm_bound:  # the diagnostic's interval ends
+                flag.assign(tf.zeros_like(flag))
         record["improved"] = improved
         record["stopped"] = self.stopped
         record["diverged"] = self.diverged
@@ -486,19 +541,65 @@ class Population:
 
     @contextlib.contextmanager
     def averaged_weights(self):
-        """Within it the stacked model holds the members' averages (``ema``).
+        """Within it the stacked model holds the members' averages (``ema``, SWA).
 
-        A no-op without ``ema``; a member whose ``ema`` is 0 has averages
-        equal to its weights.
+        A no-op without ``ema`` or ``swa_from``; a member whose ``ema`` is 0
+        has averages equal to its weights, and one whose SWA mean holds no
+        point yet keeps its weights.
         """
-        if not self._ema_pairs:
+        with contextlib.ExitStack() as stack:
+            if self._ema_pairs:
+                self._swap_averages()
+                stack.callback(self._swap_averages)
+            if np.any(self.swa_from):
+                stack.enter_context(self.state.swa.swapped())
             yield
+
+    def _update_swa(self, step: int) -> None:
+        """Adds the weights of the training members due (``swa_from``) to their means.
+
+        Then recomputes the batch-norm statistics of those means, each
+        member over its own training rows (see :mod:`lowtf.train.swa`).
+        """
+        due = (self.swa_from > 0) & (step >= self.swa_from) & ~self.stopped
+        if not due.any():
             return
-        self._swap_averages()
-        try:
-            yield
-        finally:
-            self._swap_averages()
+        swa = self.state.swa
+        swa.add(due)
+        if self._bn_pass is None:
+            return
+        size = self.batch_size
+        counts = np.array([len(r) // size for r in self.train_rows])
+        batches, weights = [], []
+        for j in range(int(counts.max())):
+            # A member with fewer batches repeats its first, counted for nothing.
+            rows = np.stack(
+                [
+                    r[j * size : (j + 1) * size] if j < n else r[:size]
+                    for r, n in zip(self.train_rows, counts)
+                ]
+            )
+            batches.append(tf.gather(self.x, rows))
+            weights.append((j < counts).astype(np.float64))
+        with swa.swapped(due):
+            self._bn_pass(batches, weights=weights, members=due)
+
+    def maxnorm_clipped_fraction(self) -> np.ndarray:
+        """Per member, the fraction of its capped units max-norm clipped since the last evaluation.
+
+        A unit counts when its cap bound at any step of the interval
+        (:meth:`lowtf.MaxNorm.bound`); ``[K]`` float64, NaN for a member
+        without a cap (no max-norm, or caps of 0).
+        """
+        bound = np.zeros(self.size)
+        capped = np.zeros(self.size)
+        for (var, c), flag in zip(self._capped, self.state.maxnorm_bound):
+            cap = c.capped(var).numpy()
+            units = tuple(range(1, cap.ndim))  # every axis but the member's
+            bound += np.sum(flag.numpy() & cap, axis=units)
+            capped += np.sum(cap, axis=units)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(capped > 0, bound / np.maximum(capped, 1), np.nan)
 
     def _swap_averages(self):
         for var, average in self._ema_pairs:
@@ -679,6 +780,14 @@ class Population:
             jit_compile=self._jit,
         )
 
+    def _flags_by_weight(self) -> dict:
+        """``{index of a max-norm weight in the model's variables: its flags}``."""
+        where = {var.ref(): i for i, var in enumerate(self._variables)}
+        return {
+            where[var.ref()]: flag
+            for (var, _), flag in zip(self._capped, self.state.maxnorm_bound)
+        }
+
     def _training_state(self) -> list:
         """The per-member variables a step changes, and the stopped flags."""
         return [*self._frozen, self.state.stop_step]
@@ -702,6 +811,11 @@ class Population:
         if cached is not None and cached[0] is self:
             return cached[1:]
         pairs = list(zip(self._training_state(), sub._training_state()))
+        # The max-norm flags by their weight's place in the (same) architecture.
+        flags = self._flags_by_weight()
+        pairs += [
+            (flags[position], flag) for position, flag in sub._flags_by_weight().items()
+        ]
 
         # Two ops per variable (a gather or a scatter of rows and an assign or
         # a read): each op costs its trace about a millisecond.
@@ -818,8 +932,11 @@ class Population:
         best = {var.ref(): best_var for var, best_var in self._with_best()}
         # A diverged member's averages restart from its best weights too.
         best.update({avg.ref(): best[var.ref()] for var, avg in self._ema_pairs})
+        # SWA's mean too (not in _frozen: it changes at evaluations only).
+        swa = self.state.swa.pairs() if np.any(self.swa_from) else []
+        best.update({copy.ref(): best[var.ref()] for var, copy in swa})
         mask = tf.constant(bad)
-        for var in self._frozen:
+        for var in [*self._frozen, *(copy for _, copy in swa)]:
             if var.dtype.is_floating:
                 source = best.get(var.ref())
                 value = tf.zeros_like(var) if source is None else source
@@ -855,6 +972,7 @@ class Population:
                         )
                         if values[k]
                     },
+                    **({"swa_from": int(self.swa_from[k])} if self.swa_from[k] else {}),
                     # By content, whatever integer type the rows came in.
                     **{
                         name: rundir.fingerprint(np.asarray(rows[k], np.int64))
@@ -935,11 +1053,11 @@ class Population:
             tf.constant(step, tf.int64),
         )
 
-    def _steps(self, num_steps, patterns, first_epoch, words, first_step):
+    def _steps(self, num_steps, patterns, first_epoch, words, first_step, freeze):
         tables = (patterns, first_epoch, words, first_step)
 
         def body(i, totals):
-            metrics = self._one_step(*tables)
+            metrics = self._one_step(*tables, freeze=freeze)
             return i + 1, {name: totals[name] + metrics[name] for name in STEP_METRICS}
 
         # A counter loop, not tf.range: XLA would recompile per num_steps.
@@ -954,9 +1072,9 @@ class Population:
         count = tf.cast(num_steps, tf.float32)
         return {name: value / count for name, value in totals.items()}
 
-    def _one_step(self, patterns, first_epoch, words, first_step):
+    def _one_step(self, patterns, first_epoch, words, first_step, *, freeze=True):
         active = tf.logical_not(self.state.stop_step >= 0)
-        before = [tf.convert_to_tensor(v) for v in self._frozen]
+        before = [tf.convert_to_tensor(v) for v in self._frozen] if freeze else []
         # Each member's fold_in word of make_key(seed, step) (see _tables).
         words = tf.gather(words, self.step - first_step, axis=1)
         x, y = self._next_batch(patterns, first_epoch)
@@ -982,6 +1100,10 @@ class Population:
             loss = tf.reduce_sum(total)
         grads = tape.gradient(loss, variables)
         self._update(grads, variables)
+        for (var, c), flag in zip(self._capped, self.state.maxnorm_bound):
+            # Before the clip; a stopped member's flags stay as they are.
+            bound = tf.logical_and(c.bound(var), _expand(active, flag))
+            flag.assign(tf.logical_or(flag, bound))
         constraints.apply_constraints(self._constrained)
         if self._ema_pairs:
             # Keras' EMA update; the first step (step 1 once it advanced) copies.
@@ -991,7 +1113,7 @@ class Population:
             for var, average in self._ema_pairs:
                 m = _expand(momentum, var)
                 average.assign(m * average + (1 - m) * var)
-        for var, old in zip(self._frozen, before):
+        for var, old in zip(self._frozen, before):  # none without `freeze`
             var.assign(tf.where(_expand(active, old), var, old))
         if soft is None:
             hits = self._per_example(losses.correct, logits, y)

@@ -71,10 +71,9 @@ class WeightAverage(tf.Module):
             list(zip(variables, self.averages)), list(zip(statistics, self.statistics))
         )
 
-    @property
-    def started(self) -> bool:
-        """Whether the mean holds a point (for some member, when stacked)."""
-        return bool(np.any(self.count.numpy() > 0))
+    def pairs(self) -> list:
+        """(model variable, its copy here) for every weight and statistic."""
+        return [*self._links.weights, *self._links.statistics]
 
     def add(self, members=None) -> None:
         """Adds the current weights to the mean (of ``members``, a ``[K]`` mask).
@@ -124,7 +123,7 @@ class WeightAverage(tf.Module):
             self._swap(mask)
 
     def _swap(self, mask):
-        for var, copy in (*self._links.weights, *self._links.statistics):
+        for var, copy in self.pairs():
             mine, theirs = var.read_value(), copy.read_value()
             if mask is None:
                 var.assign(theirs)
@@ -177,7 +176,6 @@ class BatchNormPass:
     def __init__(self, model):
         self.model = model
         _check_walkable(model)
-        self._layers = []  # the BatchNorm layers in walk order, set by the trace
         self._moments = tf.function(self._batch_moments, reduce_retracing=True)
 
     def __call__(self, batches, *, weights=None, members=None) -> None:
@@ -192,6 +190,15 @@ class BatchNormPass:
           members: stacked, a ``[K]`` mask of the members whose statistics
             are set (the others' stay); None: all.
         """
+        # Those the pass sets, in the order its moments come: the layers that
+        # train now (a frozen one keeps its statistics, and runs in inference).
+        stats = [
+            v
+            for layer in _trained_batch_norms(self.model)
+            for v in (layer.moving_mean, layer.moving_variance)
+        ]
+        # The forward pass moves every member's statistics: put back after.
+        before = [v.read_value() for v in stats]
         sums, counts = None, 0.0
         for i, x in enumerate(batches):
             moments = [np.asarray(m, np.float64) for m in self._moments(x)]
@@ -203,24 +210,27 @@ class BatchNormPass:
             counts = counts + w
         if sums is None:
             raise ValueError("the batch-norm pass got no batch of training rows")
-        stats = [
-            v
-            for layer in self._layers
-            for v in (layer.moving_mean, layer.moving_variance)
-        ]
-        for var, total in zip(stats, sums):
+        for var, old, total in zip(stats, before, sums):
             # Sums of float32 moments in float64, divided once: their mean.
             mean = total / np.maximum(_expand(counts, total), 1.0)
             value = tf.constant(mean.astype(var.dtype.as_numpy_dtype))
             if members is not None:
-                value = tf.where(_along(tf.constant(members, tf.bool), var), value, var)
+                value = tf.where(_along(tf.constant(members, tf.bool), var), value, old)
             var.assign(value)
 
     def _batch_moments(self, x):
         found = []
         _run(self.model, x, found)
-        self._layers = [layer for layer, _, _ in found]
         return [m for _, mean, variance in found for m in (mean, variance)]
+
+
+def _trained_batch_norms(module) -> list:
+    """The trainable BatchNorm layers :func:`_run` meets, in its order."""
+    if isinstance(module, nn.BatchNorm):
+        return [module] if module.trainable else []
+    if isinstance(module, nn.Sequential):
+        return [bn for layer in module.layers for bn in _trained_batch_norms(layer)]
+    return []
 
 
 def _run(module, x, found):
