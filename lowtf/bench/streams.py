@@ -2,20 +2,25 @@
 
 Run from the repository root::
 
-    python -m lowtf.bench.streams throughput   # steps/s, in memory vs streamed (~3 min)
+    python -m lowtf.bench.streams throughput   # steps/s, in memory vs streamed (~15 min)
     python -m lowtf.bench.streams memory       # peak RSS streaming 200k vs 2M CSV rows
 
 ``throughput`` times the medium MLP (64x3, elu, one logit; no
 regularization) at batch 500 on the same 100,000 Higgs-shaped synthetic rows
 fed several ways, each a :class:`lowtf.TrainStep` with ``run(100)``, under
-XLA and in a plain graph: in memory (:class:`lowtf.InMemoryBatches`), and
+XLA and in a plain graph: in memory (:class:`lowtf.InMemoryBatches`); a
+Python loop calling ``step(x, y)`` on a ``tf.data`` pipeline's batches; and
 streamed (:class:`lowtf.data.Stream`) from an in-memory ``tf.data`` pipeline,
 from 8 TFRecord shards with the tf.data options tried (parallel interleave
 and AUTOTUNE, sequential reads, a cache of the records, no prefetch, a
-per-record parse), and from a gzip CSV file. Every configuration is
-calibrated to ~0.3 s per repeat, then the configurations take turns for
-``--rounds`` rounds, so that a busy machine slows all alike; the median
-repeat is reported, with the pipeline alone (batches/s with no step) beside.
+per-record parse), and from a gzip CSV file (lowtf's lines decoded by
+``tf.io.decode_csv``, and the tutorial's ``CsvDataset``). Each source is
+timed alone, made afresh and dropped after (a pipeline left alive fills its
+buffers while the others run, and would then be read for free): one
+draining repeat, then ``--repeats`` repeats of ``--min_time`` seconds of
+consecutive calls; the whole sequence runs ``--rounds`` times and the median
+repeat is reported, with the pipeline alone (batches/s read with no step)
+beside.
 
 ``memory`` writes Higgs-shaped gzip CSV files (label, then 28 features) of
 each size in ``--rows`` once (kept in ``--work_dir``), then, in a fresh
@@ -28,6 +33,7 @@ the process's peak resident memory (``ru_maxrss``) and the time.
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import os
@@ -82,7 +88,7 @@ def _tfrecord_pipeline(pattern, variant):
         tf.data.TFRecordDataset,
         cycle_length=len(files) if parallel else 1,
         num_parallel_calls=tf.data.AUTOTUNE if parallel else None,
-        deterministic=True,
+        deterministic=True if parallel else None,
     )
     if variant == "tfrecord-cache":
         # The records of one pass, cached in memory: later epochs skip the files.
@@ -152,24 +158,20 @@ def _sources(work_dir, x, y):
         sources[f"stream: {variant}"] = lambda v=variant: lowtf.data.Stream(
             _tfrecord_pipeline(pattern, v)
         )
-    sources["stream: csv.gz, shuffle 10k"] = lambda: lowtf.data.Stream(
+    sources["stream: csv.gz (decode_csv), shuffle 10k"] = lambda: lowtf.data.Stream(
         csv_files.csv_dataset(csv_path, batch_size=BATCH, seed=1)
     )
 
-    def decode_csv():
-        # The alternative to CsvDataset: lines batched, then one DecodeCSV op
-        # per 10,000 lines, in parallel.
-        lines = tf.data.TextLineDataset(csv_path, compression_type="GZIP").repeat()
-        columns = lines.batch(10_000).map(
-            lambda block: tf.io.decode_csv(block, [[0.0]] * 29),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-        rows = columns.map(lambda *c: (tf.stack(c[1:], axis=1), c[0])).unbatch()
-        rows = rows.shuffle(10_000, seed=1).batch(BATCH, drop_remainder=True)
-        return lowtf.data.Stream(rows)
+    def csv_dataset_op():
+        # The tutorial's reader, the alternative: CsvDataset, repacked in blocks.
+        lines = tf.data.experimental.CsvDataset(
+            csv_path, [tf.float32] * 29, compression_type="GZIP"
+        ).repeat()
+        rows = lines.batch(10_000).map(lambda *c: (tf.stack(c[1:], axis=1), c[0]))
+        rows = rows.unbatch().shuffle(10_000, seed=1)
+        return lowtf.data.Stream(rows.batch(BATCH, drop_remainder=True))
 
-    sources["stream: csv.gz via decode_csv, shuffle 10k"] = decode_csv
+    sources["stream: csv.gz (CsvDataset), shuffle 10k"] = csv_dataset_op
     return sources
 
 
@@ -194,7 +196,6 @@ class _Timed:
         start = time.perf_counter()
         self._call()
         self.first_s = time.perf_counter() - start
-        self.calls = 1
         self.times = []
 
     def _call(self):
@@ -206,19 +207,16 @@ class _Timed:
             return
         self.step.run(STEPS)["total_loss"].numpy()
 
-    def calibrate(self, min_time=0.3):
-        start = time.perf_counter()
-        self._call()
-        self.calls = max(1, int(np.ceil(min_time / (time.perf_counter() - start))))
-
-    def repeat(self):
-        start = time.perf_counter()
-        for _ in range(self.calls):
+    def repeat(self, min_time):
+        """Consecutive calls for at least ``min_time`` s; records seconds per step."""
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < min_time:
             self._call()
-        self.times.append((time.perf_counter() - start) / (self.calls * STEPS))
+            calls += 1
+        self.times.append((time.perf_counter() - start) / (calls * STEPS))
 
 
-def _pipeline_rate(source, seconds=1.0) -> float | None:
+def _pipeline_rate(source, seconds=2.0) -> float | None:
     """Batches per second of a stream's pipeline alone (no step); None in memory."""
     import tensorflow as tf
 
@@ -227,7 +225,7 @@ def _pipeline_rate(source, seconds=1.0) -> float | None:
     if not isinstance(source, Stream):
         return None
     next_batch = tf.function(source.next)
-    next_batch()
+    next_batch()  # the shuffle buffer fills first
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         next_batch()[1].numpy()
@@ -243,33 +241,38 @@ def throughput(args) -> dict:
     names = [
         n for n in sources if not args.only or any(o in n for o in args.only.split(","))
     ]
-    runners = []
-    for jit in (True, False):
-        for name in names:
-            runner = _Timed(name, sources[name](), jit)
-            runner.calibrate()
-            runners.append(runner)
-            print(
-                f"  built {name} ({'xla' if jit else 'graph'}), first call {runner.first_s:.1f} s",
-                flush=True,
-            )
+    times = {}
+    for round_ in range(args.rounds):
+        for jit in (True, False):
+            for name in names:
+                # One source at a time, made afresh and dropped after: a
+                # pipeline kept alive fills its buffers while the others
+                # are timed, and its next repeat would read them for free.
+                runner = _Timed(name, sources[name](), jit)
+                for _ in range(args.repeats + 1):  # the first drains the start-up
+                    runner.repeat(min_time=args.min_time)
+                key = (name, jit)
+                times.setdefault(key, []).extend(runner.times[1:])
+                print(
+                    f"  round {round_ + 1}: {name} ({'xla' if jit else 'graph'}) "
+                    f"{1e3 * statistics.median(runner.times[1:]):.3f} ms/step, first "
+                    f"call {runner.first_s:.1f} s",
+                    flush=True,
+                )
+                del runner
+                gc.collect()
     rates = {name: _pipeline_rate(sources[name]()) for name in names}
-    for _ in range(args.rounds):
-        for runner in runners:
-            runner.repeat()
     rows = []
-    for runner in runners:
-        median = statistics.median(runner.times)
+    for (name, jit), repeats in times.items():
+        median = statistics.median(repeats)
         rows.append(
             {
-                "source": runner.name,
-                "mode": "xla" if runner.jit else "graph",
+                "source": name,
+                "mode": "xla" if jit else "graph",
                 "ms_per_step": median * 1e3,
                 "steps_per_s": 1 / median,
-                "spread": (max(runner.times) - min(runner.times)) / median,
-                "pipeline_batches_per_s": rates[runner.name],
-                "first_call_s": runner.first_s,
-                "traces": runner.step.trace_count,
+                "spread": (max(repeats) - min(repeats)) / median,
+                "pipeline_batches_per_s": rates[name],
             }
         )
     return {"rows": rows, "batch": BATCH, "rows_in_data": ROWS, "steps_per_call": STEPS}
@@ -413,7 +416,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     t = sub.add_parser("throughput")
-    t.add_argument("--rounds", type=int, default=5)
+    t.add_argument("--rounds", type=int, default=2)
+    t.add_argument("--repeats", type=int, default=3, help="timed repeats per round")
+    t.add_argument("--min_time", type=float, default=1.0, help="seconds per repeat")
     t.add_argument(
         "--only", default="", help="comma-separated substrings of source names"
     )
