@@ -93,7 +93,7 @@ def test_failed_start_leaves_the_model_dir_intact(default_run):
     before = _fixtures.tree_digest(model_dir)
     # Another network cannot resume this directory's checkpoint.
     result = train(f"--model_dir={model_dir}", "--hidden=8", "--max_steps=300")
-    assert_refused(result, "does not fit this model")
+    assert_refused(result, "(--model: medium in the run, 8 now); pick another --model_dir")
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
     # (Bad data and a batch larger than the training set fail before any
     # write too: tests/test_job.py, in process.)

@@ -469,3 +469,11 @@ def test_job_config_choices_match_the_library():
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
     }
     assert not assigned & {"DATASETS", "MODELS", "OPTIMIZERS", "MONITORS", "STRATEGIES"}
+
+
+def test_data_errors_name_the_flags(tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("".join(f"{i},{i % 2}\n" for i in range(40)))
+    config = job.JobConfig(dataset="csv", data_path=str(rows), train_size=500)
+    with pytest.raises(lowtf.DataError, match="lower --train_size/--validation_size"):
+        job.load_data(config)

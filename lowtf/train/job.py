@@ -170,8 +170,6 @@ def run_job(
     )
     model_dir = config.resolved_model_dir
     check_model_dir(model_dir)
-    # A directory of another run is refused in flag terms before the data load.
-    flags = recorded_flags(config, model_dir)
     chief = distribute.is_chief(strategy)
     existed = tf.io.gfile.exists(model_dir)
     # The chief holds the directory for the whole job (fit nests inside):
@@ -180,6 +178,9 @@ def run_job(
     try:
         if lock is not None:
             lock.acquire()
+        # A directory of another run is refused in flag terms before the
+        # data load (after the lock: a run in progress is the first news).
+        flags = recorded_flags(config, model_dir)
         with strategy.scope():
             summary = _run_in_scope(config, model_dir, chief, flags_text, log, flags)
         if config.export_dir and chief:
