@@ -602,10 +602,7 @@ class Population:
             return np.where(capped > 0, bound / np.maximum(capped, 1), np.nan)
 
     def _swap_averages(self):
-        for var, average in self._ema_pairs:
-            weight = var.read_value()
-            var.assign(average.read_value())
-            average.assign(weight)
+        swa_lib.swap(self._ema_pairs)
 
     def member(self, k: int, *, weights: str = "best"):
         """Member ``k`` as a plain lowtf model, with its hyper-parameters.
@@ -1105,14 +1102,8 @@ class Population:
             bound = tf.logical_and(c.bound(var), _expand(active, flag))
             flag.assign(tf.logical_or(flag, bound))
         constraints.apply_constraints(self._constrained)
-        if self._ema_pairs:
-            # Keras' EMA update; the first step (step 1 once it advanced) copies.
-            momentum = tf.where(
-                tf.equal(self.step, 1), tf.zeros([self.size]), tf.constant(self.ema, tf.float32)
-            )
-            for var, average in self._ema_pairs:
-                m = _expand(momentum, var)
-                average.assign(m * average + (1 - m) * var)
+        if self._ema_pairs:  # each member's own momentum
+            swa_lib.ema_update(self._ema_pairs, self.step, self.ema.astype(np.float32))
         for var, old in zip(self._frozen, before):  # none without `freeze`
             var.assign(tf.where(_expand(active, old), var, old))
         if soft is None:

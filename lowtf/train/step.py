@@ -6,7 +6,9 @@ One step, all inside one ``tf.function`` (XLA by default):
 2. cross-entropy from the logits, averaged over the *global* batch;
 3. the regularization losses gathered and added by hand, once per step;
 4. gradients and the optimizer update (any Keras optimizer or schedule);
-5. the max-norm assign ops, ``var.assign(clip_by_norm(var, r, axes))``.
+5. the max-norm assign ops, ``var.assign(clip_by_norm(var, r, axes))``, after
+   OR-ing into a per-unit flag the units each cap binds
+   (:meth:`lowtf.MaxNorm.bound`): :meth:`TrainStep.maxnorm_clipped_fraction`.
 
 Frozen layers (``layer.trainable = False``, :func:`lowtf.train.freeze`) get
 no gradient, no optimizer update, no regularization loss and no max-norm op,
@@ -506,13 +508,7 @@ class TrainStep(tf.Module):
 
     def _update_averages(self):
         """Moves each average towards its weight (Keras' EMA update)."""
-        # The step has advanced: its first update is step 1, where Keras'
-        # iterations (read before they advance) are 0 and the average copies.
-        first = tf.equal(self.step, 1)
-        for var, average in self._averaged_pairs:
-            momentum = tf.where(first, 0.0, self.options.ema)
-            momentum = tf.cast(momentum, var.dtype)
-            average.assign(momentum * average + (1 - momentum) * var)
+        swa_lib.ema_update(self._averaged_pairs, self.step, self.options.ema)
 
     @contextlib.contextmanager
     def averaged_weights(self):
@@ -607,10 +603,7 @@ class TrainStep(tf.Module):
             flag.assign(tf.zeros_like(flag))
 
     def _swap_averages(self):
-        for var, average in self._averaged_pairs:
-            weight = var.read_value()
-            var.assign(average.read_value())
-            average.assign(weight)
+        swa_lib.swap(self._averaged_pairs)
 
     def _replica_step(self, x, y, key):
         context = tf.distribute.get_replica_context()

@@ -134,6 +134,34 @@ class WeightAverage(tf.Module):
                 copy.assign(tf.where(where, mine, theirs))
 
 
+def swap(pairs) -> None:
+    """Swaps each ``(weight, average)`` pair's values: in, and out again.
+
+    What evaluating the exponential moving average of the weights
+    (``StepOptions.ema``, ``Population(ema=)``) does around an evaluation,
+    as Keras' ``SwapEMAWeights``.
+    """
+    for var, average in pairs:
+        weight = var.read_value()
+        var.assign(average.read_value())
+        average.assign(weight)
+
+
+def ema_update(pairs, step, momentum) -> None:
+    """Keras' EMA update of each ``(weight, average)`` pair after a step.
+
+    ``average = m * average + (1 - m) * weight`` with ``m = momentum``,
+    except at the first step (``step`` 1 once it advanced: Keras' iterations,
+    read before they advance, are 0), where the average copies the weight.
+    ``momentum`` may be ``[K]``, one per member of stacked weights.
+    """
+    momentum = tf.convert_to_tensor(momentum, tf.float32)
+    m = tf.where(tf.equal(step, 1), tf.zeros_like(momentum), momentum)
+    for var, average in pairs:
+        m_var = tf.cast(_along(m, var), var.dtype)
+        average.assign(m_var * average + (1 - m_var) * var)
+
+
 class _Links:
     """(variable, its average) pairs; a plain object, so not tracked."""
 
