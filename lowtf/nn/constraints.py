@@ -16,6 +16,10 @@ Units whose norm is already at most ``r`` are left bit-for-bit unchanged:
 ``tf.clip_by_norm`` computes ``w * r / max(|w|, r)``, which can move such a
 unit by one rounding step, so only the units over the cap take its value.
 
+:meth:`MaxNorm.bound` tells which units a clip would change (the same norms
+and test), per unit: what the training step counts for the fraction of units
+max-norm clipped between two evaluations.
+
 A stacked model's constraints hold one cap per member
 (``MaxNorm((3.0, 0.0, 2.0))``, 0 leaving that member uncapped) and take the
 norms of each member's units in a kernel stacked along its first axis.
