@@ -73,3 +73,26 @@ def test_tensorflow_starts_quietly_unless_verbosity_is_given(tmp_path):
     assert broken.returncode == 1
     assert broken.stderr.startswith("a line of the failed import\n")
     assert "ImportError: broken tensorflow" in broken.stderr
+
+
+def test_every_public_name_resolves():
+    import lowtf
+
+    assert set(lowtf.__all__) == set(lowtf._EXPORTS)
+    for name in lowtf.__all__:
+        assert getattr(lowtf, name) is not None, name
+    assert callable(lowtf.fit) and callable(lowtf.train.fit)  # not the module lowtf.train.fit
+
+
+@pytest.mark.e2e
+def test_lowtf_its_job_config_and_cli_import_no_tensorflow():
+    # bin/ refuses bad flags before TensorFlow's import (about 4 s) only while
+    # these stay free of it: an eager import in lowtf/__init__.py would undo that.
+    check = (
+        "import sys, lowtf, lowtf.cli, lowtf.job_config; "
+        "lowtf.job_config.JobConfig(model='small', l2=1e-4); "
+        "assert 'tensorflow' not in sys.modules, sorted(sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         timeout=120, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
