@@ -108,8 +108,8 @@ class Stream(tf.Module):
         _check_batch_spec(x_spec, y_spec)
         options = tf.data.Options()
         options.deterministic = True
-        # Refuse to save state that a checkpoint cannot hold, rather than
-        # saving a pipeline that would resume elsewhere (the default warns).
+        # Refuse a pipeline whose state a checkpoint cannot hold (external
+        # state), rather than save one that would resume elsewhere.
         options.experimental_external_state_policy = (
             tf.data.experimental.ExternalStatePolicy.FAIL
         )
