@@ -26,10 +26,7 @@ import tensorflow as tf
 
 from lowtf import _checks, population
 from lowtf.bench.configs import (
-    DROPOUT,
-    L2,
     LEARNING_RATE,
-    MAXNORM,
     Config,
     make_data,
     make_model,
@@ -135,10 +132,8 @@ def run_population(
         train_rows=[train] * members,
         val_rows=[val] * members,
         seeds=range(members),
-        model=model,
-        l2=L2,
-        dropout=DROPOUT,
-        maxnorm=MAXNORM,
+        # Member k is the single run's model: the same builder and seed.
+        models=lambda k: make_model(model, "full", seed=k),
         batch_size=batch_size,
         optimizer=tf.keras.optimizers.Adam(LEARNING_RATE),
     )
