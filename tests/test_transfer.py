@@ -192,6 +192,34 @@ def test_init_from_refuses_a_hidden_layer_of_another_width(digits_run, tmp_path)
     unbuilt = lowtf.mlp((32, 16), num_classes=5, batchnorm=True)
     with pytest.raises(ValueError, match=r"call it once on a batch"):
         lowtf.train.init_from(unbuilt, digits_run)
+    # Another input width: dense_0 is drawn afresh, so freezing it is refused.
+    wider = lowtf.mlp((32, 16), num_classes=5, batchnorm=True)
+    wider(np.zeros((1, 60), np.float32))
+    report = lowtf.train.init_from(wider, digits_run, log=lambda s: None)
+    assert report.fresh == ("dense_0", "logits")
+    with pytest.raises(ValueError, match=r"would freeze dense_0, which init_from did not load.*at most 0"):
+        transfer.freeze(wider, 1, name="--freeze", loaded=report.loaded)
+    assert all(layer.trainable for layer in transfer.leaf_layers(wider))
+    # A snapshot of which nothing fits is refused, nothing copied.
+    linear_dir = str(tmp_path / "linear")
+    train, validation = _digits(list(range(10)))
+    lowtf.fit(
+        lowtf.mlp((), num_classes=10, seed=1), tf.keras.optimizers.Adam(1e-2), train=train,
+        validation=validation, model_dir=linear_dir, step_options=FAST,
+        config=lowtf.TrainConfig(batch_size=64, max_steps=10, eval_every=10), log=lambda s: None,
+    )  # fmt: skip
+    other = lowtf.mlp((), num_classes=5, seed=2)  # its one layer: a new head
+    other(np.zeros((1, 64), np.float32))
+    kernel = other.layers[-1].kernel.numpy().copy()
+    with pytest.raises(ValueError, match="none of its layers fits the model"):
+        lowtf.train.init_from(other, linear_dir)
+    np.testing.assert_array_equal(other.layers[-1].kernel.numpy(), kernel)
+    # A population's directory is no one model's run.
+    population_dir = tmp_path / "population"
+    population_dir.mkdir()
+    lowtf.train.rundir.write_record(str(population_dir), {"identity": {"kind": "population"}})
+    with pytest.raises(ValueError, match="is a population's directory"):
+        lowtf.train.init_from(model, str(population_dir))
 
 
 def _fine_tune(model_dir, pretrained, max_steps, unfreeze_at=40, log=None):

@@ -308,11 +308,12 @@ def _run_in_scope(config, model_dir, chief, flags_text, log, flags) -> JobResult
     if config.ensemble > 1:
         return _run_ensemble(config, model_dir, data, flags_text, log)
     model = build_model(config, data)
+    loaded = None
     if config.init_from:
         model(data.train[0][:1])  # makes the variables init_from fills
-        transfer.init_from(model, config.init_from, log=log)
+        loaded = transfer.init_from(model, config.init_from, log=log).loaded
     if config.freeze:
-        transfer.freeze(model, config.freeze, name="--freeze")
+        transfer.freeze(model, config.freeze, name="--freeze", loaded=loaded)
     augment = build_augment(config, data)
     optimizer = build_optimizer(config)
     jit_compile = (

@@ -36,7 +36,7 @@ from lowtf.nn import base
 from lowtf.nn.conv import Conv2D
 from lowtf.nn.dense import Dense
 from lowtf.nn.normalization import BatchNorm
-from lowtf.train import early_stopping
+from lowtf.train import early_stopping, rundir
 
 # The layers a hidden block starts with, and what a block may hold besides.
 KERNEL_LAYERS = (Dense, Conv2D)
@@ -71,7 +71,7 @@ def hidden_blocks(model) -> list[list]:
     return blocks[:-1]
 
 
-def freeze(model, n: int, *, name: str = "n") -> list[str]:
+def freeze(model, n: int, *, name: str = "n", loaded=None) -> list[str]:
     """Freezes the first ``n`` hidden blocks; every other layer trains.
 
     A block is a Dense or Conv2D layer with the BatchNorm that follows it;
@@ -84,12 +84,16 @@ def freeze(model, n: int, *, name: str = "n") -> list[str]:
       model: a lowtf model (e.g. :func:`lowtf.mlp`, :func:`lowtf.cnn`).
       n: how many hidden blocks to freeze, from the input on (>= 0).
       name: how errors name ``n`` (``bin/train`` passes ``"--freeze"``).
+      loaded: the layers :func:`init_from` loaded (its report's ``loaded``);
+        default None: no check. Freezing a layer with weights that was not
+        loaded would keep it random for good, so it is refused.
 
     Returns:
       The names of the frozen layers, in order.
 
     Raises:
-      ValueError: ``n`` is negative or exceeds the number of hidden blocks.
+      ValueError: ``n`` is negative or exceeds the number of hidden blocks,
+        or a block to freeze was not loaded by ``init_from``.
     """
     _checks.non_negative_int(name, n)
     blocks = hidden_blocks(model)
@@ -99,11 +103,34 @@ def freeze(model, n: int, *, name: str = "n") -> list[str]:
             f"`{name}` ({n}) exceeds the model's {len(blocks)} hidden layers "
             f"({names}); freeze at most {len(blocks)}: the output layer always trains"
         )
-    model.trainable = True
     frozen = [layer for block in blocks[:n] for layer in block]
+    if loaded is not None:
+        unloaded = [
+            layer.name
+            for layer in frozen
+            if _own_variables(layer) and layer.name not in set(loaded)
+        ]
+        if unloaded:
+            raise ValueError(
+                f"`{name}` ({n}) would freeze {', '.join(unloaded)}, which init_from did "
+                "not load (its weights are a fresh random draw, and frozen they "
+                f"would stay one); freeze at most {_loaded_prefix(blocks, loaded)} "
+                "blocks, or none"
+            )
+    model.trainable = True
     for layer in frozen:
         layer.trainable = False
     return [layer.name for layer in frozen]
+
+
+def _loaded_prefix(blocks, loaded) -> int:
+    """How many blocks from the input on init_from loaded whole."""
+    count = 0
+    for block in blocks:
+        if any(_own_variables(layer) and layer.name not in set(loaded) for layer in block):
+            break
+        count += 1
+    return count
 
 
 def unfreeze(model) -> None:
@@ -215,6 +242,13 @@ def init_from(model, path: str, *, log=print) -> InitReport:
         fresh.append(layer.name)
         attr, theirs, ours = differ[0]
         reasons.append(f"{layer.name} ({attr} {theirs} in the snapshot, {ours} here)")
+    if len(fresh) == len(targets):
+        raise ValueError(
+            f"init_from {prefix}: none of its layers fits the model (initialized "
+            f"afresh: {', '.join(reasons)}), so nothing would be loaded; build the "
+            "model as the snapshot's run did, or train from scratch without "
+            "init_from"
+        )
     for var, key in plan:  # only once everything was checked
         value = reader.get_tensor(key)
         if value.dtype != var.dtype.as_numpy_dtype:
@@ -242,6 +276,13 @@ def _remappable(theirs: tuple, ours: tuple, *, first: bool, last: bool) -> bool:
 
 def _snapshot(path: str) -> tuple[str, int | None]:
     """The best snapshot's prefix and step under a model directory or a best/ folder."""
+    record = rundir.read_record(path) if tf.io.gfile.isdir(path) else None
+    if record is not None and record["identity"].get("kind") == "population":
+        raise ValueError(
+            f"`init_from` ({path!r}) is a population's directory: its best/ holds "
+            "the stacked best weights of all its members; start from one run's "
+            "model directory (bin/train's), e.g. a sweep's retrained winner"
+        )
     for folder in (path, os.path.join(path, "best")):
         if tf.io.gfile.isdir(folder):
             pointer = early_stopping.best_checkpoint(folder)
