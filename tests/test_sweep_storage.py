@@ -4,6 +4,7 @@ grid exactly once."""
 
 import csv
 import glob
+import io
 import os
 import pathlib
 import re
@@ -239,6 +240,30 @@ def history(sweep_dir):
     return pathlib.Path(sweep_dir, "populations", name, "history.csv").read_text()
 
 
+def assert_ended_alike(b, a):
+    """Sweep ``b`` ended as ``a``: the same ranking, and numbers to float32 round-off.
+
+    Not bit for bit: two fresh processes were seen to differ by 1-2 float32
+    ulps in one history cell (a total_loss at step 50, before any stop;
+    once in about six runs on a loaded machine): TensorFlow's, not the resume's.
+    """
+    for table_b, table_a in (
+        (results(b), results(a)),
+        (
+            list(csv.DictReader(io.StringIO(history(b)))),
+            list(csv.DictReader(io.StringIO(history(a)))),
+        ),
+    ):
+        assert len(table_b) == len(table_a)
+        for row_b, row_a in zip(table_b, table_a):
+            assert row_b.keys() == row_a.keys()
+            for k in row_a:
+                if row_b[k] != row_a[k]:
+                    assert float(row_b[k]) == pytest.approx(
+                        float(row_a[k]), rel=1e-6
+                    ), k
+
+
 def evaluated_past(sweep_dir, step):
     """Whether a population of ``sweep_dir`` has evaluated beyond ``step``."""
     paths = glob.glob(os.path.join(sweep_dir, "populations", "*", "history.csv"))
@@ -298,7 +323,7 @@ def test_sigint_and_sigterm_stop_at_a_boundary_and_the_rerun_finishes(tmp_path):
     assert "test accuracy" in pathlib.Path(b, "results.md").read_text()
     assert finish(straight) and straight.returncode == 0
     # The stop and its resume change nothing: the same scores and evaluations.
-    assert results(b) == results(a) and history(b) == history(a)
+    assert_ended_alike(b, a)
 
 
 def _unshare_works() -> bool:
@@ -337,4 +362,4 @@ def test_a_sweep_killed_in_a_pid_namespace_resumes_inside_another_and_outside(tm
     assert rerun.returncode == 0, output[-2000:]
     assert re.search(rf"resuming from \S+ at step {steps[1]}\b", output)
     assert finish(straight) and straight.returncode == 0
-    assert results(b) == results(a) and history(b) == history(a)
+    assert_ended_alike(b, a)

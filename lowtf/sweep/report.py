@@ -123,10 +123,16 @@ def read_test(winner_dir: str, flags_text: str):
         return None
     try:
         fields = json.loads(summary)
+        # The fields it holds (one written without the optional ones, e.g.
+        # an ensemble's, leaves them to their defaults).
         return job_lib.JobResult(
-            **{f.name: fields[f.name] for f in dataclasses.fields(job_lib.JobResult)}
+            **{
+                f.name: fields[f.name]
+                for f in dataclasses.fields(job_lib.JobResult)
+                if f.name in fields
+            }
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, TypeError):
         return None  # not a summary this lowtf wrote: no line rather than a wrong one
 
 
