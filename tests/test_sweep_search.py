@@ -295,6 +295,7 @@ def test_bin_sweep_refuses_bad_values_and_ranges_in_one_line(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.e2e
 def test_a_tpe_search_that_cannot_draw_a_new_point_ends_in_one_line(tmp_path, data):
     # Two floats lie in [0, 5e-324]: with two dropout values, 4 points exist,
     # fewer than --trials. The sweep trains them and ends, in one line,
