@@ -48,6 +48,17 @@ def rate(name: str, value) -> None:
         )
 
 
+def beta_shape(name: str, alpha) -> float:
+    """A Beta(alpha, alpha) shape in [0, 2] (0: off), as mixup's and CutMix's."""
+    non_negative(name, alpha)
+    if alpha > 2:
+        raise ValueError(
+            f"`{name}` ({alpha}) must be at most 2: Beta(alpha, alpha) mixing "
+            "beyond that is almost always lam = 0.5 (the usual values are 0.1-1)"
+        )
+    return float(alpha)
+
+
 def boolean(name: str, value, *, also: tuple = ()) -> None:
     """True or False (a NumPy bool too), or one of the strings in ``also``.
 

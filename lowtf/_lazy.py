@@ -1,7 +1,7 @@
 """Lazy public names for lowtf's packages (PEP 562 module ``__getattr__``).
 
 ``import lowtf`` imports no TensorFlow: a name is imported on its first use.
-So the binaries can check their flags, and ``lowtf.train.JobConfig`` a whole
+So the binaries can check their flags, and ``lowtf.job.JobConfig`` a whole
 job's settings, in a fraction of a second, before TensorFlow's import (some 4
 s) and its start-up lines. The ``lazy_loader`` package does the same; these
 twenty lines are not worth a dependency.

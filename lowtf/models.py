@@ -6,10 +6,15 @@ models on Higgs, all with elu hidden units and one logit: tiny (16), small
 them, for any input width and any number of classes, with lowtf's
 regularization switches. :func:`cnn` builds a small convolutional net for
 8x8 digits or 28x28 MNIST-format images with the same switches.
+
+:class:`ModelSpec` is one network's description as a job builds it and an
+export records it (model.json): :meth:`ModelSpec.build` is the one place
+that turns settings into a network, for training, export and transfer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -276,3 +281,84 @@ def _logits(num_classes, regularizer, constraint, maxnorm_output, seed):
         seed=seed,
         name="logits",
     )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """A network as a job trains it and model.json records it; see :meth:`build`.
+
+    Attributes:
+      model: a preset of :data:`PRESETS` or ``"cnn"`` (default None: the
+        MLP of ``hidden``).
+      hidden: hidden widths of an MLP instead of a preset (default None).
+      activation: the hidden activation (default ``"elu"``).
+      dropout, batchnorm, l1, l2, maxnorm, input_noise, hidden_noise, seed:
+        as :func:`mlp` and :func:`cnn` take them (default off, seed 0).
+      num_classes: the classes (default 2: one sigmoid logit).
+      feature_shape: one example's shape (default ``(1,)``); an MLP of
+        examples of rank > 1 flattens them first.
+      image_shape: ``(h, w, c)`` of the cnn's images (default None).
+    """
+
+    model: str | None = None
+    hidden: tuple | None = None
+    activation: str = "elu"
+    dropout: float = 0.0
+    batchnorm: bool = False
+    l1: float = 0.0
+    l2: float = 0.0
+    maxnorm: float = 0.0
+    input_noise: float = 0.0
+    hidden_noise: float = 0.0
+    seed: int = 0
+    num_classes: int = 2
+    feature_shape: tuple = (1,)
+    image_shape: tuple | None = None
+
+    def __post_init__(self):
+        if self.model is not None:
+            _checks.one_of("model", self.model, (*PRESETS, "cnn"))
+        if (self.model is None) == (self.hidden is None):
+            raise ValueError(
+                f"give `model` ({self.model!r}) or `hidden` ({self.hidden!r}), one of them"
+            )
+        if self.model == "cnn" and self.image_shape is None:
+            raise ValueError("the cnn needs `image_shape`, (h, w, c)")
+        # JSON gives lists: held as tuples, so that the spec stays hashable.
+        for name in ("hidden", "feature_shape", "image_shape"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+
+    def build(self) -> nn.Sequential:
+        """The untrained network: :func:`cnn`, or :func:`mlp` (images flattened first)."""
+        switches = {
+            name: getattr(self, name)
+            for name in (
+                "num_classes", "activation", "dropout", "batchnorm", "l1", "l2",
+                "maxnorm", "input_noise", "hidden_noise", "seed",
+            )
+        }  # fmt: skip
+        if self.model == "cnn":
+            return cnn(self.image_shape, **switches)
+        model = mlp(self.hidden if self.hidden is not None else self.model, **switches)
+        if len(self.feature_shape) > 1:
+            model = nn.Sequential([nn.Flatten(), model], name="flat_mlp")
+        return model
+
+    def as_dict(self) -> dict:
+        """The fields as JSON values (tuples as lists)."""
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> ModelSpec:
+        """The spec of :meth:`as_dict`'s fields; others are ignored, missing ones default.
+
+        A model.json of an earlier lowtf, without the newer fields, reads
+        as the network it built.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in fields.items() if k in names})

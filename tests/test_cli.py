@@ -89,8 +89,9 @@ def test_lowtf_its_job_config_and_cli_import_no_tensorflow():
     # bin/ refuses bad flags before TensorFlow's import (about 4 s) only while
     # these stay free of it: an eager import in lowtf/__init__.py would undo that.
     check = (
-        "import sys, lowtf, lowtf.cli, lowtf.job_config; "
-        "lowtf.job_config.JobConfig(model='small', l2=1e-4); "
+        "import sys, lowtf, lowtf.cli, lowtf.job, lowtf.job.flags, lowtf.sweep.config; "
+        "lowtf.job.JobConfig(model='small', l2=1e-4); "
+        "lowtf.sweep.SweepConfig(model=('tiny', 'cnn'), l2=(0, 1e-4)); "
         "assert 'tensorflow' not in sys.modules, sorted(sys.modules)"
     )
     run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,

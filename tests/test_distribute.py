@@ -120,7 +120,7 @@ def test_chief_and_write_dirs(tmp_path):
 
 @pytest.mark.e2e
 def test_bin_train_strategy_flag(tmp_path):
-    # bin/train's choices are lowtf.job_config's (tests/test_job.py checks them).
+    # bin/train's choices are lowtf.job.config's (tests/test_job.py checks them).
     binary = os.path.join(os.path.dirname(HERE), "bin", "train")
     env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
     run = subprocess.run(

@@ -16,7 +16,8 @@ from _fixtures import tree_digest
 import lowtf
 from lowtf import export
 from lowtf.export import spec as spec_lib
-from lowtf.train import early_stopping, job
+from lowtf import job
+from lowtf.train import early_stopping
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}

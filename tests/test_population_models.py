@@ -80,18 +80,24 @@ def test_mlp_members_with_batch_norm_and_their_own_learning_rates_equal_single_r
 
 
 @pytest.mark.e2e
-def test_cnn_members_with_augmentation_dropout_and_max_norm_equal_single_runs():
+def test_cnn_members_with_their_augmentation_dropout_and_max_norm_equal_single_runs():
     data = lowtf.load_dataset("digits")
     x, y = data.train
     x, y = x[:600], y[:600]
     raw = x * data.std + data.mean
-    augment = lowtf.augment.parse(
-        "translate:1,rotate:10",
-        image_shape=(8, 8, 1),
-        value_range=(float(raw.min()), float(raw.max())),
-        mean=data.mean,
-        std=data.std,
-    )
+    # Each member its own augmentation (the second none), as a sweep gives them.
+    augments = [
+        lowtf.augment.parse(
+            spec,
+            image_shape=(8, 8, 1),
+            value_range=(float(raw.min()), float(raw.max())),
+            mean=data.mean,
+            std=data.std,
+        )
+        if spec
+        else None
+        for spec in ("translate:1,rotate:10", "", "translate:2,rotate:20", "zoom:0.1")
+    ]
     seeds = [1, 2, 3, 4]
     dropout = [0.0, 0.3, 0.5, 0.2]
     caps = [0.0, 1.0, 2.0, 0.5]
@@ -117,7 +123,7 @@ def test_cnn_members_with_augmentation_dropout_and_max_norm_equal_single_runs():
         seeds=seeds,
         learning_rate=rates,
         optimizer=tf.keras.optimizers.Adam(1e-3),
-        augment=augment,
+        augment=augments,
         batch_size=32,
         jit_compile=False,
     )
@@ -131,7 +137,7 @@ def test_cnn_members_with_augmentation_dropout_and_max_norm_equal_single_runs():
             seeds[k],
             32,
             jit=False,
-            augment=augment,
+            augment=augments[k],
         )
         for k in range(4)
     ]

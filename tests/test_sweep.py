@@ -1,7 +1,7 @@
-"""Tests of lowtf.sweep and bin/sweep: the grid, fold scores, resume, selection on
-validation only, refused inputs, and one end-to-end bin/sweep run."""
+"""Tests of lowtf.sweep and bin/sweep: the grid and its populations, fold scores,
+resume, selection on validation only, refused inputs, and one end-to-end
+bin/sweep run whose member bin/train reproduces."""
 
-import ast
 import csv
 import dataclasses
 import json
@@ -15,6 +15,8 @@ from _fixtures import QUICK_SWEEP, SWEEP_BIN
 
 import lowtf
 from lowtf import sweep
+from lowtf.job import JobConfig
+from lowtf.sweep import run
 from lowtf.train import rundir
 
 BIN, QUICK = SWEEP_BIN, QUICK_SWEEP
@@ -25,25 +27,27 @@ def data():
     return lowtf.load_dataset("synthetic", train_size=120, validation_size=60)
 
 
-def test_grid_expands_every_combination_grouped_by_architecture():
+def test_grid_expands_every_combination_grouped_by_population():
     config = sweep.SweepConfig(
-        architectures=("tiny", "8:8"),
-        l2=(0.0, 1e-3),
-        dropout=(0.0, 0.2),
-        maxnorm=(3.0,),
-    )
+        architectures=("tiny", "8x8"), l2=(0.0, 1e-3), batchnorm=(False, True),
+        learning_rate=[1e-3, 3e-3], maxnorm=3.0,
+    )  # fmt: skip
+    assert config.swept_names() == ("architecture", "l2", "batchnorm", "learning_rate")
     points = config.points()
-    assert len(points) == 2 * 2 * 2
-    assert len({p.key for p in points}) == 8
-    groups = sweep.by_architecture(points)
-    assert list(groups) == ["tiny", "8:8"]
-    assert [len(g) for g in groups.values()] == [4, 4]
-    assert {(p.l2, p.dropout) for p in groups["8:8"]} == {
-        (0.0, 0.0), (0.0, 0.2), (1e-3, 0.0), (1e-3, 0.2)
-    }  # fmt: skip
-    assert groups["8:8"][0].units == (8, 8) and groups["tiny"][0].units == (16,)
-    assert all(p.maxnorm == 3.0 for p in points)
-    assert config.swept() == ("architecture", "l2", "dropout")
+    assert len(points) == len({p.key for p in points}) == 16
+    # Each configuration is the base job with its values: bin/train's run.
+    point = sweep.Point.of(
+        {"architecture": "8x8", "l2": 1e-3, "batchnorm": True, "learning_rate": 3e-3}
+    )
+    assert point in points
+    assert config.job_config(point) == JobConfig(
+        hidden=(8, 8), l2=1e-3, batchnorm=True, learning_rate=3e-3, maxnorm=3.0
+    )
+    # The architecture and batch norm change shapes: a population each; the
+    # penalty and the learning rate are per member.
+    groups = run.by_population(config, [(None, p) for p in points])
+    assert len(groups) == 4 and all(len(g) == 4 for g in groups.values())
+    assert {dict(key)["architecture"] for key in groups} == {"tiny", "8x8"}
 
 
 def test_fold_score_is_mean_and_population_std():
@@ -57,13 +61,14 @@ def test_fold_score_is_mean_and_population_std():
     "fields, message",
     [
         ({"l2": ()}, "--l2 is empty"),
-        (
-            {"dropout": (0.0, 1.5)},
-            r"--dropout=0.0,1.5: `dropout` \(1.5\) must be in \[0, 1\)",
-        ),
-        ({"l1": (0.0, -1.0)}, "must be >= 0"),
-        ({"architectures": ("huge",)}, "neither a preset"),
+        ({"dropout": (0.0, 1.5)}, r"flag --dropout=1.5: --dropout must be in \[0, 1\)"),
+        ({"l1": (0.0, -1.0)}, r"flag --l1=-1.0: -1.0 is not a non-negative number"),
+        ({"l2": (0.0, 0.0)}, r"--l2=0.0,0.0 repeats a value"),
+        ({"architectures": ("huge",)}, "neither a model"),
         ({"architectures": ()}, "--model is empty"),
+        ({"monitor": ("val_accuracy", "total_loss")}, "--monitor takes one value"),
+        ({"strategy": "mirrored"}, "--strategy is not for bin/sweep"),
+        ({"weight_decay": (0.0, 1e-4)}, "--weight_decay is the decoupled decay of AdamW"),
         ({"folds": 0}, "`folds`"),
     ],
 )
@@ -149,59 +154,51 @@ def test_diverged_configuration_never_wins(tmp_path, data):
     assert result.winner is None
 
 
-def test_choices_match_the_library():
-    from lowtf.data.datasets import DATASETS
-    from lowtf.train.job import OPTIMIZERS
-
-    with open(BIN) as f:
-        lines = f.read().splitlines()
-    given = {
-        name: ast.literal_eval(line.split("=", 1)[1])
-        for line in lines
-        for name in ("DATASETS", "OPTIMIZERS")
-        if line.startswith(f"{name} = ")
-    }
-    assert given == {"DATASETS": DATASETS, "OPTIMIZERS": OPTIMIZERS}
-
-
 @pytest.mark.e2e
-def test_bin_sweep_end_to_end(tmp_path):
-    sweep_dir = tmp_path / "sweep"
+def test_a_sweep_member_is_its_bin_train_run(tmp_path):
+    # CNNs with and without batch norm (two populations), each of two
+    # members (two augmentations, given by repeating --augment), all with
+    # label smoothing, input noise and EMA: the sweep's score of a member is
+    # the validation score of the bin/train command results.csv prints for
+    # it, and the winner is retrained into --model_dir.
+    sweep_dir, winner_dir = tmp_path / "sweep", tmp_path / "best"
     args = [
-        "--dataset=synthetic", "--train_size=160", "--validation_size=80",
-        "--batch_size=32", "--max_steps=40", "--eval_every=10", "--noxla",
-        "--model=tiny,small", "--l2=0,1e-3", f"--sweep_dir={sweep_dir}",
+        "--model=cnn", "--train_size=120", "--batch_size=30", "--max_steps=20",
+        "--eval_every=10", "--augment=translate:1,rotate:10", "--augment=none",
+        "--learning_rate=3e-3", "--batchnorm=false,true", "--label_smoothing=0.1",
+        "--input_noise=0.1", "--ema=0.5", f"--model_dir={winner_dir}",
+        f"--sweep_dir={sweep_dir}",
     ]  # fmt: skip
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, BIN, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+        [sys.executable, BIN, *args], check=False, capture_output=True, text=True,
+        env=env, timeout=600,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    assert len(os.listdir(sweep_dir / "populations")) == 2
     with open(sweep_dir / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
-    assert {(r["architecture"], float(r["l2"])) for r in rows} == {
-        ("tiny", 0.0), ("tiny", 1e-3), ("small", 0.0), ("small", 1e-3)
-    }  # fmt: skip
-    winner = [r for r in rows if r["winner"] == "True"]
-    assert len(winner) == 1 and winner[0] is rows[0]
-    with open(sweep_dir / "winner" / "summary.json") as f:
+    assert {r["augment"] for r in rows} == {"translate:1,rotate:10", "none"}
+    with open(winner_dir / "summary.json") as f:
         summary = json.load(f)
-    assert summary["model"] == winner[0]["architecture"]
-    assert 0.0 <= summary["test_accuracy"] <= 1.0
-    # The winner retrained alone is the member trained in the population
-    # (same seed, rows and hyper-parameters), to float tolerance.
-    assert summary["best_value"] == pytest.approx(
-        float(winner[0]["score_mean"]), rel=1e-4
-    )
-    assert "bin/train" in (sweep_dir / "results.md").read_text()
-    progress = [line for line in result.stdout.splitlines() if " done, " in line]
-    assert progress and "ETA" in progress[-1]
+    assert summary["best_value"] == pytest.approx(float(rows[0]["score_mean"]), rel=1e-4)
+    md = (sweep_dir / "results.md").read_text()
+    assert f"    {rows[0]['command']}" in md and "## Score against each swept setting" in md
+    # An augmented member with batch norm, trained alone by its command.
+    row = next(r for r in rows[1:] if r["batchnorm"] == "True" and r["augment"] != "none")
+    command = row["command"].split()
+    assert command[0] == "bin/train" and "--batchnorm" in command
+    alone = tmp_path / "alone"
+    train = os.path.join(os.path.dirname(BIN), "train")
+    result = subprocess.run(
+        [sys.executable, train, *command[1:], f"--model_dir={alone}"], check=False,
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(alone / "summary.json") as f:
+        best = json.load(f)["best_value"]
+    assert best == pytest.approx(float(row["score_mean"]), rel=1e-4)
 
 
 def test_a_point_claimed_twice_goes_to_the_lowest_trial_number(monkeypatch):

@@ -19,11 +19,12 @@ from lowtf import sweep
 from lowtf.sweep import report
 from lowtf.sweep import study as study_lib
 from lowtf.sweep.config import TPE_BATCH
+from lowtf.job import JobConfig
 from lowtf.train import rundir
-from lowtf.train.job import JobConfig
 
 BIN, QUICK = SWEEP_BIN, QUICK_SWEEP
 L2 = sweep.Range(1e-6, 1e-2, log=True)
+RATE = sweep.Range(1e-4, 1e-2, log=True)
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +96,14 @@ TPE = {"search": "tpe", "trials": 4}
         ),
         (
             {**TPE, "dropout": sweep.Range(0.0, 1.0)},
-            r"--dropout=0.0..1.0: `dropout` \(1.0\) must be in \[0, 1\)",
+            r"--dropout=0.0..1.0: --dropout must be in \[0, 1\)",
         ),
         (
             {**TPE, "maxnorm": sweep.Range(-1.0, 3.0)},
-            r"--maxnorm=-1.0..3.0: `maxnorm` \(-1.0\) must be >= 0",
+            r"--maxnorm=-1.0..3.0: -1.0 is not a non-negative number",
         ),
         ({**TPE, "architectures": sweep.Range(1.0, 2.0)}, r"--model/--hidden .* range"),
+        ({**TPE, "batchnorm": sweep.Range(0.0, 1.0)}, r"--batchnorm=0.0..1.0: .* not a number"),
         ({"search": "random"}, r"`search` \('random'\) must be one of 'grid', 'tpe'"),
     ],
 )
@@ -115,13 +117,13 @@ def test_tpe_config_counts_trials_and_batches():
     assert config.configurations == 4
     assert config.batch == TPE_BATCH == 8
     assert dataclasses.replace(config, claim=3).batch == 3
-    assert config.swept() == ("l2", "dropout")
+    assert config.swept_names() == ("dropout", "l2")
     assert config.ranges() == {"l2": L2}
     assert config.definition()["l2"] == "1e-06..0.01:log"
     assert config.definition()["search"] == "tpe"
     assert config.definition()["trials"] == 4
     # A grid's definition is the one it had before TPE (old studies resume).
-    assert "search" not in sweep.SweepConfig(l2=(0.0, 1e-3)).definition()
+    assert sweep.SweepConfig(l2=(0.0, 1e-3)).definition()["search"] == "grid"
     with pytest.raises(ValueError, match="only a grid lists them"):
         config.points()
     dists = study_lib.distributions(config)
@@ -131,23 +133,26 @@ def test_tpe_config_counts_trials_and_batches():
 
 @pytest.mark.e2e
 def test_tpe_sweep_samples_resumes_and_refuses_another_range(tmp_path, data):
+    # bin/sweep --search=tpe --learning_rate=1e-4..1e-2:log --l2=1e-6..1e-2:log,
+    # small: 6 trials of 30 steps, a listed dropout beside the two ranges.
     config = sweep.SweepConfig(
-        **QUICK, search="tpe", trials=6, l2=L2, dropout=(0.0, 0.3), claim=4,
-        sweep_dir=str(tmp_path / "s"),
+        **QUICK, search="tpe", trials=6, learning_rate=RATE, l2=L2,
+        dropout=(0.0, 0.3), claim=4, sweep_dir=str(tmp_path / "s"),
     )  # fmt: skip
     lines = []
     first = sweep.run_sweep(config, data=data, log=lines.append)
-    # Two rounds (4 + 2 configurations), each one population of one architecture.
+    # Two rounds (4 + 2 configurations), each one population: the learning
+    # rates are per member.
     assert first.trained == 6 and len(first.rows) == 6
     assert sum("population" in line and "configurations x 1 folds" in line
                for line in lines) == 2  # fmt: skip
     assert len({r["key"] for r in first.rows}) == 6
     for row in first.rows:
         assert row["status"] == "ok"
-        assert 1e-6 <= row["l2"] <= 1e-2
+        assert 1e-4 <= row["learning_rate"] <= 1e-2 and 1e-6 <= row["l2"] <= 1e-2
         assert row["dropout"] in (0.0, 0.3)
         assert math.isfinite(row["score_mean"]) and row["score_mean"] > 0
-    assert len({r["l2"] for r in first.rows}) == 6
+    assert len({r["learning_rate"] for r in first.rows}) == 6
     scores = [r["score_mean"] for r in first.rows]
     assert scores == sorted(scores)
     # The study holds exactly the 6 trials, all told.
@@ -159,19 +164,31 @@ def test_tpe_sweep_samples_resumes_and_refuses_another_range(tmp_path, data):
         table = list(csv.DictReader(f))
     assert len(table) == 6
     # Every digit of a sampled value survives the CSV.
-    assert [float(r["l2"]) for r in table] == [r["l2"] for r in first.rows]
+    assert [float(r["learning_rate"]) for r in table] == [
+        r["learning_rate"] for r in first.rows
+    ]
     assert [float(r["score_mean"]) for r in table] == pytest.approx(scores)
+    # The score against the learning rate on a log axis, every trial at its rate.
+    fig = report.scores_figure(config, first.rows)
+    ax = fig.axes[[a.get_xlabel() for a in fig.axes].index("learning_rate")]
+    assert ax.get_xscale() == "log" and ax.get_xlim() == pytest.approx((1e-4, 1e-2))
+    drawn = sorted(x for line in ax.get_lines()[:2] for x in line.get_xdata())
+    assert drawn == sorted(r["learning_rate"] for r in first.rows)
     assert (tmp_path / "s" / "scores.png").stat().st_size > 0
     md = (tmp_path / "s" / "results.md").read_text()
-    assert "Sampled by TPE: l2 in 1e-06..0.01:log." in md
-    # The winner's command carries its sampled L2 to the last digit.
+    assert (
+        "Sampled by TPE: dropout in {0.0, 0.3}" not in md
+        and "Sampled by TPE: l2 in 1e-06..0.01:log, learning_rate in 0.0001..0.01:log." in md
+    )
+    # The winner's command carries its sampled rate and L2 to the last digit.
     winner = first.winner
     assert winner is first.rows[0]
     command = next(line for line in md.splitlines() if "bin/train --" in line).split()
-    assert f"--l2={winner['l2']!r}" in command
-    job = config.job_config(sweep.Point(*(winner[n] for n in sweep.config.SWEPT)),
-                            model_dir=None)  # fmt: skip
-    assert isinstance(job, JobConfig) and job.l2 == winner["l2"]
+    assert {f"--l2={winner['l2']!r}", f"--learning_rate={winner['learning_rate']!r}"} <= set(
+        command
+    )
+    job = config.job_config(winner["point"])
+    assert isinstance(job, JobConfig) and job.learning_rate == winner["learning_rate"]
 
     # The same command again: 6 trials are finished, nothing is trained.
     again = sweep.run_sweep(config, data=data, log=lambda line: None)
@@ -219,7 +236,7 @@ def test_interrupted_sampled_trials_are_asked_again_with_their_floats():
     keys = {p.key for _, p in again + more}
     assert len(keys) == 5
     for _, p in again + more:
-        assert 1e-6 <= p.l2 <= 1e-2 and 0.0 <= p.dropout <= 0.5
+        assert 1e-6 <= p["l2"] <= 1e-2 and 0.0 <= p["dropout"] <= 0.5
     # All 5 running: nothing is left to claim.
     assert study_lib.claim(study, config, 8) == []
 
@@ -257,7 +274,7 @@ def test_scores_picture_scatters_a_range_on_a_log_axis():
         )
     ]
     fig = report.scores_figure(config, rows)
-    ax_l2, ax_dropout = fig.axes
+    ax_dropout, ax_l2 = fig.axes
     assert ax_l2.get_xscale() == "log"
     assert ax_l2.get_xlim() == pytest.approx((1e-6, 1e-2))
     points = {
@@ -270,6 +287,17 @@ def test_scores_picture_scatters_a_range_on_a_log_axis():
     assert ax_dropout.get_xscale() == "linear"
     (line,) = ax_dropout.get_lines()
     assert list(line.get_ydata()) == [0.2, 0.4]
+    # Listed learning rates sit at their values on a log axis; a listed L2
+    # with 0 at categorical positions.
+    config = sweep.SweepConfig(l2=(0.0, 1e-3), learning_rate=(1e-3, 1e-2))
+    rows = [
+        {"l2": l2, "learning_rate": lr, "status": "ok", "score_mean": l2 + lr}
+        for l2 in (0.0, 1e-3)
+        for lr in (1e-3, 1e-2)
+    ]
+    ax_l2, ax_rate = report.scores_figure(config, rows).axes
+    assert (ax_l2.get_xscale(), ax_rate.get_xscale()) == ("linear", "log")
+    assert list(ax_rate.get_lines()[0].get_xdata()) == [1e-3, 1e-2]
 
 
 @pytest.mark.e2e

@@ -280,7 +280,8 @@ def evaluated_past(sweep_dir, step):
 def test_sigint_and_sigterm_stop_at_a_boundary_and_the_rerun_finishes(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     # Checkpoints every 500 steps: the one a stop saves is its own.
-    args = [*ARGS, "--checkpoint_every=500"]
+    # (bin/sweep takes --checkpoint_every once: ARGS' 50 replaced.)
+    args = [*(a for a in ARGS if a != "--checkpoint_every=50"), "--checkpoint_every=500"]
     straight = start([*args, f"--sweep_dir={a}"], tmp_path / "a.log")
     first = start([*args, f"--sweep_dir={b}"], tmp_path / "b1.log")
     wait_for(lambda: evaluated_past(b, 100), first, "evaluation past step 100")

@@ -30,13 +30,7 @@ MIX_SEED = 0x313C
 
 def check_alpha(name: str, alpha) -> float:
     """A Beta shape ``alpha`` in [0, 2] (0: off); larger ones are refused."""
-    _checks.non_negative(name, alpha)
-    if alpha > 2:
-        raise ValueError(
-            f"`{name}` ({alpha}) must be at most 2: Beta(alpha, alpha) mixing "
-            "beyond that is almost always lam = 0.5 (the usual values are 0.1-1)"
-        )
-    return float(alpha)
+    return _checks.beta_shape(name, alpha)
 
 
 def mixup(x, soft, key, alpha):

@@ -52,7 +52,8 @@ def run(config, *, model_dir: str, data, build, log):
       model_dir: the run's directory (the caller holds its lock).
       data: the loaded :class:`lowtf.Dataset`.
       build: the job's builders, an object with ``model(config, data)``,
-        ``optimizer(config)`` and ``augment(config, data)``.
+        ``optimizer(config)``, ``augment(config, data)`` and ``spec(config,
+        data)`` (the model's :class:`lowtf.models.ModelSpec`).
       log: called with each progress line.
     """
     seeds = member_seeds(config)
@@ -121,7 +122,7 @@ def run(config, *, model_dir: str, data, build, log):
     summary["members"] = members
     summary["validation_cross_entropy"] = scores["validation"]["ensemble"]["cross_entropy"]
     _write_members(model_dir, best)
-    export_spec.write(model_dir, config, data, ensemble_seeds=seeds)
+    export_spec.write(model_dir, build.spec(config, data), data, ensemble_seeds=seeds)
     for k, member in enumerate(members):
         log(
             f"member {k} (seed {member['seed']}, best step {member['best_step']}): "

@@ -112,7 +112,8 @@ class Population:
         ``weight_decay`` must then be unset.
       augment: an augmentation callable as for :class:`lowtf.TrainStep`
         (e.g. :func:`lowtf.augment.parse`), applied to each member's batch
-        under its own key (default None).
+        under its own key, or K of them (None for a member that is not
+        augmented): each member its own ops and strengths (default None).
       label_smoothing: per member, the training targets' smoothing in
         [0, 1) (default 0), as ``StepOptions(label_smoothing=)``.
       mixup, cutmix: per member, the Beta shape of mixup and CutMix
@@ -227,12 +228,8 @@ class Population:
                 "tf.keras.optimizers.Adam(1e-3)"
             )
         self.optimizer = optimizer
-        if augment is not None and not callable(augment):
-            raise ValueError(
-                f"`augment` ({augment!r}) must be a callable x -> x, e.g. "
-                "lowtf.augment.parse('translate:1')"
-            )
         self.augment = augment
+        self._augments = _member_augments(augment, size)
         self.label_smoothing = members.vector(
             "label_smoothing", label_smoothing, size, _checks.rate
         )
@@ -323,9 +320,10 @@ class Population:
         batches = min(len(r) // batch_size for r in self.train_rows)
         self._min_batches = batches
         self._table_epochs = CALL_STEPS // batches + 3
-        # Dropout words are drawn only when some member drops units.
+        # Dropout's and noise's words are drawn only when some member uses them.
         self._dropout = any(
-            isinstance(m, nn.Dropout) and np.any(np.asarray(m.rate) > 0)
+            (isinstance(m, nn.Dropout) and np.any(np.asarray(m.rate) > 0))
+            or (isinstance(m, nn.GaussianNoise) and np.any(np.asarray(m.stddev) > 0))
             for m in self.model.submodules
         )
         # Everything a stopped member must keep: its slices of the weights and
@@ -762,7 +760,11 @@ class Population:
             models=[self._members[k] for k in idx],
             learning_rate=pick(self.learning_rate),
             weight_decay=pick(self.weight_decay),
-            augment=self.augment,
+            augment=(
+                self.augment
+                if self.augment is None or callable(self.augment)
+                else [self._augments[k] for k in idx]
+            ),
             label_smoothing=pick(self.label_smoothing),
             mixup=pick(self.mixup),
             cutmix=pick(self.cutmix),
@@ -983,7 +985,7 @@ class Population:
             ],
             "data": rundir.fingerprint(self.x.numpy(), self.y.numpy()),
             "optimizer": rundir.describe_optimizer(self.optimizer),
-            "augment": None if self.augment is None else repr(self.augment),
+            "augment": _describe_augments(self._augments),
             "batch_size": self.batch_size,
             "monitor": self.monitor,
             "mode": self.mode,
@@ -1078,7 +1080,7 @@ class Population:
         variables = self._trainable
         batch = tf.cast(self.batch_size, tf.float32)
         with tf.GradientTape() as tape, nn.compiled_by_xla(self._jit):
-            if self.augment is not None:
+            if any(a is not None for a in self._augments):
                 x = self._augmented(x)
             soft = None
             if self._soft:
@@ -1121,9 +1123,12 @@ class Population:
     def _augmented(self, x):
         """Member k's batch augmented under its own step key, as its single run's."""
         out = []
-        for k in range(self.size):
+        for k, augment in enumerate(self._augments):
+            if augment is None:
+                out.append(x[k])
+                continue
             with random.step_key(random.make_key(self.seeds[k], self.step)):
-                out.append(self.augment(x[k]))
+                out.append(augment(x[k]))
         return tf.stack(out)
 
     def _mixed(self, x, y):
@@ -1267,6 +1272,32 @@ class _State(tf.Module):
     def clear_means(self, mask: np.ndarray) -> None:
         """Zeroes the running sums of the members in ``mask`` (a NaN stays out)."""
         self.sums.assign(np.where(mask[None, :], 0.0, self.sums.numpy()))
+
+
+def _member_augments(augment, size: int) -> list:
+    """``augment`` as K callables or None: one for all members, or one each."""
+    if augment is None or callable(augment):
+        return [augment] * size
+    listed = isinstance(augment, (list, tuple))
+    if not listed or not all(a is None or callable(a) for a in augment):
+        raise ValueError(
+            f"`augment` ({augment!r}) must be a callable x -> x, e.g. "
+            "lowtf.augment.parse('translate:1'), or a list of one (or None) per member"
+        )
+    if len(augment) != size:
+        raise ValueError(
+            f"`augment` has {len(augment)} entries but the population has {size} "
+            "members; give one callable (or None) per member, or one for all"
+        )
+    return list(augment)
+
+
+def _describe_augments(augments: list):
+    """run.json's ``augment``: None, the one augmentation, or each member's."""
+    texts = [None if a is None else repr(a) for a in augments]
+    if len(set(texts)) == 1:
+        return texts[0]
+    return texts
 
 
 def _tf_variable(variable):

@@ -1,8 +1,14 @@
 """The sweep's report: results.csv, results.md, curves.png and scores.png.
 
-Every file goes through ``tf.io.gfile`` (any TensorFlow file system), whole
-or not at all. The pictures are drawn as :mod:`lowtf.train.plot` draws: a
-matplotlib ``Figure`` on its own Agg canvas, never pyplot.
+results.csv holds every configuration with every setting a sweep can vary
+(each row says what it trained) and the ``bin/train`` command that trains
+it alone; results.md the ranking by the settings swept, the winner's
+command and, per swept setting, the score against each of its values;
+scores.png draws the same (a log axis for the learning rate and the other
+settings of a log scale). Every file goes through ``tf.io.gfile`` (any
+TensorFlow file system), whole or not at all. The pictures are drawn as
+:mod:`lowtf.train.plot` draws: a matplotlib ``Figure`` on its own Agg
+canvas, never pyplot.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lowtf import _files
-from lowtf.sweep.config import SWEPT, Range
-from lowtf.train import job as job_lib
-from lowtf.train.job import write_text
+from lowtf.job import run as job_lib
+from lowtf.job.flags import BY_NAME
+from lowtf.job.run import write_text
+from lowtf.sweep.config import ARCHITECTURE, SWEPT, Range
 
 CSV_COLUMNS = (
     "rank", "winner", *SWEPT, "status", "score_mean", "score_std", "folds",
-    "best_step", "gap", "wall_seconds", "trial",
+    "best_step", "gap", "wall_seconds", "trial", "command",
 )  # fmt: skip
 WINNER_COLOR = "#d62728"  # C3 red: the one line that must stand out
 _DPI = 100
@@ -38,7 +45,7 @@ def write(config, rows, sweep_dir: str, *, command: str | None, test) -> None:
         os.path.join(sweep_dir, "results.md"),
         markdown(config, rows, command=command, test=test),
     )
-    _save(curves_figure(rows, config.monitor), os.path.join(sweep_dir, "curves.png"))
+    _save(curves_figure(rows, config.job.monitor), os.path.join(sweep_dir, "curves.png"))
     figure = scores_figure(config, rows)
     if figure is not None:
         _save(figure, os.path.join(sweep_dir, "scores.png"))
@@ -56,43 +63,36 @@ def csv_text(rows) -> str:
 
 def markdown(config, rows, *, command: str | None, test) -> str:
     folds = "validation split" if config.folds == 1 else f"{config.folds}-fold CV"
+    monitor = config.job.monitor
     # Sampled values print to 4 significant digits here; results.csv and the
-    # winner's command keep every digit.
+    # commands keep every digit.
     ranges = ", ".join(f"{n} in {v}" for n, v in config.ranges().items())
+    swept = config.swept_names()
     lines = [
-        f"# Sweep: {config.dataset}, {len(rows)} configurations",
+        f"# Sweep: {config.job.dataset}, {len(rows)} configurations",
         "",
         *([f"Sampled by TPE: {ranges}.", ""] if ranges else []),
         (
-            f"Score: {config.monitor} at each member's best step ({folds}; mean ± std "
+            f"Score: {monitor} at each member's best step ({folds}; mean ± std "
             "over folds). Gap: train minus validation cross-entropy there. Wall time: "
-            "the population's, shared among its configurations."
+            "the population's, shared among its configurations. Each configuration "
+            "alone is the `bin/train` command in results.csv."
         ),
         "",
-        "| rank | " + " | ".join(SWEPT) + " | score | best step | gap | wall s |",
-        "|---" * (len(SWEPT) + 5) + "|",
+        "| rank | " + "".join(f"{n} | " for n in swept) + "score | best step | gap | wall s |",
+        "|---" * (len(swept) + 5) + "|",
     ]
     for rank, r in enumerate(rows, 1):
-        score = (
-            f"{r['score_mean']:.4f} ± {r['score_std']:.4f}"
-            if r["status"] == "ok"
-            else "diverged"
-        )
         mark = " **winner**" if r.get("winner") else ""
         gap = "" if _missing(r["gap"]) else f"{r['gap']:+.4f}"
-        values = " | ".join(_short(r[n]) for n in SWEPT)
+        values = "".join(f"{_short(r[n])} | " for n in swept)
         lines.append(
-            f"| {rank}{mark} | {values} | {score} | {r['best_step']} | {gap} | "
+            f"| {rank}{mark} | {values}{_score(r)} | {r['best_step']} | {gap} | "
             f"{r['wall_seconds']:.1f} |"
         )
     lines.append("")
     if command:
-        lines += [
-            "The winner, alone, as `bin/train` runs it:",
-            "",
-            f"    {command}",
-            "",
-        ]
+        lines += ["The winner, alone, as `bin/train` runs it:", "", f"    {command}", ""]
     if test is not None and test.stop_reason == "interrupted":
         lines.append(
             f"The winner's retraining was interrupted at step {test.last_step}, before "
@@ -106,13 +106,52 @@ def markdown(config, rows, *, command: str | None, test) -> str:
             f"test cross-entropy {test.test_cross_entropy:.4f}."
         )
         lines.append("")
+    lines += _per_setting(config, rows)
     return "\n".join(lines)
+
+
+def _per_setting(config, rows) -> list[str]:
+    """Per swept setting, the best and mean score of the configurations at each value.
+
+    A range's values are the sampled ones, grouped in its quartiles.
+    """
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok or not config.swept:
+        return []
+    pick = max if "accuracy" in config.job.monitor else min
+    lines = ["## Score against each swept setting", ""]
+    for name, space in config.swept.items():
+        groups: dict = {}
+        if isinstance(space, Range):
+            values = sorted(r[name] for r in ok)
+            edges = np.quantile(values, [0, 0.25, 0.5, 0.75, 1])
+            for r in ok:
+                i = min(int(np.searchsorted(edges, r[name], side="right")) - 1, 3)
+                groups.setdefault(f"{_short(edges[i])}..{_short(edges[i + 1])}", []).append(r)
+        else:
+            for v in space:
+                groups[_short(v)] = [r for r in ok if r[name] == v]
+        lines += [f"| {name} | best | mean | configurations |", "|---|---|---|---|"]
+        for label, mine in groups.items():
+            if mine:
+                scores = [r["score_mean"] for r in mine]
+                lines.append(
+                    f"| {label} | {pick(scores):.4f} | {np.mean(scores):.4f} | {len(mine)} |"
+                )
+        lines.append("")
+    return lines
+
+
+def _score(row) -> str:
+    if row["status"] != "ok":
+        return "diverged"
+    return f"{row['score_mean']:.4f} ± {row['score_std']:.4f}"
 
 
 def read_test(winner_dir: str, flags_text: str):
     """The winner's earlier retraining in ``winner_dir``, if it trained this winner.
 
-    Returns the :class:`lowtf.train.JobResult` of its summary.json when its
+    Returns the :class:`lowtf.job.JobResult` of its summary.json when its
     flags.txt is ``flags_text`` (the same configuration, retrained as now),
     else None: a ``--noretrain`` rerun keeps the test line of a retraining
     that an earlier run did.
@@ -145,7 +184,7 @@ def curves_figure(rows, monitor: str) -> Figure:
     # The default cycle without its red (C3), which marks the winner.
     palette = [f"C{i}" for i in range(10) if i != 3]
     colors = [palette[i % len(palette)] for i in range(len(rows))]
-    varying = [n for n in SWEPT if len({repr(r[n]) for r in rows}) > 1]
+    varying = [n for n in SWEPT if len({repr(r.get(n)) for r in rows}) > 1]
     # The winner last, so that it is drawn over the others.
     order = sorted(range(len(rows)), key=lambda i: bool(rows[i].get("winner")))
     for i in order:
@@ -154,7 +193,9 @@ def curves_figure(rows, monitor: str) -> Figure:
         steps = np.asarray(curve["step"], np.float64)
         win = bool(r.get("winner"))
         color, width, alpha = (WINNER_COLOR, 2.6, 1.0) if win else (colors[i], 1.0, 0.6)
-        label = ("winner: " if win else "") + _label(r, varying)
+        label = ": ".join(
+            part for part in ("winner" if win else "", _label(r, varying)) if part
+        )
         ax.plot(steps, _floats(curve["val"]), "-", color=color, lw=width, alpha=alpha,
                 label=label if (win or len(rows) <= 12) else None)  # fmt: skip
         ax.plot(steps, _floats(curve["train"]), "--", color=color, lw=width * 0.7,
@@ -162,7 +203,8 @@ def curves_figure(rows, monitor: str) -> Figure:
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (log): validation solid, train dashed")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="best", fontsize="x-small")
+    if ax.get_legend_handles_labels()[1]:  # one configuration alone has no label
+        ax.legend(loc="best", fontsize="x-small")
     ax.set_title(f"{len(rows)} configurations (score: {monitor})")
     return fig
 
@@ -171,20 +213,22 @@ def scores_figure(config, rows) -> Figure | None:
     """The score against each swept setting; one line per value of another one.
 
     A listed setting: each point is the best score over the settings neither
-    on the axis nor the line, the values at categorical positions. A range:
-    every configuration's score against its sampled value (a log axis for a
-    log range), coloured by the other listed setting. None when nothing is
-    swept.
+    on the axis nor the line; numbers of a log scale (the learning rate,
+    weight decay, L1, L2) all above 0 at their values on a log axis, other
+    values at categorical positions. A range: every configuration's score
+    against its sampled value (a log axis for a log range), coloured by the
+    other listed setting. None when nothing is swept.
     """
-    swept = config.swept()
+    swept = config.swept_names()
     if not swept:
         return None
     space = config.search_space()
+    monitor = config.job.monitor
     ok = [r for r in rows if r["status"] == "ok"]
     fig = Figure(figsize=(4.2 * len(swept), 4), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(1, len(swept)))
-    pick = max if "accuracy" in config.monitor else min
+    pick = max if "accuracy" in monitor else min
     for ax, name in zip(axes, swept):
         # Lines (or colours) need a listed setting: a range has no values to
         # draw one line per.
@@ -200,7 +244,7 @@ def scores_figure(config, rows) -> Figure | None:
                     "o",
                     color=f"C{i % 10}",
                     alpha=0.8,
-                    label=f"{line_by}={v_line}" if line_by else None,
+                    label=f"{line_by}={_short(v_line)}" if line_by else None,
                 )
             win = [r for r in ok if r.get("winner")]
             ax.plot([r[name] for r in win], [r["score_mean"] for r in win], "*",
@@ -208,9 +252,13 @@ def scores_figure(config, rows) -> Figure | None:
             if space[name].log:
                 ax.set_xscale("log")
             ax.set_xlim(space[name].low, space[name].high)
-            ax.set_ylabel(config.monitor)
+            ax.set_ylabel(monitor)
         else:
             values = space[name]
+            # A log scale's numbers at their values (a swept list often holds
+            # 0, which no log axis can show: then categorical positions).
+            logged = _log_scale(name) and all(_positive(v) for v in values)
+            xs = values if logged else list(range(len(values)))
             for v_line in series:
                 ys = []
                 for v in values:
@@ -220,17 +268,26 @@ def scores_figure(config, rows) -> Figure | None:
                         if r[name] == v and (line_by is None or r[line_by] == v_line)
                     ]
                     ys.append(pick(scores) if scores else math.nan)
-                label = f"{line_by}={v_line}" if line_by else None
-                # Categorical positions: a swept list often holds 0, which no
-                # log axis can show.
-                ax.plot(range(len(values)), ys, "o-", label=label)
-            ax.set_xticks(range(len(values)), [str(v) for v in values])
-            ax.set_ylabel(f"{config.monitor} (best over the rest)")
+                label = f"{line_by}={_short(v_line)}" if line_by else None
+                ax.plot(xs, ys, "o-", label=label)
+            if logged:
+                ax.set_xscale("log")
+            else:
+                ax.set_xticks(xs, [_short(v) for v in values])
+            ax.set_ylabel(f"{monitor} (best over the rest)")
         ax.set_xlabel(name)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize="x-small")
     return fig
+
+
+def _log_scale(name: str) -> bool:
+    return name != ARCHITECTURE and name in BY_NAME and BY_NAME[name].log
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _save(fig: Figure, path: str) -> None:
@@ -239,9 +296,9 @@ def _save(fig: Figure, path: str) -> None:
     _files.write_atomically(path, buffer.getvalue())
 
 
-def _label(row, names=()) -> str:
-    """``name=value`` of ``names`` (those that differ between rows), else of all."""
-    return " ".join(f"{n}={_short(row[n])}" for n in (names or SWEPT))
+def _label(row, names) -> str:
+    """``name=value`` of ``names``, the settings that differ between rows."""
+    return " ".join(f"{n}={_short(row.get(n))}" for n in names)
 
 
 def _short(value) -> str:

@@ -1,16 +1,18 @@
-"""The sweep job: data once, populations per architecture, Optuna's ledger, the winner.
+"""The sweep job: data once, populations of jobs, Optuna's ledger, the winner.
 
 :func:`run_sweep` loads the data, opens the study (:mod:`lowtf.sweep.study`),
 then claims configurations until none is left (a grid's points, or TPE's
-samples in batches of ``config.batch``): the claimed ones that share an
-architecture train as one :class:`lowtf.Population` (one
-:func:`lowtf.population.fit_population` call, ``configurations x folds``
-members), and each configuration's score goes back to the study. When every
-configuration of the grid, or ``trials`` sampled ones, are finished (by this
-process or others) it ranks
-them on validation alone, writes the report and retrains the winner with
-:func:`lowtf.train.run_job` into ``sweep_dir/winner``, the only step that
-reads the test set.
+samples in batches of ``config.batch``): the claimed ones that differ only
+in per-member settings (:meth:`SweepConfig.population_key`) train as one
+:class:`lowtf.Population` (one :func:`lowtf.population.fit_population`
+call, ``configurations x folds`` members), each member built by the job's
+own builders (:mod:`lowtf.job.run`) from its configuration's
+:class:`lowtf.job.JobConfig`, and each configuration's score goes back to
+the study. When every configuration of the grid, or ``trials`` sampled
+ones, are finished (by this process or others) it ranks them on validation
+alone, writes the report and retrains the winner with
+:func:`lowtf.job.run_job` into ``--model_dir`` (default
+``sweep_dir/winner``), the only step that reads the test set.
 
 A SIGTERM or a first SIGINT (Ctrl-C) is a stop request, as for
 :func:`lowtf.fit`: honoured at the next boundary (in a population or the
@@ -32,14 +34,14 @@ import time
 import numpy as np
 import tensorflow as tf
 from lowtf.data import datasets
+from lowtf.job import run as job_lib
+from lowtf.job.flags import command_line
 from lowtf.population import Population, fit_population, k_fold
 from lowtf.sweep import report, scoring
 from lowtf.sweep import study as study_lib
-from lowtf.sweep.config import SWEPT, Point, SweepConfig, by_architecture, train_flags
-from lowtf.train import job as job_lib
+from lowtf.sweep.config import Point, Range, SweepConfig, architecture
 from lowtf.train.fit import StopSignals
 
-WINNER_DIR = "winner"
 POLL_SECONDS = 5.0
 
 
@@ -74,9 +76,9 @@ def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
 
     Args:
       config: the :class:`SweepConfig`.
-      data: a :class:`lowtf.Dataset` to use instead of loading
-        ``config.dataset`` (tests); the winner's retraining always loads
-        ``config.dataset`` as ``bin/train`` would.
+      data: a :class:`lowtf.Dataset` to use instead of loading the base
+        job's data set (tests); the winner's retraining always loads it as
+        ``bin/train`` would.
       log: called with each progress line (default ``print``).
 
     Raises:
@@ -106,10 +108,10 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
     """:func:`run_sweep` once its arguments are checked, ``stop`` requests watched."""
     sweep_dir = config.resolved_sweep_dir
     if data is None:
-        data = job_lib.load_data(config)
+        data = job_lib.load_data(config.job)
     # Everything about the data is checked before the study exists, so a
     # refused start leaves no study behind to refuse the corrected rerun.
-    x, y, folds = _splits(config, data)
+    shared = _splits(config, data)
     tf.io.gfile.makedirs(sweep_dir)  # the embedded SQLite file goes here
     study = study_lib.open_study(config, config.resolved_storage)
     log(data.describe())
@@ -143,12 +145,12 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
                 _sleep(stop, POLL_SECONDS)
                 continue
             # Pairs, not a dict by key: a key may not stand for its trial.
-            for pairs in by_architecture(claimed, lambda pair: pair[1]).values():
+            for pairs in by_population(config, claimed).values():
                 if stop.requested:
                     break
                 group = [p for _, p in pairs]
                 if not _train_population(
-                    config, data, x, y, folds, group, [t for t, _ in pairs],
+                    config, data, shared, group, [t for t, _ in pairs],
                     study, sweep_dir, progress,
                 ):  # fmt: skip
                     interrupted = True
@@ -178,25 +180,23 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
             interrupted=True,
         )  # fmt: skip
     rows = scoring.rank(
-        [_row(t) for t in study_lib.ledger(study)["finished"].values()],
-        maximize="accuracy" in config.monitor,
+        [_row(config, t) for t in study_lib.ledger(study)["finished"].values()],
+        maximize="accuracy" in config.job.monitor,
     )
     winner = next((r for r in rows if r["status"] == "ok"), None)
     for r in rows:
         r["winner"] = r is winner
-    command = None
+    command = flags_text = None
     if winner is not None:
-        job = config.job_config(
-            _point(winner), model_dir=os.path.join(sweep_dir, WINNER_DIR)
+        job = dataclasses.replace(
+            config.job_config(winner["point"]), model_dir=config.winner_dir
         )
-        command = "bin/train " + " ".join(
-            train_flags(dataclasses.replace(job, model_dir=None))
-        )
-    flags_text = "".join(f"{f}\n" for f in train_flags(job)) if winner else None
+        command = winner["command"]
+        flags_text = "".join(f"{f}\n" for f in command_line(job))
     # A --noretrain rerun keeps the test line of the winner retrained before.
     earlier = None
     if winner is not None and not config.retrain:
-        earlier = report.read_test(os.path.join(sweep_dir, WINNER_DIR), flags_text)
+        earlier = report.read_test(config.winner_dir, flags_text)
     report.write(config, rows, sweep_dir, command=command, test=earlier)
     log(f"sweep: {len(rows)} configurations ranked; report in {sweep_dir}")
     winner_result, interrupted = None, False
@@ -227,7 +227,25 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
     )
 
 
-def _splits(config: SweepConfig, data):
+@dataclasses.dataclass(frozen=True)
+class _Shared:
+    """The rows every population trains on, and each fold's part of them.
+
+    Attributes:
+      x, y: the shared rows (flat features).
+      folds: per fold, ``(train_rows, val_rows)`` indices into them.
+      scales: per fold, ``(rows, mean, std)`` for its augmentation: its
+        training rows in the loaded training split and the statistics its
+        copy is standardized with (None each: the split's own, as loaded).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    folds: list
+    scales: list
+
+
+def _splits(config: SweepConfig, data) -> _Shared:
     """The shared rows and each fold's ``(train_rows, val_rows)`` into them.
 
     ``folds == 1``: the training and validation splits, one after the other.
@@ -242,6 +260,7 @@ def _splits(config: SweepConfig, data):
         x = np.concatenate([flat(x_train), flat(x_val)])
         y = np.concatenate([y_train, y_val])
         folds = [(np.arange(n), n + np.arange(len(y_val)))]
+        scales = [(None, None, None)]
         smallest = n
     else:
         counts = np.bincount(np.asarray(y_train, np.int64))
@@ -252,32 +271,89 @@ def _splits(config: SweepConfig, data):
                 f"smallest class (label {int(np.flatnonzero(counts == least)[0])}); "
                 f"use --folds={least} or fewer, or more --train_size"
             )
-        folds = k_fold(np.asarray(y_train), config.folds, seed=config.data_seed)
+        folds = k_fold(np.asarray(y_train), config.folds, seed=config.job.data_seed)
         # Each fold is standardized on its own training rows, as a run on
         # them alone would be: its validation rows must not set its scale.
         # The loader's scale (the whole split's) is undone first; fold f's
         # copy of the rows sits at f * n in the shared x.
         raw = flat(x_train) * flat(data.std[None]) + flat(data.mean[None])
-        copies = []
+        copies, scales = [], []
         for train_rows, _ in folds:
             mean, std = datasets.statistics(raw[train_rows])
             copies.append(((raw - mean) / std).astype(np.float32))
+            scales.append((train_rows, mean, std))
         x = np.concatenate(copies)
         y = np.tile(np.asarray(y_train), config.folds)
         folds = [(t + f * n, v + f * n) for f, (t, v) in enumerate(folds)]
         smallest = min(len(t) for t, _ in folds)
-    if config.batch_size > smallest:
+    batch = config.swept.get("batch_size", (config.job.batch_size,))
+    batch = batch.high if isinstance(batch, Range) else max(batch)
+    if batch > smallest:
         raise ValueError(
-            f"--batch_size ({config.batch_size}) exceeds the {smallest} training rows "
+            f"--batch_size ({batch}) exceeds the {smallest} training rows "
             "of a fold; lower it, raise --train_size or use fewer --folds"
         )
-    return x, y, folds
+    return _Shared(x, y, folds, scales)
+
+
+def by_population(config: SweepConfig, claimed) -> dict[tuple, list]:
+    """``(trial, point)`` pairs grouped by what a population shares, in their order."""
+    groups: dict[tuple, list] = {}
+    for pair in claimed:
+        groups.setdefault(config.population_key(pair[1]), []).append(pair)
+    return groups
+
+
+def _population(config: SweepConfig, data, shared: _Shared, jobs: list) -> Population:
+    """The population of ``jobs`` (one population key) x folds, built as each job builds.
+
+    Member ``(j, f)`` is job ``j`` on fold ``f``: the network, augmentation,
+    seed, rate and techniques its own ``run_job`` would train with; the
+    kind of optimizer and its schedule, the batch size and the loop are
+    the population's, shared by construction.
+    """
+    members = [(job, f) for job in jobs for f in range(len(shared.folds))]
+    first = jobs[0]
+
+    def per_member(name):
+        return [getattr(job, name) for job, _ in members]
+
+    augments = [
+        job_lib.build_augment(job, data, rows=rows, mean=mean, std=std)
+        for job, f in members
+        for rows, mean, std in (shared.scales[f],)
+    ]
+    cutmix = any(job.cutmix for job in jobs)
+    return Population(
+        shared.x,
+        shared.y,
+        train_rows=[shared.folds[f][0] for _, f in members],
+        val_rows=[shared.folds[f][1] for _, f in members],
+        seeds=per_member("seed"),
+        # Decoupled weight decay is the population's, one per member.
+        optimizer=job_lib.build_optimizer(dataclasses.replace(first, weight_decay=0.0)),
+        models=lambda k: job_lib.build_model(members[k][0], data),
+        learning_rate=per_member("learning_rate"),
+        weight_decay=per_member("weight_decay") if first.optimizer == "adamw" else None,
+        augment=augments if any(a is not None for a in augments) else None,
+        label_smoothing=per_member("label_smoothing"),
+        mixup=per_member("mixup"),
+        cutmix=per_member("cutmix"),
+        image_shape=job_lib.image_shape(data, "--cutmix") if cutmix else None,
+        ema=per_member("ema"),
+        swa_from=per_member("swa_from"),
+        batch_size=first.batch_size,
+        monitor=first.monitor,
+        patience=per_member("patience"),
+        min_delta=per_member("min_delta"),
+        jit_compile=first.xla if first.xla is not None else "auto",
+    )
 
 
 def _train_population(
-    config, data, x, y, folds, points, trials, study, sweep_dir, progress
+    config, data, shared, points, trials, study, sweep_dir, progress
 ) -> bool:
-    """Trains ``points`` (one architecture) x folds as one population; tells the study.
+    """Trains ``points`` (one population key) x folds as one population; tells the study.
 
     Returns False when a stop request ended the training (fit_population
     saved its checkpoint): nothing is recorded, the claims go back.
@@ -289,29 +365,9 @@ def _train_population(
     """
     pairs = sorted(zip(points, trials), key=lambda pair: pair[0].key)
     points, trials = [p for p, _ in pairs], [t for _, t in pairs]
-    members = [(p, f) for p in points for f in range(len(folds))]
-    base = config.job_config(points[0], model_dir=None)
-    population = Population(
-        x,
-        y,
-        train_rows=[folds[f][0] for _, f in members],
-        val_rows=[folds[f][1] for _, f in members],
-        seeds=[config.seed] * len(members),
-        optimizer=job_lib.build_optimizer(base),
-        model=points[0].units,
-        num_classes=data.num_classes,
-        activation=config.activation or "elu",
-        batchnorm=config.batchnorm,
-        l1=[p.l1 for p, _ in members],
-        l2=[p.l2 for p, _ in members],
-        dropout=[p.dropout for p, _ in members],
-        maxnorm=[p.maxnorm for p, _ in members],
-        batch_size=config.batch_size,
-        monitor=config.monitor,
-        patience=config.patience,
-        min_delta=config.min_delta,
-        jit_compile=config.xla if config.xla is not None else True,
-    )
+    jobs = [config.job_config(p) for p in points]
+    population = _population(config, data, shared, jobs)
+    folds, first = shared.folds, jobs[0]
     name = population_name(config, points)
     progress.running = len(points)
     progress.line(
@@ -320,10 +376,11 @@ def _train_population(
     result = fit_population(
         population,
         model_dir=os.path.join(sweep_dir, "populations", name),
-        max_steps=config.max_steps,
-        eval_every=config.eval_every,
-        steps_per_call=config.steps_per_call,
-        checkpoint_every=config.checkpoint_every,
+        max_steps=first.max_steps,
+        eval_every=first.eval_every,
+        steps_per_call=first.steps_per_call,
+        checkpoint_every=first.checkpoint_every,
+        start_from_step=first.warmup,
         log=progress.line,
     )
     progress.running = 0
@@ -373,18 +430,20 @@ def population_name(config: SweepConfig, points) -> str:
     """
     what = {"definition": config.definition(), "points": sorted(p.key for p in points)}
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
-    # "16:64" is a valid directory name everywhere but on Windows file systems.
-    return f"{points[0].architecture.replace(':', 'x')}-{digest[:12]}"
+    return f"{architecture(config.job_config(points[0]))}-{digest[:12]}"
 
 
-def _row(trial) -> dict:
-    """A finished trial as a row of results.csv (plus its ``curve``)."""
+def _row(config: SweepConfig, trial) -> dict:
+    """A finished trial as a row of results.csv (plus its ``point`` and ``curve``)."""
     a = study_lib.result(trial)
     ok = a["status"] == "ok"
     mean, std = scoring.fold_score(a["scores"]) if ok else (float("nan"),) * 2
+    point = study_lib.point_of(trial)
+    # The bin/train run of this configuration alone, wherever it writes.
+    alone = dataclasses.replace(config.job_config(point), model_dir=None, export_dir=None)
     return {
         "key": a["key"],
-        **{n: trial.params[n] for n in SWEPT},
+        **config.row_values(point),
         "status": a["status"],
         "score_mean": mean,
         "score_std": std,
@@ -393,12 +452,10 @@ def _row(trial) -> dict:
         "gap": a["gap"],
         "wall_seconds": a["wall_seconds"],
         "trial": trial.number,
+        "command": "bin/train " + " ".join(command_line(alone)),
+        "point": point,
         "curve": a["curve"],
     }
-
-
-def _point(row: dict) -> Point:
-    return Point(*(row[n] for n in SWEPT))
 
 
 class _Progress:
@@ -414,7 +471,7 @@ class _Progress:
     def __init__(self, study, total, config, log, started):
         self.study, self.total, self.config, self.log = study, total, config, log
         self.started, self._trained, self.running = started, 0, 0
-        self.maximize = "accuracy" in config.monitor
+        self.maximize = "accuracy" in config.job.monitor
         self._read_at, self._done, self._best = -math.inf, 0, "-"
 
     @property
@@ -444,5 +501,5 @@ class _Progress:
         eta = f"{elapsed / self.trained * left:.0f} s" if self.trained else "?"
         self.log(
             f"[{done}/{self.total} done, {self.running} running; best "
-            f"{self.config.monitor} {best}; elapsed {elapsed:.0f} s, ETA {eta}] {message}"
+            f"{self.config.job.monitor} {best}; elapsed {elapsed:.0f} s, ETA {eta}] {message}"
         )

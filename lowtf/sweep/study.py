@@ -13,7 +13,7 @@ process, :func:`lowtf.train.rundir.this_process`) and, once recorded,
   process killed while claiming leaves no half-made claim to wait for.
 * TPE (``search="tpe"``): Optuna's ``TPESampler`` draws each point
   (``ask``), at most ``trials`` in all; lists as categorical distributions,
-  ranges as float ones.
+  ranges as float (or, for an integer setting, int) ones.
 
 A RUNNING trial whose owner is gone (:func:`lowtf.train.rundir.owner_state`:
 a killed run, even when its pid now belongs to another process) is failed as
@@ -37,10 +37,15 @@ import time
 import uuid
 
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
-from lowtf.sweep.config import SWEPT, Point, Range, SweepConfig
+from lowtf.job.flags import BY_NAME
+from lowtf.sweep.config import Point, Range, SweepConfig
 from lowtf.train import rundir
 
 DEFINITION = "definition"
@@ -190,7 +195,7 @@ def open_study(config: SweepConfig, storage) -> Study:
     if isinstance(storage, str):
         where = describe(storage)
         storage = open_storage(storage)
-    mode = "maximize" if "accuracy" in config.monitor else "minimize"
+    mode = "maximize" if "accuracy" in config.job.monitor else "minimize"
     with _reported(where):
         study = optuna.create_study(
             storage=storage,
@@ -234,8 +239,8 @@ def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
     nothing on ``tell``.
     """
     if config.search == "tpe":
-        return _tpe(config.seed)
-    return optuna.samplers.RandomSampler(seed=config.seed)
+        return _tpe(config.job.seed)
+    return optuna.samplers.RandomSampler(seed=config.job.seed)
 
 
 def _tpe(seed: int) -> optuna.samplers.TPESampler:
@@ -243,17 +248,20 @@ def _tpe(seed: int) -> optuna.samplers.TPESampler:
 
 
 def distributions(config: SweepConfig) -> dict:
-    """Per setting, a list as a categorical distribution, a range as a float one."""
-    return {
-        n: FloatDistribution(v.low, v.high, log=v.log)
-        if isinstance(v, Range)
-        else CategoricalDistribution(v)
-        for n, v in config.search_space().items()
-    }
+    """Per setting, a list as a categorical distribution, a range as a number's."""
+    return {n: _distribution(n, v) for n, v in config.search_space().items()}
+
+
+def _distribution(name: str, values):
+    if not isinstance(values, Range):
+        return CategoricalDistribution(values)
+    if name in BY_NAME and BY_NAME[name].kind == "int":
+        return IntDistribution(int(values.low), int(values.high), log=values.log)
+    return FloatDistribution(values.low, values.high, log=values.log)
 
 
 def point_of(trial) -> Point:
-    return Point(*(trial.params[n] for n in SWEPT))
+    return Point.of(trial.params)
 
 
 def ledger(study: Study) -> dict:
@@ -269,7 +277,7 @@ def ledger(study: Study) -> dict:
         if t.state == TrialState.WAITING:
             fixed = t.system_attrs.get("fixed_params")
             if fixed:
-                waiting.add(Point(*(fixed[n] for n in SWEPT)).key)
+                waiting.add(Point.of(fixed).key)
         elif key is None:
             continue
         elif t.state == TrialState.RUNNING:
@@ -507,7 +515,7 @@ def _claim_sampled(study: Study, config: SweepConfig, limit: int, sample: bool) 
     # Seeded by the study's size: a rerun, or another process, draws new
     # points rather than the first run's random start-up points again.
     study.study.sampler = _tpe(
-        config.seed + len(study.study.get_trials(deepcopy=False))
+        config.job.seed + len(study.study.get_trials(deepcopy=False))
     )
     dists = distributions(config)
     taken = set(book["finished"]) | book["running"]

@@ -1,19 +1,22 @@
 """A whole training job in one call: what ``bin/train`` runs.
 
-:class:`JobConfig` holds everything a run needs (data, model, optimizer,
-loop, distribution, output), validated when it is made; :func:`run_job`
-makes the strategy, loads the data, builds the model, its augmentation and
-optimizer, calls :func:`lowtf.fit`, evaluates the restored best snapshot on
-the test set and writes ``summary.json`` (the fields of :class:`JobResult`),
-``flags.txt`` and ``curves.png`` into the model directory::
+:class:`~lowtf.job.JobConfig` holds everything a run needs (data, model,
+optimizer, loop, distribution, output), validated when it is made;
+:func:`run_job` makes the strategy, loads the data, builds the model, its
+augmentation and optimizer, calls :func:`lowtf.fit`, evaluates the restored
+best snapshot on the test set and writes ``summary.json`` (the fields of
+:class:`JobResult`), ``flags.txt``, ``curves.png`` and the model's spec into
+the model directory::
 
-    config = lowtf.train.JobConfig(model="small", l2=1e-4, max_steps=2000)
-    result = lowtf.train.run_job(config)
+    config = lowtf.job.JobConfig(model="small", l2=1e-4, max_steps=2000)
+    result = lowtf.job.run_job(config)
     print(result.test_accuracy)
 
-The fields are ``bin/train``'s flags, one for one, with the same defaults;
-an error about a combination of them names them as flags (``--weight_decay``),
-so that the binary prints it as it is.
+The builders (:func:`model_spec`, :func:`build_model`, :func:`build_augment`,
+:func:`build_optimizer`) are the job's, used as they are by what runs many
+jobs at once (``bin/sweep``'s populations, ``--ensemble``), so that a member
+of a population is the network, augmentation and optimizer its own job
+would train.
 """
 
 from __future__ import annotations
@@ -28,25 +31,22 @@ import types
 
 import tensorflow as tf
 
-from lowtf import _files, distribute, models, nn
+from lowtf import _files, distribute
 from lowtf import augment as augment_lib
 from lowtf.data import datasets
 from lowtf.distribute import WorkerLost
 from lowtf.export import saved_model
 from lowtf.export import spec as export_spec
-from lowtf.train import evaluator, plot, rundir, transfer
-from lowtf.train import step as step_lib
-from lowtf.train.fit import TrainConfig, fit
-
-# JobConfig and the choices are checked without TensorFlow in job_config;
-# their names stay importable from here.
-from lowtf.job_config import (  # noqa: F401
-    MODELS,
-    OPTIMIZERS,
+from lowtf.job.config import (
     STARTUP_TIMEOUT,
     JobConfig,
     check_batch_size,
+    default_activation,
 )
+from lowtf.models import ModelSpec
+from lowtf.train import evaluator, plot, rundir, transfer
+from lowtf.train import step as step_lib
+from lowtf.train.fit import TrainConfig, fit
 
 # What the restored best snapshot is scored on, per held-out split: the
 # Evaluator's keys, named as in lowtf.train.metrics.STEP_METRICS.
@@ -54,7 +54,7 @@ EVALUATED = ("cross_entropy", "accuracy")
 # The file names a job writes into its model directory besides fit's.
 SUMMARY_FILE, FLAGS_FILE, CURVES_FILE = "summary.json", "flags.txt", "curves.png"
 # The installed lowtf package: no place for a model directory.
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -153,7 +153,7 @@ def run_job(
       tf.errors.OpError, OSError: a file could not be written.
     """
     if not isinstance(config, JobConfig):
-        raise ValueError(f"`config` ({config!r}) must be a lowtf.train.JobConfig")  # noqa: TRY004
+        raise ValueError(f"`config` ({config!r}) must be a lowtf.job.JobConfig")  # noqa: TRY004
     if not callable(log):
         raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")  # noqa: TRY004
     # Made before TensorFlow runs any op (reading HIGGS does), as multi_worker
@@ -324,6 +324,13 @@ def _run_in_scope(config, model_dir, chief, flags_text, log, flags) -> JobResult
         seed=config.seed,
         require_regularization=bool(config.l1 or config.l2),
         require_constraints=bool(config.maxnorm),
+        label_smoothing=config.label_smoothing,
+        mixup=config.mixup,
+        cutmix=config.cutmix,
+        # CutMix cuts boxes out of images: flat ones are reshaped to these.
+        image_shape=image_shape(data, f"--cutmix={config.cutmix}") if config.cutmix else None,
+        ema=config.ema,
+        swa_from=config.swa_from or None,
     )
     train_config = TrainConfig(
         batch_size=config.batch_size,
@@ -400,7 +407,7 @@ def _run_in_scope(config, model_dir, chief, flags_text, log, flags) -> JobResult
     )
     if chief:  # every worker holds the same model and numbers
         write_text(os.path.join(model_dir, SUMMARY_FILE), summary.to_json())
-        export_spec.write(model_dir, config, data)  # what bin/export rebuilds from
+        export_spec.write(model_dir, model_spec(config, data), data)  # for bin/export
         if result.history:
             plot.write_png(
                 os.path.join(model_dir, CURVES_FILE),
@@ -431,8 +438,9 @@ def _run_ensemble(config, model_dir, data, flags_text, log) -> JobResult:
         tf.io.gfile.makedirs(model_dir)
         write_text(os.path.join(model_dir, FLAGS_FILE), flags_text)
     builders = types.SimpleNamespace(
-        model=build_model, optimizer=build_optimizer, augment=build_augment
-    )
+        model=build_model, optimizer=build_optimizer, augment=build_augment,
+        spec=model_spec,
+    )  # fmt: skip
     scores, result, models = ensemble_job.run(
         config, model_dir=model_dir, data=data, build=builders, log=log
     )
@@ -495,8 +503,12 @@ def load_data(config) -> datasets.Dataset:
         raise datasets.DataError(message) from None
 
 
-def image_shape(config: JobConfig, data) -> tuple:
-    """``(h, w, c)`` of the examples of ``data``, for the cnn and augmentation.
+def image_shape(data, what: str) -> tuple:
+    """``(h, w, c)`` of the examples of ``data``, for the cnn, augmentation and CutMix.
+
+    Args:
+      data: the :class:`lowtf.Dataset` (its ``name`` and ``feature_shape``).
+      what: the flag that needs images, for the error (``"--model=cnn"``).
 
     Raises:
       ValueError: the examples are not images.
@@ -506,58 +518,71 @@ def image_shape(config: JobConfig, data) -> tuple:
         return (8, 8, 1)  # Stored as 64 pixels per row, row-major.
     if data.name == "npz" and len(shape) in (2, 3):
         return shape if len(shape) == 3 else (*shape, 1)
-    what = "--model=cnn" if config.model == "cnn" else f"--augment={config.augment}"
     raise ValueError(
         f"{what} needs images: --dataset=digits, or an npz of [n, h, w] or "
         f"[n, h, w, c] images; {data.name} examples have shape {shape}"
     )
 
 
-def build_augment(config: JobConfig, data):
-    """The augmentation pipeline of ``config.augment``, or None for none."""
-    if not augment_lib.parse(config.augment).ops:
+def build_augment(config: JobConfig, data, *, rows=None, mean=None, std=None):
+    """The augmentation pipeline of ``config.augment``, or None for none.
+
+    The loader standardizes each pixel; the pipeline undoes that, augments
+    the raw image (background and range as stored), and standardizes again.
+
+    Args:
+      config: the job's settings.
+      data: the loaded :class:`lowtf.Dataset`.
+      rows, mean, std: a sweep's fold: the training rows it trains on and
+        the statistics its copy of them is standardized with (default: the
+        whole training split, as loaded).
+    """
+    if not config.augments:
         return None
-    # The loader standardizes each pixel; the pipeline undoes that, augments
-    # the raw image (background and range as stored), and standardizes again.
     raw = data.train[0] * data.std + data.mean
+    if rows is not None:
+        raw = raw[rows]
     return augment_lib.parse(
         config.augment,
-        image_shape=image_shape(config, data),
+        image_shape=image_shape(data, f"--augment={config.augment}"),
         value_range=(float(raw.min()), float(raw.max())),
-        mean=data.mean,
-        std=data.std,
+        mean=data.mean if mean is None else mean,
+        std=data.std if std is None else std,
+    )
+
+
+def model_spec(config: JobConfig, data) -> ModelSpec:
+    """The :class:`lowtf.models.ModelSpec` of ``config`` for ``data``'s examples and classes."""
+    cnn = config.model == "cnn"
+    return ModelSpec(
+        model=None if config.hidden is not None else config.model_name,
+        hidden=config.hidden,
+        activation=config.activation or default_activation(config.model),
+        dropout=config.dropout,
+        batchnorm=config.batchnorm,
+        l1=config.l1,
+        l2=config.l2,
+        maxnorm=config.maxnorm,
+        input_noise=config.input_noise,
+        hidden_noise=config.hidden_noise,
+        seed=config.seed,
+        num_classes=data.num_classes,
+        feature_shape=tuple(data.feature_shape),
+        image_shape=image_shape(data, "--model=cnn") if cnn else None,
     )
 
 
 def build_model(config: JobConfig, data):
-    """The cnn, or the MLP of ``config`` (images flattened first)."""
-    switches = {
-        "num_classes": data.num_classes,
-        "dropout": config.dropout,
-        "batchnorm": config.batchnorm,
-        "l1": config.l1,
-        "l2": config.l2,
-        "maxnorm": config.maxnorm,
-        "seed": config.seed,
-    }
-    if config.model == "cnn":
-        return models.cnn(
-            image_shape(config, data),
-            activation=config.activation or "relu",
-            **switches,
-        )
-    model = models.mlp(
-        config.hidden if config.hidden is not None else config.model_name,
-        activation=config.activation or "elu",
-        **switches,
-    )
-    if len(data.feature_shape) > 1:
-        model = nn.Sequential([nn.Flatten(), model], name="flat_mlp")
-    return model
+    """The untrained network of ``config`` for ``data`` (:meth:`ModelSpec.build`)."""
+    return model_spec(config, data).build()
 
 
 def build_optimizer(config: JobConfig):
-    """The Keras optimizer of ``config``, with its learning-rate schedule."""
+    """The Keras optimizer of ``config``, with its learning-rate schedule.
+
+    A population of several weight decays takes the optimizer of
+    ``weight_decay=0`` and the decays per member.
+    """
     learning_rate = config.learning_rate
     if config.lr_decay_steps:
         # The tutorial's schedule: 1/2 of the rate after decay_steps, 1/3 after

@@ -1,11 +1,12 @@
 """A training job's settings, checked without TensorFlow: :class:`JobConfig`.
 
-``bin/train`` turns its flags into a :class:`JobConfig` before TensorFlow is
-imported, so that a bad value or combination is one line in a fraction of a
-second; :func:`lowtf.train.run_job` then runs it. Nothing here imports
-TensorFlow: the choices of the library's modules that do (data sets,
-presets, activations, strategies) are spelled out, and
-tests/test_job.py checks that they agree.
+``bin/train`` and ``bin/sweep`` turn their flags (:mod:`lowtf.job.flags`)
+into :class:`JobConfig` objects before TensorFlow is imported, so that a bad
+value or combination is one line in a fraction of a second;
+:func:`lowtf.job.run_job` then runs one. Nothing here imports TensorFlow:
+the choices of the library's modules that do (data sets, presets,
+activations, strategies) are spelled out, and tests/test_job.py checks that
+they agree.
 
 An error names the flags (``--weight_decay``), so that the binary prints it
 as it is.
@@ -56,6 +57,13 @@ DEFINING = (
     "model", "activation", "dropout", "l1", "l2", "maxnorm", "batchnorm", "augment",
     "optimizer", "weight_decay", "batch_size", "monitor", "seed",
     "init_from", "freeze", "unfreeze_at", "ensemble",
+    "input_noise", "hidden_noise", "label_smoothing", "mixup", "cutmix", "ema", "swa_from",
+)  # fmt: skip
+# Defining settings newer than the records of earlier runs: left out of
+# defining_flags() while off, so that those runs still resume.
+_NEWER = (
+    "ensemble", "input_noise", "hidden_noise", "label_smoothing", "mixup", "cutmix", "ema",
+    "swa_from",
 )  # fmt: skip
 # A default model directory's suffix longer than this becomes a hash.
 _MAX_SUFFIX = 64
@@ -63,7 +71,11 @@ _MAX_SUFFIX = 64
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class JobConfig:
-    """Everything :func:`lowtf.train.run_job` needs; checked when made.
+    """Everything :func:`lowtf.job.run_job` needs; checked when made.
+
+    One field per flag of ``bin/train`` (:data:`lowtf.job.flags.SETTINGS`),
+    with the same name, default and meaning; ``bin/sweep`` varies some of
+    them (``dataclasses.replace`` of one base config per configuration).
 
     Attributes:
       dataset: one of :data:`lowtf.data.DATASETS` (default ``"digits"``).
@@ -82,6 +94,10 @@ class JobConfig:
       l1, l2: penalty scales on the kernels; 0 is off.
       maxnorm: max-norm cap of each hidden unit's incoming weights; 0 is off.
       batchnorm: batch norm before each hidden activation (default False).
+      input_noise: stddev of Gaussian noise added to the inputs in training
+        (:class:`lowtf.nn.GaussianNoise`); 0 (default) is off.
+      hidden_noise: stddev of Gaussian noise after each hidden activation
+        (the cnn: its dense layers); 0 (default) is off.
       augment: a :func:`lowtf.augment.parse` spec for the training images,
         e.g. ``"translate:1,rotate:10"`` (default ``""``: none).
       optimizer: one of :data:`OPTIMIZERS` (default ``"adam"``); momentum is
@@ -90,6 +106,15 @@ class JobConfig:
       lr_decay_steps: inverse-time decay ``lr / (1 + step / n)``; 0
         (default) is constant.
       weight_decay: decoupled weight decay of adamw; 0 (default) is off.
+      label_smoothing, mixup, cutmix, ema: as in :class:`lowtf.StepOptions`:
+        the training targets' smoothing in [0, 1), the Beta shapes of mixup
+        and CutMix in [0, 2] (CutMix: images only), the momentum of a moving
+        average of the weights in [0, 1) that is evaluated and kept; 0
+        (default) is off.
+      swa_from: stochastic weight averaging from this step on
+        (``StepOptions(swa_from=)``): the equal-weight mean of the weights at
+        each evaluation from then is evaluated and kept; 0 (default) is
+        off. Not with ``ema``.
       batch_size, max_steps, eval_every, patience, min_delta, monitor,
         warmup, steps_per_call, checkpoint_every: as in
         :class:`lowtf.TrainConfig`; defaults 128, 10000, 100, 1000, 0.0,
@@ -138,12 +163,20 @@ class JobConfig:
     l2: float = 0.0
     maxnorm: float = 0.0
     batchnorm: bool = False
+    input_noise: float = 0.0
+    hidden_noise: float = 0.0
     augment: str = ""
     # -- optimizer
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     lr_decay_steps: int = 0
     weight_decay: float = 0.0
+    # -- training techniques
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema: float = 0.0
+    swa_from: int = 0
     # -- loop
     batch_size: int = 128
     max_steps: int = 10000
@@ -175,7 +208,7 @@ class JobConfig:
         for name in ("train_size", "validation_size"):
             if getattr(self, name) is not None:
                 _checks.positive_int(name, getattr(self, name))
-        for name in ("data_seed", "lr_decay_steps", "warmup", "seed", "ensemble"):
+        for name in ("data_seed", "lr_decay_steps", "warmup", "seed", "ensemble", "swa_from"):
             _checks.non_negative_int(name, getattr(self, name))
         if self.ensemble > 1 and self.strategy != "default":
             raise ValueError(
@@ -204,9 +237,14 @@ class JobConfig:
                 raise ValueError("give --model or --hidden, not both")
         if self.activation is not None:
             _checks.one_of("activation", self.activation, ACTIVATIONS)
-        _checks.rate("dropout", self.dropout)
-        for name in ("l1", "l2", "maxnorm", "weight_decay", "min_delta"):
+        for name in ("dropout", "label_smoothing", "ema"):
+            _checks.rate(name, getattr(self, name))
+        for name in (
+            "l1", "l2", "maxnorm", "input_noise", "hidden_noise", "weight_decay", "min_delta"
+        ):  # fmt: skip
             _checks.non_negative(name, getattr(self, name))
+        for name in ("mixup", "cutmix"):
+            _checks.beta_shape(name, getattr(self, name))
         _checks.boolean("batchnorm", self.batchnorm)
         if not isinstance(self.augment, str):
             raise ValueError(f"--augment ({self.augment!r}) must be a spec string")  # noqa: TRY004
@@ -247,6 +285,11 @@ class JobConfig:
 
     def _check_combinations(self) -> None:
         """The combinations that no single field's bounds can refuse."""
+        if self.ema and self.swa_from:
+            raise ValueError(
+                f"--ema={self.ema} and --swa_from={self.swa_from} are two averages of "
+                "the weights, and only one can be evaluated: drop one"
+            )
         if self.weight_decay and self.optimizer != "adamw":
             raise ValueError(
                 f"--weight_decay is the decoupled decay of AdamW; add --optimizer=adamw "
@@ -297,10 +340,17 @@ class JobConfig:
             raise ValueError(
                 f"--label_column is for --dataset=csv only, not {dataset}; drop it"
             )
-        if (
-            self.model == "cnn" or self.augment.strip().lower() not in ("", "none")
-        ) and (dataset not in IMAGE_DATASETS):
-            what = "--model=cnn" if self.model == "cnn" else f"--augment={self.augment}"
+        needs_images = [
+            what
+            for what, used in (
+                ("--model=cnn", self.model == "cnn"),
+                (f"--augment={self.augment}", self.augments),
+                (f"--cutmix={self.cutmix}", self.cutmix),
+            )
+            if used
+        ]
+        if needs_images and dataset not in IMAGE_DATASETS:
+            what = needs_images[0]
             raise ValueError(
                 f"{what} needs images: --dataset=digits, or an npz of [n, h, w] or "
                 f"[n, h, w, c] images; {dataset} examples are rows of features"
@@ -320,6 +370,11 @@ class JobConfig:
             check_batch_size(self, self.train_size or SYNTHETIC_TRAIN_SIZE, most=None)
 
     @property
+    def augments(self) -> bool:
+        """Whether ``augment`` names any op (``""`` and ``"none"`` do not)."""
+        return self.augment.strip().lower() not in ("", "none")
+
+    @property
     def model_name(self) -> str:
         """The preset (or ``"cnn"``), or the hidden widths joined by ``x``."""
         if self.hidden is not None:
@@ -337,13 +392,16 @@ class JobConfig:
         """
         flags = {name: getattr(self, name) for name in DEFINING}
         flags["model"] = self.model_name
-        flags["activation"] = self.activation or _default_activation(self.model)
+        flags["activation"] = self.activation or default_activation(self.model)
         spec = re.sub(r"\s+", "", self.augment).lower()
         flags["augment"] = "" if spec == "none" else spec
         if self.dataset in ("digits", "higgs"):
             del flags["data_seed"]
         if self.dataset != "csv":
             del flags["label_column"]
+        for name in _NEWER:
+            if not flags[name]:
+                del flags[name]
         return flags
 
     @property
@@ -361,7 +419,7 @@ class JobConfig:
         base = f"{self.dataset}-{self.model_name}"
         flags = self.defining_flags()
         defaults = {f.name: f.default for f in dataclasses.fields(JobConfig)}
-        defaults["activation"] = _default_activation(self.model)
+        defaults["activation"] = default_activation(self.model)
         changed = [
             (name, value)
             for name, value in flags.items()
@@ -404,7 +462,8 @@ def check_batch_size(config, train_rows: int, *, most: int | None) -> None:
     )
 
 
-def _default_activation(model: str | None) -> str:
+def default_activation(model: str | None) -> str:
+    """The activation when none is given: relu for the cnn, elu for an MLP."""
     return "relu" if model == "cnn" else "elu"
 
 
