@@ -364,3 +364,21 @@ def test_a_sweep_killed_in_a_pid_namespace_resumes_inside_another_and_outside(tm
     assert re.search(rf"resuming from \S+ at step {steps[1]}\b", output)
     assert finish(straight) and straight.returncode == 0
     assert_ended_alike(b, a)
+
+
+def test_a_sweep_is_compared_by_meaning_not_spelling(tmp_path):
+    import dataclasses
+
+    from lowtf import sweep
+    from lowtf.sweep import study as study_lib
+
+    base = sweep.SweepConfig(l2=(0.0, 1e-4), dropout=(0.2, 0.0), data_path=None)
+    storage = "sqlite:///" + str(tmp_path / "study.db")
+    study_lib.open_study(base, storage)
+    # Lists in another order, --xla spelled out: the same sweep, resumed.
+    same = dataclasses.replace(base, l2=(1e-4, 0.0), dropout=(0.0, 0.2), xla=True)
+    study_lib.open_study(same, storage)
+    with pytest.raises(ValueError, match="holds another sweep"):
+        study_lib.open_study(dataclasses.replace(base, l2=(0.0, 1e-3)), storage)
+    relative = study_lib.meaning({"data_path": "data.csv"})
+    assert relative["data_path"] == os.path.join(os.getcwd(), "data.csv")

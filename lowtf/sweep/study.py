@@ -204,8 +204,9 @@ def open_study(config: SweepConfig, storage) -> Study:
             direction=mode,
             load_if_exists=True,
         )
-        mine = config.definition()
+        mine = meaning(config.definition())
         stored = study.user_attrs.get(DEFINITION)
+        stored = None if stored is None else meaning(stored)
         if stored is None:
             study.set_user_attr(DEFINITION, mine)
         study_id = storage.get_study_id_from_name(STUDY_NAME)
@@ -220,6 +221,29 @@ def open_study(config: SweepConfig, storage) -> Study:
             "rerun with its flags to resume it, or pick a new --sweep_dir"
         )
     return Study(study, storage, study_id, where)
+
+
+def meaning(definition: dict) -> dict:
+    """A sweep's definition as what it means, not how it was spelled.
+
+    Lists of swept values in any order are one set (sorted); a local
+    ``data_path`` is absolute (a relative path names the same file from
+    another spelling); ``xla`` is left out (a compiled and an uncompiled
+    step give the same numbers, so it does not define the results, and
+    ``--xla`` spelled out at its default is no other sweep).
+    """
+    out = {}
+    for key, value in definition.items():
+        if key == "xla":
+            continue
+        if isinstance(value, list) and all(
+            isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value
+        ):
+            value = sorted(set(value), key=lambda v: (str(type(v)), v))
+        if key == "data_path" and isinstance(value, str) and "://" not in value:
+            value = os.path.abspath(value)
+        out[key] = value
+    return out
 
 
 def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
