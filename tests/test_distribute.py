@@ -141,7 +141,7 @@ def test_bin_train_strategy_flag(tmp_path):
         run.stderr.strip()
         .splitlines()[-1]
         .startswith(
-            "error: `strategy` ('multi_worker') needs the TF_CONFIG environment variable"
+            "error: --strategy ('multi_worker') needs the TF_CONFIG environment variable"
         )
     )
     assert not (tmp_path / "run").exists()

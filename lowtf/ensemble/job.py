@@ -53,7 +53,8 @@ def run(config, *, model_dir: str, data, build, log):
       data: the loaded :class:`lowtf.Dataset`.
       build: the job's builders, an object with ``model(config, data)``,
         ``optimizer(config)``, ``augment(config, data)`` and ``spec(config,
-        data)`` (the model's :class:`lowtf.models.ModelSpec`).
+        data)`` (the model's :class:`lowtf.models.ModelSpec`) and
+        ``image_shape(data, what)``.
       log: called with each progress line.
     """
     seeds = member_seeds(config)
@@ -77,7 +78,7 @@ def run(config, *, model_dir: str, data, build, log):
         patience=config.patience,
         min_delta=config.min_delta,
         jit_compile=config.xla if config.xla is not None else "auto",
-        **_techniques(config, data),
+        **_techniques(config, data, build),
     )
     log(
         f"ensemble of {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) of model "
@@ -157,15 +158,13 @@ def _write_members(model_dir: str, models: list) -> None:
     )
 
 
-def _techniques(config, data) -> dict:
+def _techniques(config, data, build) -> dict:
     """The Population arguments of the job's per-member techniques that are set."""
     names = ("label_smoothing", "mixup", "cutmix", "ema", "swa_from")
     given = {name: getattr(config, name) for name in names if getattr(config, name, 0)}
     if given.get("cutmix") and len(data.feature_shape) != 3:
         # Flat examples (the digits' 64 pixels) are cut as the images they are.
-        from lowtf.job import run as job_run  # the job imports this module
-
-        given["image_shape"] = job_run.image_shape(data, "--cutmix")
+        given["image_shape"] = build.image_shape(data, "--cutmix")
     return given
 
 

@@ -439,7 +439,7 @@ def _run_ensemble(config, model_dir, data, flags_text, log) -> JobResult:
         write_text(os.path.join(model_dir, FLAGS_FILE), flags_text)
     builders = types.SimpleNamespace(
         model=build_model, optimizer=build_optimizer, augment=build_augment,
-        spec=model_spec,
+        spec=model_spec, image_shape=image_shape,
     )  # fmt: skip
     scores, result, models = ensemble_job.run(
         config, model_dir=model_dir, data=data, build=builders, log=log
