@@ -51,8 +51,9 @@ from lowtf.nn import constraints, losses, regularizers
 from lowtf.population import members
 from lowtf.train import early_stopping, rundir
 from lowtf.train import evaluator as evaluator_lib
+from lowtf.train import metrics as metrics_lib
 from lowtf.train import swa as swa_lib
-from lowtf.train.metrics import MONITORS, STEP_METRICS
+from lowtf.train.metrics import MONITORS, STEP_METRICS, SUMMED_METRICS
 
 
 # The most steps one compiled call of Population.run takes (the size of its
@@ -1057,7 +1058,9 @@ class Population:
 
         def body(i, totals):
             metrics = self._one_step(*tables, freeze=freeze)
-            return i + 1, {name: totals[name] + metrics[name] for name in STEP_METRICS}
+            return i + 1, {
+                name: totals[name] + metrics[name] for name in SUMMED_METRICS
+            }
 
         # A counter loop, not tf.range: XLA would recompile per num_steps.
         _, totals = tf.while_loop(
@@ -1065,11 +1068,10 @@ class Population:
             body,
             (
                 tf.constant(0, tf.int64),
-                {name: tf.zeros([self.size]) for name in STEP_METRICS},
+                {name: tf.zeros([self.size]) for name in SUMMED_METRICS},
             ),
         )
-        count = tf.cast(num_steps, tf.float32)
-        return {name: value / count for name, value in totals.items()}
+        return metrics_lib.means_of_sums(totals, num_steps)
 
     def _one_step(self, patterns, first_epoch, words, first_step, *, freeze=True):
         active = tf.logical_not(self.state.stop_step >= 0)

@@ -12,8 +12,22 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import tensorflow as tf
+
 # What one training step (or the mean of N steps) reports, in this order.
 STEP_METRICS = ("cross_entropy", "regularization_loss", "total_loss", "accuracy")
+# What a loop of steps sums: the mean total is the sum of the two loss means,
+# one addition that no graph rewrite can reorder, so a run and its rerun
+# report the same digits.
+SUMMED_METRICS = ("cross_entropy", "regularization_loss", "accuracy")
+
+
+def means_of_sums(totals: dict, num_steps) -> dict:
+    """The STEP_METRICS of ``num_steps`` steps, from their SUMMED_METRICS sums."""
+    count = tf.cast(num_steps, tf.float32)
+    means = {name: value / count for name, value in totals.items()}
+    means["total_loss"] = means["cross_entropy"] + means["regularization_loss"]
+    return {name: means[name] for name in STEP_METRICS}
 
 
 def _field(*, monitor: str | None, board: tuple[str, str] | None, label: str = ""):

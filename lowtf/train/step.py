@@ -51,7 +51,8 @@ from lowtf.data import InMemoryBatches, checks, streams
 from lowtf.nn import constraints, losses, regularizers
 from lowtf.train import evaluator
 from lowtf.train import swa as swa_lib
-from lowtf.train.metrics import STEP_METRICS
+from lowtf.train import metrics as metrics_lib
+from lowtf.train.metrics import STEP_METRICS, SUMMED_METRICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,17 +459,16 @@ class TrainStep(tf.Module):
     # -- traced internals ---------------------------------------------------
 
     def _steps(self, num_steps):
-        totals = {name: tf.zeros([]) for name in STEP_METRICS}
+        totals = {name: tf.zeros([]) for name in SUMMED_METRICS}
         # A while loop on a counter, not `for _ in tf.range(n)`: XLA would take
         # the range's length as a compile-time constant and recompile per n.
         i = tf.constant(0, tf.int64)
         while i < num_steps:
             x, y = self._next_batch()
             metrics = self._batch_step(x, y)
-            totals = {name: totals[name] + metrics[name] for name in STEP_METRICS}
+            totals = {name: totals[name] + metrics[name] for name in SUMMED_METRICS}
             i += 1
-        count = tf.cast(num_steps, tf.float32)
-        return {name: value / count for name, value in totals.items()}
+        return metrics_lib.means_of_sums(totals, num_steps)
 
     def _next_batch(self):
         if not isinstance(self.data, streams.Stream):
