@@ -23,7 +23,7 @@ here changes which devices TensorFlow uses.
 :func:`parse_flags` turns absl's flag errors into one ``error: ...`` line
 and exit status 2, as lowtf's own refusals. The console scripts
 (``lowtf-train``, ``lowtf-sweep``, ``lowtf-export``, ``lowtf-predict``,
-``lowtf-bench``; setup.cfg) run the ``bin/`` script of the same name.
+``lowtf-bench``, ``lowtf-convert``; setup.cfg) run the ``bin/`` script of the same name.
 """
 
 from __future__ import annotations
@@ -175,6 +175,11 @@ def predict() -> None:
 def bench() -> None:
     """``lowtf-bench``: bin/bench."""
     _run_binary("bench")
+
+
+def convert() -> None:
+    """``lowtf-convert``: bin/convert."""
+    _run_binary("convert")
 
 
 quiet_start_up()

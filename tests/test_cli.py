@@ -31,7 +31,7 @@ def test_the_console_scripts_run_the_bin_scripts():
     setup.read(os.path.join(ROOT, "setup.cfg"))
     scripts = setup["options.entry_points"]["console_scripts"].split()
     entries = dict(zip(scripts[0::3], scripts[2::3]))
-    names = ("train", "sweep", "export", "predict", "bench")
+    names = ("train", "sweep", "export", "predict", "bench", "convert")
     assert entries == {f"lowtf-{name}": f"lowtf.cli:{name}" for name in names}
     assert "scripts" not in setup["options"]  # no generic names (export!) on PATH
     for name in names:

@@ -23,72 +23,21 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import io
-import json
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from lowtf import _checks
 from lowtf.data import streams
 from lowtf.data.readers import DataError
+from lowtf.data.statistics import FeatureStatistics, Moments  # noqa: F401 (its home before)
 
 # Rows per block: the tutorial's repacking (one op per block, not per row).
 BLOCK_ROWS = 10_000
 DEFAULT_SHUFFLE_BUFFER = 10_000
 # How long a failed read may spend scanning the file for the bad line.
 LOCATE_SECONDS = 120.0
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureStatistics:
-    """Per-feature ``mean`` and ``std`` (float64 ``[features]``) over ``rows`` rows."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    rows: int
-
-    def standardize(self, x):
-        """``(x - mean) / std`` in float32; a tensor or an array."""
-        mean = tf.constant(self.mean, tf.float32)
-        std = tf.constant(self.std, tf.float32)
-        return (tf.cast(x, tf.float32) - mean) / std
-
-    @property
-    def digest(self) -> str:
-        """A short hash of the values, for a run's identity."""
-        digest = hashlib.sha256(np.concatenate([self.mean, self.std]).tobytes())
-        return digest.hexdigest()[:12]
-
-    def save(self, path: str) -> None:
-        """Writes ``{"mean", "std", "rows"}`` as JSON (any TensorFlow file system)."""
-        text = json.dumps(
-            {"mean": self.mean.tolist(), "std": self.std.tolist(), "rows": self.rows},
-            indent=2,
-        )
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(text + "\n")
-
-    @classmethod
-    def load(cls, path: str) -> FeatureStatistics:
-        """Reads what :meth:`save` wrote."""
-        try:
-            with tf.io.gfile.GFile(path) as f:
-                record = json.loads(f.read())
-            mean = np.asarray(record["mean"], np.float64)
-            std = np.asarray(record["std"], np.float64)
-            rows = int(record["rows"])
-        except (tf.errors.OpError, ValueError, KeyError, TypeError) as e:
-            raise DataError(
-                f"{path}: not a statistics file ({type(e).__name__}: {e})"
-            ) from None
-        if mean.shape != std.shape or mean.ndim != 1 or not (std > 0).all():
-            raise DataError(
-                f"{path}: mean and std must be vectors of one length, std > 0"
-            )
-        return cls(mean=mean, std=std, rows=rows)
 
 
 def csv_statistics(
@@ -116,28 +65,18 @@ def csv_statistics(
         take = max_rows if take is None else min(take, max_rows)
     layout = _layout(path, label_column, header)
     blocks = _blocks(layout, skip, take)
-    count, mean, m2 = 0, np.zeros(layout.num_features), np.zeros(layout.num_features)
+    moments = Moments(layout.num_features)
     try:
         for x, _ in blocks:
-            block = x.numpy().astype(np.float64)
-            n = len(block)
-            block_mean = block.mean(axis=0)
-            block_m2 = ((block - block_mean) ** 2).sum(axis=0)
-            # Chan et al.'s update: exact in float64 whatever the file's size.
-            delta = block_mean - mean
-            total = count + n
-            mean = mean + delta * (n / total)
-            m2 = m2 + block_m2 + delta**2 * (count * n / total)
-            count = total
+            moments.add(x.numpy())
     except tf.errors.OpError as e:
         where = locate_bad_line(layout)
         raise DataError(
             where or f"{path}: {streams.clean_message(e.message)}"
         ) from None
-    if not count:
+    if not moments.count:
         raise DataError(f"{path}: no data rows (after skipping {skip})")
-    std = np.sqrt(m2 / count)
-    return FeatureStatistics(mean=mean, std=np.where(std > 1e-6, std, 1.0), rows=count)
+    return moments.statistics()
 
 
 def csv_dataset(
@@ -247,6 +186,29 @@ def locate_bad_line(layout, *, seconds: float = LOCATE_SECONDS) -> str | None:
                         f"{cell.decode(errors='replace')!r} is not a number"
                     )
     return None
+
+
+def header_of(path: str) -> list[str] | None:
+    """The first line's cells if one of them is not a number (a header), else None.
+
+    The rule of :func:`lowtf.load_dataset`'s csv reader, for a file read as
+    it goes.
+    """
+    layout = _layout(path, 0, False)
+    with tf.io.gfile.GFile(path, "rb") as raw:
+        lines = gzip.GzipFile(fileobj=raw) if layout.compression else raw
+        cells = lines.readline().decode(errors="replace").rstrip("\r\n").split(",")
+    if all(_is_number(cell) for cell in cells):
+        return None
+    return [cell.strip() for cell in cells]
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,9 @@ source:
   15% to validation, picked by a seeded permutation.
 - ``synthetic``: a seeded, Higgs-shaped binary problem (28 features) drawn
   from a random two-layer teacher with label noise, for tests and benchmarks.
+- ``tfrecord``: TFRecord shards of ``tf.train.Example`` (a directory written
+  by ``bin/convert``, with its spec.json, or a glob), read whole here with
+  the split :func:`lowtf.data.streamed.open_stream` streams them with.
 
 Features are standardized with the mean and standard deviation of the
 training split only (a feature constant in training is only centred), so
@@ -44,7 +47,7 @@ from lowtf import _checks
 from lowtf.data import readers
 from lowtf.data.readers import DataError
 
-DATASETS = ("digits", "higgs", "npz", "csv", "synthetic")
+DATASETS = ("digits", "higgs", "npz", "csv", "synthetic", "tfrecord")
 
 # The fixed digits split: permutation seed and test rows (see module doc).
 DIGITS_SPLIT_SEED = 0
@@ -127,7 +130,7 @@ def load(
     for arg, value in (("train_size", train_size), ("validation_size", validation_size)):
         if value is not None:
             _checks.positive_int(arg, value)
-    needs_path = name in ("higgs", "npz", "csv")
+    needs_path = name in ("higgs", "npz", "csv", "tfrecord")
     if needs_path and not data_path:
         raise DataError(f"the {name} data set needs a file: pass `data_path`")
     if not needs_path and data_path:
@@ -143,6 +146,13 @@ def load(
         splits, num_classes = _npz(data_path, train_size, validation_size, seed), None
     elif name == "csv":
         splits, num_classes = _csv(data_path, train_size, validation_size, label_column, seed), None
+    elif name == "tfrecord":
+        # Read whole here; bin/train streams them (lowtf.data.streamed).
+        from lowtf.data import streamed
+
+        splits, num_classes = streamed.read_in_memory(
+            data_path, train_size=train_size, validation_size=validation_size
+        )
     else:
         splits, num_classes = _synthetic(train_size, validation_size, seed), 2
     return _finish(name, splits, num_classes, data_path)

@@ -37,6 +37,7 @@ import tensorflow as tf
 from lowtf import _checks
 from lowtf.data import streams
 from lowtf.data.readers import DataError
+from lowtf.data.statistics import FeatureStatistics, Moments
 
 FEATURES_KEY = "features"
 LABEL_KEY = "label"
@@ -46,6 +47,9 @@ FORMAT = "lowtf-tfrecord-1"
 DEFAULT_SHUFFLE_BUFFER = 10_000
 # How long a failed read may spend scanning the shards for the bad record.
 LOCATE_SECONDS = 120.0
+# Records per block of a statistics pass, and of a count.
+STATISTICS_BLOCK = 10_000
+COUNT_BLOCK = 65_536
 
 
 def shard_paths(directory: str, split: str, shards: int) -> list[str]:
@@ -102,21 +106,75 @@ def write_tfrecords(
         scratch = path + ".tmp"
         with tf.io.TFRecordWriter(scratch, options=compression) as writer:
             for row in rows:
-                example = tf.train.Example(
-                    features=tf.train.Features(
-                        feature={
-                            features_key: tf.train.Feature(
-                                float_list=tf.train.FloatList(value=flat[row])
-                            ),
-                            label_key: tf.train.Feature(
-                                int64_list=tf.train.Int64List(value=[labels[row]])
-                            ),
-                        }
-                    )
-                )
-                writer.write(example.SerializeToString())
+                writer.write(_example(flat[row], labels[row], features_key, label_key))
         tf.io.gfile.rename(scratch, path, overwrite=True)
     return paths
+
+
+def write_blocks(
+    blocks, directory: str, split: str, shards: int, *, compression: str | None = None
+) -> tuple[list[str], int]:
+    """Writes ``(x, y)`` blocks as ``shards`` files, block ``i`` to shard ``i % shards``.
+
+    For rows read as they go (their number is not known beforehand): each
+    file is written under a temporary name and renamed once every block is
+    written. Returns the paths and the rows written; a shard that got no
+    block is not written (nor returned).
+    """
+    _checks.positive_int("shards", shards)
+    _checks.one_of("compression", compression, (None, "GZIP"))
+    tf.io.gfile.makedirs(directory)
+    paths = shard_paths(directory, split, shards)
+    writers = [
+        tf.io.TFRecordWriter(path + ".tmp", options=compression) for path in paths
+    ]
+    used, rows = set(), 0
+    try:
+        for i, (x, y) in enumerate(blocks):
+            x = np.asarray(x, np.float32).reshape(len(x), -1)
+            labels = np.asarray(y)
+            if not np.array_equal(labels, np.round(labels)):
+                raise DataError(f"{split} block {i}: labels must be whole class indices")
+            labels = labels.astype(np.int64)
+            writer = writers[i % shards]
+            used.add(i % shards)
+            for row, label in zip(x, labels):
+                writer.write(_example(row, label, FEATURES_KEY, LABEL_KEY))
+            rows += len(labels)
+    finally:
+        for writer in writers:
+            writer.close()
+    written = []
+    for i, path in enumerate(paths):
+        if i in used:
+            tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+            written.append(path)
+        else:
+            tf.io.gfile.remove(path + ".tmp")
+    # Named as what they hold: N shards written of the N asked for.
+    if len(written) < shards:
+        final = shard_paths(directory, split, len(written))
+        for old, new in zip(written, final):
+            tf.io.gfile.rename(old, new, overwrite=True)
+        written = final
+    return written, rows
+
+
+def _example(flat_row, label, features_key, label_key) -> bytes:
+    """One serialized Example: the flattened features and the label."""
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                features_key: tf.train.Feature(
+                    float_list=tf.train.FloatList(value=flat_row)
+                ),
+                label_key: tf.train.Feature(
+                    int64_list=tf.train.Int64List(value=[label])
+                ),
+            }
+        )
+    )
+    return example.SerializeToString()
 
 
 def convert(
@@ -151,18 +209,33 @@ def convert(
             "examples": len(y),
             "files": [os.path.basename(p) for p in paths],
         }
+    return write_spec(directory, dataset, splits, compression=compression)
+
+
+def write_spec(directory: str, data, splits: dict, *, compression=None, **extra) -> dict:
+    """Writes ``directory/spec.json`` for shards of ``data``'s standardized rows.
+
+    Args:
+      directory: where the shards are.
+      data: what they hold: ``name``, ``feature_shape``, ``num_classes``, and
+        the ``mean`` and ``std`` the rows were standardized with.
+      splits: ``{split: {"examples": n, "files": [names]}}``.
+      compression: of the shards.
+      extra: more fields (e.g. how the statistics were computed).
+    """
     spec = {
         "format": FORMAT,
-        "name": dataset.name,
-        "feature_shape": [int(d) for d in dataset.feature_shape],
-        "num_classes": int(dataset.num_classes),
-        "mean": np.asarray(dataset.mean, np.float64).ravel().tolist(),
-        "std": np.asarray(dataset.std, np.float64).ravel().tolist(),
+        "name": data.name,
+        "feature_shape": [int(d) for d in data.feature_shape],
+        "num_classes": int(data.num_classes),
+        "mean": np.asarray(data.mean, np.float64).ravel().tolist(),
+        "std": np.asarray(data.std, np.float64).ravel().tolist(),
         "standardized": True,
         "features_key": FEATURES_KEY,
         "label_key": LABEL_KEY,
         "compression": compression,
         "splits": splits,
+        **extra,
     }
     # Last: a directory with a spec.json holds every shard it names.
     path = os.path.join(directory, SPEC_FILE)
@@ -203,6 +276,9 @@ def tfrecord(
     seed: int = 0,
     compression: str | None = "auto",
     cycle_length: int | None = None,
+    skip: int = 0,
+    take: int | None = None,
+    statistics: FeatureStatistics | None = None,
 ) -> tf.data.Dataset:
     """A ``tf.data`` pipeline of ``(x, y)`` batches from TFRecord shards of Examples.
 
@@ -232,6 +308,15 @@ def tfrecord(
         gzip's magic bytes), None or ``"GZIP"``.
       cycle_length: shards read at once when training (default: all, at
         most 16); held-out data is read one shard after the other.
+      skip, take: read only the records from ``skip`` on (default 0), at
+        most ``take`` of them (default None: all), counted in file order
+        (the files sorted, as given): the first records held out for
+        validation, as the TensorFlow overfit tutorial takes HIGGS' first
+        rows. Each shard's range is fixed before reading (the shards before
+        ``skip + take`` are counted once), so a training pipeline still
+        interleaves its shards and reads every chosen record once an epoch.
+      statistics: a :class:`lowtf.data.FeatureStatistics` of the flattened
+        features to standardize every batch with (default None: as stored).
 
     Raises:
       DataError: no file matches, or the first record lacks a key or has
@@ -243,17 +328,43 @@ def tfrecord(
     _checks.boolean("training", training)
     if cycle_length is not None:
         _checks.positive_int("cycle_length", cycle_length)
+    _checks.non_negative_int("skip", skip)
+    if take is not None:
+        _checks.positive_int("take", take)
     files, reader = _prepare(
         pattern, feature_shape, features_key, label_key, feature_dtype, compression
     )
-    names = tf.data.Dataset.from_tensor_slices(files)
+    if statistics is not None and len(statistics.mean) != reader.width:
+        raise ValueError(
+            f"`statistics` are for {len(statistics.mean)} features, the records "
+            f"hold {reader.width}"
+        )
+    # (file, first record, records) of each shard read; -1 is "to the end".
+    ranges = _ranges(files, reader, skip, take)
+    if not ranges:
+        raise DataError(
+            f"{_describe_pattern(pattern)}: no records left after skipping {skip:,}"
+        )
+    def read(name, start=None, count=None):
+        records = tf.data.TFRecordDataset(name, compression_type=reader.compression)
+        return records if start is None else records.skip(start).take(count)
+
+    if skip or take is not None:
+        paths, starts, counts = zip(*ranges)
+        names = tf.data.Dataset.from_tensor_slices(
+            (list(paths), np.array(starts, np.int64), np.array(counts, np.int64))
+        )
+    else:
+        # Whole files: the pipeline (and so a checkpoint's position) as before
+        # skip/take existed.
+        names = tf.data.Dataset.from_tensor_slices(files)
     if training:
-        names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        names = names.shuffle(len(ranges), seed=seed, reshuffle_each_iteration=True)
         names = names.repeat()
     records = names.interleave(
-        lambda name: tf.data.TFRecordDataset(name, compression_type=reader.compression),
+        read,
         # Held-out data is read in file order, one shard after the other.
-        cycle_length=(cycle_length or min(len(files), 16)) if training else 1,
+        cycle_length=(cycle_length or min(len(ranges), 16)) if training else 1,
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -264,10 +375,152 @@ def tfrecord(
         )
     batches = records.batch(batch_size, drop_remainder=training)
     # A whole batch parsed at once: one op instead of batch_size.
-    batches = batches.map(
-        reader.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    parse = reader.parse
+    if statistics is not None:
+        shape = reader.feature_shape
+
+        def parse(serialized):
+            x, y = reader.parse(serialized)
+            flat = statistics.standardize(tf.reshape(x, [-1, reader.width]))
+            return tf.reshape(flat, [-1, *shape]), y
+
+    batches = batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def tfrecord_statistics(
+    pattern,
+    *,
+    feature_shape,
+    skip: int = 0,
+    take: int | None = None,
+    max_rows: int | None = None,
+    features_key: str = FEATURES_KEY,
+    label_key: str = LABEL_KEY,
+    feature_dtype=tf.float32,
+    compression: str | None = "auto",
+) -> FeatureStatistics:
+    """Per-feature mean and std of the records' flattened features, in one streaming pass.
+
+    Reads the records ``skip .. skip + take`` (the training ones: nothing of
+    held-out records leaks in) in file order, or only the first
+    ``max_rows`` of them (faster; right only for shards in no particular
+    order), merging blocks in float64 (:class:`lowtf.data.statistics.Moments`).
+
+    Raises:
+      DataError: no record in that range, or one that cannot be read or
+        parsed (named by shard and record).
+    """
+    if max_rows is not None:
+        _checks.positive_int("max_rows", max_rows)
+        take = max_rows if take is None else min(take, max_rows)
+    dataset = tfrecord(
+        pattern,
+        batch_size=STATISTICS_BLOCK,
+        feature_shape=feature_shape,
+        training=False,
+        features_key=features_key,
+        label_key=label_key,
+        feature_dtype=feature_dtype,
+        compression=compression,
+        skip=skip,
+        take=take,
+    )
+    moments = Moments(math.prod(tuple(feature_shape)))
+    try:
+        for x, _ in dataset:
+            moments.add(x.numpy())
+    except tf.errors.OpError as e:
+        files, reader = _prepare(
+            pattern, feature_shape, features_key, label_key, feature_dtype,
+            compression, check=False,
+        )  # fmt: skip
+        where = locate_bad_record(files, reader)
+        raise DataError(
+            where or f"{_describe_pattern(pattern)}: {streams.clean_message(e.message)}"
+        ) from None
+    if not moments.count:
+        raise DataError(f"{_describe_pattern(pattern)}: no records to compute statistics on")
+    return moments.statistics()
+
+
+def first_record(pattern, *, features_key: str = FEATURES_KEY, label_key: str = LABEL_KEY):
+    """The first file of ``pattern`` and its first record's feature width and dtype.
+
+    For shards that come without a spec: the example shape is then
+    ``(width,)``. Returns ``(path, width, dtype)``.
+
+    Raises:
+      DataError: no file matches, or the first record is no Example with
+        ``features_key`` and ``label_key``.
+    """
+    path = _glob(pattern)[0]
+    compression = _sniff_compression(path) or ""
+    records = tf.data.TFRecordDataset(path, compression_type=compression)
+    try:
+        first = [r.numpy() for r in records.take(1)]
+    except tf.errors.OpError as e:
+        raise DataError(
+            f"{path}: not readable as TFRecord ({streams.clean_message(e.message)})"
+        ) from None
+    if not first:
+        raise DataError(f"{path}: no records")
+    try:
+        feature = tf.train.Example.FromString(first[0]).features.feature
+    except Exception:  # noqa: BLE001 (protobuf's DecodeError moves between versions)
+        raise DataError(f"{path}, record 0: not a tf.train.Example") from None
+    for key in (features_key, label_key):
+        if key not in feature:
+            keys = ", ".join(sorted(feature)) or "none"
+            raise DataError(f"{path}, record 0: no feature {key!r} (its keys: {keys})")
+    kind = feature[features_key].WhichOneof("kind")
+    if kind not in ("float_list", "int64_list"):
+        raise DataError(
+            f"{path}, record 0: feature {features_key!r} is a {kind}, not numbers"
+        )
+    width = len(getattr(feature[features_key], kind).value)
+    if not width:
+        raise DataError(f"{path}, record 0: feature {features_key!r} is empty")
+    return path, width, tf.float32 if kind == "float_list" else tf.int64
+
+
+def count_records(path, compression: str | None = "auto") -> int:
+    """The records of one file (a pass over it)."""
+    if compression == "auto":
+        compression = _sniff_compression(path)
+    records = tf.data.TFRecordDataset(path, compression_type=compression or "")
+    sizes = records.batch(COUNT_BLOCK).map(lambda block: tf.size(block, tf.int64))
+    try:
+        return int(sizes.reduce(tf.constant(0, tf.int64), lambda n, size: n + size))
+    except tf.errors.OpError as e:
+        raise DataError(
+            f"{path}: not readable as TFRecord ({streams.clean_message(e.message)})"
+        ) from None
+
+
+def _ranges(files, reader, skip, take) -> list[tuple[str, int, int]]:
+    """``(file, start, count)`` of the records ``skip .. skip + take`` in file order.
+
+    Only the files before the range's end are counted (with no ``take``,
+    those before ``skip``); ``count`` -1 reads to the end of its file.
+    """
+    if not skip and take is None:
+        return [(f, 0, -1) for f in files]
+    ranges, position = [], 0
+    end = None if take is None else skip + take
+    for path in files:
+        if end is not None and position >= end:
+            break
+        if end is None and position >= skip:
+            ranges.append((path, 0, -1))
+            continue
+        size = count_records(path, reader.compression)
+        start = max(0, skip - position)
+        stop = size if end is None else min(size, end - position)
+        if stop > start:
+            ranges.append((path, start, stop - start if end is not None else -1))
+        position += size
+    return ranges
 
 
 def tfrecord_stream(
@@ -296,10 +549,15 @@ def tfrecord_stream(
         check=False,  # tfrecord() just did
     )
     size = sum(tf.io.gfile.stat(f).length for f in files)
+    stats = kwargs.get("statistics")
+    rows = ""
+    if kwargs.get("skip") or kwargs.get("take") is not None:
+        rows = f"; records from {kwargs.get('skip', 0)}, {kwargs.get('take') or 'all'}"
     source = (
-        f"tfrecord {_describe_pattern(pattern)}: {len(files)} files, {size:,} bytes; "
-        f"shuffle {kwargs.get('shuffle_buffer', DEFAULT_SHUFFLE_BUFFER)} "
+        f"tfrecord {_describe_pattern(pattern)}: {len(files)} files, {size:,} bytes"
+        f"{rows}; shuffle {kwargs.get('shuffle_buffer', DEFAULT_SHUFFLE_BUFFER)} "
         f"seed {kwargs.get('seed', 0)}"
+        + (f"; standardized ({stats.rows} rows, {stats.digest})" if stats else "")
     )
     return streams.Stream(
         dataset, source=source, locate=lambda: locate_bad_record(files, reader)

@@ -25,7 +25,7 @@ from lowtf import _checks
 # The library's choices (lowtf.data.DATASETS, lowtf.models.PRESETS,
 # lowtf.nn.ACTIVATIONS, lowtf.distribute.STRATEGIES, lowtf.train.metrics.MONITORS),
 # here without their packages' TensorFlow import.
-DATASETS = ("digits", "higgs", "npz", "csv", "synthetic")
+DATASETS = ("digits", "higgs", "npz", "csv", "synthetic", "tfrecord")
 PRESETS = ("tiny", "small", "medium", "large")
 MODELS = (*PRESETS, "cnn")
 ACTIVATIONS = ("linear", "elu", "relu", "selu", "gelu", "tanh", "sigmoid", "swish")
@@ -40,7 +40,11 @@ MONITORS = (
     "total_loss",
 )
 # The data sets that read --data_path, and those made of images.
-FILE_DATASETS = ("higgs", "npz", "csv")
+FILE_DATASETS = ("higgs", "npz", "csv", "tfrecord")
+# The data sets --stream reads as they go (lowtf.data.streamed.STREAMED), and
+# the default shuffle buffer of a stream (lowtf.data.tfrecords).
+STREAMED_DATASETS = ("higgs", "csv", "tfrecord")
+DEFAULT_SHUFFLE_BUFFER = 10_000
 IMAGE_DATASETS = ("digits", "npz")
 # The digits' fixed split (lowtf.data.datasets): 1,797 rows, the last 300 of
 # a fixed permutation for test, 300 for validation by default.
@@ -85,6 +89,12 @@ class JobConfig:
       train_size, validation_size: rows of the splits (default None: per
         data set, see :func:`lowtf.load_dataset`).
       data_seed: seed of the npz/csv split and of the synthetic data (0).
+      stream: read ``data_path`` as training goes instead of loading it
+        (:func:`lowtf.data.open_stream`): csv and higgs when True, tfrecord
+        unless False (default None).
+      shuffle_buffer: rows in a stream's shuffle buffer (default 10,000).
+      stats_rows: a stream's standardization statistics from the first this
+        many training rows (default None: one pass over all of them).
       model: a preset of :data:`lowtf.models.PRESETS` or ``"cnn"`` (default
         None: ``"medium"``, unless ``hidden`` is given).
       hidden: hidden widths instead of ``model`` (default None).
@@ -154,6 +164,9 @@ class JobConfig:
     train_size: int | None = None
     validation_size: int | None = None
     data_seed: int = 0
+    stream: bool | None = None
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    stats_rows: int | None = None
     # -- model
     model: str | None = None
     hidden: tuple[int, ...] | None = None
@@ -205,7 +218,7 @@ class JobConfig:
 
     def __post_init__(self):
         _checks.one_of("dataset", self.dataset, DATASETS)
-        for name in ("train_size", "validation_size"):
+        for name in ("train_size", "validation_size", "stats_rows"):
             if getattr(self, name) is not None:
                 _checks.positive_int(name, getattr(self, name))
         for name in ("data_seed", "lr_decay_steps", "warmup", "seed", "ensemble", "swa_from"):
@@ -246,6 +259,9 @@ class JobConfig:
         for name in ("mixup", "cutmix"):
             _checks.beta_shape(name, getattr(self, name))
         _checks.boolean("batchnorm", self.batchnorm)
+        if self.stream is not None:
+            _checks.boolean("stream", self.stream)
+        _checks.positive_int("shuffle_buffer", self.shuffle_buffer)
         if not isinstance(self.augment, str):
             raise ValueError(f"--augment ({self.augment!r}) must be a spec string")  # noqa: TRY004
         _checks.one_of("optimizer", self.optimizer, OPTIMIZERS)
@@ -340,6 +356,7 @@ class JobConfig:
             raise ValueError(
                 f"--label_column is for --dataset=csv only, not {dataset}; drop it"
             )
+        self._check_stream()
         needs_images = [
             what
             for what, used in (
@@ -369,6 +386,32 @@ class JobConfig:
         elif dataset == "synthetic":
             check_batch_size(self, self.train_size or SYNTHETIC_TRAIN_SIZE, most=None)
 
+    def _check_stream(self) -> None:
+        """--stream and its settings: only for the data sets read as they go."""
+        if self.stream and self.dataset not in STREAMED_DATASETS:
+            raise ValueError(
+                f"--stream reads --data_path as training goes: for --dataset=csv, "
+                f"higgs or tfrecord, not {self.dataset} (loaded in memory); drop it"
+            )
+        if not self.streams:
+            for name, off in (
+                ("shuffle_buffer", self.shuffle_buffer != DEFAULT_SHUFFLE_BUFFER),
+                ("stats_rows", self.stats_rows is not None),
+            ):
+                if off:
+                    raise ValueError(
+                        f"--{name} is for streamed data (--stream with --dataset=csv or "
+                        f"higgs, or --dataset=tfrecord); {self.dataset} is loaded in "
+                        "memory and reshuffled whole every epoch: drop it"
+                    )
+
+    @property
+    def streams(self) -> bool:
+        """Whether the training data are streamed from ``data_path`` (:func:`lowtf.data.open_stream`)."""
+        if self.dataset == "tfrecord":
+            return self.stream is not False
+        return bool(self.stream) and self.dataset in STREAMED_DATASETS
+
     @property
     def augments(self) -> bool:
         """Whether ``augment`` names any op (``""`` and ``"none"`` do not)."""
@@ -395,13 +438,23 @@ class JobConfig:
         flags["activation"] = self.activation or default_activation(self.model)
         spec = re.sub(r"\s+", "", self.augment).lower()
         flags["augment"] = "" if spec == "none" else spec
-        if self.dataset in ("digits", "higgs"):
+        if self.dataset in ("digits", "higgs", "tfrecord") or self.streams:
             del flags["data_seed"]
         if self.dataset != "csv":
             del flags["label_column"]
         for name in _NEWER:
             if not flags[name]:
                 del flags[name]
+        # Streamed runs only (newer than the records of earlier runs): how the
+        # batches are drawn and standardized.
+        if self.dataset == "tfrecord" and not self.streams:
+            flags["stream"] = False
+        elif self.streams and self.dataset != "tfrecord":
+            flags["stream"] = True
+        if self.streams and self.shuffle_buffer != DEFAULT_SHUFFLE_BUFFER:
+            flags["shuffle_buffer"] = self.shuffle_buffer
+        if self.streams and self.stats_rows is not None:
+            flags["stats_rows"] = self.stats_rows
         return flags
 
     @property
@@ -472,6 +525,8 @@ def _dataset_for(path: str) -> str:
     name = os.path.basename(path).lower()
     if name.endswith(".npz"):
         return "add --dataset=npz"
+    if "tfrecord" in name or "*" in name:
+        return "add --dataset=tfrecord"
     if "higgs" in name:
         return "add --dataset=higgs (or --dataset=csv for any numeric CSV)"
     if name.endswith((".csv", ".csv.gz", ".gz", ".txt")):

@@ -38,6 +38,7 @@ from absl import flags
 from lowtf.job.config import (
     ACTIVATIONS,
     DATASETS,
+    DEFAULT_SHUFFLE_BUFFER,
     MODELS,
     MONITORS,
     OPTIMIZERS,
@@ -53,6 +54,10 @@ _DATA = "every configuration is scored on the same data"
 _HOW = "it changes how the steps run, not their numbers"
 _ONE_DEVICE = "a sweep trains each population on one device"
 _FRESH = "a sweep's configurations start from fresh random weights"
+_IN_MEMORY = (
+    "a sweep trains its populations from data in memory (tfrecord shards are read "
+    "whole), reshuffled every epoch"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,22 +175,41 @@ def _positive(name: str, what: str = "") -> tuple:
 
 SETTINGS = (
     # -- data
-    Setting("dataset", "enum", "digits", "Data set; digits is embedded.", FIXED, _DATA,
-            choices=DATASETS),
+    Setting("dataset", "enum", "digits",
+            "Data set; digits is embedded; tfrecord reads shards of tf.train.Example "
+            "(features, label), streamed.", FIXED, _DATA, choices=DATASETS),
     Setting("data_path", "string", None,
-            "File to read: required by higgs (.csv or .csv.gz), npz and csv.", FIXED, _DATA),
+            "File to read: required by higgs (.csv or .csv.gz), npz and csv; tfrecord: a "
+            "directory written by bin/convert (train-*, validation-*, test-*, spec.json), "
+            "or a glob of shards (any tf.io.gfile path, gs:// too).", FIXED, _DATA),
     Setting("label_column", "string", None,
             "csv only: header name or column index of the label; default the last column.",
             FIXED, _DATA),
     Setting("train_size", "int", None,
             "Training rows; default: higgs 10000, synthetic 2000, otherwise all that the "
-            "split leaves.", FIXED, _DATA, lower=1),
+            "split leaves (streamed: every row after the held-out ones).", FIXED, _DATA,
+            lower=1),
     Setting("validation_size", "int", None,
             "Validation rows; default: digits 300, higgs 1000, synthetic 500, npz 10% and "
-            "csv 15% of the rows.", FIXED, _DATA, lower=1),
+            "csv 15% of the rows. Streamed: the first rows are validation, the next as "
+            "many test (default 1000 each; tfrecord: its validation-*/test-* shards if "
+            "any).", FIXED, _DATA, lower=1),
     Setting("data_seed", "int", 0,
             "Seed of the npz/csv split and of the synthetic data (digits and higgs splits "
             "are fixed); of a sweep's folds too.", FIXED, _DATA, lower=0),
+    Setting("stream", "bool", False,
+            "Read --data_path as training goes instead of loading it (csv, higgs; "
+            "tfrecord streams unless --nostream): shards interleaved in parallel, a "
+            "seeded shuffle buffer, prefetch; standardization statistics from one "
+            "streaming pass over the training rows before training, kept for bin/export.",
+            REFUSED, _IN_MEMORY, unset=True),
+    Setting("shuffle_buffer", "int", DEFAULT_SHUFFLE_BUFFER,
+            "Streamed data: rows in the training shuffle buffer (saved with every "
+            "checkpoint, 4 bytes per value).", REFUSED, _IN_MEMORY, lower=1),
+    Setting("stats_rows", "int", None,
+            "Streamed data: standardization statistics from the first this many training "
+            "rows instead of all of them (faster; right only for a file in no particular "
+            "order).", REFUSED, _IN_MEMORY, lower=1),
     # -- model
     Setting("model", "enum", "medium",
             "MLP preset: tiny 16, small 16-16, medium 64-64-64, large 512x4; or cnn, the "
@@ -326,10 +350,27 @@ SETTINGS = (
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
-def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
-    """Defines every setting as ``bin/train``'s flag; returns ``{name: FlagHolder}``."""
+# The settings that pick the data and its split: what bin/convert takes.
+DATA_SETTINGS = (
+    "dataset", "data_path", "label_column", "train_size", "validation_size", "data_seed",
+    "stream", "stats_rows",
+)  # fmt: skip
+
+
+def define_train_flags(
+    flag_values: flags.FlagValues = flags.FLAGS, *, only: tuple | None = None
+) -> dict:
+    """Defines every setting as ``bin/train``'s flag; returns ``{name: FlagHolder}``.
+
+    Args:
+      flag_values: where to define them.
+      only: define these settings only (``bin/convert``: :data:`DATA_SETTINGS`);
+        default None: all.
+    """
     holders = {}
     for s in SETTINGS:
+        if only is not None and s.name not in only:
+            continue
         args = (s.name, s.default, s.help)
         if s.kind == "bool":
             holder = flags.DEFINE_bool(*args, flag_values=flag_values)
@@ -376,6 +417,8 @@ def job_config(flag_values: flags.FlagValues = flags.FLAGS) -> JobConfig:
     """
     values = {}
     for s in SETTINGS:
+        if s.name not in flag_values:
+            continue  # a binary that defines some of them (bin/convert)
         flag = flag_values[s.name]
         if not (s.unset and not flag.present):
             values[s.name] = flag.value

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from lowtf import _files, distribute
 from lowtf import augment as augment_lib
-from lowtf.data import datasets
+from lowtf.data import datasets, streamed
 from lowtf.distribute import WorkerLost
 from lowtf.export import saved_model
 from lowtf.export import spec as export_spec
@@ -302,15 +302,26 @@ def _show(value) -> str:
 
 def _run_in_scope(config, model_dir, chief, flags_text, log, flags) -> JobResult:
     """Trains in the strategy's scope; only the ``chief`` writes files of its own."""
-    data = load_data(config)
-    train_rows = len(data.train[1])
-    check_batch_size(config, train_rows, most=None)
+    if config.ensemble > 1 and config.streams:
+        # Its members train as one population, from arrays.
+        raise ValueError(
+            f"--ensemble={config.ensemble} trains its members from data in memory; "
+            + (
+                "add --nostream (the shards are then read whole)"
+                if config.dataset == "tfrecord"
+                else "drop --stream"
+            )
+        )
+    data = load_job_data(config)
+    train_rows = data.train_size if config.streams else len(data.train[1])
+    if train_rows is not None:
+        check_batch_size(config, train_rows, most=None)
     if config.ensemble > 1:
         return _run_ensemble(config, model_dir, data, flags_text, log)
     model = build_model(config, data)
     loaded = None
     if config.init_from:
-        model(data.train[0][:1])  # makes the variables init_from fills
+        model(_first_example(data))  # makes the variables init_from fills
         loaded = transfer.init_from(model, config.init_from, log=log).loaded
     if config.freeze:
         transfer.freeze(model, config.freeze, name="--freeze", loaded=loaded)
@@ -481,6 +492,10 @@ def _run_ensemble(config, model_dir, data, flags_text, log) -> JobResult:
 def load_data(config) -> datasets.Dataset:
     """The data set a job's (or a sweep's) data settings name, loaded and checked.
 
+    Always in memory (a sweep's populations and an ensemble train from
+    arrays; tfrecord shards are read whole); :func:`load_job_data` streams
+    what ``config`` streams.
+
     Raises:
       lowtf.DataError: as :func:`lowtf.load_dataset`, naming the flags
         (``--train_size``) where the loader names its arguments.
@@ -495,12 +510,55 @@ def load_data(config) -> datasets.Dataset:
             seed=config.data_seed,
         )
     except datasets.DataError as error:
-        message = re.sub(
-            r"`(data_path|train_size|validation_size|label_column)`",
-            r"--\1",
-            str(error),
+        raise datasets.DataError(_flag_names(error)) from None
+
+
+def load_job_data(config):
+    """What one job trains on: :func:`load_data`, or the streamed data set.
+
+    With :attr:`JobConfig.streams` (``--stream``, ``--dataset=tfrecord``):
+    a :class:`lowtf.data.StreamedData` from :func:`lowtf.data.open_stream`:
+    its training split a :class:`lowtf.data.Stream` batched by
+    ``batch_size`` and shuffled by ``seed``, held-out arrays, and the
+    training rows' mean and std (one streaming pass, or the first
+    ``stats_rows``), which the job writes beside the model for bin/export
+    as it does a loaded data set's.
+
+    Raises:
+      lowtf.DataError: bad files, named with the flags, before training.
+    """
+    if not config.streams:
+        return load_data(config)
+    try:
+        return streamed.open_stream(
+            config.dataset,
+            config.data_path,
+            batch_size=config.batch_size,
+            train_size=config.train_size,
+            validation_size=config.validation_size,
+            label_column=config.label_column,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed,
+            stats_rows=config.stats_rows,
         )
-        raise datasets.DataError(message) from None
+    except datasets.DataError as error:
+        raise datasets.DataError(_flag_names(error)) from None
+
+
+def _flag_names(error) -> str:
+    """The loader's argument names as the flags that set them."""
+    return re.sub(
+        r"`(data_path|train_size|validation_size|label_column|stats_rows)`",
+        r"--\1",
+        str(error),
+    )
+
+
+def _first_example(data):
+    """One training example ``[1, ...]``, to build a model's variables."""
+    if isinstance(data, streamed.StreamedData):
+        return data.train.example()[0]
+    return data.train[0][:1]
 
 
 def image_shape(data, what: str) -> tuple:
