@@ -77,6 +77,45 @@ def test_greedy_selection_picks_on_validation_with_replacement():
     )
 
 
+def test_selection_over_out_of_fold_predictions():
+    # 2-fold CV of 6 rows: fold 0 holds out rows 0, 2, 4 and fold 1 rows 1, 3,
+    # 5. Per configuration, each fold model's class-1 probability on the rows
+    # its fold held out (it never trained on them).
+    y = np.array([0, 1, 0, 1, 0, 1])
+    held_out = [np.array([0, 2, 4]), np.array([1, 3, 5])]
+
+    def probabilities(p1):
+        return np.stack([1 - np.asarray(p1), np.asarray(p1)], -1)
+
+    folds = {
+        "steady": ([0.3, 0.3, 0.3], [0.7, 0.7, 0.7]),
+        "wrong on rows 4, 5": ([0.1, 0.1, 0.6], [0.9, 0.9, 0.4]),
+        "wrong on rows 0, 1": ([0.6, 0.1, 0.1], [0.4, 0.9, 0.9]),
+    }
+    library = np.stack([
+        ensemble.out_of_fold([probabilities(f0), probabilities(f1)], held_out, 6)
+        for f0, f1 in folds.values()
+    ])  # fmt: skip
+    # Every row once, from the fold that held it out.
+    np.testing.assert_allclose(
+        library[1, :, 1], [0.1, 0.9, 0.1, 0.9, 0.6, 0.4]
+    )
+    alone = [ensemble.cross_entropy(p, y) for p in library]
+    np.testing.assert_allclose(alone, [0.356675, 0.375671, 0.375671], atol=1e-6)
+    # The first pick is the best configuration alone; then the two that err
+    # on different rows, twice each: 5 of at most 6 picks.
+    np.testing.assert_array_equal(ensemble.greedy_picks(library, y, 1), [1, 0, 0])
+    np.testing.assert_array_equal(ensemble.greedy_picks(library, y, 6), [1, 2, 2])
+    weights = ensemble.greedy_selection(library, y, 6)
+    np.testing.assert_allclose(weights, [0.2, 0.4, 0.4])
+    mixed = ensemble.cross_entropy(np.tensordot(weights, library, axes=1), y)
+    assert mixed == pytest.approx(0.327285, abs=1e-6) and mixed < min(alone)
+    # A row held out twice, or by no fold, is no k-fold.
+    for rows in ([np.array([0, 2, 4]), np.array([1, 3, 4])], [np.array([0, 2, 4])]):
+        with pytest.raises(ValueError, match="exactly once"):
+            ensemble.out_of_fold([probabilities([0.5] * 3)] * len(rows), rows, 6)
+
+
 def test_calibration_error_bins_confidence():
     p = np.array([[0.95, 0.05], [0.95, 0.05], [0.6, 0.4], [0.3, 0.7]])
     y = np.array([0, 1, 0, 1])

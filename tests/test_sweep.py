@@ -16,6 +16,7 @@ from _fixtures import QUICK_SWEEP, SWEEP_BIN
 import lowtf
 from lowtf import sweep
 from lowtf.job import JobConfig
+from lowtf.sweep import ensemble as ensemble_lib
 from lowtf.sweep import run
 from lowtf.train import rundir
 
@@ -143,6 +144,62 @@ def test_resume_selection_on_validation_only_and_definition(tmp_path, data):
         sweep.run_sweep(changed, data=data, log=lambda line: None)
 
 
+def test_a_sweep_ensemble_is_chosen_on_out_of_fold_predictions_only(tmp_path, data):
+    # Two architectures x two learning rates, 2-fold CV: each configuration's
+    # candidate predictions are out of fold (every training row predicted by
+    # the fold model that did not train on it).
+    config = sweep.SweepConfig(
+        **{**QUICK, "max_steps": 60}, architectures=("4", "16"),
+        learning_rate=(1e-2, 3e-2), folds=2, ensemble=5, sweep_dir=str(tmp_path / "s"),
+    )  # fmt: skip
+    first = sweep.run_sweep(config, data=data, log=lambda line: None)
+    chosen = first.ensemble
+    with open(tmp_path / "s" / "ensemble.json") as f:
+        assert json.load(f) == json.loads(json.dumps(chosen))
+    assert chosen["candidates"] == 4 and 1 <= chosen["picks"] <= 5
+    assert sum(m["weight"] for m in chosen["members"]) == pytest.approx(1.0)
+    v = chosen["validation"]
+    # Selection starts from the best configuration alone (here the winner:
+    # its out-of-fold cross-entropy is its score, the folds being of equal
+    # size) and keeps the best prefix of picks: never worse than it.
+    assert v["best_member"]["key"] == first.winner["key"]
+    assert v["winner"]["cross_entropy"] == pytest.approx(first.winner["score_mean"], abs=1e-6)
+    assert v["ensemble"]["cross_entropy"] <= v["best_member"]["cross_entropy"]
+    # The kept fold models reproduce the predictions selection read, each
+    # fold fed its rows standardized as it was trained on them.
+    shared = run._splits(config, data)
+    per_fold = ensemble_lib.load(config, chosen, data, str(tmp_path / "s"))
+    for (_, mean, std), (_, fold_mean, fold_std) in zip(per_fold, shared.scales):
+        np.testing.assert_allclose(mean, fold_mean)
+        np.testing.assert_allclose(std, fold_std)
+    rows, n = ensemble_lib.scored_rows(shared)
+    oof = lowtf.ensemble.out_of_fold(
+        [e.probabilities(shared.x[val]).numpy() for (e, _, _), (_, val) in zip(per_fold, shared.folds)],
+        rows, n,
+    )  # fmt: skip
+    assert lowtf.ensemble.cross_entropy(oof, data.train[1]) == pytest.approx(
+        v["ensemble"]["cross_entropy"], abs=1e-6
+    )
+    md = (tmp_path / "s" / "results.md").read_text()
+    assert "## Ensemble: " in md and "out-of-fold predictions of 2 folds" in md
+    for m in chosen["members"]:
+        assert f"| {m['picks']} | {m['weight']:.3f} | {m['score_mean']:.4f} |" in md
+
+    # Test labels flipped: the same members, weights and validation scores,
+    # and the ensemble's test accuracy flips with them (it is scored on test).
+    x_test, y_test = data.test
+    poisoned = dataclasses.replace(data, test=(x_test, 1 - y_test))
+    other = sweep.run_sweep(
+        dataclasses.replace(config, sweep_dir=str(tmp_path / "t")), data=poisoned,
+        log=lambda line: None,
+    )  # fmt: skip
+    assert other.ensemble["members"] == chosen["members"]
+    assert other.ensemble["validation"] == chosen["validation"]
+    assert other.ensemble["test"]["ensemble"]["accuracy"] == pytest.approx(
+        1 - chosen["test"]["ensemble"]["accuracy"]
+    )
+
+
 def test_diverged_configuration_never_wins(tmp_path, data):
     # A learning rate of 1e6 with SGD sends every member to NaN or Inf.
     config = sweep.SweepConfig(
@@ -167,7 +224,7 @@ def test_a_sweep_member_is_its_bin_train_run(tmp_path):
         "--eval_every=10", "--augment=translate:1,rotate:10", "--augment=none",
         "--learning_rate=3e-3", "--batchnorm=false,true", "--label_smoothing=0.1",
         "--input_noise=0.1", "--ema=0.5", f"--model_dir={winner_dir}",
-        f"--sweep_dir={sweep_dir}",
+        f"--sweep_dir={sweep_dir}", "--ensemble=3",
     ]  # fmt: skip
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
@@ -185,6 +242,22 @@ def test_a_sweep_member_is_its_bin_train_run(tmp_path):
     assert summary["best_value"] == pytest.approx(float(rows[0]["score_mean"]), rel=1e-4)
     md = (sweep_dir / "results.md").read_text()
     assert f"    {rows[0]['command']}" in md and "## Score against each swept setting" in md
+    # --ensemble=3: chosen on validation, then the test split scored once for
+    # the retrained winner and the ensemble side by side (the winner's test
+    # cross-entropy is its summary's).
+    with open(sweep_dir / "ensemble.json") as f:
+        chosen = json.load(f)
+    assert 1 <= chosen["picks"] <= 3 and chosen["candidates"] == 4
+    assert chosen["test"]["winner"]["cross_entropy"] == pytest.approx(
+        summary["test_cross_entropy"], rel=1e-5
+    )
+    v = chosen["validation"]
+    assert v["ensemble"]["cross_entropy"] <= v["best_member"]["cross_entropy"]
+    assert v["winner"]["cross_entropy"] == pytest.approx(float(rows[0]["score_mean"]), rel=1e-5)
+    (winner_line,) = [line for line in md.splitlines() if line.startswith("| winner |")]
+    (ensemble_line,) = [line for line in md.splitlines() if line.startswith("| ensemble |")]
+    assert f"| {chosen['test']['ensemble']['accuracy']:.4f} |" in ensemble_line
+    assert len(winner_line.split("|")) == 9 and "|  |" not in winner_line
     # An augmented member with batch norm, trained alone by its command.
     row = next(r for r in rows[1:] if r["batchnorm"] == "True" and r["augment"] != "none")
     command = row["command"].split()

@@ -127,6 +127,10 @@ def test_every_bin_train_flag_means_the_same_to_bin_sweep():
         config = sweep_config(*args)
         assert config.swept == {} and config.configurations == 1, name
         (point,) = config.points()
+        if name == "ensemble":
+            # The sweep's ensemble of its configurations, each one model.
+            assert config.ensemble == 5 and config.job.ensemble == 0
+            job = dataclasses.replace(job, ensemble=0)
         assert config.job_config(point) == job, name
 
 
@@ -159,7 +163,7 @@ def test_lists_repeats_and_settings_a_sweep_takes_once():
         (["--train_size=100,200"], r"--train_size takes one value in a sweep \(every "
                                    "configuration is scored on the same data\)"),
         (["--hidden=64", "--hidden=64"], "repeats a value"),
-        (["--ensemble=2"], "--ensemble is not for bin/sweep: a sweep ranks single models"),
+        (["--ensemble=2,3"], "--ensemble takes one value in a sweep \\(it is the sweep's"),
         (["--batchnorm=maybe"], "flag --batchnorm=maybe: "),
         (["--learning_rate=1e-3,0"], "flag --learning_rate=0.0: --learning_rate must be > 0"),
     ]:  # fmt: skip

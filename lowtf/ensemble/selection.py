@@ -79,6 +79,17 @@ def greedy_selection(probabilities, y, max_picks: int) -> np.ndarray:
       prefix of picks (ties go to the lower index, so the result is the same
       on every machine for the same inputs).
     """
+    counts = greedy_picks(probabilities, y, max_picks)
+    return counts / counts.sum()
+
+
+def greedy_picks(probabilities, y, max_picks: int) -> np.ndarray:
+    """How often :func:`greedy_selection` picks each candidate (``[candidates]`` ints).
+
+    The first pick is the candidate of the lowest cross-entropy alone, and
+    the prefix kept is the best one, so the ensemble's cross-entropy on
+    these rows is never above the best single candidate's.
+    """
     _checks.positive_int("max_picks", max_picks)
     p = np.asarray(probabilities, np.float64)
     if p.ndim != 3 or p.shape[1] != len(y):
@@ -96,7 +107,51 @@ def greedy_selection(probabilities, y, max_picks: int) -> np.ndarray:
         total += p[choice]
         if scores[choice] < best_score:
             best_score, best_counts = scores[choice], counts.copy()
-    return best_counts / best_counts.sum()
+    return best_counts
+
+
+def out_of_fold(fold_probabilities, fold_rows, n: int) -> np.ndarray:
+    """Every row's prediction by the fold model that did not train on it.
+
+    With k-fold cross-validation each row is held out by exactly one fold;
+    that fold's model predicts it. These ``[n, logits]`` predictions are a
+    configuration's candidate for :func:`greedy_selection` (with the
+    training labels): a model library scored without a validation split
+    (Caruana et al. 2006, "Getting the most out of ensemble selection").
+
+    Args:
+      fold_probabilities: per fold, its model's probabilities on its
+        held-out rows, ``[len(fold_rows[f]), logits]``.
+      fold_rows: per fold, the indices (into ``range(n)``) of its held-out rows.
+      n: the rows in all.
+
+    Raises:
+      ValueError: a row held out by no fold or by two, or shapes that disagree.
+    """
+    _checks.positive_int("n", n)
+    if len(fold_probabilities) != len(fold_rows) or not fold_rows:
+        raise ValueError(
+            f"`fold_probabilities` ({len(fold_probabilities)}) and `fold_rows` "
+            f"({len(fold_rows)}) must give one entry per fold, at least one"
+        )
+    rows = np.concatenate([np.asarray(r, np.int64) for r in fold_rows])
+    held = np.bincount(rows, minlength=n) if rows.size and rows.min() >= 0 else None
+    if held is None or len(held) != n or (held != 1).any():
+        raise ValueError(
+            f"`fold_rows` must hold out each of the {n} rows exactly once (k-fold "
+            "validation rows); some row is held out twice, never, or is out of range"
+        )
+    first = np.asarray(fold_probabilities[0])
+    out = np.empty((n, *first.shape[1:]), first.dtype)
+    for f, (p, r) in enumerate(zip(fold_probabilities, fold_rows)):
+        p = np.asarray(p)
+        if p.shape != (len(r), *first.shape[1:]):
+            raise ValueError(
+                f"`fold_probabilities[{f}]` has shape {p.shape}; its fold holds out "
+                f"{len(r)} rows of {first.shape[1:]} probabilities"
+            )
+        out[np.asarray(r, np.int64)] = p
+    return out
 
 
 def _predicted(p: np.ndarray) -> np.ndarray:

@@ -343,9 +343,11 @@ SETTINGS = (
     Setting("ensemble", "int", 0,
             "Train this many seeds (--seed, --seed+1, ...) as one population and average "
             "their probabilities (a deep ensemble; reported per member and together, "
-            "exported as one model). 0 or 1: one model.", REFUSED,
-            "a sweep ranks single models (sweep --seed to see their spread, then train the "
-            "winner's ensemble with bin/train --ensemble)", lower=0),
+            "exported as one model). 0 or 1: one model. bin/sweep: the most picks of an "
+            "ensemble chosen from the sweep's trained configurations beside the winner.",
+            FIXED, "it is the sweep's ensemble, not a configuration's: at most N picks, "
+            "with replacement, on validation (with --folds, out-of-fold) predictions only, "
+            "scored on test beside the winner; not exported", lower=0),
 )  # fmt: skip
 BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -235,6 +235,14 @@ class SweepConfig:
         learns from fewer finished trials.
       retrain: retrain the winner with ``run_job`` and score it on test
         (default True).
+      ensemble: ``--ensemble=N``: also choose an ensemble of at most N picks
+        from the trained configurations, by greedy selection with
+        replacement on their validation predictions (with ``folds`` > 1,
+        out-of-fold predictions), and score it on test beside the winner
+        (default 0: none; :mod:`lowtf.sweep.ensemble`). It is no part of
+        any configuration (their jobs keep ``ensemble=0``) nor of the
+        sweep's definition: a rerun with another N chooses again from the
+        same trained members.
     """
 
     job: JobConfig
@@ -246,6 +254,7 @@ class SweepConfig:
     storage: str | None = None
     claim: int = 0
     retrain: bool = True
+    ensemble: int = 0
 
     def __init__(
         self,
@@ -259,9 +268,14 @@ class SweepConfig:
         storage: str | None = None,
         claim: int = 0,
         retrain: bool = True,
+        ensemble: int = 0,
         **settings,
     ):
         base = {} if job is None else _fields(job)
+        # A job's --ensemble (bin/train's deep ensemble) is the sweep's here:
+        # each configuration is one model.
+        ensemble = ensemble or base.pop("ensemble", 0)
+        base.pop("ensemble", None)
         space = dict(swept or {})
         for name, value in _settings(settings).items():
             space.pop(name, None)
@@ -283,7 +297,7 @@ class SweepConfig:
         for name, value in dict(
             job=JobConfig(**base), swept=space, search=search, trials=trials,
             folds=folds, sweep_dir=sweep_dir, storage=storage, claim=claim,
-            retrain=retrain,
+            retrain=retrain, ensemble=ensemble,
         ).items():  # fmt: skip
             object.__setattr__(self, name, value)
         self._check()
@@ -318,6 +332,7 @@ class SweepConfig:
         _checks.positive_int("folds", self.folds)
         _checks.non_negative_int("claim", self.claim)
         _checks.boolean("retrain", self.retrain)
+        _checks.non_negative_int("ensemble", self.ensemble)
         # Every configuration is a valid bin/train run: JobConfig checks each
         # one (cheap, and one rule in one place); a range's two ends stand for
         # the values between them.

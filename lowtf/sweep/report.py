@@ -34,16 +34,21 @@ CSV_COLUMNS = (
     "rank", "winner", *SWEPT, "status", "score_mean", "score_std", "folds",
     "best_step", "gap", "wall_seconds", "trial", "command",
 )  # fmt: skip
+_ENSEMBLE_METRICS = ("cross_entropy", "accuracy", "calibration_error")
 WINNER_COLOR = "#d62728"  # C3 red: the one line that must stand out
 _DPI = 100
 
 
-def write(config, rows, sweep_dir: str, *, command: str | None, test) -> None:
-    """Writes results.csv, results.md, curves.png and scores.png into ``sweep_dir``."""
+def write(config, rows, sweep_dir: str, *, command: str | None, test, ensemble=None) -> None:
+    """Writes results.csv, results.md, curves.png and scores.png into ``sweep_dir``.
+
+    ``ensemble``: the chosen ensemble's record (:func:`lowtf.sweep.ensemble.select`),
+    or None.
+    """
     write_text(os.path.join(sweep_dir, "results.csv"), csv_text(rows))
     write_text(
         os.path.join(sweep_dir, "results.md"),
-        markdown(config, rows, command=command, test=test),
+        markdown(config, rows, command=command, test=test, ensemble=ensemble),
     )
     _save(curves_figure(rows, config.job.monitor), os.path.join(sweep_dir, "curves.png"))
     figure = scores_figure(config, rows)
@@ -61,7 +66,7 @@ def csv_text(rows) -> str:
     return buffer.getvalue()
 
 
-def markdown(config, rows, *, command: str | None, test) -> str:
+def markdown(config, rows, *, command: str | None, test, ensemble=None) -> str:
     folds = "validation split" if config.folds == 1 else f"{config.folds}-fold CV"
     monitor = config.job.monitor
     # Sampled values print to 4 significant digits here; results.csv and the
@@ -106,8 +111,72 @@ def markdown(config, rows, *, command: str | None, test) -> str:
             f"test cross-entropy {test.test_cross_entropy:.4f}."
         )
         lines.append("")
+    if ensemble is not None:
+        lines += ensemble_lines(config, ensemble)
     lines += _per_setting(config, rows)
     return "\n".join(lines)
+
+
+def ensemble_lines(config, record: dict) -> list[str]:
+    """results.md's ensemble section: its members with their weights, then the
+    winner's and the ensemble's scores side by side (validation; test once scored)."""
+    swept = config.swept_names()
+    lines = [
+        (
+            f"## Ensemble: {_count(len(record['members']), 'configuration')} in "
+            f"{_count(record['picks'], 'pick')} (at most {record['max_picks']})"
+        ),
+        "",
+        (
+            f"Greedy forward selection with replacement (Caruana et al. 2004) over the "
+            f"{record['candidates']} configurations that trained, on the "
+            f"{record['scored_on']} only: each pick adds the configuration that lowers the "
+            "cross-entropy of the averaged probabilities most, the best prefix of picks is "
+            "kept, and a configuration's weight is its share of the picks"
+            + (
+                "; its fold models share it equally."
+                if record["folds"] > 1
+                else "."
+            )
+            + " Not exported (`--export_dir` exports the winner)."
+        ),
+        "",
+        "| rank | " + "".join(f"{n} | " for n in swept) + "picks | weight | score | validation CE |",
+        "|---" * (len(swept) + 5) + "|",
+    ]
+    for m in record["members"]:
+        values = "".join(f"{_short(m['point'].get(n, ''))} | " for n in swept)
+        lines.append(
+            f"| {m['rank']} | {values}{m['picks']} | {m['weight']:.3f} | "
+            f"{m['score_mean']:.4f} | {m['validation']['cross_entropy']:.4f} |"
+        )
+    lines += [
+        "",
+        "| | validation CE | validation accuracy | validation ECE | test accuracy | test CE | test ECE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    v, t = record["validation"], record["test"] or {}
+    for label, name in (("winner", "winner"), ("ensemble", "ensemble")):
+        val, test = v.get(name), t.get(name)
+        cells = [f"{val[m]:.4f}" if val else "" for m in _ENSEMBLE_METRICS]
+        cells += [f"{test[m]:.4f}" if test else "" for m in ("accuracy", "cross_entropy", "calibration_error")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    best = v["best_member"]
+    lines += [
+        "",
+        (
+            f"Validation scores are of the predictions selection read ({record['scored_on']}); "
+            f"the best configuration alone there: cross-entropy {best['cross_entropy']:.4f}. "
+            "ECE: expected calibration error, 15 equal-width bins."
+            + ("" if record["test"] else " No test scores yet: the sweep scores the test split once, at its end.")
+        ),
+        "",
+    ]
+    return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _per_setting(config, rows) -> list[str]:

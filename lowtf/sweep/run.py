@@ -12,7 +12,11 @@ the study. When every configuration of the grid, or ``trials`` sampled
 ones, are finished (by this process or others) it ranks them on validation
 alone, writes the report and retrains the winner with
 :func:`lowtf.job.run_job` into ``--model_dir`` (default
-``sweep_dir/winner``), the only step that reads the test set.
+``sweep_dir/winner``). With ``config.ensemble`` (``--ensemble=N``), each
+trained configuration also keeps its members and their validation (or
+out-of-fold) predictions, and an ensemble of at most N picks is chosen on
+those alone (:mod:`lowtf.sweep.ensemble`). The test set is read once, at the
+end: the winner's retraining and the ensemble, side by side.
 
 A SIGTERM or a first SIGINT (Ctrl-C) is a stop request, as for
 :func:`lowtf.fit`: honoured at the next boundary (in a population or the
@@ -37,6 +41,7 @@ from lowtf.data import datasets
 from lowtf.job import run as job_lib
 from lowtf.job.flags import command_line
 from lowtf.population import Population, fit_population, k_fold
+from lowtf.sweep import ensemble as ensemble_lib
 from lowtf.sweep import report, scoring
 from lowtf.sweep import study as study_lib
 from lowtf.sweep.config import Point, Range, SweepConfig, architecture
@@ -60,6 +65,9 @@ class SweepResult:
       interrupted: a stop request (SIGTERM, Ctrl-C) ended this call before
         the sweep was finished (its winner retrained and scored, when
         ``retrain``); rerun it to finish.
+      ensemble: with ``config.ensemble``, the chosen ensemble as written to
+        ``ensemble.json`` (:func:`lowtf.sweep.ensemble.select`, its ``test``
+        scores filled by :func:`~lowtf.sweep.ensemble.score_test`); else None.
     """
 
     rows: list
@@ -69,6 +77,7 @@ class SweepResult:
     sweep_dir: str
     wall_seconds: float
     interrupted: bool = False
+    ensemble: dict | None = None
 
 
 def run_sweep(config: SweepConfig, *, data=None, log=print) -> SweepResult:
@@ -197,7 +206,13 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
     earlier = None
     if winner is not None and not config.retrain:
         earlier = report.read_test(config.winner_dir, flags_text)
-    report.write(config, rows, sweep_dir, command=command, test=earlier)
+    # The ensemble is chosen on the scored rows' predictions before any test row is read.
+    chosen = None
+    if config.ensemble and winner is not None:
+        chosen = ensemble_lib.select(config, rows, shared, sweep_dir, log)
+        if chosen is not None:
+            ensemble_lib.write(sweep_dir, chosen)
+    report.write(config, rows, sweep_dir, command=command, test=earlier, ensemble=chosen)
     log(f"sweep: {len(rows)} configurations ranked; report in {sweep_dir}")
     winner_result, interrupted = None, False
     if winner is not None and config.retrain:
@@ -208,7 +223,11 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
         interrupted = (
             winner_result is None or winner_result.stop_reason == "interrupted"
         )
-        report.write(config, rows, sweep_dir, command=command, test=winner_result)
+        if not interrupted:
+            _score_ensemble(config, chosen, data, sweep_dir, winner_result, log)
+        report.write(
+            config, rows, sweep_dir, command=command, test=winner_result, ensemble=chosen
+        )
         if interrupted:
             log(
                 f"sweep interrupted while retraining the winner into "
@@ -216,6 +235,9 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
             )
     elif winner is None:
         log("no configuration trained without diverging: there is no winner")
+    elif chosen is not None:
+        _score_ensemble(config, chosen, data, sweep_dir, earlier, log)
+        report.write(config, rows, sweep_dir, command=command, test=earlier, ensemble=chosen)
     return SweepResult(
         rows=rows,
         winner=winner,
@@ -224,6 +246,26 @@ def _sweep(config, data, log, stop, started) -> SweepResult:
         sweep_dir=sweep_dir,
         wall_seconds=time.monotonic() - started,
         interrupted=interrupted,
+        ensemble=chosen,
+    )
+
+
+def _score_ensemble(config, chosen, data, sweep_dir, test, log) -> None:
+    """Scores the chosen ensemble and the retrained winner (``test`` not None) on test."""
+    if chosen is None:
+        return
+    winner_dir = config.winner_dir if test is not None else None
+    scores = ensemble_lib.score_test(config, chosen, data, sweep_dir, winner_dir)
+    ensemble_lib.write(sweep_dir, chosen)
+    sides = [("ensemble", scores["ensemble"]), ("winner", scores["winner"])]
+    log(
+        "test: "
+        + "; ".join(
+            f"{name} accuracy {s['accuracy']:.4f} cross-entropy {s['cross_entropy']:.4f} "
+            f"calibration error {s['calibration_error']:.4f}"
+            for name, s in sides
+            if s is not None
+        )
     )
 
 
@@ -407,6 +449,10 @@ def _train_population(
             "curve": scoring.mean_curve([m.history for m in own]),
         }
         score = None if bad else scoring.fold_score(values)[0]
+        if config.ensemble and not bad:
+            # Kept before the trial is recorded: a recorded configuration has them.
+            models = [population.member(i * per_point + f) for f in range(per_point)]
+            ensemble_lib.save_members(sweep_dir, point.key, models, shared)
         study_lib.record(study, trial, attrs, score)
     return True
 

@@ -1,0 +1,335 @@
+"""``bin/sweep --ensemble=N``: an ensemble of the sweep's trained members.
+
+Ensemble selection from a library of models (Caruana et al. 2004), the
+library being the sweep's configurations:
+
+* After each population, every configuration that trained without
+  diverging keeps, under ``<sweep_dir>/ensemble/members/<id>/``, its
+  members' best weights (one model per fold) and their probabilities on the
+  rows it was scored on: the validation split (``--folds=1``) or, with
+  ``--folds=k``, each fold model's on its fold's held-out rows, which put
+  together predict every training row once, by the model that did not
+  train on it (out-of-fold predictions, :func:`lowtf.ensemble.out_of_fold`).
+* Once the sweep is ranked, :func:`select` runs
+  :func:`lowtf.ensemble.greedy_picks` over those predictions and the labels
+  of the same rows: at most N picks, with replacement, each configuration's
+  weight its share of the picks. It reads no test row: it is given none.
+* After the winner's retraining, :func:`score_test` scores the test split
+  once, for the winner (its retrained model directory) and the ensemble,
+  side by side: accuracy, cross-entropy and calibration error. With folds,
+  a chosen configuration's fold models share its weight equally, each fed
+  the test rows standardized as its fold's training rows were.
+
+The ensemble is not exported: its members may differ in architecture and,
+with folds, in the standardization of their inputs, while an export is one
+network spec and one normalization (``model.json``); ``--export_dir``
+exports the winner. :func:`load` gives it as an :class:`lowtf.Ensemble`
+per fold, for use in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from lowtf import _files
+from lowtf.ensemble import selection
+from lowtf.ensemble.model import Ensemble
+from lowtf.export import spec as spec_lib
+from lowtf.job import run as job_lib
+from lowtf.train import early_stopping
+
+MEMBERS_DIR = os.path.join("ensemble", "members")
+SELECTION_FILE = "ensemble.json"
+PREDICTIONS = "predictions.npz"
+WEIGHTS = "weights"
+METRICS = ("cross_entropy", "accuracy", "calibration_error")
+# Rows per forward pass when predicting (bounds the memory of large splits).
+_BATCH = 4096
+
+
+def member_dir(sweep_dir: str, key: str) -> str:
+    """Where configuration ``key`` (a :attr:`Point.key`) keeps its weights and predictions."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(sweep_dir, MEMBERS_DIR, digest)
+
+
+def save_members(sweep_dir: str, key: str, models: list, shared) -> None:
+    """Keeps one configuration's fold models and their held-out predictions.
+
+    Args:
+      sweep_dir: the sweep's directory.
+      key: the configuration's :attr:`Point.key`.
+      models: its models with their best weights, one per fold, in fold order.
+      shared: the sweep's rows (:class:`lowtf.sweep.run._Shared`): ``x``,
+        ``y`` and per fold ``(train_rows, val_rows)``.
+    """
+    where = member_dir(sweep_dir, key)
+    tf.io.gfile.makedirs(where)
+    fold_probabilities = [
+        probabilities(model, shared.x[val])
+        for model, (_, val) in zip(models, shared.folds)
+    ]
+    rows, n = scored_rows(shared)
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        probabilities=selection.out_of_fold(fold_probabilities, rows, n),
+        key=np.asarray(key),
+    )
+    prefix = os.path.join(where, WEIGHTS)
+    _files.write_checkpoint(
+        lambda: tf.train.Checkpoint(members=models).write(prefix), prefix
+    )
+    # Last: a configuration with predictions has its weights too.
+    _files.write_atomically(os.path.join(where, PREDICTIONS), buffer.getvalue())
+
+
+def scored_rows(shared) -> tuple[list, int]:
+    """Per fold, its held-out rows as indices of the rows scored; and how many.
+
+    ``--folds=1``: the validation split (after the training rows in the
+    shared ``x``); ``--folds=k``: the training split (fold ``f``'s copy of it
+    starts at ``f * n``).
+    """
+    if len(shared.folds) == 1:
+        train, val = shared.folds[0]
+        return [val - len(train)], len(val)
+    n = len(shared.y) // len(shared.folds)
+    return [val - f * n for f, (_, val) in enumerate(shared.folds)], n
+
+
+def scored_labels(shared) -> np.ndarray:
+    """The labels of the rows scored, in :func:`scored_rows`' order."""
+    if len(shared.folds) == 1:
+        return shared.y[shared.folds[0][1]]
+    return shared.y[: len(shared.y) // len(shared.folds)]
+
+
+def probabilities(model, x) -> np.ndarray:
+    """A model's softmax (or, for one logit, sigmoid) probabilities on ``x``, in inference."""
+    out = []
+    for start in range(0, len(x), _BATCH):
+        logits = tf.cast(
+            model(tf.constant(x[start : start + _BATCH]), training=False), tf.float32
+        )
+        out.append(
+            (
+                tf.sigmoid(logits) if logits.shape[-1] == 1 else tf.nn.softmax(logits)
+            ).numpy()
+        )
+    return np.concatenate(out)
+
+
+def scores(p, y) -> dict:
+    """Cross-entropy, accuracy and calibration error of probabilities ``p``."""
+    return {
+        "cross_entropy": selection.cross_entropy(p, y),
+        "accuracy": selection.accuracy(p, y),
+        "calibration_error": selection.calibration_error(p, y),
+    }
+
+
+def _read_predictions(sweep_dir: str, key: str):
+    path = os.path.join(member_dir(sweep_dir, key), PREDICTIONS)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "rb") as f:
+        stored = np.load(io.BytesIO(f.read()))
+        if str(stored["key"]) != key:  # a 64-bit hash prefix; never seen to collide
+            return None
+        return stored["probabilities"]
+
+
+def select(config, rows: list, shared, sweep_dir: str, log) -> dict | None:
+    """Chooses the ensemble on the scored rows' predictions; validation only.
+
+    Args:
+      config: the :class:`SweepConfig` (``ensemble``: the most picks).
+      rows: the ranked rows (:func:`lowtf.sweep.run.run_sweep`'s), the
+        winner marked.
+      shared: the sweep's rows (their labels; no test row is among them).
+      sweep_dir: where the members were kept.
+      log: called with one line.
+
+    Returns:
+      The record written to ``ensemble.json`` (:func:`write`): ``members``
+      (``key``, ``point``, ``rank``, ``picks``, ``weight``, ``score_mean`` and its own
+      ``validation`` scores), ``picks``, ``candidates``, ``scored_on``, and
+      ``validation`` scores of the ``ensemble``, the ``winner`` and the
+      ``best_member`` (the lowest cross-entropy alone); or None when no
+      configuration has kept predictions.
+    """
+    y = scored_labels(shared)
+    candidates, missing = [], 0
+    for rank, row in enumerate(rows, 1):
+        if row["status"] != "ok":
+            continue
+        p = _read_predictions(sweep_dir, row["key"])
+        if p is None:
+            missing += 1
+        else:
+            candidates.append((rank, row, p))
+    if missing:
+        log(
+            f"ensemble: {missing} configurations have no kept predictions (trained "
+            "without --ensemble, or by another process into its own --sweep_dir); "
+            f"choosing among the other {len(candidates)}"
+        )
+    if not candidates:
+        log("ensemble: no configuration kept its predictions: no ensemble to choose")
+        return None
+    library = np.stack([p for _, _, p in candidates])
+    picks = selection.greedy_picks(library, y, config.ensemble)
+    weights = picks / picks.sum()
+    alone = [scores(p, y) for p in library]
+    members = [
+        {
+            "key": row["key"],
+            "point": row["point"].params(),
+            "rank": rank,
+            "picks": int(picks[i]),
+            "weight": float(weights[i]),
+            "score_mean": row["score_mean"],
+            "validation": alone[i],
+        }
+        for i, (rank, row, _) in enumerate(candidates)
+        if picks[i]
+    ]
+    members.sort(key=lambda m: (-m["picks"], m["rank"]))
+    best = min(range(len(alone)), key=lambda i: (alone[i]["cross_entropy"], i))
+    winner = next(
+        (i for i, (_, r, _) in enumerate(candidates) if r.get("winner")), None
+    )
+    record = {
+        "picks": int(picks.sum()),
+        "max_picks": config.ensemble,
+        "candidates": len(candidates),
+        "folds": config.folds,
+        "scored_on": "validation split"
+        if config.folds == 1
+        else f"out-of-fold predictions of {config.folds} folds",
+        "members": members,
+        "validation": {
+            "ensemble": scores(np.tensordot(weights, library, axes=1), y),
+            "winner": None if winner is None else alone[winner],
+            "best_member": {"key": candidates[best][1]["key"], **alone[best]},
+        },
+        "test": None,
+    }
+    v = record["validation"]
+    log(
+        f"ensemble: {len(members)} of {len(candidates)} configurations in {record['picks']} "
+        f"picks (at most {config.ensemble}), chosen on the {record['scored_on']}: "
+        f"cross-entropy {v['ensemble']['cross_entropy']:.4f} against the best "
+        f"configuration's {v['best_member']['cross_entropy']:.4f}"
+    )
+    return record
+
+
+def load(config, record: dict, data, sweep_dir: str) -> list[tuple]:
+    """The chosen members as one :class:`lowtf.Ensemble` per fold.
+
+    Returns:
+      ``[(ensemble, mean, std)]`` per fold: the fold models of the chosen
+      configurations weighted by their picks, and the statistics their
+      inputs are standardized with (None, None: the data's own, as loaded).
+    """
+    from lowtf.sweep.config import Point
+
+    weights = np.array([m["weight"] for m in record["members"]])
+    x_example = _flat(data.train[0][:1])
+    per_fold = [[] for _ in range(config.folds)]
+    for member in record["members"]:
+        key = member["key"]
+        job = config.job_config(Point.of(member["point"]))
+        models = []
+        for _ in range(config.folds):
+            model = job_lib.build_model(job, data)
+            model(tf.constant(x_example), training=False)
+            models.append(model)
+        prefix = os.path.join(member_dir(sweep_dir, key), WEIGHTS)
+        status = tf.train.Checkpoint(members=models).read(prefix)
+        status.assert_existing_objects_matched()
+        for f, model in enumerate(models):
+            per_fold[f].append(model)
+    stats = fold_statistics(config, data)
+    return [
+        (Ensemble(models, weights=weights), *stats[f])
+        for f, models in enumerate(per_fold)
+    ]
+
+
+def fold_statistics(config, data) -> list[tuple]:
+    """Per fold, the ``(mean, std)`` its inputs were standardized with (None: as loaded).
+
+    The same folds and statistics :func:`lowtf.sweep.run.run_sweep` trained
+    them on (``k_fold`` of the training labels by ``data_seed``).
+    """
+    from lowtf.data import datasets
+    from lowtf.population import k_fold
+
+    if config.folds == 1:
+        return [(None, None)]
+    raw = _flat(data.train[0]) * _flat(data.std[None]) + _flat(data.mean[None])
+    folds = k_fold(np.asarray(data.train[1]), config.folds, seed=config.job.data_seed)
+    return [datasets.statistics(raw[train]) for train, _ in folds]
+
+
+def score_test(
+    config, record: dict, data, sweep_dir: str, winner_dir: str | None
+) -> dict:
+    """The test split, scored once: the ensemble's and the winner's side by side.
+
+    Args:
+      winner_dir: the winner's retrained model directory, or None (not
+        retrained: the winner's side is None).
+
+    Returns:
+      ``{"ensemble": scores, "winner": scores or None}``; also stored in
+      ``record["test"]``.
+    """
+    x_test, y_test = data.test
+    raw = _flat(x_test) * _flat(data.std[None]) + _flat(data.mean[None])
+    total = 0.0
+    folds = load(config, record, data, sweep_dir)
+    for ensemble, mean, std in folds:
+        x = _flat(x_test) if mean is None else ((raw - mean) / std).astype(np.float32)
+        total += ensemble.probabilities(tf.constant(x)).numpy() / len(folds)
+    test = {"ensemble": scores(total, y_test), "winner": None}
+    if winner_dir is not None:
+        model = _retrained(winner_dir)
+        test["winner"] = scores(
+            probabilities(model, np.asarray(x_test, np.float32)), y_test
+        )
+    record["test"] = test
+    return test
+
+
+def write(sweep_dir: str, record: dict) -> None:
+    """``ensemble.json`` in the sweep's directory, whole or not at all."""
+    _files.write_atomically(
+        os.path.join(sweep_dir, SELECTION_FILE), json.dumps(record, indent=2) + "\n"
+    )
+
+
+def _retrained(model_dir: str):
+    """The best snapshot of a ``bin/train`` model directory, rebuilt from its model.json."""
+    spec, _, _ = spec_lib.read(model_dir)
+    model = spec_lib.rebuild(spec)
+    model(tf.zeros([1, *spec["feature_shape"]]), training=False)
+    pointer = early_stopping.best_checkpoint(os.path.join(model_dir, "best"))
+    if pointer is None:
+        raise ValueError(f"{model_dir}/best holds no best snapshot of the winner")
+    tf.train.Checkpoint(model=model).read(pointer["prefix"]).expect_partial()
+    return model
+
+
+def _flat(a) -> np.ndarray:
+    a = np.asarray(a, np.float32)
+    return a.reshape(len(a), -1)
