@@ -6,7 +6,9 @@ configuration (those that differ only in per-member settings as one
 :class:`lowtf.Population`), keeps the ledger in an Optuna study (so a rerun
 resumes and several processes can share one storage), ranks the
 configurations on validation only, writes the report and retrains the
-winner as a ``bin/train`` run. Not imported by ``import lowtf`` (it needs
+winner as a ``bin/train`` run; with ``ensemble=N`` it also chooses an
+ensemble of the trained configurations on their validation (or
+out-of-fold) predictions (:mod:`lowtf.sweep.ensemble`). Not imported by ``import lowtf`` (it needs
 Optuna): ``from lowtf import sweep``. The configuration (:mod:`lowtf.sweep.config`)
 imports no TensorFlow; :func:`run_sweep` loads on first use.
 """
