@@ -38,6 +38,7 @@ shards with their ``spec.json``, read back by ``--dataset=tfrecord``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -228,11 +229,15 @@ def write_split(
         plan.blocks(_WRITE_BLOCK), directory, "train", shards, compression=compression
     )
     splits["train"] = {"examples": rows, "files": [os.path.basename(p) for p in paths]}
-    extra = {"source": data_path}
+    extra, described = {"source": data_path}, plan
     if plan.statistics is not None:
         extra["statistics_rows"] = plan.statistics.rows
+        # spec.json keeps the statistics in float64, as computed.
+        described = dataclasses.replace(
+            plan, mean=plan.statistics.mean, std=plan.statistics.std
+        )
     spec = tfrecords.write_spec(
-        directory, plan, {s: splits[s] for s in tfrecords.SPLITS},
+        directory, described, {s: splits[s] for s in tfrecords.SPLITS},
         compression=compression, **extra,
     )  # fmt: skip
     _log_splits(spec, directory, log)
@@ -321,9 +326,10 @@ def _csv_plan(name, path, train_size, validation_size, label_column, stats_rows)
         label = readers.label_index(path, header, layout.width, label_column)
     common = {"label_column": label, "header": header is not None}
     skip = 2 * held
-    stats = csv_files.csv_statistics(
-        path, skip=skip, take=train_size, max_rows=stats_rows, **common
-    )
+    with _held_out_rows(path, held):
+        stats = csv_files.csv_statistics(
+            path, skip=skip, take=train_size, max_rows=stats_rows, **common
+        )
     if train_size is not None and stats_rows is None and stats.rows < train_size:
         raise DataError(
             f"{path}: {stats.rows:,} rows after the {skip:,} held-out ones, fewer than "
@@ -393,9 +399,10 @@ def _tfrecord_plan(path, train_size, validation_size, stats_rows) -> _Plan:
         mean = np.asarray(spec["mean"], np.float32).reshape(feature_shape)
         std = np.asarray(spec["std"], np.float32).reshape(feature_shape)
     else:
-        stats = tfrecords.tfrecord_statistics(
-            train, skip=skip, take=train_size, max_rows=stats_rows, **common
-        )
+        with _held_out_rows(path, held):
+            stats = tfrecords.tfrecord_statistics(
+                train, skip=skip, take=train_size, max_rows=stats_rows, **common
+            )
         mean = stats.mean.astype(np.float32).reshape(feature_shape)
         std = stats.std.astype(np.float32).reshape(feature_shape)
 
@@ -483,6 +490,20 @@ def _arrays(path, split, dataset) -> tuple:
             "0, 1, ..."
         )
     return x.astype(np.float32), y.astype(np.int32)
+
+
+@contextlib.contextmanager
+def _held_out_rows(path, held):
+    """A file with no training row after the held-out ones: the fix in one line."""
+    try:
+        yield
+    except DataError as error:
+        if "no data rows" not in str(error) and "no records" not in str(error):
+            raise
+        raise DataError(
+            f"{path}: too few rows for {held:,} validation + {held:,} test rows taken "
+            "from the start and training rows after them; lower `validation_size`"
+        ) from None
 
 
 def _check_held_out(path, held, validation, test) -> None:
