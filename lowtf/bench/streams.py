@@ -22,6 +22,12 @@ consecutive calls; the whole sequence runs ``--rounds`` times and the median
 repeat is reported, with the pipeline alone (batches/s read with no step)
 beside.
 
+``higgs_csv PATH --rows N`` writes one such file (default 2,000,000
+rows; the one ``memory`` uses), for ``bin/train --dataset=higgs --stream``
+at full scale (README, BENCHMARKS.md)::
+
+    python -m lowtf.bench.streams higgs_csv /tmp/higgs-2000000.csv.gz
+
 ``memory`` writes Higgs-shaped gzip CSV files (label, then 28 features) of
 each size in ``--rows`` once (kept in ``--work_dir``), then, in a fresh
 process per size, computes the standardization statistics in one streaming
@@ -428,11 +434,24 @@ def main(argv=None):
     m.add_argument("--rows", default="200000,2000000")
     m.add_argument("--work_dir", default="")
     m.add_argument("--json", default="")
+    h = sub.add_parser(
+        "higgs_csv",
+        help="write a synthetic HIGGS-format csv.gz (label, 28 features) for "
+        "bin/train --dataset=higgs --stream at full scale",
+    )
+    h.add_argument("path")
+    h.add_argument("--rows", type=int, default=2_000_000)
     c = sub.add_parser("_memory_child")
     c.add_argument("path")
     c.add_argument("rows", type=int)
     c.add_argument("model_dir")
     args = parser.parse_args(argv)
+    if args.what == "higgs_csv":
+        started = time.monotonic()
+        _write_big_csv(args.path, args.rows)
+        size = os.path.getsize(args.path)
+        print(f"{args.path}: {args.rows:,} rows, {size / 1e6:.0f} MB ({time.monotonic() - started:.0f} s)")
+        return 0
     if args.what == "_memory_child":
         print(json.dumps(_memory_child(args.path, args.rows, args.model_dir)))
         return 0
