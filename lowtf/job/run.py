@@ -12,6 +12,12 @@ the model directory::
     result = lowtf.job.run_job(config)
     print(result.test_accuracy)
 
+Data that :attr:`JobConfig.streams` (``--stream``, ``--dataset=tfrecord``)
+is not loaded: :func:`load_job_data` opens it as a
+:class:`lowtf.data.Stream` of training batches and held-out arrays
+(:func:`lowtf.data.open_stream`), whose standardization statistics the job
+writes beside the model as it does a loaded data set's.
+
 The builders (:func:`model_spec`, :func:`build_model`, :func:`build_augment`,
 :func:`build_optimizer`) are the job's, used as they are by what runs many
 jobs at once (``bin/sweep``'s populations, ``--ensemble``), so that a member
@@ -66,7 +72,9 @@ class JobResult:
         as in :class:`lowtf.FitResult` (``wall_seconds`` rounded to ms).
       test_cross_entropy, test_accuracy, validation_cross_entropy,
         validation_accuracy: of the restored best snapshot.
-      dataset, train_size, validation_size, test_size, num_classes: the data.
+      dataset, train_size, validation_size, test_size, num_classes: the data
+        (``train_size`` None for streamed rows that were not counted: the
+        statistics from the first ``--stats_rows`` only, no ``--train_size``).
       model: :attr:`JobConfig.model_name`; augment: the spec, or None.
       num_parameters: the model's weights (frozen ones included, batch
         norm's moving statistics not).
