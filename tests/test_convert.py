@@ -50,12 +50,16 @@ def _standardized(x, rows):
 
 def test_shards_without_a_spec_hold_out_their_first_records(raw_shards):
     pattern, x, y = raw_shards
-    data = lowtf.data.open_stream("tfrecord", pattern, batch_size=40, validation_size=50)
+    data = lowtf.data.open_stream(
+        "tfrecord", pattern, batch_size=40, validation_size=50
+    )
     # Validation the first 50 records, test the next 50, training the 500 after.
     assert (data.train_size, data.num_classes, data.feature_shape) == (500, 3, (12,))
     np.testing.assert_allclose(data.mean, x[100:].astype(np.float64).mean(0), rtol=1e-6)
     np.testing.assert_allclose(data.std, x[100:].astype(np.float64).std(0), rtol=1e-6)
-    np.testing.assert_allclose(data.validation[0], _standardized(x[:50], x[100:]), atol=1e-5)
+    np.testing.assert_allclose(
+        data.validation[0], _standardized(x[:50], x[100:]), atol=1e-5
+    )
     np.testing.assert_array_equal(data.validation[1], y[:50])
     np.testing.assert_array_equal(data.test[1], y[50:100])
     # Every training batch is standardized training rows, never held-out ones.
@@ -69,8 +73,12 @@ def test_shards_without_a_spec_hold_out_their_first_records(raw_shards):
         pattern, feature_shape=(12,), skip=100, max_rows=70
     )
     assert first.rows == 70
-    np.testing.assert_allclose(first.mean, x[100:170].astype(np.float64).mean(0), rtol=1e-12)
-    np.testing.assert_allclose(first.std, x[100:170].astype(np.float64).std(0), rtol=1e-9)
+    np.testing.assert_allclose(
+        first.mean, x[100:170].astype(np.float64).mean(0), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        first.std, x[100:170].astype(np.float64).std(0), rtol=1e-9
+    )
 
 
 def test_write_split_of_a_loaded_data_set_is_bin_trains_split(tmp_path):
@@ -81,7 +89,10 @@ def test_write_split_of_a_loaded_data_set_is_bin_trains_split(tmp_path):
     assert spec["splits"]["train"]["examples"] == 300
     data = lowtf.data.open_stream("tfrecord", str(tmp_path), batch_size=30)
     assert (data.train_size, data.num_classes, data.statistics_rows) == (300, 10, None)
-    for ours, theirs in ((data.validation, digits.validation), (data.test, digits.test)):
+    for ours, theirs in (
+        (data.validation, digits.validation),
+        (data.test, digits.test),
+    ):
         np.testing.assert_array_equal(ours[0], theirs[0])
         np.testing.assert_array_equal(ours[1], theirs[1])
     np.testing.assert_array_equal(data.mean, digits.mean)
@@ -98,7 +109,9 @@ def test_a_csv_stream_with_a_header_and_a_named_label(tmp_path):
     x = rs.standard_normal((400, 3)) * [1.0, 10.0, 100.0]
     y = rs.integers(0, 2, 400)
     path = tmp_path / "rows.csv"
-    body = "".join(f"{a:.6f},{label},{b:.6f},{c:.6f}\n" for (a, b, c), label in zip(x, y))
+    body = "".join(
+        f"{a:.6f},{label},{b:.6f},{c:.6f}\n" for (a, b, c), label in zip(x, y)
+    )
     path.write_text("a,y,b,c\n" + body)
     data = lowtf.data.open_stream(
         "csv", str(path), batch_size=20, validation_size=40, label_column="y"
@@ -116,7 +129,7 @@ def _config(**kwargs):
 
 
 def test_bad_input_is_one_line_before_training(raw_shards, higgs_csv, tmp_path):
-    pattern, x, y = raw_shards
+    pattern = raw_shards[0]
     for config, message in [
         (_config(dataset="tfrecord", data_path=str(tmp_path / "none-*")), "no file matches"),
         (_config(dataset="tfrecord", data_path=str(tmp_path)),
@@ -131,35 +144,57 @@ def test_bad_input_is_one_line_before_training(raw_shards, higgs_csv, tmp_path):
     # A record without the feature key, and shards of another width than spec.json's.
     keyless = tf.train.Example(
         features=tf.train.Features(
-            feature={"label": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))}
+            feature={
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))
+            }
         )
     )
     with tf.io.TFRecordWriter(str(tmp_path / "keyless.tfrecord")) as writer:
         writer.write(keyless.SerializeToString())
-    with pytest.raises(lowtf.DataError, match="record 0: no feature 'features' \\(its keys: label\\)"):
-        job_run.load_job_data(_config(dataset="tfrecord", data_path=str(tmp_path / "keyless*")))
+    with pytest.raises(
+        lowtf.DataError, match="record 0: no feature 'features' \\(its keys: label\\)"
+    ):
+        job_run.load_job_data(
+            _config(dataset="tfrecord", data_path=str(tmp_path / "keyless*"))
+        )
     lowtf.data.write_split(
-        "digits", None, str(tmp_path / "d"), shards=1, train_size=100, log=lambda line: None
+        "digits",
+        None,
+        str(tmp_path / "d"),
+        shards=1,
+        train_size=100,
+        log=lambda line: None,
     )
     spec_path = tmp_path / "d" / "spec.json"
     spec = json.loads(spec_path.read_text())
     spec_path.write_text(json.dumps({**spec, "feature_shape": [60]}))
-    with pytest.raises(lowtf.DataError, match="64 feature values, but spec.json says .* \\(60,\\)"):
-        job_run.load_job_data(_config(dataset="tfrecord", data_path=str(tmp_path / "d")))
+    with pytest.raises(
+        lowtf.DataError, match="64 feature values, but spec.json says .* \\(60,\\)"
+    ):
+        job_run.load_job_data(
+            _config(dataset="tfrecord", data_path=str(tmp_path / "d"))
+        )
     # Settings that need a stream, or cannot take one, before TensorFlow runs anything.
-    with pytest.raises(ValueError, match="--stream reads --data_path as training goes: .* not digits"):
+    with pytest.raises(
+        ValueError, match="--stream reads --data_path as training goes: .* not digits"
+    ):
         job.JobConfig(stream=True)
     with pytest.raises(ValueError, match="--shuffle_buffer is for streamed data"):
         job.JobConfig(dataset="csv", data_path="x.csv", shuffle_buffer=100)
-    with pytest.raises(ValueError, match="--ensemble=2 trains its members from data in memory; add --nostream"):
+    with pytest.raises(
+        ValueError,
+        match="--ensemble=2 trains its members from data in memory; add --nostream",
+    ):
         job.run_job(_config(dataset="tfrecord", data_path=pattern, ensemble=2,
                             model_dir=str(tmp_path / "ens")))  # fmt: skip
     assert not (tmp_path / "ens").exists()
 
 
 def test_a_corrupt_record_mid_stream_keeps_the_best_snapshot(raw_shards, tmp_path):
-    pattern, x, y = raw_shards
-    paths = lowtf.data.write_tfrecords(x, y, str(tmp_path / "shards"), "train", shards=2)
+    _, x, y = raw_shards
+    paths = lowtf.data.write_tfrecords(
+        x, y, str(tmp_path / "shards"), "train", shards=2
+    )
     shard = pathlib.Path(paths[1])
     data = bytearray(shard.read_bytes())
     data[-1500] ^= 0xFF  # a record near the end of the second shard
@@ -170,7 +205,9 @@ def test_a_corrupt_record_mid_stream_keeps_the_best_snapshot(raw_shards, tmp_pat
         shuffle_buffer=20, model_dir=str(tmp_path / "run"),
     )  # fmt: skip
     # The statistics pass reads every training record: refused before training.
-    with pytest.raises(lowtf.DataError, match=rf"^{paths[1]}, record 285: corrupted record"):
+    with pytest.raises(
+        lowtf.DataError, match=rf"^{paths[1]}, record 285: corrupted record"
+    ):
         job.run_job(config, log=lambda line: None)
     assert not (tmp_path / "run").exists()
     # Statistics of the first rows only: the record is met mid-training.
@@ -213,8 +250,12 @@ def test_convert_then_train_on_the_shards_then_export_applies_the_statistics(
     from_csv = lowtf.data.open_stream("higgs", path, batch_size=50, validation_size=300)
     from_shards = lowtf.data.open_stream("tfrecord", str(shards), batch_size=50)
     for split in ("validation", "test"):
-        np.testing.assert_array_equal(getattr(from_shards, split)[0], getattr(from_csv, split)[0])
-        np.testing.assert_array_equal(getattr(from_shards, split)[1], getattr(from_csv, split)[1])
+        np.testing.assert_array_equal(
+            getattr(from_shards, split)[0], getattr(from_csv, split)[0]
+        )
+        np.testing.assert_array_equal(
+            getattr(from_shards, split)[1], getattr(from_csv, split)[1]
+        )
 
     trained = _run(
         "train", "--dataset=tfrecord", f"--data_path={shards}", "--model=small",
@@ -223,8 +264,14 @@ def test_convert_then_train_on_the_shards_then_export_applies_the_statistics(
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert (summary["train_size"], summary["validation_size"], summary["test_size"]) == (
-        2400, 300, 300,
+    assert (
+        summary["train_size"],
+        summary["validation_size"],
+        summary["test_size"],
+    ) == (
+        2400,
+        300,
+        300,
     )
     # The export standardizes raw rows itself: the raw test rows (300..600 of
     # the CSV) score what the run's evaluator scored on the standardized ones.

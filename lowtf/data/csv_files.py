@@ -31,7 +31,7 @@ import tensorflow as tf
 from lowtf import _checks
 from lowtf.data import streams
 from lowtf.data.readers import DataError
-from lowtf.data.statistics import FeatureStatistics, Moments  # noqa: F401 (its home before)
+from lowtf.data.statistics import FeatureStatistics, Moments
 
 # Rows per block: the tutorial's repacking (one op per block, not per row).
 BLOCK_ROWS = 10_000

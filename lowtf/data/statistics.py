@@ -72,7 +72,6 @@ class FeatureStatistics:
         return cls(mean=mean, std=std, rows=rows)
 
 
-
 class Moments:
     """Count, mean and sum of squared deviations of rows added block by block."""
 

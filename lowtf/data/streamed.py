@@ -214,7 +214,9 @@ def write_split(
             seed=seed,
         )
         log(data.describe())
-        spec = tfrecords.convert(data, directory, shards=shards, compression=compression)
+        spec = tfrecords.convert(
+            data, directory, shards=shards, compression=compression
+        )
         _log_splits(spec, directory, log)
         return spec
     plan = _plan(name, data_path, train_size, validation_size, label_column, stats_rows)
@@ -224,7 +226,10 @@ def write_split(
         paths = tfrecords.write_tfrecords(
             x, y, directory, split, min(shards, len(y)), compression=compression
         )
-        splits[split] = {"examples": len(y), "files": [os.path.basename(p) for p in paths]}
+        splits[split] = {
+            "examples": len(y),
+            "files": [os.path.basename(p) for p in paths],
+        }
     paths, rows = tfrecords.write_blocks(
         plan.blocks(_WRITE_BLOCK), directory, "train", shards, compression=compression
     )
@@ -272,7 +277,9 @@ def is_streamed(name: str, stream: bool | None) -> bool:
 def _log_splits(spec, directory, log) -> None:
     for split in tfrecords.SPLITS:
         part = spec["splits"][split]
-        log(f"{directory}: {split} {part['examples']:,} rows in {len(part['files'])} shards")
+        log(
+            f"{directory}: {split} {part['examples']:,} rows in {len(part['files'])} shards"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,12 +296,16 @@ class _Plan:
     statistics: object  # FeatureStatistics to apply, or None (stored standardized)
     train_size: int | None
     stream: object  # (batch_size, shuffle_buffer, seed) -> Stream
-    blocks: object  # (rows) -> finite dataset of standardized (x, y) blocks, in file order
+    blocks: (
+        object  # (rows) -> finite dataset of standardized (x, y) blocks, in file order
+    )
 
 
 def _plan(name, path, train_size, validation_size, label_column, stats_rows) -> _Plan:
     if name not in STREAMED:
-        raise DataError(f"the {name} data set is not streamed; use one of {', '.join(STREAMED)}")
+        raise DataError(
+            f"the {name} data set is not streamed; use one of {', '.join(STREAMED)}"
+        )
     if not path:
         raise DataError(f"the {name} data set needs a file: pass `data_path`")
     for arg, value in (
@@ -310,13 +321,15 @@ def _plan(name, path, train_size, validation_size, label_column, stats_rows) -> 
     return _csv_plan(name, path, train_size, validation_size, label_column, stats_rows)
 
 
-def _csv_plan(name, path, train_size, validation_size, label_column, stats_rows) -> _Plan:
+def _csv_plan(
+    name, path, train_size, validation_size, label_column, stats_rows
+) -> _Plan:
     held = validation_size or HELD_OUT
     if name == "higgs":
         header, label = None, 0
     else:
         header = csv_files.header_of(path)
-    layout = csv_files._layout(path, 0, header is not None)  # noqa: SLF001 (its module's reader)
+    layout = csv_files._layout(path, 0, header is not None)
     if name == "higgs" and layout.num_features != datasets.HIGGS_FEATURES:
         raise DataError(
             f"{path}: {layout.width} columns; HIGGS rows are a label and "
@@ -360,13 +373,24 @@ def _csv_plan(name, path, train_size, validation_size, label_column, stats_rows)
         statistics=stats,
         train_size=counted,
         stream=lambda batch_size, shuffle_buffer, seed: csv_files.csv_stream(
-            path, batch_size=batch_size, statistics=stats, skip=skip, take=train_size,
-            shuffle_buffer=shuffle_buffer, seed=seed, **common,
-        ),  # fmt: skip
+            path,
+            batch_size=batch_size,
+            statistics=stats,
+            skip=skip,
+            take=train_size,
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
+            **common,
+        ),
         blocks=lambda rows: csv_files.csv_dataset(
-            path, batch_size=rows, statistics=stats, skip=skip, take=train_size,
-            training=False, **common,
-        ),  # fmt: skip
+            path,
+            batch_size=rows,
+            statistics=stats,
+            skip=skip,
+            take=train_size,
+            training=False,
+            **common,
+        ),
     )
 
 
@@ -442,9 +466,12 @@ def _tfrecord_plan(path, train_size, validation_size, stats_rows) -> _Plan:
         statistics=stats,
         train_size=counted,
         stream=lambda batch_size, shuffle_buffer, seed: tfrecords.tfrecord_stream(
-            train, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed,
+            train,
+            batch_size=batch_size,
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
             **stream_args,
-        ),  # fmt: skip
+        ),
         blocks=lambda rows: tfrecords.tfrecord(
             train, batch_size=rows, training=False, **stream_args
         ),
@@ -462,12 +489,18 @@ def _tfrecord_layout(path) -> tuple[list, dict, dict | None]:
     if tf.io.gfile.exists(os.path.join(directory, tfrecords.SPEC_FILE)):
         spec = tfrecords.read_spec(directory)
         if pattern == os.path.join(path, "train-*"):
-            pattern = [os.path.join(directory, f) for f in spec["splits"]["train"]["files"]]
+            pattern = [
+                os.path.join(directory, f) for f in spec["splits"]["train"]["files"]
+            ]
         for split in held:
-            held[split] = [os.path.join(directory, f) for f in spec["splits"][split]["files"]]
+            held[split] = [
+                os.path.join(directory, f) for f in spec["splits"][split]["files"]
+            ]
     elif tf.io.gfile.isdir(path):
         for split in held:
-            held[split] = sorted(tf.io.gfile.glob(os.path.join(path, f"{split}-*"))) or None
+            held[split] = (
+                sorted(tf.io.gfile.glob(os.path.join(path, f"{split}-*"))) or None
+            )
     if isinstance(pattern, str) and not tf.io.gfile.glob(pattern):
         if tf.io.gfile.isdir(path):
             raise DataError(

@@ -134,7 +134,9 @@ def write_blocks(
             x = np.asarray(x, np.float32).reshape(len(x), -1)
             labels = np.asarray(y)
             if not np.array_equal(labels, np.round(labels)):
-                raise DataError(f"{split} block {i}: labels must be whole class indices")
+                raise DataError(
+                    f"{split} block {i}: labels must be whole class indices"
+                )
             labels = labels.astype(np.int64)
             writer = writers[i % shards]
             used.add(i % shards)
@@ -212,7 +214,9 @@ def convert(
     return write_spec(directory, dataset, splits, compression=compression)
 
 
-def write_spec(directory: str, data, splits: dict, *, compression=None, **extra) -> dict:
+def write_spec(
+    directory: str, data, splits: dict, *, compression=None, **extra
+) -> dict:
     """Writes ``directory/spec.json`` for shards of ``data``'s standardized rows.
 
     Args:
@@ -345,6 +349,7 @@ def tfrecord(
         raise DataError(
             f"{_describe_pattern(pattern)}: no records left after skipping {skip:,}"
         )
+
     def read(name, start=None, count=None):
         records = tf.data.TFRecordDataset(name, compression_type=reader.compression)
         return records if start is None else records.skip(start).take(count)
@@ -384,7 +389,9 @@ def tfrecord(
             flat = statistics.standardize(tf.reshape(x, [-1, reader.width]))
             return tf.reshape(flat, [-1, *shape]), y
 
-    batches = batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = batches.map(
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
@@ -440,11 +447,15 @@ def tfrecord_statistics(
             where or f"{_describe_pattern(pattern)}: {streams.clean_message(e.message)}"
         ) from None
     if not moments.count:
-        raise DataError(f"{_describe_pattern(pattern)}: no records to compute statistics on")
+        raise DataError(
+            f"{_describe_pattern(pattern)}: no records to compute statistics on"
+        )
     return moments.statistics()
 
 
-def first_record(pattern, *, features_key: str = FEATURES_KEY, label_key: str = LABEL_KEY):
+def first_record(
+    pattern, *, features_key: str = FEATURES_KEY, label_key: str = LABEL_KEY
+):
     """The first file of ``pattern`` and its first record's feature width and dtype.
 
     For shards that come without a spec: the example shape is then
