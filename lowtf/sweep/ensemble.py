@@ -48,6 +48,7 @@ MEMBERS_DIR = os.path.join("ensemble", "members")
 SELECTION_FILE = "ensemble.json"
 PREDICTIONS = "predictions.npz"
 WEIGHTS = "weights"
+# What the ensemble and the winner are scored on, in results.md's order.
 METRICS = ("cross_entropy", "accuracy", "calibration_error")
 # Rows per forward pass when predicting (bounds the memory of large splits).
 _BATCH = 4096
@@ -76,11 +77,16 @@ def save_members(sweep_dir: str, key: str, models: list, shared) -> None:
         for model, (_, val) in zip(models, shared.folds)
     ]
     rows, n = scored_rows(shared)
+    # Each fold's inputs are standardized on its own training rows (none
+    # kept: the data's own, as loaded); the test rows must be too.
+    scales = [(m, s) for _, m, s in shared.scales if m is not None]
     buffer = io.BytesIO()
     np.savez(
         buffer,
         probabilities=selection.out_of_fold(fold_probabilities, rows, n),
         key=np.asarray(key),
+        mean=np.asarray([m for m, _ in scales], np.float32),
+        std=np.asarray([s for _, s in scales], np.float32),
     )
     prefix = os.path.join(where, WEIGHTS)
     _files.write_checkpoint(
@@ -127,23 +133,20 @@ def probabilities(model, x) -> np.ndarray:
 
 
 def scores(p, y) -> dict:
-    """Cross-entropy, accuracy and calibration error of probabilities ``p``."""
-    return {
-        "cross_entropy": selection.cross_entropy(p, y),
-        "accuracy": selection.accuracy(p, y),
-        "calibration_error": selection.calibration_error(p, y),
-    }
+    """:data:`METRICS` of probabilities ``p``: cross-entropy, accuracy, calibration error."""
+    return {name: getattr(selection, name)(p, y) for name in METRICS}
 
 
-def _read_predictions(sweep_dir: str, key: str):
+def _read(sweep_dir: str, key: str) -> dict | None:
+    """What :func:`save_members` kept for ``key`` (``probabilities``, ``mean``,
+    ``std``), or None if nothing was."""
     path = os.path.join(member_dir(sweep_dir, key), PREDICTIONS)
     if not tf.io.gfile.exists(path):
         return None
     with tf.io.gfile.GFile(path, "rb") as f:
-        stored = np.load(io.BytesIO(f.read()))
-        if str(stored["key"]) != key:  # a 64-bit hash prefix; never seen to collide
-            return None
-        return stored["probabilities"]
+        stored = dict(np.load(io.BytesIO(f.read())))
+    # The directory is a 64-bit prefix of the key's hash: check it is this key's.
+    return stored if str(stored.pop("key")) == key else None
 
 
 def select(config, rows: list, shared, sweep_dir: str, log) -> dict | None:
@@ -170,11 +173,11 @@ def select(config, rows: list, shared, sweep_dir: str, log) -> dict | None:
     for rank, row in enumerate(rows, 1):
         if row["status"] != "ok":
             continue
-        p = _read_predictions(sweep_dir, row["key"])
-        if p is None:
+        stored = _read(sweep_dir, row["key"])
+        if stored is None:
             missing += 1
         else:
-            candidates.append((rank, row, p))
+            candidates.append((rank, row, stored["probabilities"]))
     if missing:
         log(
             f"ensemble: {missing} configurations have no kept predictions (trained "
@@ -254,31 +257,22 @@ def load(config, record: dict, data, sweep_dir: str) -> list[tuple]:
             model(tf.constant(x_example), training=False)
             models.append(model)
         prefix = os.path.join(member_dir(sweep_dir, key), WEIGHTS)
-        status = tf.train.Checkpoint(members=models).read(prefix)
-        status.assert_existing_objects_matched()
+        _restore(tf.train.Checkpoint(members=models), prefix, f"configuration {key}")
         for f, model in enumerate(models):
             per_fold[f].append(model)
-    stats = fold_statistics(config, data)
+    # Every configuration's fold f was standardized alike: the first one's file says how.
+    stats = _read(sweep_dir, record["members"][0]["key"])
     return [
-        (Ensemble(models, weights=weights), *stats[f])
+        (Ensemble(models, weights=weights), *_scale(stats, f))
         for f, models in enumerate(per_fold)
     ]
 
 
-def fold_statistics(config, data) -> list[tuple]:
-    """Per fold, the ``(mean, std)`` its inputs were standardized with (None: as loaded).
-
-    The same folds and statistics :func:`lowtf.sweep.run.run_sweep` trained
-    them on (``k_fold`` of the training labels by ``data_seed``).
-    """
-    from lowtf.data import datasets
-    from lowtf.population import k_fold
-
-    if config.folds == 1:
-        return [(None, None)]
-    raw = _flat(data.train[0]) * _flat(data.std[None]) + _flat(data.mean[None])
-    folds = k_fold(np.asarray(data.train[1]), config.folds, seed=config.job.data_seed)
-    return [datasets.statistics(raw[train]) for train, _ in folds]
+def _scale(stored, f: int) -> tuple:
+    """Fold ``f``'s ``(mean, std)`` as kept by :func:`save_members`, or ``(None, None)``."""
+    if stored is None or not len(stored["mean"]):
+        return None, None
+    return stored["mean"][f], stored["std"][f]
 
 
 def score_test(
@@ -326,8 +320,20 @@ def _retrained(model_dir: str):
     pointer = early_stopping.best_checkpoint(os.path.join(model_dir, "best"))
     if pointer is None:
         raise ValueError(f"{model_dir}/best holds no best snapshot of the winner")
-    tf.train.Checkpoint(model=model).read(pointer["prefix"]).expect_partial()
+    _restore(tf.train.Checkpoint(model=model), pointer["prefix"], "the winner")
     return model
+
+
+def _restore(checkpoint, prefix: str, what: str) -> None:
+    """Reads ``prefix`` into ``checkpoint``; every model variable must be found there."""
+    status = checkpoint.read(prefix).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise ValueError(
+            f"{prefix} does not hold the weights of {what} ({error}); was the sweep "
+            "directory changed by hand? Rerun in a new --sweep_dir"
+        ) from None
 
 
 def _flat(a) -> np.ndarray:

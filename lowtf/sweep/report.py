@@ -29,12 +29,12 @@ from lowtf.job import run as job_lib
 from lowtf.job.flags import BY_NAME
 from lowtf.job.run import write_text
 from lowtf.sweep.config import ARCHITECTURE, SWEPT, Range
+from lowtf.sweep.ensemble import METRICS
 
 CSV_COLUMNS = (
     "rank", "winner", *SWEPT, "status", "score_mean", "score_std", "folds",
     "best_step", "gap", "wall_seconds", "trial", "command",
 )  # fmt: skip
-_ENSEMBLE_METRICS = ("cross_entropy", "accuracy", "calibration_error")
 WINNER_COLOR = "#d62728"  # C3 red: the one line that must stand out
 _DPI = 100
 
@@ -158,7 +158,7 @@ def ensemble_lines(config, record: dict) -> list[str]:
     v, t = record["validation"], record["test"] or {}
     for label, name in (("winner", "winner"), ("ensemble", "ensemble")):
         val, test = v.get(name), t.get(name)
-        cells = [f"{val[m]:.4f}" if val else "" for m in _ENSEMBLE_METRICS]
+        cells = [f"{val[m]:.4f}" if val else "" for m in METRICS]
         cells += [f"{test[m]:.4f}" if test else "" for m in ("accuracy", "cross_entropy", "calibration_error")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     best = v["best_member"]
