@@ -319,6 +319,9 @@ def test_unusable_model_dir_is_refused_before_anything_is_written(tmp_path, tiny
             job.run_job(job.JobConfig(**TINY, model_dir=model_dir), flags_text="x\n")
     assert afile.read_text() == "x" and sorted(os.listdir(tmp_path)) == ["afile"]
     assert not os.path.exists(os.path.join(os.path.dirname(lowtf.__file__), "runs"))
+    # The README's first run, from the checkout's root, is not in the package.
+    checkout = os.path.dirname(os.path.dirname(lowtf.__file__))
+    job.check_model_dir(os.path.join(checkout, "runs", "digits-medium"))
     # A batch larger than the training set, or another network on a model
     # directory: refused before flags.txt (or anything else) is written.
     model_dir, _, _ = tiny_run

@@ -60,7 +60,8 @@ EVALUATED = ("cross_entropy", "accuracy")
 # The file names a job writes into its model directory besides fit's.
 SUMMARY_FILE, FLAGS_FILE, CURVES_FILE = "summary.json", "flags.txt", "curves.png"
 # The installed lowtf package: no place for a model directory.
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The lowtf package directory (this file is lowtf/job/run.py).
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
