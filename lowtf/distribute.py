@@ -16,7 +16,11 @@ TensorFlow's strategies, and the library code that is made inside its
        "task": {"type": "worker", "index": 0}}
 
 Every worker runs the same program on the same data; the train step gives
-each replica its slice of the global batch. Only the chief (the ``"chief"``
+each replica its slice of the global batch. The exception is a
+:class:`lowtf.data.Stream` made from a function of a
+``tf.distribute.InputContext`` (:func:`lowtf.data.tfrecord_stream`'s files):
+with several workers, each worker reads its own shards
+(``distribute_datasets_from_function``) and each replica its own batch. Only the chief (the ``"chief"``
 task, else worker 0) may write to the model directory, yet saving a
 checkpoint can involve collective ops (batch-norm moving statistics are
 averaged across workers when saved), so every worker must *call* save: the
@@ -307,6 +311,15 @@ def task(strategy=None) -> tuple[str | None, int]:
     if resolver is None or not resolver.task_type:
         return None, 0
     return resolver.task_type, int(resolver.task_id or 0)
+
+
+def num_workers(strategy=None) -> int:
+    """The processes of the cluster that hold replicas (chief and workers); 1 outside one."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if task(strategy)[0] is None:
+        return 1
+    spec = strategy.cluster_resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs)
 
 
 def is_chief(strategy=None) -> bool:

@@ -225,6 +225,67 @@ def test_function_of_an_input_context_and_unbatched_examples():
     np.testing.assert_array_equal(np.concatenate(labels), np.concatenate([y, y])[:80])
 
 
+def _weights_of(step):
+    return [v.numpy() for v in step.model.trainable_variables]
+
+
+def test_a_per_worker_stream_resumes_at_its_batch(shards, tmp_path, monkeypatch):
+    # Two workers in name: the stream takes the per-worker path (its own files,
+    # per-replica batches, the batches read in the checkpoint); under the
+    # default strategy TensorFlow hands the function one input pipeline.
+    # tests/test_distribute.py runs two real workers.
+    def step(stream):
+        model = lowtf.mlp((16,), dropout=0.2, seed=3)
+        optimizer = tf.keras.optimizers.Adam(3e-3)
+        return lowtf.TrainStep(model, optimizer, data=stream, options=GRAPH)
+
+    plain = step(_stream(shards))  # one pipeline, global batches, as before
+    plain.run(5)
+    plain.run(4)
+    monkeypatch.setattr(lowtf.distribute, "num_workers", lambda strategy=None: 2)
+    straight = step(_stream(shards))
+    assert straight.data.per_worker and straight.data.batch_size == 25
+    assert "each of 2 workers reads its own files" in straight.data.identity
+    straight.run(5)
+    straight.run(4)
+    # One worker and one replica read the same batches as the one pipeline.
+    for a, b in zip(_weights_of(plain), _weights_of(straight)):
+        np.testing.assert_array_equal(a, b)
+    first = step(_stream(shards))
+    first.run(5)
+    prefix = tf.train.Checkpoint(step=first).write(str(tmp_path / "ckpt"))
+    resumed = step(_stream(shards))
+    resumed.build(resumed.data.example()[0])
+    tf.train.Checkpoint(step=resumed).read(prefix).assert_consumed()
+    assert int(resumed.data.position.numpy()) == 5
+    resumed.run(4)  # skips the 5 batches read, then reads on
+    assert int(resumed.data.position.numpy()) == 9
+    for a, b in zip(_weights_of(straight), _weights_of(resumed)):
+        np.testing.assert_array_equal(a, b)
+    # Once reading, the stream cannot go back to a restored position.
+    tf.train.Checkpoint(step=resumed).read(prefix)
+    with pytest.raises(ValueError, match="read 9 batches but its position was set to 5"):
+        resumed.run(1)
+
+
+def test_tfrecord_shard_reads_one_workers_files(rows, tmp_path):
+    (x, y), _ = rows
+    lowtf.data.write_tfrecords(x, y, str(tmp_path), "train", shards=3)
+    pattern = str(tmp_path / "train-*")
+
+    def labels(**kwargs):
+        dataset = lowtf.data.tfrecord(
+            pattern, batch_size=50, feature_shape=(FEATURES,), training=False, **kwargs
+        )
+        return np.concatenate([batch[1].numpy() for batch in dataset])
+
+    parts = np.array_split(y, 3)
+    np.testing.assert_array_equal(labels(shard=(2, 0)), np.concatenate(parts[::2]))
+    np.testing.assert_array_equal(labels(shard=(2, 1)), parts[1])
+    with pytest.raises(ValueError, match=r"`shard` \(\(4, 0\)\) .* has 3: write"):
+        labels(shard=(4, 0))
+
+
 def test_tfrecord_refuses_bad_files_before_training(shards, tmp_path):
     def read(pattern, **kwargs):
         return lowtf.data.tfrecord(

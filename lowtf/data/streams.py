@@ -12,6 +12,18 @@ A pipeline that cannot be saved (one with external state: a
 ``tf.py_function``, ``tf.numpy_function``, ``Dataset.from_generator``, a
 random op without a seed) is refused when the stream is made, not at the
 first checkpoint.
+
+Under ``MultiWorkerMirroredStrategy`` a stream given as a function of a
+``tf.distribute.InputContext`` is read per worker
+(``strategy.distribute_datasets_from_function``): each worker calls the
+function with its own input pipeline id and reads its own shards, in
+per-replica batches. TensorFlow (2.21) cannot checkpoint that distributed
+iterator (it is not a ``Trackable``), and the chief's checkpoint could not
+hold the other workers' positions anyway; the checkpoint holds instead the
+number of batches read, the same on every worker, and a resumed worker
+rebuilds its pipeline and skips that many of its batches (exact for a
+deterministic pipeline; the skipped records are read again, at the speed
+of ``Dataset.skip``).
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks
+from lowtf import _checks, distribute
 from lowtf.data.readers import DataError
 
 # The start of the message of a batch refused inside the compiled loop (see
@@ -50,11 +62,18 @@ class Stream(tf.Module):
         ``batch_size`` its elements are batches with a fixed batch size
         (batch with ``drop_remainder=True``); with ``batch_size`` they are
         single examples, batched here (across epoch boundaries, so no example
-        is dropped). The function form is called once with one input pipeline
-        and the strategy's replicas: under ``tf.distribute`` lowtf feeds
-        global batches (every worker reads the same stream, and each replica
+        is dropped). In one process (also under ``MirroredStrategy``) the
+        function form is called once with one input pipeline and the
+        strategy's replicas, and lowtf feeds global batches (each replica
         takes its slice), so use ``context.num_replicas_in_sync`` to pick a
-        batch size that divides.
+        batch size that divides. Under ``MultiWorkerMirroredStrategy`` with
+        several workers it is called on each worker with that worker's
+        context (``num_input_pipelines`` the workers, ``input_pipeline_id``
+        this one): shard there, e.g. ``files.shard(context.num_input_pipelines,
+        context.input_pipeline_id)``; its batches are then *per-replica*
+        batches (``context.get_per_replica_batch_size(global_batch)``), or,
+        with ``batch_size``, it yields examples that are batched here per
+        replica.
       batch_size: examples per global batch when ``dataset`` yields single
         examples; default None (it yields batches).
       source: a string that names the data (a file pattern and version,
@@ -80,46 +99,98 @@ class Stream(tf.Module):
         if locate is not None and not callable(locate):
             raise ValueError(f"`locate` ({locate!r}) must be a function or None")
         self._locate = locate
+        if source is not None and not isinstance(source, str):
+            raise ValueError(f"`source` ({source!r}) must be a string naming the data")
+        self.source = source
+        self.per_worker = False
+        strategy = tf.distribute.get_strategy()
         if callable(dataset) and not isinstance(dataset, tf.data.Dataset):
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            if distribute.num_workers(strategy) > 1:
+                self._init_per_worker(dataset, batch_size, strategy)
+                return
+            replicas = strategy.num_replicas_in_sync
             context = tf.distribute.InputContext(
                 num_input_pipelines=1,
                 input_pipeline_id=0,
                 num_replicas_in_sync=replicas,
             )
             dataset = dataset(context)
-        if not isinstance(dataset, tf.data.Dataset):
-            raise ValueError(  # noqa: TRY004 - an argument's value, as every check here
-                f"`dataset` ({type(dataset).__name__}) must be a tf.data.Dataset of "
-                "(x, y) pairs, or a function of a tf.distribute.InputContext that "
-                "returns one"
-            )
-        if source is not None and not isinstance(source, str):
-            raise ValueError(f"`source` ({source!r}) must be a string naming the data")
-        _check_pairs(dataset.element_spec, batched=batch_size is None)
-        if int(dataset.cardinality()) == 0:
-            raise ValueError("`dataset` is empty: it has no batch to train on")
-        if batch_size is not None:
-            _checks.positive_int("batch_size", batch_size)
-            dataset = dataset.repeat().batch(batch_size, drop_remainder=True)
-        else:
-            dataset = dataset.repeat()
+        dataset = _pipeline(dataset, batch_size)
         x_spec, y_spec = dataset.element_spec
-        _check_batch_spec(x_spec, y_spec)
-        options = tf.data.Options()
-        options.deterministic = True
-        # Refuse a pipeline whose state a checkpoint cannot hold (external
-        # state), rather than save one that would resume elsewhere.
-        options.experimental_external_state_policy = (
-            tf.data.experimental.ExternalStatePolicy.FAIL
-        )
-        dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
         self.batch_size = int(x_spec.shape[0])
         self.element_spec = (x_spec, y_spec)
-        self.source = source
         # Tracked: a checkpoint of the step saves the pipeline's position.
         self.iterator = iter(dataset)
         _check_checkpointable(self.iterator)
+
+    def _init_per_worker(self, function, batch_size, strategy):
+        """Each worker reads its own pipeline; the checkpoint holds the batches read."""
+        self.per_worker = True
+        if batch_size is not None:
+            _checks.positive_int("batch_size", batch_size)
+        self._function, self._batch_size = function, batch_size
+        self._strategy = strategy
+        _, index = distribute.task(strategy)
+        context = tf.distribute.InputContext(
+            num_input_pipelines=distribute.num_workers(strategy),
+            input_pipeline_id=index,
+            num_replicas_in_sync=strategy.num_replicas_in_sync,
+        )
+        # This worker's pipeline, made once now for its checks (the strategy
+        # makes it again when training starts, at the restored position).
+        probe = self._worker_pipeline(context)
+        _check_checkpointable(iter(probe))  # refuses external state (not replayable)
+        x_spec, y_spec = probe.element_spec
+        self.element_spec = (x_spec, y_spec)  # of one replica's batch
+        self.batch_size = int(x_spec.shape[0]) * strategy.num_replicas_in_sync
+        with strategy.scope():
+            # Global steps read, equal on every worker: tracked, so in the
+            # chief's checkpoint. A resumed worker skips that many batches.
+            self.position = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="batches_read"
+            )
+            # This process's iterator (made by start()) and what it has read:
+            # not tracked, not saved.
+            self._local = _Local(
+                tf.Variable(0, dtype=tf.int64, trainable=False, name="read_here")
+            )
+
+    def _worker_pipeline(self, context, skip_steps=0):
+        """The user's function for one worker, repeated, batched per replica, skipped."""
+        dataset = self._function(context)
+        batch_size = self._batch_size
+        if batch_size is not None:
+            batch_size = context.get_per_replica_batch_size(batch_size)
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        return _pipeline(dataset, batch_size, skip=skip_steps * local_replicas)
+
+    def start(self) -> None:
+        """Makes a per-worker stream's iterator at the checkpointed position.
+
+        Called by :meth:`lowtf.TrainStep.run` before its compiled call, so
+        after a resume's restore; a no-op for a stream of one pipeline.
+
+        Raises:
+          ValueError: the position was restored after this stream's iterator
+            had started reading (it cannot go back).
+        """
+        if not self.per_worker:
+            return
+        position = int(self.position.numpy())
+        if self._local.iterator is not None:
+            read = int(self._local.read.numpy())
+            if position != read:
+                raise ValueError(
+                    f"this per-worker stream read {read} batches but its position was "
+                    f"set to {position} (a checkpoint restored after training started): "
+                    "make a new Stream and TrainStep, then restore"
+                )
+            return
+        datasets = self._strategy.distribute_datasets_from_function(
+            lambda context: self._worker_pipeline(context, skip_steps=position)
+        )
+        self._local.iterator = iter(datasets)
+        self._local.read.assign(position)
 
     @property
     def identity(self) -> str:
@@ -129,6 +200,8 @@ class Stream(tf.Module):
             f"x {x_spec.dtype.name}{x_spec.shape.as_list()} "
             f"y {y_spec.dtype.name}{y_spec.shape.as_list()}"
         )
+        if self.per_worker:
+            shapes += " per replica, each worker its own pipeline"
         return f"{self.source} ({shapes})" if self.source else f"stream {shapes}"
 
     def example(self) -> tuple[np.ndarray, np.ndarray]:
@@ -143,9 +216,18 @@ class Stream(tf.Module):
         """The next ``(x, y)`` batch; inside a ``tf.function`` an iterator op.
 
         XLA cannot compile the iterator op: :class:`lowtf.TrainStep` calls
-        this outside its XLA-compiled step (see BUILD_NOTES.md).
+        this outside its XLA-compiled step (see BUILD_NOTES.md). A per-worker
+        stream gives per-replica values, for ``strategy.run``, and counts
+        the batch (after reading it: a stateful op runs in program order).
         """
-        return self.iterator.get_next()
+        if not self.per_worker:
+            return self.iterator.get_next()
+        if self._local.iterator is None:
+            raise ValueError("a per-worker stream reads only after `start()`")
+        batch = self._local.iterator.get_next()
+        self.position.assign_add(1)
+        self._local.read.assign_add(1)
+        return batch
 
     def read_error(self, error: tf.errors.OpError) -> DataError | None:
         """The one-line DataError for an error raised while reading a batch, or None.
@@ -164,7 +246,7 @@ class Stream(tf.Module):
                 "the training pipeline ran out of batches (is it empty, or filtered "
                 "to nothing?); a Stream repeats a finite pipeline, so it should not end"
             )
-        if "IteratorGetNext" not in message and not isinstance(
+        if "GetNext" not in message and not isinstance(
             error, tf.errors.DataLossError
         ):
             return None
@@ -174,6 +256,47 @@ class Stream(tf.Module):
         return DataError(
             f"a training batch could not be read: {clean_message(message)}"
         )
+
+
+class _Local:
+    """A per-worker stream's own iterator and count: not a Trackable, so unsaved.
+
+    Under ``MultiWorkerMirroredStrategy`` the iterator is not a Trackable
+    anyway; under the default strategy it is, and must stay out too.
+    """
+
+    def __init__(self, read):
+        self.iterator = None
+        self.read = read
+
+
+def _pipeline(dataset, batch_size, skip=0):
+    """``dataset`` checked, repeated, batched, skipped, made deterministic, prefetched."""
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(  # noqa: TRY004 - an argument's value, as every check here
+            f"`dataset` ({type(dataset).__name__}) must be a tf.data.Dataset of "
+            "(x, y) pairs, or a function of a tf.distribute.InputContext that "
+            "returns one"
+        )
+    _check_pairs(dataset.element_spec, batched=batch_size is None)
+    if int(dataset.cardinality()) == 0:
+        raise ValueError("`dataset` is empty: it has no batch to train on")
+    if batch_size is not None:
+        _checks.positive_int("batch_size", batch_size)
+        dataset = dataset.repeat().batch(batch_size, drop_remainder=True)
+    else:
+        dataset = dataset.repeat()
+    _check_batch_spec(*dataset.element_spec)
+    if skip:
+        dataset = dataset.skip(skip)
+    options = tf.data.Options()
+    options.deterministic = True
+    # Refuse a pipeline whose state a checkpoint cannot hold (external
+    # state), rather than save one that would resume elsewhere.
+    options.experimental_external_state_policy = (
+        tf.data.experimental.ExternalStatePolicy.FAIL
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def assert_batch(x, y, high):

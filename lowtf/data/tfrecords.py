@@ -34,7 +34,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lowtf import _checks
+from lowtf import _checks, distribute
 from lowtf.data import streams
 from lowtf.data.readers import DataError
 from lowtf.data.statistics import FeatureStatistics, Moments
@@ -283,6 +283,7 @@ def tfrecord(
     skip: int = 0,
     take: int | None = None,
     statistics: FeatureStatistics | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """A ``tf.data`` pipeline of ``(x, y)`` batches from TFRecord shards of Examples.
 
@@ -321,10 +322,16 @@ def tfrecord(
         interleaves its shards and reads every chosen record once an epoch.
       statistics: a :class:`lowtf.data.FeatureStatistics` of the flattened
         features to standardize every batch with (default None: as stored).
+      shard: ``(count, index)``: read only the shards ``index``,
+        ``index + count``, ... of the files (after ``skip``/``take``), as
+        ``files.shard(count, index)``: one worker's part, e.g.
+        ``(context.num_input_pipelines, context.input_pipeline_id)``; there
+        must be at least ``count`` shards. Default None: all of them.
 
     Raises:
       DataError: no file matches, or the first record lacks a key or has
         another number of values than ``feature_shape``.
+      ValueError: fewer shards than ``shard``'s count.
     """
     _checks.positive_int("batch_size", batch_size)
     _checks.positive_int("shuffle_buffer", shuffle_buffer)
@@ -349,6 +356,19 @@ def tfrecord(
         raise DataError(
             f"{_describe_pattern(pattern)}: no records left after skipping {skip:,}"
         )
+    if shard is not None:
+        count, index = shard
+        _checks.positive_int("shard[0]", count)
+        _checks.non_negative_int("shard[1]", index)
+        if index >= count or len(ranges) < count:
+            raise ValueError(
+                f"`shard` ({shard}) must be (count, index < count) with at least "
+                f"count shards; {_describe_pattern(pattern)} has {len(ranges)}: write "
+                "at least as many files as workers"
+            )
+        # Each reader its own files, as files.shard(count, index).
+        ranges = ranges[index::count]
+        files = [path for path, _, _ in ranges]
 
     def read(name, start=None, count=None):
         records = tf.data.TFRecordDataset(name, compression_type=reader.compression)
@@ -539,14 +559,26 @@ def tfrecord_stream(
 ) -> streams.Stream:
     """A :class:`lowtf.data.Stream` of training batches from TFRecord shards.
 
-    Takes the arguments of :func:`tfrecord` but ``training``. The stream's
-    identity (recorded by :func:`lowtf.fit` in ``run.json``) names the files,
-    their total size and the shuffle; a record that cannot be read or parsed
-    during training stops it with a :class:`DataError` naming its shard and
-    index (:func:`locate_bad_record`).
+    Takes the arguments of :func:`tfrecord` but ``training`` and ``shard``,
+    with ``batch_size`` the global batch. The stream's identity (recorded by
+    :func:`lowtf.fit` in ``run.json``) names the files, their total size and
+    the shuffle; a record that cannot be read or parsed during training
+    stops it with a :class:`DataError` naming its shard and index
+    (:func:`locate_bad_record`).
+
+    Under ``MultiWorkerMirroredStrategy`` with at least as many shards as
+    workers, each worker reads its own files (``shard=(workers, worker
+    index)``, ``distribute_datasets_from_function``) and each replica its own
+    batch of ``batch_size / replicas`` examples; with fewer files every
+    worker reads all of them and each replica takes its slice of the global
+    batch, as in one process. (The located bad record is searched in all the
+    files.)
     """
-    if "training" in kwargs:
-        raise ValueError("`training` is always True for a stream; drop it")
+    if "training" in kwargs or "shard" in kwargs:
+        raise ValueError(
+            "`training` (always True) and `shard` (per worker) are set by the stream; "
+            "drop them"
+        )
     dataset = tfrecord(
         pattern, batch_size=batch_size, feature_shape=feature_shape, **kwargs
     )
@@ -570,9 +602,31 @@ def tfrecord_stream(
         f"seed {kwargs.get('seed', 0)}"
         + (f"; standardized ({stats.rows} rows, {stats.digest})" if stats else "")
     )
+    workers = distribute.num_workers()
+    if workers > 1 and _num_shards(files, reader, kwargs) >= workers:
+        # Under MultiWorkerMirroredStrategy each worker reads its own files,
+        # in per-replica batches (the Stream calls this on each worker).
+        def dataset(context):
+            return tfrecord(
+                pattern,
+                batch_size=context.get_per_replica_batch_size(batch_size),
+                feature_shape=feature_shape,
+                shard=(context.num_input_pipelines, context.input_pipeline_id),
+                **kwargs,
+            )
+
+        source += f"; each of {workers} workers reads its own files"
     return streams.Stream(
         dataset, source=source, locate=lambda: locate_bad_record(files, reader)
     )
+
+
+def _num_shards(files, reader, kwargs) -> int:
+    """The shards :func:`tfrecord` reads: the files, or those holding ``skip``/``take``'s records."""
+    skip, take = kwargs.get("skip", 0), kwargs.get("take")
+    if not skip and take is None:
+        return len(files)
+    return len(_ranges(files, reader, skip, take))  # counts the records once more
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,10 @@ gradient is that of one global step with the penalty added once.
 XLA cannot compile a function that spans several devices (``strategy.run``,
 the all-reduce, mirrored variables), so under a strategy only each replica's
 forward and backward pass is compiled, once per device; the all-reduce, the
-optimizer update and max-norm run as ordinary graph ops around it.
+optimizer update and max-norm run as ordinary graph ops around it. A
+:class:`lowtf.data.Stream` read per worker (``MultiWorkerMirroredStrategy``,
+a function of an ``InputContext``) gives ``strategy.run`` each replica's own
+batch instead of a global batch to split.
 """
 
 from __future__ import annotations
@@ -205,6 +208,9 @@ class TrainStep(tf.Module):
         self._averaged = []
         self._bn_pass = None
         self._distributed = tf.distribute.has_strategy()
+        # Batches read per replica (lowtf.data.Stream read per worker), not
+        # global batches to split among the replicas.
+        self._per_replica_data = isinstance(data, streams.Stream) and data.per_worker
         if options.jit_compile == "auto":
             options = dataclasses.replace(options, jit_compile=evaluator.auto_jit_compile(model))
             self.options = options
@@ -311,6 +317,7 @@ class TrainStep(tf.Module):
         self._sync_trainable()
         if not isinstance(self.data, streams.Stream):
             return self._many(tf.constant(num_steps, tf.int64))
+        self.data.start()  # a per-worker stream's iterator, after any restore
         try:
             return self._many(tf.constant(num_steps, tf.int64))
         except tf.errors.OpError as error:
@@ -465,7 +472,11 @@ class TrainStep(tf.Module):
         i = tf.constant(0, tf.int64)
         while i < num_steps:
             x, y = self._next_batch()
-            metrics = self._batch_step(x, y)
+            if self._per_replica_data:
+                # A per-worker stream gives each replica its own batch.
+                metrics = self._batch_step(x, y, split=False)
+            else:
+                metrics = self._batch_step(x, y)
             totals = {name: totals[name] + metrics[name] for name in SUMMED_METRICS}
             i += 1
         return metrics_lib.means_of_sums(totals, num_steps)
@@ -477,11 +488,15 @@ class TrainStep(tf.Module):
         # XLA a NaN feature or a bad label gives a NaN loss, not an error.
         x, y = self.data.next()
         high = 1 if self._head == "sigmoid" else self._num_logits - 1
+        if self._per_replica_data:  # per-replica values: checked on each replica
+            return self._strategy.run(streams.assert_batch, args=(x, y, high))
         return streams.assert_batch(x, y, high)
 
-    def _one_step(self, x, y):
+    def _one_step(self, x, y, split=True):
         key = random.make_key(self.options.seed, self.step)
-        per_replica = self._strategy.run(self._replica_step, args=(x, y, key))
+        per_replica = self._strategy.run(
+            self._replica_step, args=(x, y, key), kwargs={"split": split}
+        )
         metrics = {
             name: self._strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
             for name, value in per_replica.items()
@@ -605,11 +620,14 @@ class TrainStep(tf.Module):
     def _swap_averages(self):
         swa_lib.swap(self._averaged_pairs)
 
-    def _replica_step(self, x, y, key):
+    def _replica_step(self, x, y, key, split=True):
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
         if replicas > 1:
-            x, y = evaluator.shard(x, y, context.replica_id_in_sync_group, replicas)
+            if split:  # a global batch; a per-worker stream's is the replica's own
+                x, y = evaluator.shard(
+                    x, y, context.replica_id_in_sync_group, replicas
+                )
             # Each replica draws its own dropout masks.
             key = random.fold_in(key, context.replica_id_in_sync_group)
         grads, metrics = self._gradients(x, y, key, replicas)
