@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from _fixtures import QUICK_SWEEP, SWEEP_BIN
 
 import lowtf
@@ -179,6 +180,44 @@ def test_a_sweep_ensemble_is_chosen_on_out_of_fold_predictions_only(tmp_path, da
     )  # fmt: skip
     assert lowtf.ensemble.cross_entropy(oof, data.train[1]) == pytest.approx(
         v["ensemble"]["cross_entropy"], abs=1e-6
+    )
+    # Exported as one SavedModel (two architectures, each fold's models with
+    # its fold's standardization): on raw rows it serves the weighted mean
+    # of the members' own probabilities, and what the sweep scored on test.
+    path = ensemble_lib.export(str(tmp_path / "s"), str(tmp_path / "export"))
+    assert path == str(tmp_path / "export" / "1")
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    (x_test, y_test), folds = data.test, len(per_fold)
+    raw = x_test * data.std + data.mean
+    out = serve(features=tf.constant(raw))
+    members, weights = [], []
+    for member in chosen["members"]:
+        # Each fold model alone, rebuilt from its spec and kept weights.
+        spec = lowtf.models.ModelSpec.from_dict(member["spec"])
+        models = [spec.build() for _ in range(folds)]
+        for model in models:
+            model(tf.zeros([1, *data.feature_shape]))
+        kept = ensemble_lib.member_dir(str(tmp_path / "s"), member["key"])
+        tf.train.Checkpoint(members=models).read(
+            os.path.join(kept, "weights")
+        ).assert_existing_objects_matched()
+        for model, (_, mean, std) in zip(models, per_fold):
+            z = model((raw - mean) / std, training=False)  # one logit: two columns
+            members.append(tf.concat([tf.sigmoid(-z), tf.sigmoid(z)], -1).numpy())
+            weights.append(member["weight"] / folds)
+    members, weights = np.array(members), np.array(weights)
+    assert len(weights) == 2 * len(chosen["members"])
+    assert weights.sum() == pytest.approx(1)
+    average = np.tensordot(weights, members, axes=1)
+    served = out["probabilities"].numpy()
+    np.testing.assert_allclose(served, average, rtol=0, atol=1e-6)
+    variance = np.tensordot(weights, (members - average) ** 2, axes=1)
+    np.testing.assert_allclose(out["disagreement"].numpy(), variance, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(out["class_ids"].numpy(), served.argmax(1))
+    tested = chosen["test"]["ensemble"]  # scored as p(class 1), one column
+    assert lowtf.ensemble.accuracy(served[:, 1:], y_test) == tested["accuracy"]
+    assert lowtf.ensemble.cross_entropy(served[:, 1:], y_test) == pytest.approx(
+        tested["cross_entropy"], abs=1e-5
     )
     md = (tmp_path / "s" / "results.md").read_text()
     assert "## Ensemble: " in md and "out-of-fold predictions of 2 folds" in md

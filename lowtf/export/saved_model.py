@@ -1,7 +1,7 @@
 """A lowtf model as a TensorFlow SavedModel, laid out for TensorFlow Serving.
 
-The SavedModel holds the weights, the training split's normalization and one
-signature, ``serving_default``::
+The SavedModel holds the weights, the training split's normalization (one
+per part of an ensemble) and one signature, ``serving_default``::
 
     inputs:  features       float32 [None, *feature_shape]  raw, un-normalized
     outputs: probabilities  float32 [None, classes]
@@ -10,7 +10,11 @@ signature, ``serving_default``::
 
 An :class:`lowtf.Ensemble` exports its averaged probabilities and, as an
 uncertainty, the variance of its members' probabilities (``disagreement``);
-``bin/predict`` writes it as columns ``var0, var1, ...``.
+``bin/predict`` writes it as columns ``var0, var1, ...``. :func:`save_ensemble`
+exports a weighted ensemble whose parts may differ in architecture and in
+normalization (a sweep's fold models): each part standardizes the raw
+features with its own mean and std, and the outputs are the same, the
+members' weighted mean and weighted variance.
 
 A one-logit (sigmoid) head gives two columns, the probabilities of class 0
 and of class 1, so that every export reads the same way. The network runs in
@@ -34,6 +38,7 @@ import errno
 import os
 import socket
 import uuid
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -50,14 +55,26 @@ _TMP_PREFIX = ".tmp-"
 
 
 class _Serving(tf.Module):
-    """The model with its normalization and head, as one traced function."""
+    """Weighted parts, each a model with its own normalization, as one traced function.
 
-    def __init__(self, model, feature_shape, mean, std):
+    A plain export is one part of weight 1: its probabilities are the
+    model's own. Several parts, or a part that is a :class:`lowtf.Ensemble`,
+    make an ensemble: every member's probabilities (a part's inputs
+    standardized with its own mean and std) weighted by its part's weight
+    times its weight within the part, and their weighted variance, the
+    ``disagreement``.
+    """
+
+    def __init__(self, parts, feature_shape):
         super().__init__(name="lowtf_serving")
-        self.model = model
+        self.models = [part.model for part in parts]
+        if len(parts) == 1:
+            self.model = parts[0].model  # a plain export's layout: loaded.model
         # Constants, not variables: they are part of the graph, not weights.
-        self._mean = tf.constant(mean, tf.float32)
-        self._std = tf.constant(std, tf.float32)
+        self._means = [tf.constant(part.mean, tf.float32) for part in parts]
+        self._stds = [tf.constant(part.std, tf.float32) for part in parts]
+        self._weights = [float(part.weight) for part in parts]
+        self._ensemble = len(parts) > 1 or any(_members(p.model) for p in parts)
         self.serve = tf.function(
             self._serve,
             input_signature=[
@@ -66,24 +83,71 @@ class _Serving(tf.Module):
         )
 
     def _serve(self, features):
-        x = (features - self._mean) / self._std
-        logits = self.model(x, training=False)
+        probabilities, weights = [], []
+        for model, mean, std, weight in zip(
+            self.models, self._means, self._stds, self._weights
+        ):
+            p, w = _member_probabilities(model, (features - mean) / std)
+            probabilities.append(p)
+            weights.append(weight * w)
+        members = tf.concat(probabilities, 0)  # [members, batch, classes]
+        weights = tf.constant(np.concatenate(weights), tf.float32)
+        # One member of weight 1 (a plain export): 1 * p, exactly p.
+        mean = tf.tensordot(weights, members, axes=1)
+        class_ids = tf.argmax(mean, axis=-1, output_type=tf.int64)
+        out = {"probabilities": mean, "class_ids": class_ids}
+        if self._ensemble:
+            # The members' weighted variance of each probability (the same
+            # for both columns of a sigmoid head).
+            out["disagreement"] = tf.tensordot(
+                weights, tf.square(members - mean[None]), axes=1
+            )
+        return out
+
+
+def _members(model) -> bool:
+    """Whether ``model`` is an ensemble (it gives its members' probabilities)."""
+    return callable(getattr(model, "member_probabilities", None))
+
+
+def _member_probabilities(model, x):
+    """``[members, batch, classes]`` probabilities of ``model``, and its members' weights.
+
+    A model is one member of weight 1; a :class:`lowtf.Ensemble` gives each
+    member's probabilities and weights (one stacked pass per architecture).
+    A one-logit (sigmoid) head gives two columns, p(class 0) and p(class 1).
+    """
+    if not _members(model):
+        logits = tf.cast(model(x, training=False), tf.float32)
         if logits.shape[-1] == 1:
             # sigmoid(-z) rather than 1 - sigmoid(z): exact for large |z|.
-            probabilities = tf.concat([tf.sigmoid(-logits), tf.sigmoid(logits)], -1)
+            p = tf.concat([tf.sigmoid(-logits), tf.sigmoid(logits)], -1)
         else:
-            probabilities = tf.nn.softmax(logits, axis=-1)
-        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-        out = {"probabilities": probabilities, "class_ids": class_ids}
-        disagreement = getattr(self.model, "disagreement", None)
-        if disagreement is not None:
-            # An ensemble: the variance of its members' probabilities (the
-            # same for both columns of a sigmoid head).
-            variance = disagreement(x)
-            if variance.shape[-1] == 1:
-                variance = tf.concat([variance, variance], -1)
-            out["disagreement"] = variance
-        return out
+            p = tf.nn.softmax(logits, axis=-1)
+        return p[None], np.ones(1)
+    p = tf.cast(model.member_probabilities(x), tf.float32)
+    if p.shape[-1] == 1:
+        p = tf.concat([1.0 - p, p], -1)
+    return p, np.asarray(model.weights, np.float64)
+
+
+class Part(NamedTuple):
+    """One weighted part of an exported ensemble (:func:`save_ensemble`).
+
+    Attributes:
+      model: a lowtf model (logits from ``model(x, training=False)``), built
+        or not; a :class:`lowtf.Ensemble` is several members sharing this
+        normalization, run stacked.
+      mean, std: the standardization of its inputs, broadcast against the
+        feature shape (default None: 0 and 1, none).
+      weight: its share of the ensemble, >= 0 (default 1; the parts'
+        weights are normalized to sum 1).
+    """
+
+    model: Any
+    mean: Any = None
+    std: Any = None
+    weight: float = 1.0
 
 
 def save(
@@ -99,7 +163,7 @@ def save(
 
     Args:
       model: a lowtf model (``model(x, training=False)`` gives logits), built
-        or not.
+        or not; a :class:`lowtf.Ensemble` also serves ``disagreement``.
       export_dir: the base directory; made if missing.
       feature_shape: the shape of one raw example, e.g. ``(28,)``.
       mean, std: the normalization the model was trained with, broadcast
@@ -114,28 +178,66 @@ def save(
       ValueError: a bad ``version`` or ``feature_shape``, a version that
         exists, or a zero in ``std``.
     """
+    return save_ensemble(
+        [Part(model, mean, std)],
+        export_dir,
+        feature_shape=feature_shape,
+        version=version,
+    )
+
+
+def save_ensemble(
+    parts, export_dir: str, *, feature_shape, version: int | None = None
+) -> str:
+    """Writes a weighted ensemble of models, each with its own normalization.
+
+    ``serving_default`` standardizes the raw features once per part, with
+    that part's mean and std, and returns the weighted mean of all members'
+    probabilities, its ``class_ids`` and ``disagreement``, the members'
+    weighted variance of each probability. A member's weight is its part's
+    (normalized to sum 1) times its weight within a :class:`lowtf.Ensemble`
+    part. Members may differ in architecture and normalization (a sweep's
+    fold models, :func:`lowtf.sweep.ensemble.export`); members of one
+    architecture and normalization run faster as one Ensemble part.
+
+    Args:
+      parts: :class:`Part` ``(model, mean, std, weight)`` tuples, at least one.
+      export_dir, feature_shape, version: as in :func:`save`.
+
+    Returns:
+      The path of the version written, ``export_dir/<version>``.
+
+    Raises:
+      ValueError: no parts, bad weights, a normalization that does not
+        broadcast to ``feature_shape`` or has a zero ``std``, a bad
+        ``version`` or ``feature_shape``, or a version that exists.
+    """
     feature_shape = tuple(int(d) for d in feature_shape)
     for i, size in enumerate(feature_shape):
         _checks.positive_int(f"feature_shape[{i}]", size)
-    mean = (
-        np.zeros(feature_shape, np.float32)
-        if mean is None
-        else np.asarray(mean, np.float32)
-    )
-    std = (
-        np.ones(feature_shape, np.float32)
-        if std is None
-        else np.asarray(std, np.float32)
-    )
-    if not np.all(std != 0):
+    parts = [Part(*part) for part in parts]
+    if not parts:
+        raise ValueError("`parts` is empty: an export needs at least one model")
+    weights = np.asarray([part.weight for part in parts], np.float64)
+    if not np.all(np.isfinite(weights)) or (weights < 0).any() or weights.sum() <= 0:
         raise ValueError(
-            "`std` has a zero; the loader divides by 1 for a constant feature"
+            f"the parts' weights ({weights.tolist()}) must be finite and >= 0 with a "
+            "positive sum"
         )
+    parts = [
+        part._replace(
+            mean=_statistic(f"{i}", "mean", part.mean, 0.0, feature_shape),
+            std=_statistic(f"{i}", "std", part.std, 1.0, feature_shape),
+            weight=w,
+        )
+        for i, (part, w) in enumerate(zip(parts, weights / weights.sum()))
+    ]
     requested = version
     version = _version(export_dir, version)
-    # Built here, so that the traced function only reads the variables.
-    model(tf.zeros([1, *feature_shape]), training=False)
-    serving = _Serving(model, feature_shape, mean, std)
+    for part in parts:
+        # Built here, so that the traced function only reads the variables.
+        part.model(tf.zeros([1, *feature_shape]), training=False)
+    serving = _Serving(parts, feature_shape)
     tf.io.gfile.makedirs(export_dir)
     _remove_stale_temporaries(export_dir)
     # A name no other export (of this process or another) can have.
@@ -149,6 +251,27 @@ def save(
     except BaseException:
         _files.remove_if_present(temporary)
         raise
+
+
+def _statistic(
+    part: str, name: str, value, default: float, feature_shape
+) -> np.ndarray:
+    """``mean`` or ``std`` as float32 broadcast to ``feature_shape`` (checked)."""
+    if value is None:
+        return np.full(feature_shape, default, np.float32)
+    value = np.asarray(value, np.float32)
+    try:
+        value = np.broadcast_to(value, feature_shape)
+    except ValueError:
+        raise ValueError(
+            f"`{name}` of shape {value.shape} (part {part}) does not broadcast to the "
+            f"feature shape {feature_shape}"
+        ) from None
+    if name == "std" and not np.all(value != 0):
+        raise ValueError(
+            "`std` has a zero; the loader divides by 1 for a constant feature"
+        )
+    return value
 
 
 def _claim(temporary, export_dir, version, requested) -> str:

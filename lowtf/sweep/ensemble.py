@@ -19,12 +19,17 @@ library being the sweep's configurations:
   side by side: accuracy, cross-entropy and calibration error. With folds,
   a chosen configuration's fold models share its weight equally, each fed
   the test rows standardized as its fold's training rows were.
-
-The ensemble is not exported: its members may differ in architecture and,
-with folds, in the standardization of their inputs, while an export is one
-network spec and one normalization (``model.json``); ``--export_dir``
-exports the winner. :func:`load` gives it as an :class:`lowtf.Ensemble`
-per fold, for use in Python.
+  Scoring also keeps what rebuilds the ensemble from the sweep directory
+  alone (:func:`describe`): each member's network spec in ``ensemble.json``
+  and each fold's input statistics in ``ensemble/normalization.npz``.
+* :func:`export` (``bin/export --sweep_dir``) writes the scored ensemble as
+  one SavedModel (:func:`lowtf.export.save_ensemble`): members of several
+  architectures, each fold's models with their fold's standardization,
+  serving the weighted mean ``probabilities``, ``class_ids`` and the
+  members' weighted variance, ``disagreement``, for raw features, as
+  ``bin/train --ensemble`` exports do. ``bin/sweep --export_dir`` exports
+  the winner. :func:`load` gives the ensemble as an :class:`lowtf.Ensemble`
+  per fold, for use in Python.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import tensorflow as tf
 from lowtf import _files
 from lowtf.ensemble import selection
 from lowtf.ensemble.model import Ensemble
+from lowtf.export import saved_model
 from lowtf.export import spec as spec_lib
 from lowtf.job import run as job_lib
 from lowtf.train import early_stopping
@@ -47,6 +53,8 @@ from lowtf.train import early_stopping
 MEMBERS_DIR = os.path.join("ensemble", "members")
 SELECTION_FILE = "ensemble.json"
 PREDICTIONS = "predictions.npz"
+# Per fold, the mean and std that standardize raw features into its models' inputs.
+NORMALIZATION = os.path.join("ensemble", "normalization.npz")
 WEIGHTS = "weights"
 # What the ensemble and the winner are scored on, in results.md's order.
 METRICS = ("cross_entropy", "accuracy", "calibration_error")
@@ -238,32 +246,69 @@ def select(config, rows: list, shared, sweep_dir: str, log) -> dict | None:
 def load(config, record: dict, data, sweep_dir: str) -> list[tuple]:
     """The chosen members as one :class:`lowtf.Ensemble` per fold.
 
+    Also completes ``record`` and the sweep directory with what rebuilds
+    them without the sweep's configuration or data (:func:`describe`).
+
     Returns:
       ``[(ensemble, mean, std)]`` per fold: the fold models of the chosen
-      configurations weighted by their picks, and the statistics their
-      inputs are standardized with (None, None: the data's own, as loaded).
+      configurations weighted by their picks, and the statistics that
+      standardize raw features (``[n, *feature_shape]``, as the data set
+      was before the loader standardized it) into their inputs.
+    """
+    describe(config, record, data, sweep_dir)
+    return _load(record, sweep_dir)
+
+
+def describe(config, record: dict, data, sweep_dir: str) -> None:
+    """Keeps what rebuilds the ensemble from the sweep directory alone.
+
+    Each member of ``record`` gains its network's ``spec``
+    (:meth:`lowtf.models.ModelSpec.as_dict`, as a ``bin/train`` model.json
+    holds it), and ``<sweep_dir>/ensemble/normalization.npz`` gets per fold
+    the ``mean`` and ``std`` of its inputs (``[folds, *feature_shape]``):
+    the fold's own training rows' with ``--folds=k``, the training split's
+    with ``--folds=1``. :func:`score_test` calls it, so an ``ensemble.json``
+    with test scores is one :func:`export` can read.
     """
     from lowtf.sweep.config import Point
 
+    for member in record["members"]:
+        job = config.job_config(Point.of(member["point"]))
+        member["spec"] = job_lib.model_spec(job, data).as_dict()
+    shape = tuple(data.feature_shape)
+    # Every configuration's fold f was standardized alike: the first one's file says how.
+    stored = _read(sweep_dir, record["members"][0]["key"])
+    scales = [_scale(stored, f) for f in range(config.folds)]
+    scales = [(data.mean, data.std) if m is None else (m, s) for m, s in scales]
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        mean=np.stack([np.reshape(m, shape) for m, _ in scales]).astype(np.float32),
+        std=np.stack([np.reshape(s, shape) for _, s in scales]).astype(np.float32),
+    )
+    _files.write_atomically(os.path.join(sweep_dir, NORMALIZATION), buffer.getvalue())
+
+
+def _load(record: dict, sweep_dir: str) -> list[tuple]:
+    """:func:`load` from what :func:`describe` kept: the specs and the normalization."""
+    with tf.io.gfile.GFile(os.path.join(sweep_dir, NORMALIZATION), "rb") as f:
+        stats = np.load(io.BytesIO(f.read()))
+        means, stds = stats["mean"], stats["std"]
     weights = np.array([m["weight"] for m in record["members"]])
-    x_example = _flat(data.train[0][:1])
-    per_fold = [[] for _ in range(config.folds)]
+    per_fold = [[] for _ in means]
     for member in record["members"]:
         key = member["key"]
-        job = config.job_config(Point.of(member["point"]))
         models = []
-        for _ in range(config.folds):
-            model = job_lib.build_model(job, data)
-            model(tf.constant(x_example), training=False)
+        for _ in means:
+            model = spec_lib.rebuild(member["spec"])
+            model(tf.zeros([1, *means.shape[1:]]), training=False)
             models.append(model)
         prefix = os.path.join(member_dir(sweep_dir, key), WEIGHTS)
         _restore(tf.train.Checkpoint(members=models), prefix, f"configuration {key}")
         for f, model in enumerate(models):
             per_fold[f].append(model)
-    # Every configuration's fold f was standardized alike: the first one's file says how.
-    stats = _read(sweep_dir, record["members"][0]["key"])
     return [
-        (Ensemble(models, weights=weights), *_scale(stats, f))
+        (Ensemble(models, weights=weights), means[f], stds[f])
         for f, models in enumerate(per_fold)
     ]
 
@@ -275,10 +320,71 @@ def _scale(stored, f: int) -> tuple:
     return stored["mean"][f], stored["std"][f]
 
 
+def export(sweep_dir: str, export_dir: str, *, version: int | None = None) -> str:
+    """Exports a sweep's chosen ensemble as one SavedModel (``bin/export --sweep_dir``).
+
+    Every chosen configuration's fold models are members, each weighted by
+    its configuration's weight over the number of folds and fed the raw
+    features standardized with its fold's statistics
+    (:func:`lowtf.export.save_ensemble`; one stacked
+    :class:`lowtf.Ensemble` per fold). ``serving_default`` returns the
+    weighted mean ``probabilities``, its ``class_ids`` and the members'
+    weighted variance, ``disagreement``: what :func:`score_test` scored on
+    test, for raw rows. Nothing but ``sweep_dir`` is read: neither the data
+    nor the sweep's flags.
+
+    Args:
+      sweep_dir: a sweep directory whose ``--ensemble=N`` run scored its
+        ensemble on test (its ``ensemble.json`` has test scores).
+      export_dir: the base directory of the versions, TensorFlow Serving's
+        layout (:func:`lowtf.export.save`).
+      version: as in :func:`lowtf.export.save` (default: the next free one).
+
+    Returns:
+      The path written, ``export_dir/<version>``.
+
+    Raises:
+      ValueError: no ensemble in ``sweep_dir`` or one not scored yet (the
+        sweep stopped before its end), weights that do not fit, or a bad
+        ``version``.
+    """
+    path = os.path.join(sweep_dir, SELECTION_FILE)
+    if not tf.io.gfile.exists(path):
+        raise ValueError(
+            f"{path} not found: --sweep_dir must be a bin/sweep directory run with "
+            "--ensemble=N (the winner alone: bin/export --model_dir=<sweep_dir>/winner)"
+        )
+    with tf.io.gfile.GFile(path, "r") as f:
+        try:
+            record = json.loads(f.read())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not JSON ({error}); it was damaged") from None
+    described = tf.io.gfile.exists(os.path.join(sweep_dir, NORMALIZATION))
+    if not (
+        record.get("test") and described and all("spec" in m for m in record["members"])
+    ):
+        raise ValueError(
+            f"the ensemble in {path} was chosen but not scored on test yet (the sweep "
+            "stopped before its end, or ran with an older lowtf): rerun the same "
+            "bin/sweep command (--noretrain skips the winner's retraining), then export"
+        )
+    folds = _load(record, sweep_dir)
+    return saved_model.save_ensemble(
+        [saved_model.Part(ensemble, mean, std) for ensemble, mean, std in folds],
+        export_dir,
+        feature_shape=folds[0][1].shape,
+        version=version,
+    )
+
+
 def score_test(
     config, record: dict, data, sweep_dir: str, winner_dir: str | None
 ) -> dict:
     """The test split, scored once: the ensemble's and the winner's side by side.
+
+    Each fold's ensemble is fed the raw test rows standardized as its fold
+    was (as the export, :func:`export`, does); :func:`describe` keeps what
+    the export needs.
 
     Args:
       winner_dir: the winner's retrained model directory, or None (not
@@ -289,11 +395,11 @@ def score_test(
       ``record["test"]``.
     """
     x_test, y_test = data.test
-    raw = _flat(x_test) * _flat(data.std[None]) + _flat(data.mean[None])
+    raw = np.asarray(x_test, np.float32) * data.std + data.mean
     total = 0.0
     folds = load(config, record, data, sweep_dir)
     for ensemble, mean, std in folds:
-        x = _flat(x_test) if mean is None else ((raw - mean) / std).astype(np.float32)
+        x = ((raw - mean) / std).astype(np.float32)
         total += ensemble.probabilities(tf.constant(x)).numpy() / len(folds)
     test = {"ensemble": scores(total, y_test), "winner": None}
     if winner_dir is not None:
@@ -334,8 +440,3 @@ def _restore(checkpoint, prefix: str, what: str) -> None:
             f"{prefix} does not hold the weights of {what} ({error}); was the sweep "
             "directory changed by hand? Rerun in a new --sweep_dir"
         ) from None
-
-
-def _flat(a) -> np.ndarray:
-    a = np.asarray(a, np.float32)
-    return a.reshape(len(a), -1)
