@@ -324,8 +324,9 @@ SETTINGS = (
             "it names the winner's directory"),
     Setting("export_dir", "string", None,
             "At the end, export the best snapshot as a SavedModel version DIR/<n>/ (as "
-            "bin/export); bin/sweep: the winner's. Default: no export.", FIXED,
-            "it exports the winner"),
+            "bin/export); bin/sweep: the winner's (its --ensemble: bin/export --sweep_dir). "
+            "Default: no export.", FIXED,
+            "it exports the winner; bin/export --sweep_dir exports the sweep's ensemble"),
     # -- transfer learning
     Setting("init_from", "string", None,
             "Start from this run's best snapshot (a model directory, or its best/ folder): "
@@ -344,10 +345,11 @@ SETTINGS = (
             "Train this many seeds (--seed, --seed+1, ...) as one population and average "
             "their probabilities (a deep ensemble; reported per member and together, "
             "exported as one model). 0 or 1: one model. bin/sweep: the most picks of an "
-            "ensemble chosen from the sweep's trained configurations beside the winner.",
+            "ensemble chosen from the sweep's trained configurations beside the winner "
+            "(exported by bin/export --sweep_dir).",
             FIXED, "it is the sweep's ensemble, not a configuration's: at most N picks, "
             "with replacement, on validation (with --folds, out-of-fold) predictions only, "
-            "scored on test beside the winner; not exported", lower=0),
+            "scored on test beside the winner; bin/export --sweep_dir exports it", lower=0),
 )  # fmt: skip
 BY_NAME = {s.name: s for s in SETTINGS}
 
