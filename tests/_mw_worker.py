@@ -5,11 +5,15 @@ Run by tests/test_distribute.py, twice, with TF_CONFIG naming this worker:
     python tests/_mw_worker.py OUT_DIR
 
 In one strategy (a process may make only one), it runs ``fit`` three
-times to step 80: ``resumed``, stopped at step 40 by a SIGTERM that only
-worker 1 gets; ``resumed`` again, which must pick up from the chief's
-step-40 checkpoint; and ``straight``, in one go. After each run it saves the model's weights to
-``OUT_DIR/<task index>-<run>-<session>.npz`` and prints one ``RESULT`` JSON
-line with what ``fit`` returned.
+times to step 80 on the rows in memory: ``resumed``, stopped at step 40 by
+a SIGTERM that only worker 1 gets; ``resumed`` again, which must pick up
+from the chief's step-40 checkpoint; and ``straight``, in one go. Then
+three times to step 40 on the TFRecord shards the test wrote to
+``OUT_DIR/shards`` (4 files of the same rows), each worker reading its own
+two (:func:`lowtf.data.tfrecord_stream` per worker): ``shards`` stopped at
+step 20 the same way and resumed, and ``shards_straight``. After each run
+it saves the model's weights to ``OUT_DIR/<task index>-<run>-<session>.npz``
+and prints one ``RESULT`` JSON line with what ``fit`` returned.
 """
 
 import functools
@@ -34,11 +38,22 @@ def data():
     return _fixtures.noisy_split(64, 96, 8, seed=0, weights=(1.0,), noise=0.6)
 
 
-def _sigterm_at_step_40(lines, line):
-    """Worker 1 alone gets SIGTERM after its step-40 evaluation."""
+def _sigterm_at(step, lines, line):
+    """Worker 1 alone gets SIGTERM after its evaluation at ``step``."""
     lines.append(line)
-    if line.startswith("step 40/"):
+    if line.startswith(f"step {step}/"):
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+# (run, session, max_steps, the step worker 1 gets SIGTERM at, or None)
+RUNS = [
+    ("resumed", 0, 80, 40),
+    ("resumed", 1, 80, None),
+    ("straight", 0, 80, None),
+    ("shards", 0, 40, 20),
+    ("shards", 1, 40, None),
+    ("shards_straight", 0, 40, None),
+]
 
 
 def main(out_dir):
@@ -51,25 +66,35 @@ def main(out_dir):
         "describe": distribute.describe(strategy),
         "chief": distribute.is_chief(strategy),
     }
-    for run, session in [("resumed", 0), ("resumed", 1), ("straight", 0)]:
+    for run, session, max_steps, stop_at in RUNS:
         lines = []
         log = lines.append
-        if run == "resumed" and session == 0 and index == 1:
-            log = functools.partial(_sigterm_at_step_40, lines)
+        if stop_at is not None and index == 1:
+            log = functools.partial(_sigterm_at, stop_at, lines)
         with strategy.scope():
             model = lowtf.mlp(
                 (32,), l2=1e-4, maxnorm=2.0, dropout=0.1, batchnorm=True, seed=1
             )
             optimizer = tf.keras.optimizers.Adam(0.002)
+            stream = None
+            if run.startswith("shards"):
+                # Global batch 16: each worker's one replica reads 8 of its files'.
+                stream = lowtf.data.tfrecord_stream(
+                    os.path.join(out_dir, "shards", "train-*"),
+                    batch_size=16,
+                    feature_shape=(8,),
+                    shuffle_buffer=32,
+                    seed=0,
+                )
             result = lowtf.fit(
                 model,
                 optimizer,
-                train=train,
+                train=stream or train,
                 validation=validation,
                 model_dir=os.path.join(out_dir, "model_" + run),
                 config=lowtf.TrainConfig(
                     batch_size=16,
-                    max_steps=80,
+                    max_steps=max_steps,
                     eval_every=10,
                     steps_per_call=10,
                     patience=1000,
@@ -89,6 +114,12 @@ def main(out_dir):
             "stop_reason": result.stop_reason,
             "log": lines,
         }
+        if stream is not None:
+            results[f"{run}-{session}"]["data"] = {
+                "identity": stream.identity,
+                "per_worker": stream.per_worker,
+                "batches_read": int(stream.position.numpy()),
+            }
     print("RESULT " + json.dumps(results), flush=True)
 
 

@@ -272,8 +272,12 @@ def _run_workers(out, timeout=400):
 
 @pytest.fixture(scope="module")
 def multi_worker(tmp_path_factory):
+    (x, y), _ = _mw_worker().data()
     for attempt in range(2):
         out = tmp_path_factory.mktemp("multi_worker")
+        # 4 shards of the training rows, 2 per worker, for the workers' runs
+        # on shards.
+        lowtf.data.write_tfrecords(x, y, str(out / "shards"), "train", shards=4)
         codes, outputs = _run_workers(out)
         # Another process may take a free port before a worker binds it.
         if attempt == 0 and any("ddress already in use" in o for o in outputs):
@@ -350,13 +354,18 @@ def test_only_the_chief_writes_and_the_best_snapshot_restores(multi_worker):
     assert abs(evaluation["cross_entropy"] - result["best_value"]) < 1e-5
 
 
-def _validation():
+def _mw_worker():
+    """tests/_mw_worker.py as a module (its data, without running it)."""
     sys.path.insert(0, HERE)
     try:
         import _mw_worker
     finally:
         sys.path.remove(HERE)
-    return _mw_worker.data()[1]
+    return _mw_worker
+
+
+def _validation():
+    return _mw_worker().data()[1]
 
 
 @pytest.mark.e2e
@@ -384,6 +393,40 @@ def test_a_multi_worker_run_stops_together_and_resumes_from_the_latest_checkpoin
             _weights(out, index, "resumed-1"), _weights(out, index, "straight-0")
         ):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.e2e
+def test_each_worker_trains_on_its_own_shards_and_resumes_at_its_batch(multi_worker):
+    out, results = multi_worker
+    for result in results:
+        data = result["shards_straight-0"]["data"]
+        assert data["per_worker"] and data["batches_read"] == 40
+        assert "each of 2 workers reads its own files" in data["identity"]
+        first, second = result["shards-0"], result["shards-1"]
+        assert first["stop_reason"] == "interrupted" and first["last_step"] == 20
+        assert first["data"]["batches_read"] == 20
+        assert second["log"][0].endswith("ckpt-20 at step 20")
+        assert second["data"]["batches_read"] == 40  # 20 skipped, 20 read
+        straight = result["shards_straight-0"]
+        assert second["best_step"] == straight["best_step"]
+        assert second["best_value"] == straight["best_value"]
+    chief, other = results
+    for run in ("shards-0", "shards-1", "shards_straight-0"):
+        # Different batches on each worker, the same all-reduced steps.
+        assert _untimed(chief[run]["log"]) == _untimed(other[run]["log"])
+        for a, b in zip(_weights(out, 0, run), _weights(out, 1, run)):
+            np.testing.assert_array_equal(a, b)
+    # Stopped at 20 and resumed (each worker skipping its 20 batches) ends
+    # as the straight run does, bit for bit.
+    for index in (0, 1):
+        for a, b in zip(
+            _weights(out, index, "shards-1"), _weights(out, index, "shards_straight-0")
+        ):
+            np.testing.assert_array_equal(a, b)
+    # Trained on other batches than the rows in memory: other weights.
+    assert not np.array_equal(
+        _weights(out, 0, "shards_straight-0")[0], _weights(out, 0, "straight-0")[0]
+    )
 
 
 # -- bin/train when a worker dies: one line, status 3, checkpoints intact ------
