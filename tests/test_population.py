@@ -259,18 +259,6 @@ def test_a_stopped_member_no_longer_changes():
 
 
 @pytest.mark.e2e
-def test_resume_equals_uninterrupted(tmp_path, fitted):
-    straight, _, straight_dir = fitted
-    _fit(tmp_path / "a", max_steps=100)
-    resumed, _ = _fit(tmp_path / "a")  # a fresh object, as a new process would
-    assert int(resumed.step.numpy()) == int(straight.step.numpy()) > 100
-    assert len(resumed.variables) == len(straight.variables) > 20
-    for a, b in zip(resumed.variables, straight.variables):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    _assert_same_history(tmp_path / "a", straight_dir)
-
-
-@pytest.mark.e2e
 def test_member_holds_the_best_weights_bit_for_bit(fitted):
     pop, _, model_dir = fitted
     for k in range(3):

@@ -2,8 +2,10 @@
 
 :class:`Population` holds K members with stacked weights and trains them
 together (the embeddable API: ``run``, ``evaluate``, ``member``);
-:func:`fit_population` is its reference loop with checkpoints, best
-snapshots and resume, as :func:`lowtf.fit` is for one model; :func:`k_fold`
+:func:`lowtf.fit` trains it with the controller that trains one model
+(:class:`~lowtf.population.fit.PopulationTrainer` is its trainer;
+:func:`fit_population` is that call with the cadence as arguments), with
+checkpoints, best snapshots and resume; :func:`k_fold`
 makes stratified cross-validation folds as members' row indices.
 """
 

@@ -1,28 +1,28 @@
-"""The loop of a population: cadence, checkpoints, best snapshots, resume.
+"""A population as the controller's trainer: K members, one loop with one model's.
 
-:func:`fit_population` is to a :class:`~lowtf.population.Population` what
-:func:`lowtf.fit` is to one model (``lowtf.fit(population, ...)`` calls it).
-It writes into ``model_dir``:
+:class:`PopulationTrainer` is to a :class:`~lowtf.population.Population`
+what :class:`lowtf.train.trainer.StepTrainer` is to one model: what
+:class:`lowtf.train.controller.Controller`, the loop :func:`lowtf.fit`
+runs, drives. ``lowtf.fit(population, ...)`` (or :func:`fit_population`,
+its spelling with the cadence as arguments) writes into ``model_dir``
+what a single run writes, per member:
 
-* ``lock`` while it runs (:class:`lowtf.train.rundir.RunLock`): a second run
-  on the directory is refused, naming the holder.
-* ``run.json``: what defines the run (each member's model, seed and rows,
-  the data's content hash, the optimizer, see :meth:`Population.describe`)
-  and the settings it ran with. A resume whose members differ is refused,
-  each difference named with both values, before anything is written.
+* ``lock`` while it runs, and ``run.json``: what defines the run (each
+  member's model, seed and rows, the data's content hash, the optimizer,
+  see :meth:`Population.describe`) and the settings it ran with. A resume
+  whose members differ is refused, each difference named with both
+  values, before anything is written.
 * ``ckpt/``: the "latest" checkpoints (a ``tf.train.CheckpointManager``)
   of all the population's state: stacked weights, optimizer slots and step,
   every member's best weights, early-stopping and divergence state, data
   position and running training means. Calling it again on the same
   ``model_dir`` resumes from there and ends exactly as an uninterrupted run.
-* ``best/``: the members' best weights as one snapshot, written under a
-  fresh prefix each time a member improves; the pointer ``best.json`` moves
-  to it only once it is complete (a temporary file renamed over it), so a
-  crash leaves a readable snapshot. Read it with
-  :func:`read_best_weights`.
+* ``best/``: the members' best weights as one snapshot, written by
+  :func:`lowtf.train.early_stopping.write_snapshot` as one model's is
+  (a fresh prefix each time a member improves, ``best.json`` moved to it
+  only once it is complete). Read it with :func:`read_best_weights`.
 * ``history.csv``: one row per member per evaluation: ``member`` and the
-  columns of :class:`lowtf.train.metrics.Evaluation`
-  (:class:`lowtf.train.summaries.History`).
+  columns of :class:`lowtf.train.metrics.Evaluation`.
 * ``tensorboard/``: the same scalars as a single run's, tagged per member
   (``member_3/cross_entropy`` under ``train`` and ``validation``).
 * ``subsets.json``: the subsets a compacted run trained, each with the step
@@ -30,9 +30,9 @@ It writes into ``model_dir``:
   uninterrupted run trained at that step (the members a batched product
   holds can change its rounding).
 
-A model directory holds one kind of run: a single model's directory
-(``lowtf.fit``, ``bin/train``) is refused here, and a population's by
-``lowtf.fit`` of one model, with every file left as it was.
+A member whose training loss, validation cross-entropy or weights go NaN or
+Inf stops there, marked ``population.diverged``, back to its best weights
+(nothing non-finite is ever saved); the others go on.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import time
 
 import numpy as np
@@ -49,17 +48,13 @@ import tensorflow as tf
 
 from lowtf import _checks, _files
 from lowtf.population.population import Population
-from lowtf.train import rundir, summaries
-
-# The single loop's cadence and reading of the optimizer's rate, so both
-# loops cut their calls and record their rates alike.
-from lowtf.train.controller import _clock, _learning_rate, _next_multiple
-from lowtf.train.fit import StopSignals, run_kind
+from lowtf.train import early_stopping, rundir, summaries
+from lowtf.train.controller import Controller, Evaluated, check_model_dir, learning_rate
+from lowtf.train.fit import TrainConfig
 from lowtf.train.metrics import COLUMNS, Evaluation, format_number
 
-POINTER = "best.json"
+POINTER = early_stopping.POINTER
 SUBSETS = "subsets.json"
-_SNAPSHOT = re.compile(r"^best-(\d+)-(\d+)([._].*)?$")
 # How a member's training can end (MemberResult.stop_reason).
 STOP_REASONS = ("patience", "max_steps", "diverged", "interrupted")
 
@@ -90,7 +85,7 @@ class MemberResult:
 
 @dataclasses.dataclass
 class PopulationResult:
-    """What :func:`fit_population` reports.
+    """What fitting a population reports.
 
     Attributes:
       members: one :class:`MemberResult` per member.
@@ -124,63 +119,92 @@ def fit_population(
     log=print,
     run_settings: dict | None = None,
 ) -> PopulationResult:
-    """Trains every member with step-based early stopping; resumes from ``model_dir``.
-
-    The population stops when every member has stopped (its patience ran
-    out, or it diverged) or at ``max_steps``; each member then holds its
-    best weights in ``population.member(k)``.
-
-    A member whose training loss, validation cross-entropy or weights go
-    NaN or Inf stops there, marked ``population.diverged``; its weights go
-    back to its best ones (nothing non-finite is ever saved) and the others
-    go on. A SIGTERM or first SIGINT (Ctrl-C) ends the call at the next
-    call boundary, after saving the latest checkpoint; a KeyboardInterrupt
-    raised while training (a second Ctrl-C) ends it without saving (the
-    state may be mid-update). Either way the members still training report
-    ``"interrupted"``, and calling again resumes.
+    """``lowtf.fit(population, ...)`` with the cadence as arguments.
 
     Args:
-      population: a :class:`Population` (its members' hyper-parameters,
-        rows and early-stopping settings).
-      model_dir: where checkpoints, best snapshots, history.csv,
-        TensorBoard events, run.json and subsets.json go; an existing one
-        of the same population is resumed.
-      max_steps: stop at this step at the latest (default 10000).
-      eval_every: evaluate every member every this many steps (default 100).
-      steps_per_call: steps per compiled call at most (default 100); calls
-        are cut to land on evaluation and checkpoint steps.
-      checkpoint_every: save the latest checkpoint every this many steps
-        (default 1000), and when training ends.
-      keep_checkpoints: how many latest checkpoints to keep (default 3).
+      population: a :class:`Population`.
+      model_dir, log, run_settings: as :func:`lowtf.fit`'s.
+      max_steps, eval_every, steps_per_call, checkpoint_every,
+        keep_checkpoints: as :class:`lowtf.TrainConfig`'s (defaults 10000,
+        100, 100, 1000, 3).
       start_from_step: no member stops at a step below this; None (default)
-        keeps ``population.start_from_step`` (0 unless set).
+        keeps ``population.start_from_step``.
       baseline: a value (or K values) an improvement must beat to restart a
-        member's patience, as :class:`lowtf.EarlyStopping`'s; None (default)
-        keeps ``population.baseline`` (none unless set).
-      compact: once at most half the members still train (populations of
-        4 or more), train a
-        :meth:`Population.subset` of those instead (default True): stopped
-        members are no longer computed, each member's steps are unchanged
-        (to float rounding: XLA may round a product of another member count
-        differently; the subsets, and so the numbers, are the same on every
-        rerun, and a resumed run takes up its subset from subsets.json;
-        resuming with another ``compact`` setting, or a model_dir written
-        before subsets.json existed, may group members otherwise).
-        The subset is rebuilt (and compiled) each time the members still
-        training fall to half of it; evaluations, checkpoints and best
-        snapshots stay the whole population's.
-      log: called with one progress line per evaluation (default ``print``).
-      run_settings: further settings that define the run (JSON-able),
-        recorded in run.json beside the population's and compared on
-        resume (default None).
-
-    What may change on a resume is applied, logged and recorded: the
-    arguments above but ``model_dir`` and ``run_settings``, the members'
-    patience, min_delta and learning rates, and the optimizer's learning
-    rate (the one given replaces the saved one).
+        member's patience; None (default) keeps ``population.baseline``.
+      compact: see :func:`fit_members` (default True).
 
     Returns:
       A :class:`PopulationResult`.
+    """
+    if not isinstance(population, Population):
+        raise ValueError(f"`population` ({population!r}) must be a lowtf Population")
+    if start_from_step is not None:
+        population.start_from_step = start_from_step  # checked by the setter
+    if baseline is not None:
+        population.baseline = baseline
+    config = TrainConfig(
+        max_steps=max_steps,
+        eval_every=eval_every,
+        steps_per_call=steps_per_call,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        start_from_step=population.start_from_step,
+    )
+    return fit_members(
+        population,
+        model_dir=model_dir,
+        config=config,
+        compact=compact,
+        log=log,
+        run_settings=run_settings,
+    )
+
+
+def fit_members(
+    population: Population,
+    *,
+    model_dir: str,
+    config: TrainConfig,
+    compact: bool = True,
+    log=print,
+    run_settings: dict | None = None,
+) -> PopulationResult:
+    """Trains every member with step-based early stopping; resumes from ``model_dir``.
+
+    What :func:`lowtf.fit` runs for a population (it checks its arguments
+    first). The population stops when every member has stopped (its
+    patience ran out, or it diverged) or at ``max_steps``; each member then
+    holds its best weights in ``population.member(k)``. A SIGTERM or first
+    SIGINT ends the call at the next call boundary, after saving; a
+    KeyboardInterrupt raised while training ends it without saving. Either
+    way the members still training report ``"interrupted"``, and calling
+    again resumes.
+
+    Args:
+      population: a :class:`Population`.
+      model_dir: its directory; an existing one of the same population is
+        resumed.
+      config: the cadence (``max_steps``, ``eval_every``,
+        ``steps_per_call``, ``checkpoint_every``, ``keep_checkpoints``), and
+        ``start_from_step`` and ``baseline`` (None keeps the population's),
+        which are set on the population.
+      compact: once at most half the members still train (populations of
+        4 or more), train a :meth:`Population.subset` of those instead
+        (default True): stopped members are no longer computed, each
+        member's steps are unchanged (to float rounding: XLA may round a
+        product of another member count differently; the subsets, and so
+        the numbers, are the same on every rerun, and a resumed run takes
+        up its subset from subsets.json). The subset is rebuilt (and
+        compiled) each time the members still training fall to half of it;
+        evaluations, checkpoints and best snapshots stay the whole
+        population's.
+      log: called with each line (default ``print``).
+      run_settings: further settings that define the run (JSON-able),
+        recorded in run.json beside the population's and compared on resume.
+
+    What may change on a resume is applied, logged and recorded: the
+    cadence, the members' patience, min_delta and learning rates, and the
+    optimizer's learning rate (the one given replaces the saved one).
 
     Raises:
       ValueError: bad arguments; a ``model_dir`` in use by another run, of
@@ -189,50 +213,31 @@ def fit_population(
         in ``model_dir`` is changed then.
     """
     started = time.monotonic()
-    if not isinstance(population, Population):
-        raise ValueError(f"`population` ({population!r}) must be a lowtf Population")
-    cadence = {
-        "max_steps": max_steps,
-        "eval_every": eval_every,
-        "steps_per_call": steps_per_call,
-        "checkpoint_every": checkpoint_every,
-        "keep_checkpoints": keep_checkpoints,
-    }
-    for name, value in cadence.items():
-        _checks.positive_int(name, value)
     _checks.boolean("compact", compact)
-    if not callable(log):
-        raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")
-    if start_from_step is not None:
-        population.start_from_step = start_from_step  # checked by the setter
-    if baseline is not None:
-        population.baseline = baseline
+    population.start_from_step = config.start_from_step
+    if config.baseline is not None:
+        population.baseline = config.baseline
     model_dir = os.fspath(model_dir)
-    rundir.check_path(model_dir)
-    if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
-        raise ValueError(f"`model_dir` ({model_dir!r}) is a file; pick a directory")
-    existed = tf.io.gfile.exists(model_dir)
-    lock = rundir.RunLock(model_dir, log)
-    lock.acquire()
-    try:
-        run = _Run(
-            population, model_dir, dict(cadence, compact=compact), log, run_settings
-        )
-        try:
-            run.start()
-            with StopSignals() as signals:
-                interrupted = run.loop(signals)
-        finally:
-            run.close()
-    finally:
-        lock.release()
-        if (
-            not existed
-            and tf.io.gfile.isdir(model_dir)
-            and not tf.io.gfile.listdir(model_dir)
-        ):
-            tf.io.gfile.rmtree(model_dir)  # made only for the lock of a failed start
-    return run.result(interrupted, time.monotonic() - started)
+    check_model_dir(model_dir)
+    trainer = PopulationTrainer(
+        population,
+        model_dir,
+        keep=config.keep_checkpoints,
+        compact=compact,
+        log=log,
+        run_settings=run_settings,
+    )
+    controller = Controller(
+        trainer=trainer,
+        model_dir=model_dir,
+        max_steps=config.max_steps,
+        eval_every=config.eval_every,
+        steps_per_call=config.steps_per_call,
+        checkpoint_every=config.checkpoint_every,
+        log=log,
+    )
+    controller.fit()
+    return trainer.result(controller, time.monotonic() - started)
 
 
 def read_best_weights(best_dir: str) -> dict | None:
@@ -251,70 +256,77 @@ def read_best_weights(best_dir: str) -> dict | None:
     return pointer
 
 
-class _Run:
-    """One call of :func:`fit_population`: checks and restores, then writes and trains.
+class PopulationTrainer:
+    """A :class:`Population` (and its compaction) as the controller's trainer.
 
-    ``__init__`` writes nothing: every refusal leaves ``model_dir`` as it was.
+    ``__init__`` writes nothing.
     """
 
-    def __init__(self, population, model_dir, settings, log, run_settings):
-        self.pop, self.model_dir, self.settings, self.log = (
-            population,
-            model_dir,
-            settings,
-            log,
-        )
-        if run_kind(model_dir) == "single":
-            raise ValueError(
-                f"`model_dir` ({model_dir!r}) holds the run of a single model "
-                "(lowtf.fit or bin/train), not of a population; pick another "
-                "model_dir (nothing was changed)"
-            )
+    kind, noun, members, columns = (
+        "population",
+        "population",
+        "members",
+        summaries.MEMBER_COLUMNS,
+    )
+    note = None
+
+    def __init__(self, population, model_dir, *, keep, compact, log, run_settings):
+        self.pop, self.model_dir, self.log = population, model_dir, log
+        self.compact, self.keep = compact, keep
+        self.optimizer = population.optimizer
+        self.strategy = tf.distribute.get_strategy()
         self.identity = _json(
             {"kind": "population", **population.describe(), **(run_settings or {})}
-        )
-        self.record = rundir.read_record(model_dir)  # refuses a damaged one
-        self.history = summaries.History(
-            os.path.join(model_dir, "history.csv"), members=True
         )
         self.manager = tf.train.CheckpointManager(
             population.checkpoint,
             os.path.join(model_dir, "ckpt"),
-            max_to_keep=settings["keep_checkpoints"],
+            max_to_keep=keep,
             checkpoint_name="ckpt",
         )
-        self.resumed = self.manager.latest_checkpoint
-        self.changes = []
-        self.board = None  # made by start(), closed by close()
-        if self.resumed:
-            self._check_same_run()
-            requested = _learning_rate(population.optimizer)
-            self._restore(self.resumed)
-            self._apply_changes(requested)
-        elif rundir.traces(model_dir):
-            raise ValueError(
-                f"`model_dir` ({model_dir!r}) holds "
-                f"{', '.join(rundir.traces(model_dir))} of an earlier run but no "
-                "checkpoint to resume from: restore ckpt/ from a copy, pick another "
-                "model_dir, or delete these to train it from step 0 (nothing was "
-                "changed)"
-            )
+        self.runner = None  # made by start()
+        self.reasons = None  # each member's, set by finish()
 
-    def _check_same_run(self) -> None:
-        """Refuses to resume another population's directory, member by member."""
-        if self.record is not None:
-            differ = _differences(self.record["identity"], self.identity)
-            if differ:
+    @property
+    def step(self) -> int:
+        return int(self.pop.step.numpy())
+
+    @property
+    def done(self) -> bool:
+        return self.pop.done
+
+    @property
+    def saved_step(self) -> int | None:
+        return _saved_step(self.manager)
+
+    def settings(self) -> dict:
+        pop = self.pop
+        baseline = pop.baseline
+        return _json(
+            {
+                "keep_checkpoints": self.keep,
+                "compact": self.compact,
+                "start_from_step": pop.start_from_step,
+                "baseline": None if baseline is None else baseline.tolist(),
+                "patience": np.asarray(pop.patience).tolist(),
+                "min_delta": np.asarray(pop.min_delta).tolist(),
+                "learning_rate": learning_rate(pop.optimizer),
+                "learning_rates": pop.learning_rate,  # per member, or None
+            }
+        )
+
+    def restore_latest(self) -> str | None:
+        latest = self.manager.latest_checkpoint
+        if latest is None:
+            if rundir.traces(self.model_dir):
                 raise ValueError(
-                    f"`model_dir` ({self.model_dir!r}) belongs to another population, "
-                    f"which this one would silently mix with: {'; '.join(differ)}. "
-                    "Resume with the recorded members, or pick another model_dir "
+                    f"`model_dir` ({self.model_dir!r}) holds "
+                    f"{', '.join(rundir.traces(self.model_dir))} of an earlier run but "
+                    "no checkpoint to resume from: restore ckpt/ from a copy, pick "
+                    "another model_dir, or delete these to train it from step 0 "
                     "(nothing was changed)"
                 )
-        if tf.io.gfile.exists(self.history.path):
-            summaries.check_history(self.history.path, summaries.MEMBER_COLUMNS)
-
-    def _restore(self, latest: str) -> None:
+            return None
         try:
             # Every object of the population matched; what the checkpoint holds
             # besides (the manager's save counter) is not a warning's worth.
@@ -327,120 +339,27 @@ class _Run:
                 f"({type(e).__name__}); resume with the same arguments or use a new "
                 "model_dir"
             ) from None
+        return latest
 
-    def _apply_changes(self, requested_rate) -> None:
-        """The caller's learning rate over the restored one; what changed, logged."""
-        optimizer = self.pop.optimizer
-        recorded = (self.record or {}).get("settings", {})
-        restored = _learning_rate(optimizer)
-        schedule = isinstance(optimizer.get_config().get("learning_rate"), dict)
-        if not schedule and requested_rate is not None and restored != requested_rate:
-            optimizer.learning_rate = requested_rate  # Keras assigns its variable
-            recorded = {**recorded, "learning_rate": restored}
-        self.changes = [
-            f"{name} {recorded[name]!r} -> {value!r}"
-            for name, value in self._mutable_settings().items()
-            if name in recorded and recorded[name] != value
-        ]
-
-    def _mutable_settings(self) -> dict:
-        """The settings a resume may change; applied, logged and recorded."""
-        pop = self.pop
-        baseline = pop.baseline
-        return _json(
-            {
-                **self.settings,
-                "start_from_step": pop.start_from_step,
-                "baseline": None if baseline is None else baseline.tolist(),
-                "patience": np.asarray(pop.patience).tolist(),
-                "min_delta": np.asarray(pop.min_delta).tolist(),
-                "learning_rate": _learning_rate(pop.optimizer),
-                "learning_rates": pop.learning_rate,  # per member, or None
-            }
-        )
-
-    # -- writing ------------------------------------------------------------
-
-    def start(self) -> None:
-        """Writes run.json, history and writers; then step 0's evaluation or resumes."""
-        tf.io.gfile.makedirs(self.model_dir)
-        record = dict(self.record or {})
-        record["identity"] = self.identity
-        record["settings"] = self._mutable_settings()
-        if self.resumed:
-            record.setdefault("resumes", []).append(
-                {"step": self.step, "changed": self.changes}
-            )
-        rundir.write_record(self.model_dir, record)
-        self.history.start(keep_upto=self.step if self.resumed else None)
-        self.board = summaries.Summaries(os.path.join(self.model_dir, "tensorboard"))
+    def start(self, resumed: bool) -> None:
         self.runner = _Runner(
             self.pop,
-            self.settings["compact"],
+            self.compact,
             self.log,
             os.path.join(self.model_dir, SUBSETS),
-            bool(self.resumed),
+            resumed,
         )
-        self._tick = (time.monotonic(), self.step)
-        if self.resumed:
-            self.log(f"resuming from {self.resumed} at step {self.step}")
-            for change in self.changes:
-                self.log(f"changed on resume: {change}")
-        else:
-            self._evaluate()
-            self._save()
 
-    @property
-    def step(self) -> int:
-        return int(self.pop.step.numpy())
+    def boundaries(self, step: int) -> list[int]:
+        return []
 
-    def loop(self, signals) -> str | None:
-        """Trains until every member stopped or max_steps; returns a stop request.
+    def run(self, num_steps: int) -> None:
+        """Trains; stops the members a call broke (NaN/Inf loss or weights), a line each.
 
-        Returns:
-          None, or what ended the loop early: the signal's name, or
-          ``"KeyboardInterrupt"``.
-
-        Args:
-          signals: its ``requested`` is None, or the name of a stop request
-            (e.g. ``"SIGTERM"``) that ends the loop at the next call boundary.
+        None: the others go on, so nothing breaks the whole run.
         """
-        pop, settings = self.pop, self.settings
-        max_steps = settings["max_steps"]
-        try:
-            while not pop.done and self.step < max_steps:
-                if signals.requested:
-                    self.log(
-                        f"{signals.requested} received at step {self.step}: stopping"
-                    )
-                    self._save()
-                    return signals.requested
-                step = self.step
-                boundary = min(
-                    _next_multiple(step, settings["eval_every"]),
-                    _next_multiple(step, settings["checkpoint_every"]),
-                    max_steps,
-                )
-                means = self.runner.run(
-                    min(settings["steps_per_call"], boundary - step)
-                )
-                self._stop_non_finite(means, step)
-                step = self.step
-                if step % settings["eval_every"] == 0 or step == max_steps:
-                    self._evaluate()
-                if step % settings["checkpoint_every"] == 0:
-                    self._save()
-        except KeyboardInterrupt:
-            # Raised outside our SIGINT handler (a second Ctrl-C): the state may
-            # be mid-update, so the last checkpoint is kept as it is.
-            self.log(f"KeyboardInterrupt at step {self.step}: stopping")
-            return "KeyboardInterrupt"
-        self._save()
-        return None
-
-    def _stop_non_finite(self, means: dict, first: int) -> None:
-        """Stops the members a call broke (NaN/Inf loss or weights); a line each."""
-        broken = self.pop.stop_non_finite(means)
+        first = self.step
+        broken = self.pop.stop_non_finite(self.runner.run(num_steps))
         best_step = self.pop.best_step
         for k in np.flatnonzero(broken):
             self.log(
@@ -449,95 +368,110 @@ class _Run:
                 f"{best_step[k]}); the others go on"
             )
 
-    def _evaluate(self) -> None:
+    def evaluate(self) -> Evaluated:
         pop = self.pop
         # A stopped member's history ends at its last evaluation, as a single fit's.
         training = ~pop.stopped
         before = pop.diverged
         record = pop.evaluate()
         rows = [row for row in _rows(record, pop.size) if training[row["member"]]]
-        self.history.extend(rows)
-        self.board.write_members(
-            {row["member"]: Evaluation.from_dict(row) for row in rows}
-        )
         if record["improved"].any():
-            _save_best(pop, os.path.join(self.model_dir, "best"))
+            self._save_best(record["step"])
         for k in np.flatnonzero(record["diverged"] & ~before):
             self.log(
                 f"member {k}: non-finite validation loss or weights at step "
                 f"{record['step']}: stopped as diverged, back to its best weights"
             )
-        self.log(self._progress(record))
+        best = pop.best_value
+        leader = int(np.argmin(best) if pop.mode == "min" else np.argmax(best))
+        still = pop.size - int(record["stopped"].sum())
+        return Evaluated(
+            record["step"],
+            rows=rows,
+            board={row["member"]: Evaluation.from_dict(row) for row in rows},
+            progress=(
+                f"{still}/{pop.size} members training  best {pop.monitor} "
+                f"{format_number(float(best[leader]))} (member {leader} @ "
+                f"{int(pop.best_step[leader])})"
+            ),
+        )
 
-    def _save(self) -> None:
+    def _save_best(self, step: int) -> None:
+        """Writes the stacked best weights as one snapshot; older ones go."""
+        pop, best_dir = self.pop, os.path.join(self.model_dir, "best")
+        number = early_stopping.write_snapshot(
+            best_dir,
+            tf.train.Checkpoint(best=pop.state.best),
+            step,
+            {
+                "step": step,
+                "best_step": pop.best_step.tolist(),
+                "best_value": pop.best_value.tolist(),
+                "monitor": pop.monitor,
+            },
+        )
+        # The best weights also live in the latest checkpoint: a resume never
+        # needs an older snapshot, so they go as soon as the pointer moved.
+        early_stopping.prune_snapshots(best_dir, f"best-{step}-{number}")
+
+    def patience_end(self) -> int | None:
+        pop = self.pop
+        training = ~pop.stopped
+        if not training.any() or (pop.best_step[training] < 0).any():
+            return None
+        ends = pop.state.patience_from.numpy() + np.asarray(pop.patience)
+        return int(max(ends[training].max(), pop.start_from_step))
+
+    def save(self) -> bool:
         """Saves the latest checkpoint, unless it is on disk already."""
         step = self.step
-        if _saved_step(self.manager) != step:
+        if self.saved_step != step:
             # Finite by construction: a broken member was reset by stop_non_finite.
             _files.write_checkpoint(
                 lambda: self.manager.save(checkpoint_number=step),
                 os.path.join(self.manager.directory, f"ckpt-{step}"),
             )
+        return True
 
-    def _progress(self, record: dict) -> str:
-        pop, max_steps = self.pop, self.settings["max_steps"]
-        now, step = time.monotonic(), record["step"]
-        then, start = self._tick
-        self._tick = (now, step)
-        rate = (step - start) / (now - then) if now > then and step > start else None
-        best = pop.best_value
-        leader = int(np.argmin(best) if pop.mode == "min" else np.argmax(best))
-        training = pop.size - int(record["stopped"].sum())
-        return (
-            f"step {step}/{max_steps}  {training}/{pop.size} members training  "
-            f"best {pop.monitor} {format_number(float(best[leader]))} (member "
-            f"{leader} @ {int(pop.best_step[leader])})  "
-            + (
-                f"{rate:,.0f} steps/s  ETA {_clock((max_steps - step) / rate)}"
-                if rate
-                else "- steps/s  ETA ?"
-            )
+    def finish(self, reason: str) -> None:
+        """Logs how many members ended which way (the population's weights stay)."""
+        pop = self.pop
+        unfinished = "interrupted" if reason == "interrupted" else "max_steps"
+        self.reasons = np.where(
+            pop.diverged,
+            "diverged",
+            np.where(pop.stop_step >= 0, "patience", unfinished),
         )
-
-    def close(self) -> None:
-        """Closes the TensorBoard writers; called on every way out."""
-        if self.board is not None:
-            self.board.close()
-            self.board = None
-
-    def result(self, interrupted: str | None, wall_seconds: float) -> PopulationResult:
-        pop, step = self.pop, self.step
-        stopped, diverged = pop.stop_step, pop.diverged
-        unfinished = "interrupted" if interrupted else "max_steps"
-        reasons = np.where(
-            diverged, "diverged", np.where(stopped >= 0, "patience", unfinished)
+        counts = ", ".join(
+            f"{int((self.reasons == r).sum())} {r}"
+            for r in STOP_REASONS
+            if (self.reasons == r).any()
         )
+        self.log(f"population stopped at step {self.step}: {counts}")
+
+    def result(self, controller: Controller, wall_seconds: float) -> PopulationResult:
+        pop, step = self.pop, controller.last_step
+        stopped = pop.stop_step
         members = [
             MemberResult(
                 best_step=int(pop.best_step[k]),
                 best_value=float(pop.best_value[k]),
                 stop_step=int(stopped[k]) if stopped[k] >= 0 else step,
-                stop_reason=str(reasons[k]),
+                stop_reason=str(self.reasons[k]),
                 history=[
                     {c: r[c] for c in COLUMNS}
-                    for r in self.history.rows
+                    for r in controller.history.rows
                     if r["member"] == k
                 ],
             )
             for k in range(pop.size)
         ]
-        counts = ", ".join(
-            f"{int((reasons == r).sum())} {r}"
-            for r in STOP_REASONS
-            if (reasons == r).any()
-        )
-        self.log(f"population stopped at step {step}: {counts}")
         return PopulationResult(
             members=members,
             monitor=pop.monitor,
             last_step=step,
             wall_seconds=wall_seconds,
-            interrupted=interrupted,
+            interrupted=controller.interrupted,
         )
 
 
@@ -615,35 +549,6 @@ def _read_subsets(path: str) -> list[dict]:
         ) from None
 
 
-# -- best snapshots -----------------------------------------------------------
-
-
-def _save_best(population: Population, best_dir: str) -> None:
-    """Writes the stacked best weights under a fresh prefix, then moves the pointer."""
-    tf.io.gfile.makedirs(best_dir)
-    taken = [
-        int(m.group(2))
-        for m in map(_SNAPSHOT.match, tf.io.gfile.listdir(best_dir))
-        if m
-    ]
-    step = int(population.step.numpy())
-    name = f"best-{step}-{max(taken, default=0) + 1}"
-    tf.train.Checkpoint(best=population.state.best).write(os.path.join(best_dir, name))
-    pointer = {
-        "prefix": name,
-        "step": step,
-        "best_step": population.best_step.tolist(),
-        "best_value": population.best_value.tolist(),
-        "monitor": population.monitor,
-    }
-    _files.write_atomically(os.path.join(best_dir, POINTER), json.dumps(pointer))
-    # The best weights also live in the latest checkpoint: a resume never
-    # needs an older snapshot, so they go as soon as the pointer moved.
-    for entry in tf.io.gfile.listdir(best_dir):
-        if _SNAPSHOT.match(entry) and not entry.startswith(name + "."):
-            tf.io.gfile.remove(os.path.join(best_dir, entry))
-
-
 # -- pieces -------------------------------------------------------------------
 
 
@@ -657,28 +562,6 @@ def _rows(record: dict, size: int) -> list[dict]:
             row[name] = None if math.isnan(value) else value
         rows.append(row)
     return rows
-
-
-def _differences(recorded: dict, current: dict) -> list[str]:
-    """:func:`rundir.differences`, with the members compared one by one."""
-    lines = []
-    for key in sorted(set(recorded) | set(current)):
-        before, now = recorded.get(key), current.get(key)
-        if before == now:
-            continue
-        if key != "members" or not (isinstance(before, list) and isinstance(now, list)):
-            lines.extend(rundir.differences({key: before}, {key: now}))
-        elif len(before) != len(now):
-            lines.append(f"members: recorded {len(before)}, now {len(now)}")
-        else:
-            for k, (a, b) in enumerate(zip(before, now)):
-                if isinstance(a, dict) and isinstance(b, dict):
-                    lines.extend(
-                        f"member {k} {line}" for line in rundir.differences(a, b)
-                    )
-                elif a != b:
-                    lines.append(f"member {k}: recorded {a!r}, now {b!r}")
-    return lines
 
 
 def _json(value):

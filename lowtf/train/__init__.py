@@ -1,9 +1,10 @@
 """Training: the compiled step, evaluation, early stopping by steps, and ``fit``.
 
-Data flows one way: ``fit`` (the controller in :mod:`lowtf.train.controller`)
-drives a :class:`TrainStep`, an :class:`Evaluator` and an
-:class:`EarlyStopping`, and writes checkpoints, history.csv and TensorBoard
-events to its model directory. :func:`init_from`, :func:`freeze` and
+Data flows one way: ``fit`` runs the one controller
+(:mod:`lowtf.train.controller`), which drives a trainer, one model's
+(:mod:`lowtf.train.trainer`: a :class:`TrainStep`, an :class:`Evaluator`
+and an :class:`EarlyStopping`) or a population's, and writes run.json,
+history.csv and TensorBoard events to its model directory. :func:`init_from`, :func:`freeze` and
 :func:`unfreeze` start a model from another run's best snapshot and keep its
 hidden layers fixed (transfer learning).
 

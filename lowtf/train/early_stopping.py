@@ -26,6 +26,9 @@ an older checkpoint then still finds the snapshot its restored state names.
 The rule itself (what improves, when the patience restarts, when it is used
 up) is :func:`update_members`, on ``[K]`` NumPy arrays: :class:`EarlyStopping`
 calls it with K = 1, :class:`lowtf.Population` with one entry per member.
+The snapshot writer is :func:`write_snapshot` (and :func:`prune_snapshots`):
+one model's snapshot and a population's stacked best weights are written,
+pointed at and pruned alike.
 """
 
 from __future__ import annotations
@@ -400,39 +403,76 @@ class EarlyStopping(tf.Module):
         keep = self.best_prefix
         keep_name = None if keep is None else os.path.basename(keep)
         pointer_path = os.path.join(self.best_dir, POINTER)
-        # Left by a run killed while it rewrote the pointer.
-        _files.remove_if_present(pointer_path + _files.TMP_SUFFIX)
         if keep is None:
             _files.remove_if_present(pointer_path)
         elif _read_pointer(self.best_dir).get("prefix") != keep_name:
             self._write_pointer(keep)
-        for name in tf.io.gfile.listdir(self.best_dir):
-            # Some file systems list a folder as "name/".
-            name = name.rstrip("/")
-            if not _SNAPSHOT.match(name) or (keep and name.startswith(keep_name + ".")):
-                continue
-            _files.remove_if_present(os.path.join(self.best_dir, name))
+        prune_snapshots(self.best_dir, keep_name)
 
     def _save_best(self, step: int, value: float) -> int:
-        tf.io.gfile.makedirs(self.best_dir)
-        new_id = max(int(self.best_id.numpy()), _largest_id(self.best_dir)) + 1
-        prefix = os.path.join(self.best_dir, f"best-{step}-{new_id}")
-        # write() (not save()) adds no save counter and no state file of its own.
-        _files.write_checkpoint(lambda: self._checkpoint.write(prefix), prefix)
-        self._write_pointer(prefix, step=step, value=value)
-        return new_id
+        return write_snapshot(
+            self.best_dir,
+            self._checkpoint,
+            step,
+            self._pointer(step=step, value=value),
+            after=int(self.best_id.numpy()),
+        )
 
-    def _write_pointer(self, prefix, *, step=None, value=None) -> None:
-        pointer = {
-            "prefix": os.path.basename(prefix),
+    def _write_pointer(self, prefix) -> None:
+        pointer = {"prefix": os.path.basename(prefix), **self._pointer()}
+        _files.write_atomically(
+            os.path.join(self.best_dir, POINTER), json.dumps(pointer)
+        )
+
+    def _pointer(self, *, step=None, value=None) -> dict:
+        return {
             "step": int(self.best_step.numpy()) if step is None else step,
             "value": float(self.best_value.numpy()) if value is None else value,
             "monitor": self.monitor,
             "mode": self.mode,
         }
-        _files.write_atomically(
-            os.path.join(self.best_dir, POINTER), json.dumps(pointer)
-        )
+
+
+# -- the snapshot writer, for one model and for a population ---------------------
+
+
+def write_snapshot(
+    best_dir: str, checkpoint, step: int, pointer: dict, *, after=0
+) -> int:
+    """Writes ``checkpoint`` as a best snapshot, then points ``best.json`` at it.
+
+    The snapshot goes under a fresh prefix ``best-<step>-<n>`` (``n`` above
+    ``after`` and every number in ``best_dir``: no file is overwritten); the
+    pointer, ``{"prefix": ..., **pointer}``, is written to a temporary file
+    renamed over the old one only once the snapshot is complete, so a crash
+    at any moment leaves a readable snapshot. Older snapshots are left for
+    :func:`prune_snapshots`.
+
+    Returns:
+      ``n``, the new snapshot's number.
+    """
+    tf.io.gfile.makedirs(best_dir)
+    new_id = max(int(after), _largest_id(best_dir)) + 1
+    name = f"best-{step}-{new_id}"
+    prefix = os.path.join(best_dir, name)
+    # write() (not save()) adds no save counter and no state file of its own.
+    _files.write_checkpoint(lambda: checkpoint.write(prefix), prefix)
+    _files.write_atomically(
+        os.path.join(best_dir, POINTER), json.dumps({"prefix": name, **pointer})
+    )
+    return new_id
+
+
+def prune_snapshots(best_dir: str, keep: str | None) -> None:
+    """Deletes every snapshot in ``best_dir`` but the one named ``keep`` (None: all)."""
+    # Left by a run killed while it rewrote the pointer.
+    _files.remove_if_present(os.path.join(best_dir, POINTER) + _files.TMP_SUFFIX)
+    for name in tf.io.gfile.listdir(best_dir):
+        # Some file systems list a folder as "name/".
+        name = name.rstrip("/")
+        if not _SNAPSHOT.match(name) or (keep and name.startswith(keep + ".")):
+            continue
+        _files.remove_if_present(os.path.join(best_dir, name))
 
 
 def best_checkpoint(best_dir: str) -> dict | None:

@@ -38,13 +38,13 @@ evaluations are aggregated across replicas, only the chief writes into
 collective ops, through a scratch copy deleted at the end), and every worker
 resumes from, and ends holding, the chief's checkpoints.
 
-``fit(population, ...)`` trains a :class:`lowtf.Population` instead: the
-population's own loop, :func:`lowtf.population.fit_population`, with the
+``fit(population, ...)`` trains a :class:`lowtf.Population` through the
+same controller (:class:`lowtf.train.controller.Controller`), with the
 cadence of the :class:`TrainConfig` (see :func:`fit`).
 
 This module is the public surface (:func:`fit`, :class:`TrainConfig`,
-:class:`FitResult`), the stop signals and :func:`run_kind`, which both loops
-use; the loop itself is in ``lowtf/train/controller.py``, the checkpoints in
+:class:`FitResult`); the loop is ``lowtf/train/controller.py``, one model as
+its trainer ``lowtf/train/trainer.py``, the checkpoints
 ``lowtf/train/checkpointing.py``.
 """
 
@@ -52,19 +52,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
-import threading
 
-import tensorflow as tf
-
-from lowtf import _checks, _files, distribute
-from lowtf.train import early_stopping, rundir, summaries
+from lowtf import _checks
+from lowtf.train import early_stopping
 from lowtf.train import step as step_lib
-from lowtf.train.controller import FitLoop
-from lowtf.train.metrics import MONITORS
 
-# How a fit can end (FitResult.stop_reason).
-STOP_REASONS = ("patience", "max_steps", "non_finite", "interrupted")
+# FitResult.stop_reason's values; StopSignals is the sweep's import.
+from lowtf.train.controller import (  # noqa: F401
+    STOP_REASONS,
+    Controller,
+    StopSignals,
+    check_model_dir,
+)
+from lowtf.train.metrics import MONITORS
+from lowtf.train.trainer import StepTrainer
+
 # The TrainConfig fields a population's loop takes; the others are the
 # Population's own settings (its constructor's arguments) or do not apply.
 POPULATION_FIELDS = (
@@ -260,10 +262,13 @@ def fit(
     In every case the TensorBoard writers are closed and this worker's
     scratch copies deleted before ``fit`` returns or raises.
 
-    A :class:`lowtf.Population` as ``model`` is trained by its own loop,
-    :func:`lowtf.population.fit_population`, which keeps a population's
-    model directory as ``fit`` keeps one model's (lock, run.json, resume,
-    stop signals; see there), and returns its
+    A :class:`lowtf.Population` as ``model`` is trained by the same
+    controller, member by member (see
+    :func:`lowtf.population.fit.fit_members`): the same lock, run.json
+    (its members' settings included), resume, stop signals, history.csv
+    (a row per member per evaluation) and TensorBoard (tags per member); a
+    member whose loss or weights go NaN/Inf stops as diverged with its best
+    weights, and the others go on. It returns a
     :class:`~lowtf.population.PopulationResult`. Of ``config`` it takes
     :data:`POPULATION_FIELDS`: ``max_steps``, ``eval_every``,
     ``steps_per_call``, ``checkpoint_every``, ``keep_checkpoints``,
@@ -293,7 +298,8 @@ def fit(
     if not isinstance(config, TrainConfig):
         raise ValueError(f"`config` ({config!r}) must be a lowtf.TrainConfig")
     # Imported here: lowtf.population is built on lowtf.train.
-    from lowtf.population import Population, fit_population
+    from lowtf.population import Population
+    from lowtf.population.fit import fit_members
 
     if isinstance(model, Population):
         given = {
@@ -304,10 +310,10 @@ def fit(
             "augment": augment,
         }
         _check_population_arguments(given, config)
-        return fit_population(
+        return fit_members(
             model,
             model_dir=model_dir,
-            **{name: getattr(config, name) for name in POPULATION_FIELDS},
+            config=config,
             log=log,
             run_settings=run_settings,
         )
@@ -324,82 +330,39 @@ def fit(
     if not callable(log):
         raise ValueError(f"`log` ({log!r}) must be callable, e.g. print")
     model_dir = os.fspath(model_dir)
-    rundir.check_path(model_dir)
-    if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
-        raise ValueError(f"`model_dir` ({model_dir!r}) is a file; pick a directory")
-    existed = tf.io.gfile.exists(model_dir)
-    # One run per model directory, held by the chief for the whole call.
-    lock = rundir.RunLock(model_dir, log) if distribute.is_chief() else None
-    if lock is not None:
-        lock.acquire()
-    try:
-        if run_kind(model_dir) == "population":
-            raise ValueError(
-                f"`model_dir` ({model_dir!r}) holds the run of a population "
-                "(fit_population, or lowtf.fit of a Population), not of one model; "
-                "pick another model_dir (nothing was changed)"
-            )
-        run = FitLoop(
-            model,
-            optimizer,
-            train,
-            validation,
-            model_dir,
-            config,
-            step_options,
-            log,
-            augment,
-            run_settings,
-        )
-        try:
-            run.start()
-            with StopSignals() as signals:
-                reason = run.loop(signals)
-            last_step = run.last_step  # before the best snapshot rewinds the step
-            run.finish(reason)
-        finally:
-            # Whatever happened, an exception included: the writers are closed
-            # and scratch copies go; the checkpoints and best/ are left as they are.
-            run.close()
-    finally:
-        if lock is not None:
-            lock.release()
-        if not existed and tf.io.gfile.isdir(model_dir) and not tf.io.gfile.listdir(model_dir):
-            tf.io.gfile.rmtree(model_dir)  # made only for the lock of a failed start
-    stopper = run.stopper
+    check_model_dir(model_dir)
+    trainer = StepTrainer(
+        model,
+        optimizer,
+        train,
+        validation,
+        model_dir,
+        config,
+        step_options,
+        log,
+        augment,
+        run_settings,
+    )
+    controller = Controller(
+        trainer=trainer,
+        model_dir=model_dir,
+        max_steps=config.max_steps,
+        eval_every=config.eval_every,
+        steps_per_call=config.steps_per_call,
+        checkpoint_every=config.checkpoint_every,
+        log=log,
+    )
+    reason = controller.fit()
+    stopper = trainer.stopper
     return FitResult(
         best_step=int(stopper.best_step.numpy()),
         best_value=float(stopper.best_value.numpy()),
         monitor=config.monitor,
         stop_reason=reason,
-        last_step=last_step,
-        wall_seconds=run.clock.total(),
-        history=[dict(row) for row in run.history.rows],
+        last_step=controller.last_step,
+        wall_seconds=trainer.clock.total(),
+        history=[dict(row) for row in controller.history.rows],
     )
-
-
-def run_kind(model_dir: str) -> str | None:
-    """Which kind of run owns ``model_dir``: ``"population"``, ``"single"`` or None.
-
-    Read from run.json's identity; a directory written before run.json
-    existed is judged by its history.csv's header (a population's starts
-    with ``member``). None: no run has recorded itself there.
-
-    Raises:
-      ValueError: run.json is damaged (see :func:`rundir.read_record`).
-    """
-    record = rundir.read_record(model_dir)
-    if record is not None:
-        kind = record["identity"].get("kind")
-        return "population" if kind == "population" else "single"
-    try:
-        text = _files.read_text(os.path.join(model_dir, "history.csv"))
-    except (UnicodeDecodeError, tf.errors.OpError):
-        return None  # refused by the loop's own checks of the file
-    header = summaries.history_header(text or "")
-    if not header:
-        return None
-    return "population" if header[0] == "member" else "single"
 
 
 def _check_population_arguments(given: dict, config: TrainConfig) -> None:
@@ -425,32 +388,3 @@ def _check_population_arguments(given: dict, config: TrainConfig) -> None:
                 "patience, min_delta, monitor, mode, seeds, eval_batch_size), or "
                 f"leave TrainConfig's default ({getattr(default, field.name)!r})"
             )
-
-
-class StopSignals:
-    """Turns SIGTERM and the first SIGINT into a stop request at the next call boundary.
-
-    A second SIGINT raises KeyboardInterrupt at once. Handlers can only be
-    installed from the main thread; elsewhere this does nothing. Used by
-    :func:`fit` and :func:`lowtf.population.fit_population`.
-    """
-
-    def __init__(self):
-        self.requested = None
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.requested:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        return False

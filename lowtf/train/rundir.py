@@ -12,6 +12,8 @@
   size), recorded in ``<model_dir>/run.json`` when the run starts and
   compared when it is resumed, so that a resume is the same run or is
   refused, setting by setting.
+* :func:`run_kind`: which kind of run (one model, a population) owns a
+  directory, so that one kind never resumes the other's.
 * :func:`traces`: what an earlier run left in a directory, so that a run
   never starts from step 0 over another run's files.
 """
@@ -31,6 +33,7 @@ import tensorflow as tf
 
 from lowtf import _files
 from lowtf.nn.base import keras_layers
+from lowtf.train.summaries import history_header
 
 LOCK = "lock"
 RECORD = "run.json"
@@ -306,7 +309,23 @@ def differences(recorded: dict, current: dict) -> list[str]:
         if key == "model" and isinstance(before, list) and isinstance(now, list):
             lines += _layer_differences(before, now)
             continue
+        if key == "members" and isinstance(before, list) and isinstance(now, list):
+            lines += _member_differences(before, now)
+            continue
         lines.append(f"{key}: recorded {before!r}, now {now!r}")
+    return lines
+
+
+def _member_differences(before: list, now: list) -> list[str]:
+    """A population's members compared one by one (``member 1 seed: ...``)."""
+    if len(before) != len(now):
+        return [f"members: recorded {len(before)}, now {len(now)}"]
+    lines = []
+    for k, (a, b) in enumerate(zip(before, now)):
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines.extend(f"member {k} {line}" for line in differences(a, b))
+        elif a != b:
+            lines.append(f"member {k}: recorded {a!r}, now {b!r}")
     return lines
 
 
@@ -374,6 +393,30 @@ def read_record(model_dir: str) -> dict | None:
             "from a copy, or pick another model_dir"
         )
     return record
+
+
+def run_kind(model_dir: str) -> str | None:
+    """Which kind of run owns ``model_dir``: ``"population"``, ``"single"`` or None.
+
+    Read from run.json's identity; a directory written before run.json
+    existed is judged by its history.csv's header (a population's starts
+    with ``member``). None: no run has recorded itself there.
+
+    Raises:
+      ValueError: run.json is damaged (see :func:`read_record`).
+    """
+    record = read_record(model_dir)
+    if record is not None:
+        kind = record["identity"].get("kind")
+        return "population" if kind == "population" else "single"
+    try:
+        text = _files.read_text(os.path.join(model_dir, "history.csv"))
+    except (UnicodeDecodeError, tf.errors.OpError):
+        return None  # refused by the loop's own checks of the file
+    header = history_header(text or "")
+    if not header:
+        return None
+    return "population" if header[0] == "member" else "single"
 
 
 def write_record(model_dir: str, record: dict) -> None:

@@ -197,19 +197,19 @@ class Summaries:
             os.path.join(logdir, "validation")
         )
 
-    def write(self, evaluation: Evaluation, unit_norms: dict | None = None) -> None:
-        """Writes one evaluation and the layers' max unit norms at its step."""
-        self._scalars(evaluation, unit_norms, prefix="")
-        self._flush()
+    def write(self, evaluations: dict, unit_norms: dict | None = None) -> None:
+        """Writes the evaluations at one step and the layers' max unit norms.
 
-    def write_members(self, evaluations: dict) -> None:
-        """Writes a population's evaluations at one step, ``{member: Evaluation}``.
-
-        Member k's tags are ``member_<k>/<tag>``: its training and validation
-        curves share a chart, as a single run's do.
+        Args:
+          evaluations: ``{member: Evaluation}``; member k's tags are
+            ``member_<k>/<tag>`` (its training and validation curves share a
+            chart, as a single run's do), a single run's (member None) carry
+            no prefix.
+          unit_norms: ``{layer: norm}`` of a single run, or None.
         """
         for member, evaluation in evaluations.items():
-            self._scalars(evaluation, None, prefix=f"member_{int(member)}/")
+            prefix = "" if member is None else f"member_{int(member)}/"
+            self._scalars(evaluation, unit_norms if member is None else None, prefix)
         self._flush()
 
     def _scalars(self, evaluation: Evaluation, unit_norms, prefix: str) -> None:
