@@ -171,23 +171,25 @@ def fit_members(
 ) -> PopulationResult:
     """Trains every member with step-based early stopping; resumes from ``model_dir``.
 
-    What :func:`lowtf.fit` runs for a population (it checks its arguments
-    first). The population stops when every member has stopped (its
-    patience ran out, or it diverged) or at ``max_steps``; each member then
-    holds its best weights in ``population.member(k)``. A SIGTERM or first
-    SIGINT ends the call at the next call boundary, after saving; a
-    KeyboardInterrupt raised while training ends it without saving. Either
-    way the members still training report ``"interrupted"``, and calling
-    again resumes.
+    What :func:`lowtf.fit` runs for a population, after checking its
+    arguments: the controller with a :class:`PopulationTrainer` (see this
+    module's docstring for what goes into ``model_dir``). The population
+    stops when every member has stopped (patience, or divergence) or at
+    ``max_steps``; each member then holds its best weights in
+    ``population.member(k)``. A stop request (SIGTERM, a first SIGINT) ends
+    the call at the next call boundary after a save, a KeyboardInterrupt
+    without one; either way the members still training report
+    ``"interrupted"``, and calling again resumes. What may change on a
+    resume is applied, logged and recorded: the cadence, the members'
+    patience, min_delta and learning rates, the optimizer's learning rate.
 
     Args:
       population: a :class:`Population`.
-      model_dir: its directory; an existing one of the same population is
-        resumed.
-      config: the cadence (``max_steps``, ``eval_every``,
-        ``steps_per_call``, ``checkpoint_every``, ``keep_checkpoints``), and
-        ``start_from_step`` and ``baseline`` (None keeps the population's),
-        which are set on the population.
+      model_dir, log, run_settings: as :func:`lowtf.fit`'s.
+      config: a :class:`lowtf.TrainConfig`: its cadence (``max_steps``,
+        ``eval_every``, ``steps_per_call``, ``checkpoint_every``,
+        ``keep_checkpoints``), and ``start_from_step`` and ``baseline`` (None
+        keeps the population's), set on the population.
       compact: once at most half the members still train (populations of
         4 or more), train a :meth:`Population.subset` of those instead
         (default True): stopped members are no longer computed, each
@@ -195,16 +197,7 @@ def fit_members(
         product of another member count differently; the subsets, and so
         the numbers, are the same on every rerun, and a resumed run takes
         up its subset from subsets.json). The subset is rebuilt (and
-        compiled) each time the members still training fall to half of it;
-        evaluations, checkpoints and best snapshots stay the whole
-        population's.
-      log: called with each line (default ``print``).
-      run_settings: further settings that define the run (JSON-able),
-        recorded in run.json beside the population's and compared on resume.
-
-    What may change on a resume is applied, logged and recorded: the
-    cadence, the members' patience, min_delta and learning rates, and the
-    optimizer's learning rate (the one given replaces the saved one).
+        compiled) each time the members still training fall to half of it.
 
     Raises:
       ValueError: bad arguments; a ``model_dir`` in use by another run, of

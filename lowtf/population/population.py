@@ -217,9 +217,16 @@ class Population:
         _checks.boolean("jit_compile", jit_compile, also=("auto",))
         self.monitor = monitor
         self.mode = early_stopping.resolve_mode(monitor, mode)
-        self.patience = members.vector("patience", patience, size, _checks.positive_int)
-        self.min_delta = members.vector(
-            "min_delta", min_delta, size, _checks.non_negative
+        # One model's early stopping with K members: the rule and its state.
+        self.stopping = early_stopping.EarlyStopping(
+            monitor=monitor,
+            mode=self.mode,
+            patience=members.vector("patience", patience, size, _checks.positive_int),
+            min_delta=members.vector(
+                "min_delta", min_delta, size, _checks.non_negative
+            ),
+            size=size,
+            name="population_stopping",
         )
         self.batch_size = batch_size
         methods = ("build", "apply_gradients")
@@ -301,9 +308,7 @@ class Population:
         self._rates = self._learning_rates(learning_rate)
         self._decay = self._weight_decays(weight_decay)
         self.optimizer.build(self._trainable)
-        self.state = _State(
-            self._variables, size, math.inf if self.mode == "min" else -math.inf
-        )
+        self.state = _State(self._variables, size, self.stopping)
         if jit_compile == "auto":
             jit_compile = evaluator_lib.auto_jit_compile(self._members[0])
         self._jit = bool(jit_compile)
@@ -837,47 +842,35 @@ class Population:
     # -- early stopping, per member ----------------------------------------
 
     def _update_stopping(self, step: int, value) -> np.ndarray:
-        """The early-stopping rule for each training member; returns who improved."""
-        s = self.state
-        active = ~self.stopped
-        rule = early_stopping.update_members(
-            step,
-            value,
-            best_value=s.best_value.numpy(),
-            best_step=s.best_step.numpy(),
-            patience_from=s.patience_from.numpy(),
-            mode=self.mode,
-            patience=self.patience,
-            min_delta=self.min_delta,
-            baseline=self._baseline,
-            start_from_step=self._start_from_step,
-            active=active,
-        )
+        """Early stopping of each training member; returns who improved."""
+        rule = self.stopping.update_members(step, value, active=~self.stopped)
         if rule.improved.any():
             mask = tf.constant(rule.improved)
             for var, best_var in self._with_best():
                 best_var.assign(tf.where(_expand(mask, var), var, best_var))
-        s.best_value.assign(rule.best_value)
-        s.best_step.assign(rule.best_step)
-        s.patience_from.assign(rule.patience_from)
-        s.last_step.assign(np.where(active, step, s.last_step.numpy()))
+        s = self.state
         s.stop_step.assign(np.where(rule.stopped, step, s.stop_step.numpy()))
         return rule.improved
 
-    # Early stopping beyond patience and min_delta, as lowtf.EarlyStopping's
-    # start_from_step and baseline; class defaults until set.
-    _start_from_step = 0
-    _baseline = None
+    @property
+    def patience(self) -> np.ndarray:
+        """``[K]``: each member's patience, in steps."""
+        return self.stopping.patience
+
+    @property
+    def min_delta(self) -> np.ndarray:
+        """``[K]``: the smallest change that counts as each member's improvement."""
+        return self.stopping.min_delta
 
     @property
     def start_from_step(self) -> int:
         """No member stops at a step below this (default 0); its best is tracked."""
-        return self._start_from_step
+        return self.stopping.start_from_step
 
     @start_from_step.setter
     def start_from_step(self, value: int) -> None:
         _checks.non_negative_int("start_from_step", value)
-        self._start_from_step = int(value)
+        self.stopping.start_from_step = int(value)
 
     @property
     def baseline(self) -> np.ndarray | None:
@@ -886,14 +879,14 @@ class Population:
         None (default): any improvement does. Set a number for all members,
         K numbers, or None; the best is tracked all the same.
         """
-        return self._baseline
+        return self.stopping.baseline
 
     @baseline.setter
     def baseline(self, value) -> None:
         if value is not None:
             value = members.vector("baseline", value, self.size, _checks.finite)
             value = value.astype(np.float64)
-        self._baseline = value
+        self.stopping.baseline = value
 
     @property
     def diverged(self) -> np.ndarray:
@@ -1223,27 +1216,18 @@ class Population:
 class _State(tf.Module):
     """Per-member state beside the weights, all ``[K]`` variables (checkpointed)."""
 
-    def __init__(self, variables: list, size: int, worst: float):
+    def __init__(self, variables: list, size: int, stopping):
         super().__init__(name="population_state")
         local = dict(trainable=False)
+        # The early-stopping state, under the names checkpoints have held it.
+        self.best_value, self.best_step = stopping.best_value, stopping.best_step
+        self.patience_from, self.last_step = stopping.patience_from, stopping.last_step
         self.best = [
             tf.Variable(v, name=v.name.split(":")[0] + "/best", **local)
             for v in variables
         ]
         self.epoch = tf.Variable(tf.zeros([size], tf.int64), name="epoch", **local)
         self.cursor = tf.Variable(tf.zeros([size], tf.int64), name="cursor", **local)
-        self.best_value = tf.Variable(
-            tf.fill([size], tf.constant(worst, tf.float64)), name="best_value", **local
-        )
-        self.best_step = tf.Variable(
-            tf.fill([size], tf.constant(-1, tf.int64)), **local
-        )
-        self.patience_from = tf.Variable(
-            tf.fill([size], tf.constant(-1, tf.int64)), **local
-        )
-        self.last_step = tf.Variable(
-            tf.fill([size], tf.constant(-1, tf.int64)), **local
-        )
         self.stop_step = tf.Variable(
             tf.fill([size], tf.constant(-1, tf.int64)), **local
         )

@@ -24,8 +24,11 @@ which the trainer calls after each "latest" checkpoint): a run resumed from
 an older checkpoint then still finds the snapshot its restored state names.
 
 The rule itself (what improves, when the patience restarts, when it is used
-up) is :func:`update_members`, on ``[K]`` NumPy arrays: :class:`EarlyStopping`
-calls it with K = 1, :class:`lowtf.Population` with one entry per member.
+up) is :func:`update_members`, on ``[K]`` NumPy arrays, and the one class
+that holds its state is :class:`EarlyStopping`: one model's (K = 1, scalar
+variables, :meth:`EarlyStopping.update`) or K members' (``size=K``, ``[K]``
+variables, :meth:`EarlyStopping.update_members`, what a
+:class:`lowtf.Population` holds).
 The snapshot writer is :func:`write_snapshot` (and :func:`prune_snapshots`):
 one model's snapshot and a population's stacked best weights are written,
 pointed at and pruned alike.
@@ -205,6 +208,11 @@ class EarlyStopping(tf.Module):
       prune_on_save: delete the previous snapshot as soon as a new one is
         complete (default True). Pass False when the early-stopping state
         itself is checkpointed, and call :meth:`prune` after each checkpoint.
+      size: None (default) for one model; K for K members (a
+        :class:`lowtf.Population`'s): the state variables are then ``[K]``,
+        ``patience``, ``min_delta`` and ``baseline`` may be K values, and
+        :meth:`update_members` takes K values (the caller keeps each
+        member's best weights; ``best_dir`` does not apply).
       name: module name.
     """
 
@@ -221,16 +229,31 @@ class EarlyStopping(tf.Module):
         best_dir: str | None = None,
         checkpoint=None,
         prune_on_save: bool = True,
+        size: int | None = None,
         name: str | None = "early_stopping",
     ):
         super().__init__(name=name)
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"`monitor` ({monitor!r}) must be a metric name")
-        _checks.positive_int("patience", patience)
-        _checks.non_negative("min_delta", min_delta)
+        if size is None:
+            _checks.positive_int("patience", patience)
+            _checks.non_negative("min_delta", min_delta)
+            if baseline is not None:
+                _checks.finite("baseline", baseline)
+            patience, min_delta = int(patience), float(min_delta)
+            baseline = None if baseline is None else float(baseline)
+        else:
+            _checks.positive_int("size", size)
+            if best_dir is not None:
+                raise ValueError(
+                    "`best_dir` does not apply with `size`: the members' best "
+                    "weights are their caller's to keep"
+                )
+            patience = _members("patience", patience, size, _checks.positive_int)
+            min_delta = _members("min_delta", min_delta, size, _checks.non_negative)
+            if baseline is not None:
+                baseline = _members("baseline", baseline, size, _checks.finite)
         _checks.non_negative_int("start_from_step", start_from_step)
-        if baseline is not None:
-            _checks.finite("baseline", baseline)
         _checks.boolean("restore_best_weights", restore_best_weights)
         if restore_best_weights and best_dir is None:
             raise ValueError(
@@ -247,35 +270,30 @@ class EarlyStopping(tf.Module):
             checkpoint = tf.train.Checkpoint(root=checkpoint)
         self.monitor = monitor
         self.mode = resolve_mode(monitor, mode)
-        self.patience = int(patience)
-        self.min_delta = float(min_delta)
-        self.baseline = None if baseline is None else float(baseline)
+        self.size = size
+        self.patience, self.min_delta, self.baseline = patience, min_delta, baseline
         self.restore_best_weights = restore_best_weights
         self.start_from_step = int(start_from_step)
         self.best_dir = None if best_dir is None else os.fspath(best_dir)
         self.prune_on_save = prune_on_save
         self._checkpoint = checkpoint
         worst = math.inf if self.mode == "min" else -math.inf
-        self.best_value = tf.Variable(
-            worst, dtype=tf.float64, trainable=False, name="best_value"
-        )
-        self.best_step = tf.Variable(
-            -1, dtype=tf.int64, trainable=False, name="best_step"
-        )
-        self.last_step = tf.Variable(
-            -1, dtype=tf.int64, trainable=False, name="last_step"
-        )
-        self.steps_without_progress = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="steps_without_progress"
-        )
+        shape = [] if size is None else [size]  # one model's are scalars
+
+        def state(value, dtype, name):
+            value = tf.fill(shape, tf.constant(value, dtype))
+            return tf.Variable(value, trainable=False, name=name)
+
+        self.best_value = state(worst, tf.float64, "best_value")
+        self.best_step = state(-1, tf.int64, "best_step")
+        self.last_step = state(-1, tf.int64, "last_step")
+        self.steps_without_progress = state(0, tf.int64, "steps_without_progress")
         # Number of the best snapshot's prefix; with best_step it names the
         # snapshot, so a restored state always finds its own snapshot.
         self.best_id = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_id")
         # The step the patience counts from: the best step, or with a
         # baseline the last improvement that beat it (the first update if none).
-        self.patience_from = tf.Variable(
-            -1, dtype=tf.int64, trainable=False, name="patience_from"
-        )
+        self.patience_from = state(-1, tf.int64, "patience_from")
 
     # -- the technique ------------------------------------------------------
 
@@ -299,6 +317,11 @@ class EarlyStopping(tf.Module):
           step: the global step of the evaluation (non-decreasing).
           metrics: a dict holding ``monitor`` (a number or scalar tensor).
         """
+        if self.size is not None:
+            raise ValueError(
+                f"update() records one model's evaluation; this EarlyStopping has "
+                f"{self.size} members (`size`): call update_members(step, values)"
+            )
         _checks.non_negative_int("step", int(step))
         step = int(step)
         if self.monitor not in metrics:
@@ -312,33 +335,64 @@ class EarlyStopping(tf.Module):
                 f"({int(self.last_step.numpy())}); steps must not go back"
             )
         value = float(metrics[self.monitor])
-        rule = update_members(
+        rule = self._rule(step, [value], active=True)
+        if rule.improved[0]:
+            # The snapshot first: a crash before the variables move leaves the
+            # state naming the previous, complete snapshot.
+            new_id = self._save_best(step, value) if self.best_dir else 0
+            self.best_id.assign(new_id)
+        self._assign(step, rule, active=True)
+        if rule.improved[0] and self.best_dir and self.prune_on_save:
+            self.prune()
+        if self.stopped and self.restore_best_weights:
+            self.restore_best()
+        return self.stopped
+
+    def update_members(self, step: int, values, *, active=True) -> MemberUpdate:
+        """Records an evaluation of K members (``size=K``); returns what it did.
+
+        The rule is :func:`update_members`'; the state variables move at once
+        (who ``improved`` is the caller's to snapshot: a population copies
+        those members' weights). Members not ``active`` are left as they are.
+
+        Args:
+          step: the global step of the evaluation.
+          values: ``[K]`` monitored values.
+          active: ``[K]`` bools or one, who is updated (default True: all).
+        """
+        rule = self._rule(int(step), values, active=active)
+        self._assign(int(step), rule, active=active)
+        return rule
+
+    def _rule(self, step: int, values, *, active) -> MemberUpdate:
+        return update_members(
             step,
-            [value],
-            best_value=[self.best_value.numpy()],
-            best_step=[self.best_step.numpy()],
-            patience_from=[self.patience_from.numpy()],
+            values,
+            best_value=np.reshape(self.best_value.numpy(), -1),
+            best_step=np.reshape(self.best_step.numpy(), -1),
+            patience_from=np.reshape(self.patience_from.numpy(), -1),
             mode=self.mode,
             patience=self.patience,
             min_delta=self.min_delta,
             baseline=self.baseline,
             start_from_step=self.start_from_step,
+            active=active,
         )
-        if rule.improved[0]:
-            # The snapshot first: a crash before the variables move leaves the
-            # state naming the previous, complete snapshot.
-            new_id = self._save_best(step, value) if self.best_dir else 0
-            self.best_value.assign(value)
-            self.best_step.assign(step)
-            self.best_id.assign(new_id)
-            if self.best_dir and self.prune_on_save:
-                self.prune()
-        self.patience_from.assign(int(rule.patience_from[0]))
-        self.last_step.assign(step)
-        self.steps_without_progress.assign(step - int(rule.patience_from[0]))
-        if self.stopped and self.restore_best_weights:
-            self.restore_best()
-        return self.stopped
+
+    def _assign(self, step: int, rule: MemberUpdate, *, active) -> None:
+        """Moves the state variables to ``rule``'s (the active members' steps too)."""
+        active = np.broadcast_to(np.asarray(active, bool), rule.improved.shape)
+        last = np.reshape(self.last_step.numpy(), -1)
+        idle = np.reshape(self.steps_without_progress.numpy(), -1)
+        idle = np.where(active, step - rule.patience_from, idle)
+        for var, value in (
+            (self.best_value, rule.best_value),
+            (self.best_step, rule.best_step),
+            (self.patience_from, rule.patience_from),
+            (self.last_step, np.where(active, step, last)),
+            (self.steps_without_progress, idle),
+        ):
+            var.assign(np.reshape(value, var.shape).astype(var.dtype.as_numpy_dtype))
 
     @property
     def stopped(self) -> bool:
@@ -473,6 +527,21 @@ def prune_snapshots(best_dir: str, keep: str | None) -> None:
         if not _SNAPSHOT.match(name) or (keep and name.startswith(keep + ".")):
             continue
         _files.remove_if_present(os.path.join(best_dir, name))
+
+
+def _members(name: str, value, size: int, check) -> np.ndarray:
+    """``value`` (one number, or ``size``) as ``[size]`` numbers, each checked."""
+    values = np.asarray(value).reshape(-1)
+    if values.size == 1:
+        values = np.repeat(values, size)
+    if values.size != size:
+        raise ValueError(
+            f"`{name}` has {values.size} values for {size} members; give one per "
+            "member or a single number for all"
+        )
+    for k, v in enumerate(values.tolist()):
+        check(f"{name}[{k}]", v)
+    return values
 
 
 def best_checkpoint(best_dir: str) -> dict | None:
