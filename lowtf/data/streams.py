@@ -201,7 +201,7 @@ class Stream(tf.Module):
             f"y {y_spec.dtype.name}{y_spec.shape.as_list()}"
         )
         if self.per_worker:
-            shapes += " per replica, each worker its own pipeline"
+            shapes += " per replica, read per worker"
         return f"{self.source} ({shapes})" if self.source else f"stream {shapes}"
 
     def example(self) -> tuple[np.ndarray, np.ndarray]:
@@ -246,9 +246,7 @@ class Stream(tf.Module):
                 "the training pipeline ran out of batches (is it empty, or filtered "
                 "to nothing?); a Stream repeats a finite pipeline, so it should not end"
             )
-        if "GetNext" not in message and not isinstance(
-            error, tf.errors.DataLossError
-        ):
+        if "GetNext" not in message and not isinstance(error, tf.errors.DataLossError):
             return None
         where = self._locate() if self._locate is not None else None
         if where is not None:

@@ -625,9 +625,7 @@ class TrainStep(tf.Module):
         replicas = context.num_replicas_in_sync
         if replicas > 1:
             if split:  # a global batch; a per-worker stream's is the replica's own
-                x, y = evaluator.shard(
-                    x, y, context.replica_id_in_sync_group, replicas
-                )
+                x, y = evaluator.shard(x, y, context.replica_id_in_sync_group, replicas)
             # Each replica draws its own dropout masks.
             key = random.fold_in(key, context.replica_id_in_sync_group)
         grads, metrics = self._gradients(x, y, key, replicas)
