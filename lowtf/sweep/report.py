@@ -138,7 +138,7 @@ def ensemble_lines(config, record: dict) -> list[str]:
                 if record["folds"] > 1
                 else "."
             )
-            + " Not exported (`--export_dir` exports the winner)."
+            + " `bin/export --sweep_dir` exports it (`--export_dir` exports the winner)."
         ),
         "",
         "| rank | " + "".join(f"{n} | " for n in swept) + "picks | weight | score | validation CE |",
