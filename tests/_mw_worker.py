@@ -4,14 +4,14 @@ Run by tests/test_distribute.py, twice, with TF_CONFIG naming this worker:
 
     python tests/_mw_worker.py OUT_DIR
 
-In one strategy (a process may make only one), it runs ``fit`` three
-times to step 80 on the rows in memory: ``resumed``, stopped at step 40 by
-a SIGTERM that only worker 1 gets; ``resumed`` again, which must pick up
-from the chief's step-40 checkpoint; and ``straight``, in one go. Then
-three times to step 40 on the TFRecord shards the test wrote to
-``OUT_DIR/shards`` (4 files of the same rows), each worker reading its own
-two (:func:`lowtf.data.tfrecord_stream` per worker): ``shards`` stopped at
-step 20 the same way and resumed, and ``shards_straight``. After each run
+In one strategy (a process may make only one), it runs ``fit`` once to
+step 80 on the rows in memory (``straight``), then three times to step 40
+on the TFRecord shards the test wrote to ``OUT_DIR/shards`` (4 files of
+the same rows), each worker reading its own two
+(:func:`lowtf.data.tfrecord_stream` per worker): ``shards``, stopped at
+step 20 by a SIGTERM that only worker 1 gets; ``shards`` again, which must
+pick up from the chief's step-20 checkpoint; and ``shards_straight``, in
+one go. After each run
 it saves the model's weights to ``OUT_DIR/<task index>-<run>-<session>.npz``
 and prints one ``RESULT`` JSON line with what ``fit`` returned.
 """
@@ -47,8 +47,6 @@ def _sigterm_at(step, lines, line):
 
 # (run, session, max_steps, the step worker 1 gets SIGTERM at, or None)
 RUNS = [
-    ("resumed", 0, 80, 40),
-    ("resumed", 1, 80, None),
     ("straight", 0, 80, None),
     ("shards", 0, 40, 20),
     ("shards", 1, 40, None),
