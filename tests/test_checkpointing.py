@@ -39,18 +39,23 @@ def _checkpoints(model_dir, hidden=(8,), seed=1):
     )
     return checkpointing.Checkpoints(
         str(model_dir),
-        train_step=step,
-        stopper=stopper,
-        snapshot=snapshot,
-        running=checkpointing.RunningMeans(),
+        objects={
+            "train_step": step,
+            "early_stopping": stopper,
+            "running": checkpointing.RunningMeans(),
+        },
+        step=step.step,
+        finite=lambda: checkpointing.finite_weights(model),
         clock=checkpointing.WallClock(),
         keep=3,
         strategy=tf.distribute.get_strategy(),
+        stopper=stopper,
+        snapshot=snapshot,
     )
 
 
 def _values(checkpoints):
-    return [v.numpy() for v in checkpoints.train_step.model.variables]
+    return [v.numpy() for v in checkpoints.objects["train_step"].model.variables]
 
 
 def test_running_means_weigh_each_call_by_its_steps_and_reset():
@@ -71,8 +76,8 @@ def test_save_then_restore_latest_brings_back_the_whole_state(tmp_path):
     first = _checkpoints(tmp_path)
     assert first.restore_latest() is None and first.saved_step is None
     # The state after 5 steps of 16 of 40 examples, set rather than trained.
-    data = first.train_step.data
-    first.train_step.step.assign(5)
+    data = first.objects["train_step"].data
+    first.objects["train_step"].step.assign(5)
     data.epoch.assign(2)
     data.cursor.assign(16)
     first.state.running.add({name: 0.5 for name in lowtf.train.metrics.STEP_METRICS}, 1)
@@ -84,13 +89,16 @@ def test_save_then_restore_latest_brings_back_the_whole_state(tmp_path):
     second = _checkpoints(tmp_path, seed=7)
     path = second.restore_latest()
     assert path.endswith("ckpt-5") and second.saved_step == 5
-    assert int(second.train_step.step.numpy()) == 5
+    assert int(second.objects["train_step"].step.numpy()) == 5
     for a, b in zip(_values(first), _values(second)):
         np.testing.assert_array_equal(a, b)
     assert second.state.running.means() == first.state.running.means()
     # The data position too.
     positions = [
-        (int(c.train_step.data.epoch.numpy()), int(c.train_step.data.cursor.numpy()))
+        (
+            int(c.objects["train_step"].data.epoch.numpy()),
+            int(c.objects["train_step"].data.cursor.numpy()),
+        )
         for c in (first, second)
     ]
     assert positions == [(2, 16), (2, 16)]
@@ -99,8 +107,8 @@ def test_save_then_restore_latest_brings_back_the_whole_state(tmp_path):
 def test_non_finite_weights_are_never_saved(tmp_path):
     checkpoints = _checkpoints(tmp_path)
     assert checkpoints.save() and checkpoints.saved_step == 0
-    checkpoints.train_step.step.assign(3)
-    variable = checkpoints.train_step.model.variables[0]
+    checkpoints.objects["train_step"].step.assign(3)
+    variable = checkpoints.objects["train_step"].model.variables[0]
     variable.assign(tf.fill(variable.shape, float("nan")))
     assert not checkpoints.save()
     assert checkpoints.saved_step == 0
@@ -158,7 +166,7 @@ def test_mismatch_names_the_variable_and_how_it_differs(tmp_path):
 def test_an_unreadable_latest_checkpoint_is_refused_and_left_as_it_is(tmp_path):
     first = _checkpoints(tmp_path)
     first.save()
-    first.train_step.step.assign(5)
+    first.objects["train_step"].step.assign(5)
     first.save()
     # A truncated copy or a full disk: the index file of ckpt-5 is zeroed.
     (tmp_path / "ckpt" / "ckpt-5.index").write_bytes(b"")
@@ -182,7 +190,7 @@ def test_an_unreadable_latest_checkpoint_is_refused_and_left_as_it_is(tmp_path):
 def test_a_latest_checkpoint_named_but_missing_is_refused(tmp_path):
     first = _checkpoints(tmp_path)
     first.save()
-    first.train_step.step.assign(5)
+    first.objects["train_step"].step.assign(5)
     first.save()
     # ckpt/checkpoint names ckpt-5, whose index is gone: TensorFlow finds no
     # checkpoint, and starting over would rewrite this run's history.

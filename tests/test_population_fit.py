@@ -139,6 +139,48 @@ def test_a_resume_with_other_members_or_a_busy_directory_is_refused(fitted):
     assert _fixtures.tree_digest(model_dir) == before
 
 
+def test_a_corrupt_latest_checkpoint_is_refused_then_skipped_as_a_single_runs_is(
+    tmp_path, fitted
+):
+    pop, result, _, fitted_dir = fitted
+    model_dir = tmp_path / "run"
+    shutil.copytree(fitted_dir, model_dir)
+    ckpt = model_dir / "ckpt"
+    # A crash of the file system: ckpt-40's data is cut short.
+    (data,) = ckpt.glob("ckpt-40.data-*")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    before = _fixtures.tree_digest(model_dir)
+    with pytest.raises(ValueError) as info:
+        _fit(model_dir)
+    assert re.search(
+        r"latest checkpoint \(.*ckpt-40\) that cannot be resumed \(it cannot be "
+        r"read: .*An older checkpoint, .*ckpt-20, is readable",
+        str(info.value),
+    )
+    assert "\n" not in str(info.value)
+    assert _fixtures.tree_digest(model_dir) == before
+    # Without the state file: the newest readable checkpoint on disk, logged.
+    os.remove(ckpt / "checkpoint")
+    clock = [
+        v for k, v in _checkpoint_values(str(ckpt / "ckpt-20")).items() if "clock" in k
+    ]
+    resumed, again, lines = _fit(model_dir)
+    assert (
+        f"{ckpt / 'checkpoint'} is missing: resuming from the newest readable "
+        f"checkpoint on disk, {ckpt / 'ckpt-20'} ({ckpt / 'ckpt-40'} cannot be read)"
+    ) in lines
+    assert [(m.stop_reason, m.stop_step) for m in again.members] == [
+        (m.stop_reason, m.stop_step) for m in result.members
+    ]
+    for a, b in zip(resumed.variables, pop.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    history = (model_dir / "history.csv").read_text()
+    assert history == (fitted_dir / "history.csv").read_text()
+    # The wall clock goes on from the checkpoint's (sessions before included).
+    assert len(clock) == 1 and 0 < clock[0] < again.wall_seconds
+    assert tf.train.latest_checkpoint(str(ckpt)).endswith("ckpt-40")
+
+
 def test_one_kind_of_run_per_directory(tmp_path, fitted):
     _, _, _, population_dir = fitted
     (x, y), validation = _fixtures.noisy_split(100, 50, 5, seed=1)

@@ -12,11 +12,14 @@ what a single run writes, per member:
   see :meth:`Population.describe`) and the settings it ran with. A resume
   whose members differ is refused, each difference named with both
   values, before anything is written.
-* ``ckpt/``: the "latest" checkpoints (a ``tf.train.CheckpointManager``)
-  of all the population's state: stacked weights, optimizer slots and step,
-  every member's best weights, early-stopping and divergence state, data
-  position and running training means. Calling it again on the same
-  ``model_dir`` resumes from there and ends exactly as an uninterrupted run.
+* ``ckpt/``: the "latest" checkpoints of all the population's state:
+  stacked weights, optimizer slots and step, every member's best weights,
+  early-stopping and divergence state, data position, running training
+  means and the wall clock, kept by :class:`lowtf.train.checkpointing.Checkpoints`
+  as a single model's are (compared with this run's variables before
+  anything is restored, unreadable files refused in one line). Calling it
+  again on the same ``model_dir`` resumes from there and ends exactly as an
+  uninterrupted run.
 * ``best/``: the members' best weights as one snapshot, written by
   :func:`lowtf.train.early_stopping.write_snapshot` as one model's is
   (a fresh prefix each time a member improves, ``best.json`` moved to it
@@ -41,14 +44,13 @@ import dataclasses
 import json
 import math
 import os
-import time
 
 import numpy as np
 import tensorflow as tf
 
 from lowtf import _checks, _files
 from lowtf.population.population import Population
-from lowtf.train import early_stopping, rundir, summaries
+from lowtf.train import checkpointing, early_stopping, summaries
 from lowtf.train.controller import Controller, Evaluated, check_model_dir, learning_rate
 from lowtf.train.fit import TrainConfig
 from lowtf.train.metrics import COLUMNS, Evaluation, format_number
@@ -91,7 +93,8 @@ class PopulationResult:
       members: one :class:`MemberResult` per member.
       monitor: the monitored metric's name.
       last_step: the global step when the population stopped.
-      wall_seconds: wall time of this call.
+      wall_seconds: wall time of the run, over every session: a resumed run
+        counts the sessions before it up to the checkpoint it resumed from.
       interrupted: the stop request that ended the call (``"SIGTERM"``,
         ``"SIGINT"``, ``"KeyboardInterrupt"``), or None when it trained to
         its end (every member stopped, or max_steps).
@@ -205,7 +208,6 @@ def fit_members(
         named), or with traces of a run but no checkpoint to resume. Nothing
         in ``model_dir`` is changed then.
     """
-    started = time.monotonic()
     _checks.boolean("compact", compact)
     population.start_from_step = config.start_from_step
     if config.baseline is not None:
@@ -230,7 +232,7 @@ def fit_members(
         log=log,
     )
     controller.fit()
-    return trainer.result(controller, time.monotonic() - started)
+    return trainer.result(controller, trainer.clock.total())
 
 
 def read_best_weights(best_dir: str) -> dict | None:
@@ -261,7 +263,6 @@ class PopulationTrainer:
         "members",
         summaries.MEMBER_COLUMNS,
     )
-    note = None
 
     def __init__(self, population, model_dir, *, keep, compact, log, run_settings):
         self.pop, self.model_dir, self.log = population, model_dir, log
@@ -271,11 +272,18 @@ class PopulationTrainer:
         self.identity = _json(
             {"kind": "population", **population.describe(), **(run_settings or {})}
         )
-        self.manager = tf.train.CheckpointManager(
-            population.checkpoint,
-            os.path.join(model_dir, "ckpt"),
-            max_to_keep=keep,
-            checkpoint_name="ckpt",
+        self.clock = checkpointing.WallClock()
+        self.checkpoints = checkpointing.Checkpoints(
+            model_dir,
+            objects=population.checkpointed,
+            step=population.step,
+            # A broken member is reset by stop_non_finite before any save:
+            # this only guards that rule.
+            finite=lambda: checkpointing.finite_weights(population.model),
+            clock=self.clock,
+            keep=keep,
+            strategy=self.strategy,
+            subject="population",
         )
         self.runner = None  # made by start()
         self.reasons = None  # each member's, set by finish()
@@ -290,7 +298,11 @@ class PopulationTrainer:
 
     @property
     def saved_step(self) -> int | None:
-        return _saved_step(self.manager)
+        return self.checkpoints.saved_step
+
+    @property
+    def note(self) -> str | None:
+        return self.checkpoints.note
 
     def settings(self) -> dict:
         pop = self.pop
@@ -309,30 +321,7 @@ class PopulationTrainer:
         )
 
     def restore_latest(self) -> str | None:
-        latest = self.manager.latest_checkpoint
-        if latest is None:
-            if rundir.traces(self.model_dir):
-                raise ValueError(
-                    f"`model_dir` ({self.model_dir!r}) holds "
-                    f"{', '.join(rundir.traces(self.model_dir))} of an earlier run but "
-                    "no checkpoint to resume from: restore ckpt/ from a copy, pick "
-                    "another model_dir, or delete these to train it from step 0 "
-                    "(nothing was changed)"
-                )
-            return None
-        try:
-            # Every object of the population matched; what the checkpoint holds
-            # besides (the manager's save counter) is not a warning's worth.
-            self.pop.checkpoint.read(
-                latest
-            ).assert_existing_objects_matched().expect_partial()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise ValueError(
-                f"the latest checkpoint {latest} does not fit this population "
-                f"({type(e).__name__}); resume with the same arguments or use a new "
-                "model_dir"
-            ) from None
-        return latest
+        return self.checkpoints.restore_latest()
 
     def start(self, resumed: bool) -> None:
         self.runner = _Runner(
@@ -416,15 +405,8 @@ class PopulationTrainer:
         return int(max(ends[training].max(), pop.start_from_step))
 
     def save(self) -> bool:
-        """Saves the latest checkpoint, unless it is on disk already."""
-        step = self.step
-        if self.saved_step != step:
-            # Finite by construction: a broken member was reset by stop_non_finite.
-            _files.write_checkpoint(
-                lambda: self.manager.save(checkpoint_number=step),
-                os.path.join(self.manager.directory, f"ckpt-{step}"),
-            )
-        return True
+        """Saves the latest checkpoint; False, and nothing saved, on NaN/Inf weights."""
+        return self.checkpoints.save()
 
     def finish(self, reason: str) -> None:
         """Logs how many members ended which way (the population's weights stay)."""
@@ -568,8 +550,3 @@ def _plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
-
-
-def _saved_step(manager) -> int | None:
-    latest = manager.latest_checkpoint
-    return None if latest is None else int(latest.rsplit("-", 1)[1])

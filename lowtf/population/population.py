@@ -434,11 +434,14 @@ class Population:
         return self._many.experimental_get_tracing_count()
 
     @property
+    def checkpointed(self) -> dict:
+        """``{name: trackable}``: all the state, under the names its checkpoints use."""
+        return {"model": self.model, "optimizer": self.optimizer, "state": self.state}
+
+    @property
     def checkpoint(self) -> tf.train.Checkpoint:
         """All the state: stacked weights, best weights, optimizer, stopping, positions."""
-        return tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, state=self.state
-        )
+        return tf.train.Checkpoint(**self.checkpointed)
 
     @property
     def variables(self) -> list:

@@ -5,7 +5,8 @@
 position (the :class:`lowtf.TrainStep` tracks them), the early-stopping
 state and the running training means (:class:`RunningMeans`), so a run
 resumed between two evaluations reports the same means as one that was never
-stopped. ``model_dir/best`` holds the best snapshot (see
+stopped. A population's (:mod:`lowtf.population.fit`) go through the same
+:class:`Checkpoints`, holding its stacked state instead. ``model_dir/best`` holds the best snapshot (see
 :mod:`lowtf.train.early_stopping`); :data:`WRITTEN` lists all that ``fit`` writes.
 
 Two rules keep an existing ``model_dir`` usable:
@@ -72,9 +73,7 @@ class RunningMeans(tf.Module):
 
     def __init__(self):
         super().__init__(name="running_means")
-        self.sums = tf.Variable(
-            tf.zeros([len(STEP_METRICS)], tf.float64), name="sums"
-        )
+        self.sums = tf.Variable(tf.zeros([len(STEP_METRICS)], tf.float64), name="sums")
         self.count = tf.Variable(0, dtype=tf.int64, name="count")
 
     def add(self, means: dict, num_steps: int) -> None:
@@ -86,9 +85,7 @@ class RunningMeans(tf.Module):
         count = int(self.count.numpy())
         if not count:
             return None
-        return dict(
-            zip(STEP_METRICS, (float(s) / count for s in self.sums.numpy()))
-        )
+        return dict(zip(STEP_METRICS, (float(s) / count for s in self.sums.numpy())))
 
     def reset(self) -> None:
         self.sums.assign(tf.zeros_like(self.sums))
@@ -123,36 +120,51 @@ class WallClock(tf.Module):
 class Checkpoints:
     """The "latest" checkpoints of one fit, and the restore of its best snapshot.
 
+    One implementation for every trainer: a single model's
+    (:class:`lowtf.train.trainer.StepTrainer`) and a population's
+    (:class:`lowtf.population.fit.PopulationTrainer`) save ``objects`` and
+    ``clock`` as one ``tf.train.Checkpoint`` in ``model_dir/ckpt``
+    (``ckpt-<step>``, with TensorFlow's ``checkpoint`` state file).
+
     Args:
       model_dir: the run's directory; checkpoints go to ``model_dir/ckpt``.
-      train_step: the run's :class:`lowtf.TrainStep`.
-      stopper: the run's :class:`lowtf.EarlyStopping`, made with
-        ``prune_on_save=False`` (its old snapshots go after each save here).
-      snapshot: the ``tf.train.Checkpoint`` the stopper saves as best.
-      running: the run's :class:`RunningMeans`.
+      objects: ``{name: trackable}``, what each checkpoint holds besides the
+        clock (the names are the checkpoint's keys: keep them stable).
+      step: the run's global step, a scalar integer ``tf.Variable``.
+      finite: returns whether the weights are free of NaN and Inf; a state
+        for which it is False is never saved.
       clock: the run's :class:`WallClock`.
       keep: how many latest checkpoints to keep.
       strategy: the ``tf.distribute`` strategy the run is under.
+      stopper: a single model's :class:`lowtf.EarlyStopping`, made with
+        ``prune_on_save=False`` (its old snapshots go after each save here,
+        its monitor and best snapshot are checked on resume); None (default)
+        when the best weights live in ``objects`` (a population's).
+      snapshot: the ``tf.train.Checkpoint`` the stopper saves as best (None
+        without a stopper).
+      subject: what a checkpoint that does not fit is said not to fit
+        (default "model, optimizer and data").
     """
 
     def __init__(
         self,
         model_dir,
         *,
-        train_step,
-        stopper,
-        snapshot,
-        running,
+        objects,
+        step,
+        finite,
         clock,
         keep,
         strategy,
+        stopper=None,
+        snapshot=None,
+        subject="model, optimizer and data",
     ):
         self.model_dir, self.strategy = model_dir, strategy
-        self.train_step, self.stopper, self.snapshot = train_step, stopper, snapshot
+        self.objects, self.step, self.finite = dict(objects), step, finite
+        self.stopper, self.snapshot, self.subject = stopper, snapshot, subject
         self.clock = clock
-        self.state = tf.train.Checkpoint(
-            train_step=train_step, early_stopping=stopper, running=running, clock=clock
-        )
+        self.state = tf.train.Checkpoint(**self.objects, clock=clock)
         self.manager = tf.train.CheckpointManager(
             self.state,
             write_path(model_dir, "ckpt", strategy),
@@ -196,7 +208,7 @@ class Checkpoints:
             self._check_monitor()
             self._restore(path)
             self._check_best()
-            self.saved_step = int(self.train_step.step.numpy())
+            self.saved_step = int(self.step.numpy())
         # Every worker has read the chief's checkpoint before any one writes.
         distribute.barrier(self.strategy)
         return path
@@ -231,8 +243,10 @@ class Checkpoints:
 
     def _check_best(self) -> None:
         """Refuses a resume whose best snapshot cannot be read back (checked at start)."""
-        if not distribute.is_chief(self.strategy):
-            return  # its own snapshot is a scratch copy; it restores the chief's
+        if self.stopper is None or not distribute.is_chief(self.strategy):
+            # None: the best weights are in the checkpoint just read. Not the
+            # chief: its own snapshot is a scratch copy; it restores the chief's.
+            return
         prefix = self.stopper.best_prefix
         if prefix is None:
             return
@@ -252,6 +266,8 @@ class Checkpoints:
         direction, every later evaluation would look like an improvement, or
         none would.
         """
+        if self.stopper is None:
+            return  # the best values are per member, in the checkpoint
         pointer = early_stopping.best_checkpoint(os.path.join(self.model_dir, "best"))
         if not pointer:
             return
@@ -267,12 +283,12 @@ class Checkpoints:
 
     def save(self) -> bool:
         """Saves the latest checkpoint; False, and nothing saved, on NaN/Inf weights."""
-        step = int(self.train_step.step.numpy())
+        step = int(self.step.numpy())
         if step == self.saved_step:
             return True  # already on disk; rewriting it would expose it to a crash
         # The last step of a call can break the weights after its (finite)
         # loss was computed; such a state must not become the one to resume.
-        if not finite_weights(self.train_step.model):
+        if not self.finite():
             return False
         self.clock.tick()
         _files.write_checkpoint(
@@ -280,8 +296,9 @@ class Checkpoints:
             os.path.join(self.manager.directory, f"ckpt-{step}"),
         )
         self.saved_step = step
-        # The saved state now names the current best; older snapshots may go.
-        self.stopper.prune()
+        if self.stopper is not None:
+            # The saved state now names the current best; older snapshots may go.
+            self.stopper.prune()
         return True
 
     def restore_best(self) -> None:
@@ -332,14 +349,16 @@ class Checkpoints:
         if reason is not None:
             raise ValueError(
                 f"`model_dir` ({self.model_dir!r}) holds a checkpoint ({path}) that "
-                f"does not fit this model, optimizer and data ({reason}); resume with "
+                f"does not fit this {self.subject} ({reason}); resume with "
                 "the same settings or pick a new model_dir"
             )
 
     def _unusable(self, path: str, why: str) -> ValueError:
         ckpt_dir = os.path.join(self.model_dir, "ckpt")
         older = [
-            p for p in checkpoints_on_disk(ckpt_dir) if p != path and unreadable(p) is None
+            p
+            for p in checkpoints_on_disk(ckpt_dir)
+            if p != path and unreadable(p) is None
         ]
         hint = (
             f" An older checkpoint, {older[0]}, is readable: delete the newer files "
@@ -377,7 +396,9 @@ def checkpoints_on_disk(ckpt_dir: str) -> list[str]:
         for m in map(_CHECKPOINT_INDEX.match, tf.io.gfile.listdir(ckpt_dir))
         if m
     ]
-    return [os.path.join(ckpt_dir, f"ckpt-{step}") for step in sorted(steps, reverse=True)]
+    return [
+        os.path.join(ckpt_dir, f"ckpt-{step}") for step in sorted(steps, reverse=True)
+    ]
 
 
 def unreadable(prefix: str) -> str | None:

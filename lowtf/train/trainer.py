@@ -113,13 +113,19 @@ class StepTrainer:
         self.clock = checkpointing.WallClock()
         self.checkpoints = checkpointing.Checkpoints(
             model_dir,
-            train_step=self.train_step,
-            stopper=self.stopper,
-            snapshot=self.snapshot,
-            running=self.running,
+            # The keys single-model checkpoints have always had.
+            objects={
+                "train_step": self.train_step,
+                "early_stopping": self.stopper,
+                "running": self.running,
+            },
+            step=self.train_step.step,
+            finite=lambda: checkpointing.finite_weights(self.model),
             clock=self.clock,
             keep=config.keep_checkpoints,
             strategy=self.strategy,
+            stopper=self.stopper,
+            snapshot=self.snapshot,
         )
         self.identity = rundir.identity(
             model=model,
