@@ -168,6 +168,7 @@ def test_fit_evaluates_swa_with_batch_norm_and_resumes_exactly(tmp_path):
     assert record["identity"]["swa_from"] == 40
 
 
+@pytest.mark.e2e
 def test_members_with_their_own_swa_equal_single_runs():
     seeds, swa_from = [0, 1, 2], [0, 20, 40]  # member 0 does not average
     # Members with 4, 3 and 3 batches: the batch-norm pass pads the shorter.

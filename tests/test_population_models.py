@@ -148,6 +148,7 @@ def test_cnn_members_with_their_augmentation_dropout_and_max_norm_equal_single_r
     assert norms.max() == pytest.approx(0.5, rel=1e-5)
 
 
+@pytest.mark.e2e
 def test_per_member_weight_decay_equals_adamw():
     (x, y), _ = noisy_split(200, 0, 5, seed=1)
     decays = [0.0, 0.05, 0.3]
@@ -206,6 +207,7 @@ def test_members_of_different_architectures_and_bad_rates_are_refused():
         pop.member(0)
 
 
+@pytest.mark.e2e
 def test_members_with_smoothing_mixup_and_noise_equal_single_runs():
     (x, y), _ = noisy_split(200, 0, 5, seed=4)
     seeds = [0, 1, 2]
@@ -246,6 +248,7 @@ def test_members_with_smoothing_mixup_and_noise_equal_single_runs():
             np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_members_with_their_own_ema_equal_single_runs_and_evaluate_their_averages():
     (x, y), _ = noisy_split(200, 0, 5, seed=6)
     seeds, emas = [0, 1, 2], [0.0, 0.9, 0.99]

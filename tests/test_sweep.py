@@ -145,6 +145,7 @@ def test_resume_selection_on_validation_only_and_definition(tmp_path, data):
         sweep.run_sweep(changed, data=data, log=lambda line: None)
 
 
+@pytest.mark.e2e
 def test_a_sweep_ensemble_is_chosen_on_out_of_fold_predictions_only(tmp_path, data):
     # Two architectures x two learning rates, 2-fold CV: each configuration's
     # candidate predictions are out of fold (every training row predicted by
