@@ -486,18 +486,9 @@ def first_record(
         ``features_key`` and ``label_key``.
     """
     path = _glob(pattern)[0]
-    compression = _sniff_compression(path) or ""
-    records = tf.data.TFRecordDataset(path, compression_type=compression)
+    first = _first_record(path, _sniff_compression(path) or "")
     try:
-        first = [r.numpy() for r in records.take(1)]
-    except tf.errors.OpError as e:
-        raise DataError(
-            f"{path}: not readable as TFRecord ({streams.clean_message(e.message)})"
-        ) from None
-    if not first:
-        raise DataError(f"{path}: no records")
-    try:
-        feature = tf.train.Example.FromString(first[0]).features.feature
+        feature = tf.train.Example.FromString(first).features.feature
     except Exception:  # noqa: BLE001 (protobuf's DecodeError moves between versions)
         raise DataError(f"{path}, record 0: not a tf.train.Example") from None
     for key in (features_key, label_key):
@@ -797,16 +788,7 @@ class _Reader:
 
     def check_first(self, path) -> None:
         """Refuses a first shard whose first record does not fit, or that holds none."""
-        records = tf.data.TFRecordDataset(path, compression_type=self.compression)
-        try:
-            first = [r.numpy() for r in records.take(1)]
-        except tf.errors.OpError as e:
-            raise DataError(
-                f"{path}: not readable as TFRecord ({streams.clean_message(e.message)})"
-            ) from None
-        if not first:
-            raise DataError(f"{path}: no records")
-        why = self._problem(first[0])
+        why = self._problem(_first_record(path, self.compression))
         if why is not None:
             raise DataError(f"{path}, record 0: {why}")
 
@@ -853,3 +835,17 @@ def _describe_pattern(pattern) -> str:
 def _sniff_compression(path) -> str | None:
     with tf.io.gfile.GFile(path, "rb") as f:
         return "GZIP" if f.read(2) == b"\x1f\x8b" else None
+
+
+def _first_record(path: str, compression: str) -> bytes:
+    """The first serialized record of shard ``path``; DataError if unreadable or empty."""
+    records = tf.data.TFRecordDataset(path, compression_type=compression)
+    try:
+        first = [r.numpy() for r in records.take(1)]
+    except tf.errors.OpError as e:
+        raise DataError(
+            f"{path}: not readable as TFRecord ({streams.clean_message(e.message)})"
+        ) from None
+    if not first:
+        raise DataError(f"{path}: no records")
+    return first[0]

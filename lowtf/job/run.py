@@ -212,16 +212,7 @@ def run_job(
     finally:
         if lock is not None:
             lock.release()
-            # The directory may never have been made (a refusal before the
-            # lock): listing it then would replace the real error with its own.
-            if (
-                not existed
-                and tf.io.gfile.isdir(model_dir)
-                and not tf.io.gfile.listdir(model_dir)
-            ):
-                tf.io.gfile.rmtree(
-                    model_dir
-                )  # made only for the lock of a failed start
+            rundir.remove_if_made_empty(model_dir, existed)
 
 
 def _export(config, model_dir, summary, log) -> None:

@@ -222,14 +222,8 @@ def fit_members(
         log=log,
         run_settings=run_settings,
     )
-    controller = Controller(
-        trainer=trainer,
-        model_dir=model_dir,
-        max_steps=config.max_steps,
-        eval_every=config.eval_every,
-        steps_per_call=config.steps_per_call,
-        checkpoint_every=config.checkpoint_every,
-        log=log,
+    controller = Controller.with_cadence_of(
+        config, trainer=trainer, model_dir=model_dir, log=log
     )
     controller.fit()
     return trainer.result(controller, trainer.clock.total())

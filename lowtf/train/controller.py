@@ -159,6 +159,19 @@ class Controller:
         # line's speed leaves that call's tracing and compiling out.
         self._timed_from = None
 
+    @classmethod
+    def with_cadence_of(cls, config, *, trainer, model_dir: str, log=print):
+        """A controller with ``config``'s cadence (a :class:`lowtf.TrainConfig`)."""
+        return cls(
+            trainer=trainer,
+            model_dir=model_dir,
+            max_steps=config.max_steps,
+            eval_every=config.eval_every,
+            steps_per_call=config.steps_per_call,
+            checkpoint_every=config.checkpoint_every,
+            log=log,
+        )
+
     def fit(self) -> str:
         """Holds the lock, resumes or starts, trains, and finishes; the stop reason.
 
@@ -189,13 +202,7 @@ class Controller:
         finally:
             if lock is not None:
                 lock.release()
-            if (
-                not existed
-                and tf.io.gfile.isdir(model_dir)
-                and not tf.io.gfile.listdir(model_dir)
-            ):
-                # Made only for the lock of a failed start.
-                tf.io.gfile.rmtree(model_dir)
+            rundir.remove_if_made_empty(model_dir, existed)
         return reason
 
     # -- the model directory --------------------------------------------------

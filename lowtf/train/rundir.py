@@ -85,6 +85,20 @@ _HELD: dict = {}
 _HELD_GUARD = threading.Lock()
 
 
+def remove_if_made_empty(model_dir: str, existed: bool) -> None:
+    """Removes ``model_dir`` if a failed start made it (it did not exist) and left it empty.
+
+    Checked with ``isdir`` first: a directory never made (a refusal before
+    the lock) must not turn into a listing error that hides the real one.
+    """
+    if (
+        not existed
+        and tf.io.gfile.isdir(model_dir)
+        and not tf.io.gfile.listdir(model_dir)
+    ):
+        tf.io.gfile.rmtree(model_dir)
+
+
 class RunLock:
     """An exclusive lock on a model directory, held for the life of a run.
 
