@@ -9,6 +9,24 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--readme",
+        action="store_true",
+        help="also run the README's shell commands in sequence (about 10 minutes)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``readme`` run only with ``--readme``."""
+    if config.getoption("--readme"):
+        return
+    skip = pytest.mark.skip(reason="the README in sequence: run with --readme")
+    for item in items:
+        if "readme" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     tf.random.set_seed(0)

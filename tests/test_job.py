@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import distribute
+from lowtf import distribute, sweep
 from lowtf.job import run as job
 from lowtf.train import metrics, summaries
 
@@ -270,6 +270,29 @@ def test_default_model_dir_names_what_the_run_is():
     long = dict(l1=1e-5, l2=1e-4, dropout=0.25, maxnorm=2.5, batchnorm=True, seed=7)
     assert re.fullmatch(r"digits-medium-[0-9a-f]{8}", named(**long))
     assert named(**long) != named(**{**long, "seed": 8})
+
+
+def test_default_sweep_dir_names_what_the_sweep_is():
+    def named(search="grid", trials=0, folds=1, sweep_dir=None, **given):
+        config = sweep.config.from_flags(
+            {k: [v] for k, v in given.items()},
+            search=search, trials=trials, folds=folds, sweep_dir=sweep_dir,
+        )  # fmt: skip
+        return os.path.relpath(config.resolved_sweep_dir, "sweeps")
+
+    assert named(model="tiny,small") == "digits-tiny+small"
+    grid = named(model="small,medium", l2="0,1e-4,1e-3", dropout="0,0.2")
+    assert grid == "digits-small+medium-dropout_0+0.2-l2_0+0.0001+0.001"
+    # Two sweeps of one architecture that differ in anything: two directories.
+    assert named(model="small,medium", l2="0,1e-4", dropout="0,0.2") != grid
+    assert named(l2="0,1e-4", folds=3) == "digits-medium-l2_0+0.0001-folds3"
+    tpe = named(search="tpe", trials=16, l2="1e-4..1e-2:log")
+    assert tpe == "digits-medium-l2_0.0001..0.01log-search_tpe-trials16"
+    assert named(search="tpe", trials=17, l2="1e-4..1e-2:log") != tpe
+    long = dict(label_smoothing="0,0.1", mixup="0,0.2", cutmix="0,1", input_noise="0,0.3", ema="0,0.99")
+    assert re.fullmatch(r"digits-medium-[0-9a-f]{8}", named(**long))
+    assert named(**long) != named(**long, max_steps="2000")
+    assert named(**long, sweep_dir="out") == "../out"
 
 
 def test_a_model_dir_of_another_run_is_refused_in_flag_terms(tmp_path):

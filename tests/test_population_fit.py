@@ -82,6 +82,14 @@ def test_start_from_step_holds_a_member_and_the_outputs_are_per_member(fitted):
     assert reasons == [("patience", 30), ("max_steps", 40), ("max_steps", 40)]
     assert pop.best_step[0] == 0 and pop.start_from_step == 30
     assert lines[-1] == "population stopped at step 40: 1 patience, 2 max_steps"
+    # The progress line: members training, the leader, the speed after compiling.
+    progress = [line for line in lines if line.startswith("step ")]
+    assert progress[0].endswith("  - steps/s  ETA ?")
+    assert re.fullmatch(
+        r"step 20/40  3/3 members training  best val_cross_entropy \S+ "
+        r"\(member \d @ \d+\)  [\d,]+ steps/s  ETA 0:00:\d\d",
+        progress[2],
+    ), progress[2]
     # history.csv: a row per member per evaluation while it trains.
     history = lowtf.read_history(str(model_dir / "history.csv"))
     assert [(r["member"], r["step"]) for r in history if r["member"] == 0] == [

@@ -173,11 +173,8 @@ def test_every_python_block_runs_alone(tmp_path):
     assert [p.returncode for p in running] == [0, 0]
 
 
-# The README's shell commands that a first hour runs, in order, in an empty
-# directory, with the steps shrunk as given; all of them would take many
-# minutes (sweeps, benchmarks, examples, the deployment and transfer chains,
-# which tests/test_export.py and tests/test_transfer.py run), so this is a
-# representative subset: the first run, and one that must not collide with it.
+# The first commands of a first hour, run here in every suite with their
+# output checked; the whole README in sequence is test_the_readme_runs_in_sequence.
 SHELL = [
     ("bin/train", []),
     ("bin/train --maxnorm=3 --dropout=0.2 --l2=1e-4", ["--max_steps=100"]),
@@ -195,10 +192,14 @@ def _shell_commands():
 
 def test_shell_commands_name_the_files_they_need():
     # Each command that reads a file made by no earlier command says where it comes from.
-    for line in re.findall(r"^    .*(?:HIGGS\.csv\.gz|rows\.csv\.gz).*$", README, re.MULTILINE):
+    for line in re.findall(r"^    .*(?:HIGGS\.csv\.gz|breast_cancer\.csv).*$", README, re.MULTILINE):
         if "--data_path=" in line:
             assert "# needs " in line, line
-    assert "UCI HIGGS data set" in README and "np.savetxt('rows.csv.gz'" in README
+    assert "UCI HIGGS data set" in README and "examples/breast_cancer_csv.py" in README
+    # bin/predict's rows are written by the line before it.
+    commands = _shell_commands()
+    predict = next(i for i, c in enumerate(commands) if c.startswith("bin/predict"))
+    assert "np.savetxt('rows.csv.gz'" in commands[predict - 1]
     assert " ..." not in "\n".join(_shell_commands())  # a literal ... is a flag error
 
 
@@ -243,3 +244,104 @@ def test_the_first_commands_run_in_order_quietly_in_an_empty_directory(tmp_path)
         "error: --model_dir=runs/digits-medium belongs to another run (--l2: 0 in the "
         "run, 0.0001 now); pick another --model_dir\n"
     )
+
+
+# -- the README in sequence (pytest --readme; about 10 minutes on 2 cores) -----
+
+# The step counts the sequence shrinks: a value given is replaced, and bin/train
+# and bin/sweep get the first three where the command gives none.
+SHRINK = {"max_steps": "40", "eval_every": "20", "patience": "40", "steps": "40", "trials": "4"}
+# Runs ROOT's script with SHRINK applied (written as bin/<name> of the directory).
+_WRAPPER = """import os, sys
+SHRINK, ADD, SCRIPT = {shrink!r}, {add!r}, {script!r}
+args = []
+for arg in sys.argv[1:]:
+    name = arg[2:].split("=", 1)[0]
+    args.append(f"--{{name}}={{SHRINK[name]}}" if arg.startswith("--") and name in SHRINK else arg)
+given = {{arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}}
+args += [f"--{{name}}={{SHRINK[name]}}" for name in ADD if name not in given]
+os.execv(sys.executable, [sys.executable, SCRIPT, *args])
+"""
+_COMMAND = re.compile(r"(pip |bin/|lowtf-|python |tensorboard |TF_CONFIG=|for |[A-Z]+=)")
+# Lines the sequence does not run: what needs a file or hosts it has not got (the
+# README says so on the line), the set-up this test runs under, a server.
+_NOT_RUN = re.compile(r".*# needs |.*\(needs |pip install|python -m pytest|tensorboard ")
+
+
+def _shell_blocks():
+    """The README's indented shell blocks (outside ``` fences), dedented, in order."""
+    blocks, lines, fenced = [], [], False
+    for line in README.splitlines() + [""]:
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("    "):
+            lines.append(line)
+            continue
+        if lines:
+            text = textwrap.dedent("\n".join(lines))
+            if _COMMAND.match(next(s for s in text.splitlines() if not s.startswith("#"))):
+                blocks.append(text)
+            lines = []
+    return blocks
+
+
+def _runnable(block: str) -> str:
+    """``block`` without the lines it does not run (and their continuation lines)."""
+    kept, skipping = [], False
+    for line in block.splitlines():
+        skip = skipping or bool(_NOT_RUN.match(line))
+        if skip and line.startswith("pip install -e . && "):
+            kept.append(line.removeprefix("pip install -e . && "))  # bin/train
+        elif not skip:
+            kept.append(line)
+        skipping = skip and line.rstrip().endswith("\\")
+    text = "\n".join(kept).strip()
+    return "" if text.startswith("TF_CONFIG") else text
+
+
+@pytest.mark.readme
+@pytest.mark.e2e
+def test_the_readme_runs_in_sequence(tmp_path):
+    """Every shell command of the README, in order, in a fresh venv and an empty directory.
+
+    The venv sees this Python's packages and gets lowtf installed by pip;
+    the directory gets bin/<name> (and examples/augment_digits.py) that run
+    the checkout's script with SHRINK's step counts. No --model_dir or
+    --sweep_dir is added: the README's default directories must not collide.
+    """
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(ROOT)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    work = tmp_path / "work"
+    for name, add in [
+        ("bin/train", ["max_steps", "eval_every", "patience"]),
+        ("bin/sweep", ["max_steps", "eval_every", "patience"]),
+        ("bin/export", []), ("bin/predict", []), ("bin/convert", []),
+        ("examples/augment_digits.py", []),
+    ]:  # fmt: skip
+        path = work / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        code = _WRAPPER.format(shrink=SHRINK, add=add, script=str(ROOT / name))
+        path.write_text(f"#!{python}\n{code}")
+        path.chmod(0o755)
+    env = {**ENV, "PATH": f"{venv / 'bin'}{os.pathsep}{ENV['PATH']}"}
+    ran = []
+    for block in map(_runnable, _shell_blocks()):
+        if not block:
+            continue
+        run = subprocess.run(["bash", "-e", "-c", block], cwd=work, env=env,
+                             capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+        assert run.returncode == 0, (block, run.stderr[-3000:])
+        ran.append(block)
+    commands = sum(len(re.findall(r"^\s*(?:bin/|python )|; bin/", b, re.M)) for b in ran)
+    assert commands >= 40, ran
+    # Each command wrote where it says: a directory of its own, and the chain's files.
+    assert len(os.listdir(work / "runs")) >= 20 and len(os.listdir(work / "sweeps")) >= 15
+    assert (work / "exports" / "digits" / "1" / "saved_model.pb").exists()
+    assert (work / "exports" / "digits-ensemble" / "1" / "saved_model.pb").exists()
+    with open(work / "predictions.csv") as f:
+        assert len(f.read().splitlines()) == 1 + 300  # a header, then the test digits

@@ -1,8 +1,10 @@
 """A model directory's lock, identity record and traces (lowtf.train.rundir)."""
 
+import contextlib
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -213,6 +215,13 @@ def _unshare_works() -> bool:
         return False
 
 
+def _read(path):
+    try:
+        return pathlib.Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
 @pytest.mark.skipif(
     not _unshare_works(), reason="unshare --pid --fork is unavailable here"
 )
@@ -222,8 +231,9 @@ def test_an_owner_in_another_pid_namespace_is_found_while_it_runs():
     )
     try:
         children = pathlib.Path(f"/proc/{process.pid}/task/{process.pid}/children")
-        for _ in range(500):
-            if children.exists() and children.read_text().split():
+        for _ in range(3000):  # until the child runs sleep (past unshare's set-up)
+            pids = children.read_text().split() if children.exists() else []
+            if pids and _read(f"/proc/{pids[0]}/comm") == "sleep":
                 break
             time.sleep(0.01)
         child = int(children.read_text().split()[0])
@@ -236,8 +246,11 @@ def test_an_owner_in_another_pid_namespace_is_found_while_it_runs():
     finally:
         process.kill()
         process.wait()
-    for _ in range(3000):  # up to 30 s on a busy machine
-        if not os.path.exists(f"/proc/{child}"):
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child, signal.SIGKILL)
+    for _ in range(3000):  # up to 30 s on a busy machine; a zombie counts as ended
+        state = _read(f"/proc/{child}/stat")
+        if state is None or state.rsplit(")", 1)[1].split()[0] in "ZX":
             break
         time.sleep(0.01)
     assert rundir.owner_state(owner) == rundir.GONE

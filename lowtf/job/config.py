@@ -469,7 +469,6 @@ class JobConfig:
         """
         if self.model_dir:
             return self.model_dir
-        base = f"{self.dataset}-{self.model_name}"
         flags = self.defining_flags()
         defaults = {f.name: f.default for f in dataclasses.fields(JobConfig)}
         defaults["activation"] = default_activation(self.model)
@@ -478,13 +477,24 @@ class JobConfig:
             for name, value in flags.items()
             if name not in ("dataset", "model") and value != defaults[name]
         ]
-        parts = [_name_part(name, value) for name, value in changed]
-        suffix = "-".join(parts)
-        readable = all(re.fullmatch(r"[A-Za-z0-9_.+@=]+", part) for part in parts)
-        if len(suffix) > _MAX_SUFFIX or not readable:
-            text = json.dumps(dict(changed), sort_keys=True, default=str)
-            suffix = hashlib.sha256(text.encode()).hexdigest()[:8]
-        return os.path.join("runs", f"{base}-{suffix}" if suffix else base)
+        return directory_name("runs", f"{self.dataset}-{self.model_name}", changed)
+
+
+def directory_name(parent: str, base: str, changed: list) -> str:
+    """``parent/base-<flag><value>-...``: a default directory named by what differs.
+
+    ``changed`` is ``[(flag name, value)]`` off the defaults, in order; a
+    list of values (a sweep's) is joined by ``+``. A hash of them replaces
+    the flags when they make a long or awkward name
+    (``runs/digits-medium-3f2a9c1b``).
+    """
+    parts = [_name_part(name, value) for name, value in changed]
+    suffix = "-".join(parts)
+    readable = all(re.fullmatch(r"[A-Za-z0-9_.+@=]+", part) for part in parts)
+    if len(suffix) > _MAX_SUFFIX or not readable:
+        text = json.dumps(dict(changed), sort_keys=True, default=str)
+        suffix = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return os.path.join(parent, f"{base}-{suffix}" if suffix else base)
 
 
 def check_batch_size(config, train_rows: int, *, most: int | None) -> None:
@@ -535,11 +545,20 @@ def _dataset_for(path: str) -> str:
 
 
 def _name_part(name: str, value) -> str:
-    """One flag in a directory name: ``dropout0.2``, ``l2_0.0001``, ``batchnorm``, ``optimizer_sgd``."""
+    """One flag in a directory name: ``dropout0.2``, ``l2_0.0001``, ``batchnorm``, ``optimizer_sgd``.
+
+    A sweep's list of values: ``l2_0+0.0001+0.001``.
+    """
     if value is True:
         return name
-    text = f"{value:g}" if isinstance(value, float) else str(value)
-    # An augmentation spec: translate:1,rotate:10 -> translate1+rotate10.
-    text = text.replace(":", "").replace(",", "+")
+    if isinstance(value, (list, tuple)):
+        return f"{name}_" + "+".join(_name_value(v) for v in value)
+    text = _name_value(value)
     glue = "_" if name[-1].isdigit() or isinstance(value, str) else ""
     return f"{name}{glue}{text}"
+
+
+def _name_value(value) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    # An augmentation spec: translate:1,rotate:10 -> translate1+rotate10.
+    return text.replace(":", "").replace(",", "+")

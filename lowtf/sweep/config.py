@@ -28,7 +28,7 @@ import re
 
 from lowtf import _checks
 from lowtf.job import flags as job_flags
-from lowtf.job.config import MODELS, JobConfig, default_activation
+from lowtf.job.config import MODELS, JobConfig, default_activation, directory_name
 from lowtf.job.flags import BY_NAME, FIXED, MEMBER, REFUSED, SPLIT
 
 # A range entry: two numbers, no dot next to the "..", and an optional ":log".
@@ -223,7 +223,8 @@ class SweepConfig:
         stratified k-fold cross-validation on the training rows, each
         configuration trained once per fold.
       sweep_dir: where the study, populations, report and winner go
-        (default None: ``sweeps/<dataset>-<architectures joined by +>``).
+        (default None: ``sweeps/<dataset>-<architectures joined by +>``, then
+        what else defines the sweep: :attr:`resolved_sweep_dir`).
       storage: an Optuna storage URL shared by several processes, or
         ``journal:<path>`` for a journal file (default None:
         ``sqlite:///<sweep_dir>/study.db``).
@@ -430,10 +431,29 @@ class SweepConfig:
 
     @property
     def resolved_sweep_dir(self) -> str:
+        """``sweep_dir``, or a directory named by what the sweep is.
+
+        ``sweeps/<dataset>-<architectures joined by +>``, then each swept
+        setting with its values and each other part of the definition off
+        its default (``sweeps/digits-small+medium-l2_0+0.0001-folds5``); a
+        hash of them when that makes a long or awkward name. The same
+        command gives the same directory, so running it again resumes.
+        """
         if self.sweep_dir:
             return self.sweep_dir
-        name = "+".join(self.architectures)
-        return os.path.join("sweeps", f"{self.job.dataset}-{name}")
+        defaults = json.loads(json.dumps(
+            {**_fields(JobConfig()), "search": "grid", "trials": 0, "folds": 1}
+        ))  # fmt: skip
+        definition = self.definition()
+        names = [n for n in self.swept if n != ARCHITECTURE]
+        names += [n for n in definition if n not in names and n != ARCHITECTURE]
+        changed = [
+            (name, definition[name])
+            for name in names
+            if name in self.swept or definition[name] != defaults.get(name)
+        ]
+        base = f"{self.job.dataset}-" + "+".join(self.architectures)
+        return directory_name("sweeps", base, [c for c in changed if c[0] != "dataset"])
 
     @property
     def resolved_storage(self) -> str:

@@ -403,8 +403,9 @@ class Controller:
         its validation metrics and best step; a population's members still
         training and its leader), the steps left before early stopping ends
         the run unless the monitor improves (when that comes before
-        max_steps), and the time to whichever end comes first at the speed
-        measured since the first, compiling, call.
+        max_steps), a population's steps/s (each a step of all its members),
+        and the time to whichever end comes first at the speed measured since
+        the first, compiling, call.
         """
         step, end, stop_in = evaluated.step, self.max_steps, ""
         by_patience = self.trainer.patience_end()
@@ -413,12 +414,17 @@ class Controller:
             by_patience = next_multiple(by_patience - 1, self.eval_every)
             if by_patience < end:
                 end, stop_in = by_patience, f" (stop in {by_patience - step})"
-        eta = "?"
+        eta, rate = "?", None
         timed = self._timed_from
         if timed is not None and step > timed[1]:
             rate = (step - timed[1]) / max(time.monotonic() - timed[0], 1e-9)
             eta = clock(max(end - step, 0) / rate)
-        return f"step {step}/{self.max_steps}  {evaluated.progress}{stop_in}  ETA {eta}"
+        speed = ""
+        if self.trainer.kind == "population":  # its line has room for the speed
+            speed = f"  {rate:,.0f} steps/s" if rate else "  - steps/s"
+        return (
+            f"step {step}/{self.max_steps}  {evaluated.progress}{stop_in}{speed}  ETA {eta}"
+        )
 
 
 def check_model_dir(model_dir: str) -> None:
