@@ -1,17 +1,19 @@
 """Tests of lowtf.job: JobConfig's checks, the layering, and run_job in process, on tiny runs."""
 
 import ast
+import gzip
 import json
 import os
 import re
 import types
 
 import _fixtures  # tests/_fixtures.py; pytest puts tests/ on sys.path
+import numpy as np
 import pytest
 import tensorflow as tf
 
 import lowtf
-from lowtf import distribute, sweep
+from lowtf import distribute, nn, sweep
 from lowtf.job import run as job
 from lowtf.train import metrics, summaries
 
@@ -531,3 +533,61 @@ def test_the_job_is_above_training_and_export():
     assert "from lowtf.models import ModelSpec" in open(
         os.path.join(root, "export", "spec.py")
     ).read()
+
+
+# bin/train's data formats and its snapshot, in process (tests/test_bin_train.py
+# runs the binary itself): short runs off XLA.
+QUICK = dict(xla=False, eval_every=50, max_steps=200, batch_size=50)
+
+
+def _summary(model_dir):
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.e2e
+def test_maxnorm_holds_in_the_saved_best_snapshot(tmp_path):
+    # A csv file (header, label column named) of the synthetic problem.
+    x, y = lowtf.data.datasets.synthetic(900, num_features=6, seed=1)
+    path = tmp_path / "data.csv"
+    rows = [",".join(["kind"] + [f"f{i}" for i in range(6)])]
+    rows += [",".join([str(label)] + [f"{v:.5f}" for v in row]) for label, row in zip(y, x)]
+    path.write_text("\n".join(rows) + "\n")
+    model_dir = str(tmp_path / "run")
+    job.run_job(job.JobConfig(
+        dataset="csv", data_path=str(path), label_column="kind", model="small",
+        maxnorm=0.5, l2=1e-4, dropout=0.1, model_dir=model_dir, **QUICK,
+    ), log=lambda line: None)  # fmt: skip
+    got = _summary(model_dir)
+    assert (got["train_size"], got["validation_size"], got["test_size"]) == (630, 135, 135)
+    # Rebuild the network and read the best snapshot into it.
+    model = lowtf.mlp("small", num_classes=2, maxnorm=0.5, l2=1e-4, dropout=0.1)
+    model(tf.zeros([1, 6]))
+    snapshot = lowtf.train.best_checkpoint(os.path.join(model_dir, "best"))
+    assert snapshot["step"] == got["best_step"]
+    tf.train.Checkpoint(model=model).read(snapshot["prefix"]).expect_partial().assert_existing_objects_matched()
+    hidden = [m for m in model.submodules if isinstance(m, nn.Dense) and m.name != "logits"]
+    assert len(hidden) == 2
+    for dense in hidden:
+        norms = lowtf.nn.unit_norms(dense.kernel).numpy()
+        assert norms.max() <= 0.5 * (1 + 1e-5)
+        assert norms.max() >= 0.5 * (1 - 1e-3)  # the cap is reached: it did work
+
+
+@pytest.mark.e2e
+def test_higgs_format(tmp_path):
+    rs = np.random.RandomState(0)
+    features = rs.randn(700, 28)
+    labels = (features[:, 0] + 0.5 * rs.randn(700) > 0).astype(int)
+    path = tmp_path / "HIGGS.csv.gz"
+    with gzip.open(path, "wt") as f:
+        for label, row in zip(labels, features):
+            f.write(",".join([f"{label:.1f}"] + [f"{v:.6f}" for v in row]) + "\n")
+    model_dir = str(tmp_path / "run")
+    job.run_job(job.JobConfig(
+        dataset="higgs", data_path=str(path), train_size=500, validation_size=100,
+        model="tiny", model_dir=model_dir, **QUICK,
+    ), log=lambda line: None)  # fmt: skip
+    got = _summary(model_dir)
+    assert (got["train_size"], got["validation_size"], got["test_size"]) == (500, 100, 100)
+    assert got["num_classes"] == 2 and got["test_accuracy"] > 0.7

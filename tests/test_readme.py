@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import _fixtures  # tests/_fixtures.py; pytest puts tests/ on sys.path
 import numpy as np
 import pytest
 
@@ -233,7 +234,10 @@ def test_the_first_commands_run_in_order_quietly_in_an_empty_directory(tmp_path)
         assert json.load(f)["last_step"] == 100
     with open(tmp_path / "runs" / "digits-medium" / "summary.json") as f:
         assert json.load(f)["stop_reason"] == "patience"
-    # Another run's flags on an existing directory: one short line naming them.
+    # Another run's flags on an existing directory: one short line naming
+    # them, status 2, and the directory as it was (tests/test_job.py refuses
+    # every defining setting in process).
+    before = _fixtures.tree_digest(tmp_path / "runs" / "digits-medium")
     refused = subprocess.run(
         [sys.executable, str(ROOT / "bin" / "train"), "--model_dir=runs/digits-medium",
          "--l2=1e-4", "--max_steps=100"],
@@ -244,6 +248,7 @@ def test_the_first_commands_run_in_order_quietly_in_an_empty_directory(tmp_path)
         "error: --model_dir=runs/digits-medium belongs to another run (--l2: 0 in the "
         "run, 0.0001 now); pick another --model_dir\n"
     )
+    assert _fixtures.tree_digest(tmp_path / "runs" / "digits-medium") == before
 
 
 # -- the README in sequence (pytest --readme; about 10 minutes on 2 cores) -----
