@@ -470,7 +470,7 @@ def clean(fitted, tmp_path_factory):
 
 
 @pytest.mark.e2e
-def test_bin_predict_never_writes_over_the_input_or_a_file_it_did_not_make(
+def test_predict_never_writes_over_the_input_or_a_file_it_did_not_make(
     clean, tmp_path, monkeypatch
 ):
     path, rows, expected = clean
@@ -484,19 +484,17 @@ def test_bin_predict_never_writes_over_the_input_or_a_file_it_did_not_make(
     (tmp_path / "folder").mkdir()
     before = tree_digest(tmp_path)
 
-    # The input through a symlink and "..": refused before anything is written.
+    # The input through a symlink and "..", and the other spellings, with or
+    # without overwrite: refused before anything is written. (In process:
+    # bin/predict runs predict_file and prints a refusal as one line `error: `,
+    # test_bin_export_and_bin_predict_on_csv_gz_and_npz.)
     spelled = f"{tmp_path}/data/../link.csv"
-    done = _run(
-        "predict", f"--model={path}", f"--data_path={data}", f"--output={spelled}"
+    with pytest.raises(ValueError) as refused:
+        export.predict_file(path, str(data), spelled)
+    assert str(refused.value) == (
+        f"--output ({spelled}) is --data_path ({data}); predictions never "
+        f"replace their input: name another file"
     )
-    assert done.returncode == 2 and done.stdout == ""
-    assert _errors(done.stderr) == [
-        (
-            f"error: --output ({spelled}) is --data_path ({data}); predictions never "
-            f"replace their input: name another file"
-        )
-    ]
-    # The same check in process, for the other spellings, with or without overwrite.
     monkeypatch.chdir(tmp_path / "data")
     for output in (
         "rows.csv",
@@ -516,12 +514,11 @@ def test_bin_predict_never_writes_over_the_input_or_a_file_it_did_not_make(
     assert tree_digest(tmp_path) == before
 
     # --overwrite replaces the output, and only it: the user's out.csv.tmp stays.
-    done = _run(
-        "predict", f"--model={path}", f"--data_path={data}",
-        f"--output={tmp_path / 'out.csv'}", "--overwrite",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout == f"predict: 300 rows written to {tmp_path / 'out.csv'}\n"
+    lines = []
+    export.predict_file(
+        path, str(data), str(tmp_path / "out.csv"), overwrite=True, log=lines.append
+    )
+    assert lines == [f"predict: 300 rows written to {tmp_path / 'out.csv'}"]
     assert (tmp_path / "out.csv").read_bytes() == expected
     after = tree_digest(tmp_path)
     del after["out.csv"], before["out.csv"]
