@@ -38,9 +38,18 @@ def _fit(model_dir, *, config=CONFIG, model=None, optimizer=None, data=None, opt
     return result, lines
 
 
+@pytest.fixture(scope="module")
+def fitted_once(tmp_path_factory):
+    """A directory as ``_fit`` leaves it; tests start from a copy (the paths in
+    it are relative), one fit for all of them."""
+    model_dir = tmp_path_factory.mktemp("fitted")
+    _fit(model_dir)
+    return model_dir
+
+
 @pytest.mark.e2e
-def test_a_missing_state_file_resumes_from_the_newest_readable_checkpoint(tmp_path):
-    _fit(tmp_path)
+def test_a_missing_state_file_resumes_from_the_newest_readable_checkpoint(tmp_path, fitted_once):
+    shutil.copytree(fitted_once, tmp_path, dirs_exist_ok=True)
     os.remove(tmp_path / "ckpt" / "checkpoint")
     result, lines = _fit(tmp_path, config=lowtf.TrainConfig(
         batch_size=40, max_steps=60, eval_every=20, checkpoint_every=20))
@@ -50,8 +59,8 @@ def test_a_missing_state_file_resumes_from_the_newest_readable_checkpoint(tmp_pa
 
 
 @pytest.mark.e2e
-def test_traces_without_a_checkpoint_are_refused_and_the_best_snapshot_kept(tmp_path):
-    _fit(tmp_path)
+def test_traces_without_a_checkpoint_are_refused_and_the_best_snapshot_kept(tmp_path, fitted_once):
+    shutil.copytree(fitted_once, tmp_path, dirs_exist_ok=True)
     shutil.rmtree(tmp_path / "ckpt")
     before = _fixtures.tree_digest(tmp_path)
     with pytest.raises(ValueError, match=r"holds best, history.csv of an earlier run but "
@@ -61,8 +70,8 @@ def test_traces_without_a_checkpoint_are_refused_and_the_best_snapshot_kept(tmp_
 
 
 @pytest.mark.e2e
-def test_a_resume_with_other_settings_is_refused_setting_by_setting(tmp_path):
-    _fit(tmp_path)
+def test_a_resume_with_other_settings_is_refused_setting_by_setting(tmp_path, fitted_once):
+    shutil.copytree(fitted_once, tmp_path, dirs_exist_ok=True)
     before = _fixtures.tree_digest(tmp_path)
     cases = [
         (dict(model=lowtf.mlp([16], activation="relu", seed=1)), "elu.*relu"),
@@ -80,8 +89,8 @@ def test_a_resume_with_other_settings_is_refused_setting_by_setting(tmp_path):
 
 
 @pytest.mark.e2e
-def test_the_learning_rate_given_on_resume_is_the_one_that_runs_and_is_recorded(tmp_path):
-    _fit(tmp_path)
+def test_the_learning_rate_given_on_resume_is_the_one_that_runs_and_is_recorded(tmp_path, fitted_once):
+    shutil.copytree(fitted_once, tmp_path, dirs_exist_ok=True)
     optimizer = tf.keras.optimizers.Adam(5e-4)
     config = lowtf.TrainConfig(batch_size=40, max_steps=60, eval_every=20, checkpoint_every=20)
     result, lines = _fit(tmp_path, config=config, optimizer=optimizer)
@@ -97,8 +106,8 @@ def test_the_learning_rate_given_on_resume_is_the_one_that_runs_and_is_recorded(
 
 
 @pytest.mark.e2e
-def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(tmp_path):
-    _fit(tmp_path)
+def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(tmp_path, fitted_once):
+    shutil.copytree(fitted_once, tmp_path, dirs_exist_ok=True)
     with lowtf.train.rundir.RunLock(str(tmp_path)):
         (tmp_path / "lock").write_text(json.dumps({"host": "node7", "pid": 4242}))
         before = _fixtures.tree_digest(tmp_path)
@@ -110,8 +119,8 @@ def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(tmp_path)
 
 @pytest.mark.parametrize("damage", ["truncated", "zeroed"])
 @pytest.mark.e2e
-def test_a_damaged_latest_checkpoint_is_refused_at_start_naming_an_older_one(tmp_path, damage):
-    _fit(tmp_path)
+def test_a_damaged_latest_checkpoint_is_refused_at_start_naming_an_older_one(tmp_path, damage, fitted_once):
+    shutil.copytree(fitted_once, tmp_path, dirs_exist_ok=True)
     data = next((tmp_path / "ckpt").glob("ckpt-40.data-*"))
     content = data.read_bytes()
     data.write_bytes(content[: len(content) // 2] if damage == "truncated" else bytes(len(content)))
@@ -128,8 +137,8 @@ def test_a_damaged_latest_checkpoint_is_refused_at_start_naming_an_older_one(tmp
     ("{trunc", "is not valid JSON"),
 ])
 @pytest.mark.e2e
-def test_a_best_json_of_the_wrong_shape_is_refused_at_start(tmp_path, text, message):
-    _fit(tmp_path)
+def test_a_best_json_of_the_wrong_shape_is_refused_at_start(tmp_path, text, message, fitted_once):
+    shutil.copytree(fitted_once, tmp_path, dirs_exist_ok=True)
     (tmp_path / "best" / "best.json").write_text(text)
     before = _fixtures.tree_digest(tmp_path)
     with pytest.raises(ValueError, match=message):
@@ -150,8 +159,8 @@ def test_a_truncated_best_snapshot_is_refused_at_start(tmp_path):
 
 
 @pytest.mark.e2e
-def test_an_undecodable_or_foreign_history_is_refused_at_start(tmp_path):
-    _fit(tmp_path)
+def test_an_undecodable_or_foreign_history_is_refused_at_start(tmp_path, fitted_once):
+    shutil.copytree(fitted_once, tmp_path, dirs_exist_ok=True)
     (tmp_path / "history.csv").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ValueError, match=r"history.csv cannot be read \(UnicodeDecodeError\)"):
         _fit(tmp_path)
