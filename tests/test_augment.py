@@ -1,9 +1,6 @@
 """Tests of lowtf.augment: exact shifts, ranges, seeding, XLA, the spec, the step hook."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -354,29 +351,15 @@ def test_step_hook_applies_to_training_batches_only():
 
 
 @pytest.mark.e2e
-def test_bin_train_runs_the_cnn_with_augmentation(tmp_path):
-    binary = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "train"
-    )
-    args = [
-        "--model=cnn",
-        "--augment=translate:1,rotate:10",
-        "--train_size=64",
-        "--batch_size=32",
-        "--max_steps=4",
-        "--eval_every=2",
-        f"--model_dir={tmp_path / 'run'}",
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, binary, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_a_job_trains_the_cnn_with_augmentation(tmp_path):
+    # What bin/train runs (its flags are run_job's config), in process.
+    from lowtf.job import run as job
+
+    config = job.JobConfig(
+        model="cnn", augment="translate:1,rotate:10", train_size=64, batch_size=32,
+        max_steps=4, eval_every=2, model_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    job.run_job(config, log=lambda line: None)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["model"] == "cnn" and summary["augment"] == "translate:1,rotate:10"
     assert summary["last_step"] == 4 and 0 <= summary["test_accuracy"] <= 1

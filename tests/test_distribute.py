@@ -118,32 +118,15 @@ def test_chief_and_write_dirs(tmp_path):
     assert "workertemp" not in " ".join(os.listdir(tmp_path))
 
 
-@pytest.mark.e2e
-def test_bin_train_strategy_flag(tmp_path):
-    # bin/train's choices are lowtf.job.config's (tests/test_job.py checks them).
-    binary = os.path.join(os.path.dirname(HERE), "bin", "train")
-    env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            binary,
-            "--strategy=multi_worker",
-            f"--model_dir={tmp_path / 'run'}",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert run.returncode == 2
-    assert (
-        run.stderr.strip()
-        .splitlines()[-1]
-        .startswith(
-            "error: --strategy ('multi_worker') needs the TF_CONFIG environment variable"
-        )
-    )
+def test_a_strategy_refusal_leaves_no_model_dir(tmp_path, monkeypatch):
+    # bin/train runs run_job and prints its refusal in flag terms (one line,
+    # status 2: tests/test_bin_train.py); every choice: test_make_strategy_by_name.
+    from lowtf.job import run as job
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config = job.JobConfig(strategy="multi_worker", model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"^`strategy` \('multi_worker'\) needs the TF_CONFIG"):
+        job.run_job(config, log=lambda line: None)
     assert not (tmp_path / "run").exists()
 
 

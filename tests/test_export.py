@@ -297,7 +297,7 @@ def test_bin_export_and_bin_predict_on_csv_gz_and_npz(tiny_run):
     )
     assert refused.returncode == 2
     assert _errors(refused.stderr) == [
-        f"error: `version` (1) exists in {exports}; leave it out for the next free one (2)"
+        f"error: --version (1) exists in {exports}; leave it out for the next free one (2)"
     ]
 
     rows = _raw_binary(23, seed=5)[0]
