@@ -266,21 +266,16 @@ def test_binary_rejects_an_unknown_model_with_one_line(tmp_path):
 
 
 @pytest.mark.e2e
-def test_binary_population_group_reports_speeds_and_memory(tmp_path):
-    out = tmp_path / "report.json"
-    result = _bench(
-        "--population=2",
-        "--models=tiny",
-        "--steps_per_call=2",
-        "--repeats=1",
-        "--population_keras_runs=1",
-        "--population_single_runs=1",
-        "--population_batch_size=64",
-        f"--output={out}",
-        tmp_path=tmp_path,
+def test_population_group_reports_speeds_and_memory():
+    # What bin/bench --population runs for each (model, K), and its table; the
+    # binary's report file: test_binary_writes_table_and_json.
+    from lowtf.bench import population
+
+    record = population.run_population(
+        "tiny", 2, steps=2, repeats=1, keras_runs=1, single_runs=1, batch_size=64
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    (record,) = json.loads(out.read_text())["population"]
+    json.dumps(record)  # the report's record is JSON
+    text = population.table([record])
     assert (record["model"], record["members"], record["batch_size"]) == ("tiny", 2, 64)
     assert (record["single_runs_timed"], record["keras_runs_timed"]) == (1, 1)
     rates = [
@@ -307,7 +302,7 @@ def test_binary_population_group_reports_speeds_and_memory(tmp_path):
     )
     # Each single: weights and Adam's two slots, its step and learning rate.
     assert record["variable_bytes_singles"] == 2 * (3 * weights * 4 + 8 + 4)
-    assert "keras m-steps/s" in result.stdout
-    assert "tiny K=2: 1 single runs; tiny K=2: 1 keras runs" in result.stdout
+    assert "keras m-steps/s" in text
+    assert "tiny K=2: 1 single runs; tiny K=2: 1 keras runs" in text
 
 
