@@ -441,19 +441,23 @@ class SweepConfig:
         """
         if self.sweep_dir:
             return self.sweep_dir
-        defaults = json.loads(json.dumps(
-            {**_fields(JobConfig()), "search": "grid", "trials": 0, "folds": 1}
-        ))  # fmt: skip
+        own = {
+            f.name: f.default
+            for f in dataclasses.fields(SweepConfig)
+            if f.default is not dataclasses.MISSING
+        }
+        defaults = json.loads(json.dumps({**_fields(JobConfig()), **own}))
         definition = self.definition()
-        names = [n for n in self.swept if n != ARCHITECTURE]
-        names += [n for n in definition if n not in names and n != ARCHITECTURE]
+        named = ("dataset", ARCHITECTURE)  # the base's
+        names = [n for n in self.swept if n not in named]
+        names += [n for n in definition if n not in names and n not in named]
         changed = [
             (name, definition[name])
             for name in names
             if name in self.swept or definition[name] != defaults.get(name)
         ]
         base = f"{self.job.dataset}-" + "+".join(self.architectures)
-        return directory_name("sweeps", base, [c for c in changed if c[0] != "dataset"])
+        return directory_name("sweeps", base, changed)
 
     @property
     def resolved_storage(self) -> str:
