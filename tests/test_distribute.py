@@ -547,11 +547,11 @@ def test_a_lone_worker_says_whom_it_waits_for_and_stops_on_sigterm_or_timeout(
     """Worker 0 of a two-worker cluster whose worker 1 never starts.
 
     Two such workers at once (two clusters): one gets SIGTERM after its first
-    waiting line, the other gives up after --startup_timeout=20. Each leaves
+    waiting line, the other gives up after --startup_timeout=5. Each leaves
     its model directory as it was.
     """
     procs, dirs = [], []
-    for case, flags in (("sigterm", []), ("timeout", ["--startup_timeout=20"])):
+    for case, flags in (("sigterm", []), ("timeout", ["--startup_timeout=5"])):
         ports = _free_ports(2)
         cluster = {"worker": [f"localhost:{port}" for port in ports]}
         config = {"cluster": cluster, "task": {"type": "worker", "index": 0}}
@@ -593,12 +593,12 @@ def test_a_lone_worker_says_whom_it_waits_for_and_stops_on_sigterm_or_timeout(
     assert errors[0].startswith("error: worker 0 of 2 stopped by SIGTERM while waiting for "
                                 "worker 1 (localhost:"), errors[0]  # fmt: skip
     assert errors[1] == (
-        f"error: worker 0 of 2 gave up after 20 s waiting for worker 1 (localhost:{ports[1]}) "
+        f"error: worker 0 of 2 gave up after 5 s waiting for worker 1 (localhost:{ports[1]}) "
         "to start (startup timeout); nothing was written: start every worker with the same "
         "cluster, or wait longer\n"
     )
     assert errors[0].count("\n") == 1 and "Traceback" not in errors[0]
-    # The waiting line came at once; 20 s left no time for a second one.
+    # The waiting line came at once; 5 s left no time for a second one.
     out = (tmp_path / "timeout.out").read_text().splitlines()
-    assert out == [f"{waiting}; giving up in 0:00:20"]
+    assert out == [f"{waiting}; giving up in 0:00:05"]
     assert [_fixtures.tree_digest(d) for d in dirs] == before

@@ -140,12 +140,17 @@ sys.exit(1 if failed else 0)
 """
 
 
+PYTHON_MAX_STEPS = 100
+
+
 @pytest.mark.e2e
 def test_every_python_block_runs_alone(tmp_path):
     """Each block in a fresh namespace and an empty directory, in two processes.
 
     A block that reads HIGGS.csv.gz (the UCI file, 2.6 GB) gets a small file
-    of that format; the blocks of IN_PROCESS run in process above.
+    of that format; the blocks of IN_PROCESS run in process above. A block's
+    ``max_steps=N`` runs at most PYTHON_MAX_STEPS steps (as SHRINK does for
+    the shell commands): the block runs as written, for fewer steps.
     """
     blocks = []
     for i, (title, code) in enumerate(_python_blocks()):
@@ -153,7 +158,12 @@ def test_every_python_block_runs_alone(tmp_path):
             continue
         cwd = tmp_path / f"block{i}"
         cwd.mkdir()
-        (cwd / "block.py").write_text(code)
+        shrunk = re.sub(
+            r"\bmax_steps=(\d+)",
+            lambda m: f"max_steps={min(int(m.group(1)), PYTHON_MAX_STEPS)}",
+            code,
+        )
+        (cwd / "block.py").write_text(shrunk)
         if "HIGGS.csv.gz" in code:
             _higgs_file(cwd / "HIGGS.csv.gz")
         blocks.append((title, str(cwd)))
