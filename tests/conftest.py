@@ -6,7 +6,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -29,6 +28,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _seeded():
+    # Imported here, not above: pytest-xdist's controller process loads this
+    # file too and runs no test, so it need not start TensorFlow (seconds).
+    import tensorflow as tf
+
     tf.random.set_seed(0)
     np.random.seed(0)
     yield

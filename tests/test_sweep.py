@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from _fixtures import QUICK_SWEEP, SWEEP_BIN
+from absl import flags as absl_flags
 
 import lowtf
 from lowtf import sweep
 from lowtf.job import JobConfig
+from lowtf.job import flags as job_flags
+from lowtf.job import run as job
 from lowtf.sweep import ensemble as ensemble_lib
 from lowtf.sweep import run
 from lowtf.train import rundir
@@ -302,13 +305,13 @@ def test_a_sweep_member_is_its_bin_train_run(tmp_path):
     row = next(r for r in rows[1:] if r["batchnorm"] == "True" and r["augment"] != "none")
     command = row["command"].split()
     assert command[0] == "bin/train" and "--batchnorm" in command
+    # bin/train parses these flags into run_job's config and runs it: here in
+    # process (bin/train's own start-up is the README first run's test).
     alone = tmp_path / "alone"
-    train = os.path.join(os.path.dirname(BIN), "train")
-    result = subprocess.run(
-        [sys.executable, train, *command[1:], f"--model_dir={alone}"], check=False,
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    flag_values = absl_flags.FlagValues()
+    job_flags.define_train_flags(flag_values)
+    flag_values([command[0], *command[1:], f"--model_dir={alone}"])
+    job.run_job(job_flags.job_config(flag_values), log=lambda line: None)
     with open(alone / "summary.json") as f:
         best = json.load(f)["best_value"]
     assert best == pytest.approx(float(row["score_mean"]), rel=1e-4)
