@@ -76,3 +76,22 @@ def tree_digest(root) -> dict:
                     f.read()
                 ).hexdigest()
     return digest
+
+
+def bin_train_in_process(args, log=None):
+    """What ``bin/train ARGS`` trains, run in this process: run_job's result.
+
+    bin/train parses its flags (lowtf.job.flags) into a JobConfig and runs
+    lowtf.job.run_job; so does this, without a TensorFlow start-up (seconds).
+    Its output lines, exit statuses and flags.txt are bin/train's own tests'.
+    """
+    from absl import flags
+
+    from lowtf.job import flags as job_flags
+    from lowtf.job import run as job
+
+    flag_values = flags.FlagValues()
+    job_flags.define_train_flags(flag_values)
+    flag_values(["bin/train", *args])
+    config = job_flags.job_config(flag_values)
+    return job.run_job(config, log=log or (lambda line: None))

@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import _fixtures  # tests/_fixtures.py; pytest puts tests/ on sys.path
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -257,12 +258,11 @@ def test_convert_then_train_on_the_shards_then_export_applies_the_statistics(
             getattr(from_shards, split)[1], getattr(from_csv, split)[1]
         )
 
-    trained = _run(
-        "train", "--dataset=tfrecord", f"--data_path={shards}", "--model=small",
+    _fixtures.bin_train_in_process([
+        "--dataset=tfrecord", f"--data_path={shards}", "--model=small",
         "--batch_size=50", "--max_steps=150", "--eval_every=50", "--noxla",
         f"--model_dir={run}", f"--export_dir={exports}",
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr
+    ])  # fmt: skip
     summary = json.loads((run / "summary.json").read_text())
     assert (
         summary["train_size"],

@@ -12,14 +12,11 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from _fixtures import QUICK_SWEEP, SWEEP_BIN
-from absl import flags as absl_flags
+from _fixtures import QUICK_SWEEP, SWEEP_BIN, bin_train_in_process
 
 import lowtf
 from lowtf import sweep
 from lowtf.job import JobConfig
-from lowtf.job import flags as job_flags
-from lowtf.job import run as job
 from lowtf.sweep import ensemble as ensemble_lib
 from lowtf.sweep import run
 from lowtf.train import rundir
@@ -305,13 +302,8 @@ def test_a_sweep_member_is_its_bin_train_run(tmp_path):
     row = next(r for r in rows[1:] if r["batchnorm"] == "True" and r["augment"] != "none")
     command = row["command"].split()
     assert command[0] == "bin/train" and "--batchnorm" in command
-    # bin/train parses these flags into run_job's config and runs it: here in
-    # process (bin/train's own start-up is the README first run's test).
     alone = tmp_path / "alone"
-    flag_values = absl_flags.FlagValues()
-    job_flags.define_train_flags(flag_values)
-    flag_values([command[0], *command[1:], f"--model_dir={alone}"])
-    job.run_job(job_flags.job_config(flag_values), log=lambda line: None)
+    bin_train_in_process([*command[1:], f"--model_dir={alone}"])
     with open(alone / "summary.json") as f:
         best = json.load(f)["best_value"]
     assert best == pytest.approx(float(row["score_mean"]), rel=1e-4)
